@@ -1,0 +1,49 @@
+// Benchmark plumbing: each bench file exports `cases`; main.ts runs them and prints a table or,
+// with --json, one JSON object per line ({name, ms, gflops | items_per_s, ...}).
+
+import { gpu } from "../lib/gpu/device.ts";
+import { tidy } from "../lib/tensor/mod.ts";
+
+export interface BenchResult {
+  name: string;
+  /** Milliseconds per iteration (GPU work included: timed between GPU syncs). */
+  ms: number;
+  gflops?: number;
+  items_per_s?: number;
+  [extra: string]: unknown;
+}
+
+export interface BenchCase {
+  name: string;
+  /** Heavier cases skipped by `--quick`. */
+  slow?: boolean;
+  run(): Promise<BenchResult>;
+}
+
+/**
+ * Milliseconds per call of `step` (recorded in a scope and submitted): `warmup` untimed calls,
+ * then calls in rounds until `minMs` has passed (at least `minIters`), one GPU sync per round.
+ */
+export async function timeSteps(
+  step: () => void,
+  { warmup = 2, minIters = 3, minMs = 500, perRound = 1 } = {},
+): Promise<number> {
+  const recorder = gpu().recorder;
+  for (let i = 0; i < warmup; i++) tidy(step);
+  await recorder.sync();
+  let iters = 0;
+  const start = performance.now();
+  while (iters < minIters || performance.now() - start < minMs) {
+    for (let i = 0; i < perRound; i++) {
+      tidy(step);
+      recorder.flush();
+      iters++;
+    }
+    await recorder.sync();
+  }
+  return (performance.now() - start) / iters;
+}
+
+export function gflops(flops: number, ms: number): number {
+  return flops / (ms * 1e6);
+}

@@ -1,0 +1,75 @@
+// Reduction of the middle axis of a tensor viewed as [outer, len, inner]:
+// out[o, i] = scale * OP_k x[o, k, i]. OP: 0 sum, 1 max, 2 min.
+
+override WG: u32 = 256;
+override OP: u32 = 0;
+
+struct Reduce { outer: u32, len: u32, inner: u32, scale: f32 }
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: Reduce;
+
+fn identity() -> f32 {
+  switch OP {
+    case 1u: { return -3.402823466e+38; }
+    case 2u: { return 3.402823466e+38; }
+    default: { return 0.0; }
+  }
+}
+
+fn combine(acc: f32, v: f32) -> f32 {
+  switch OP {
+    case 1u: { return max(acc, v); }
+    case 2u: { return min(acc, v); }
+    default: { return acc + v; }
+  }
+}
+
+@compute @workgroup_size(WG)
+fn reduce_serial(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let j = gid.x + gid.y * nwg.x * WG;
+  if (j >= p.outer * p.inner) { return; }
+  let o = j / p.inner;
+  let i = j % p.inner;
+  var acc = identity();
+  var at = o * p.len * p.inner + i;
+  for (var k = 0u; k < p.len; k++) {
+    acc = combine(acc, x[at]);
+    at += p.inner;
+  }
+  out[j] = acc * p.scale;
+}
+
+var<workgroup> partial: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn reduce_workgroup(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(local_invocation_index) t: u32,
+  @builtin(num_workgroups) nwg: vec3u,
+) {
+  let j = wid.x + wid.y * nwg.x;
+  // Every invocation of the group takes the same branch: no barrier sits in divergent control.
+  let live = j < p.outer * p.inner;
+  let o = j / p.inner;
+  let i = j % p.inner;
+  var acc = identity();
+  if (live) {
+    let base = o * p.len * p.inner + i;
+    for (var k = t; k < p.len; k += WG) {
+      acc = combine(acc, x[base + k * p.inner]);
+    }
+  }
+  partial[t] = acc;
+  workgroupBarrier();
+  for (var stride = WG / 2u; stride > 0u; stride = stride / 2u) {
+    if (t < stride) {
+      partial[t] = combine(partial[t], partial[t + stride]);
+    }
+    workgroupBarrier();
+  }
+  if (t == 0u && live) {
+    out[j] = partial[0] * p.scale;
+  }
+}

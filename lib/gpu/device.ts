@@ -1,0 +1,121 @@
+// The one WebGPU device of the process: adapter with its own limits, the buffer pool, the pipeline
+// cache and the recorder that batches a step's dispatches into one submit.
+
+import { BufferPool } from "./pool.ts";
+import { PipelineCache } from "./pipelines.ts";
+import { Recorder } from "./recorder.ts";
+
+export interface AdapterInfo {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  isFallbackAdapter: boolean;
+  /** True for Mesa's software rasteriser (lavapipe): kernel variants are chosen for CPUs. */
+  software: boolean;
+}
+
+export class GpuError extends Error {
+  override name = "GpuError";
+}
+
+/** Limits copied from the adapter: the WebGPU defaults (128 MiB bindings) are too small. */
+const REQUESTED_LIMITS = [
+  "maxBufferSize",
+  "maxStorageBufferBindingSize",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+  "maxDynamicUniformBuffersPerPipelineLayout",
+] as const;
+
+export const NO_ADAPTER_MESSAGE =
+  "peco: no WebGPU adapter found. On a machine without a GPU install the software Vulkan driver " +
+  "(apt-get install -y mesa-vulkan-drivers); on a GPU host install the vendor's Vulkan driver.";
+
+export class Gpu {
+  readonly pool: BufferPool;
+  readonly pipelines: PipelineCache;
+  readonly recorder: Recorder;
+  /** First asynchronous device error (validation, out-of-memory, loss); thrown at the next sync. */
+  pendingError: GpuError | null = null;
+
+  constructor(
+    readonly device: GPUDevice,
+    readonly info: AdapterInfo,
+    readonly limits: Record<string, number>,
+  ) {
+    this.pool = new BufferPool(device, limits.maxBufferSize, (error) => this.pendingError ??= error);
+    this.pipelines = new PipelineCache(device);
+    this.recorder = new Recorder(this);
+    device.addEventListener("uncapturederror", (event) => {
+      const error = (event as GPUUncapturedErrorEvent).error;
+      const kind = error instanceof GPUOutOfMemoryError ? "out of memory" : "device error";
+      this.pendingError ??= new GpuError(
+        `GPU ${kind}: ${error.message.split("\n")[0]} (${this.pool.describe()}; last: ${this.recorder.lastLabel})`,
+      );
+    });
+    device.lost.then((lost) => {
+      if (lost.reason === "destroyed") return;
+      this.pendingError ??= new GpuError(
+        `GPU device lost: ${lost.message || lost.reason} (${this.pool.describe()}; last: ${this.recorder.lastLabel})`,
+      );
+    });
+  }
+
+  /** Throws the first asynchronous device error, if one happened. */
+  throwIfFailed(): void {
+    if (this.pendingError) throw this.pendingError;
+  }
+}
+
+let current: Promise<Gpu> | null = null;
+let ready: Gpu | null = null;
+
+/** Opens (once) and returns the process's GPU. */
+export function initGpu(): Promise<Gpu> {
+  current ??= openGpu().then((gpu) => (ready = gpu));
+  return current;
+}
+
+/** The GPU opened by `initGpu`; ops call this synchronously. */
+export function gpu(): Gpu {
+  if (!ready) throw new GpuError("peco: the GPU is not initialised: await initGpu() first");
+  return ready;
+}
+
+async function openGpu(): Promise<Gpu> {
+  if (!("gpu" in navigator) || !navigator.gpu) throw new GpuError(NO_ADAPTER_MESSAGE);
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new GpuError(NO_ADAPTER_MESSAGE);
+  const limits: Record<string, number> = {};
+  for (const name of REQUESTED_LIMITS) limits[name] = adapter.limits[name];
+  const device = await adapter.requestDevice({ requiredLimits: limits, label: "peco" });
+  const all: Record<string, number> = {};
+  for (const name in device.limits) all[name] = device.limits[name as keyof GPUSupportedLimits];
+  const raw = adapter.info;
+  const info: AdapterInfo = {
+    vendor: raw.vendor,
+    architecture: raw.architecture,
+    device: raw.device,
+    description: raw.description,
+    isFallbackAdapter: (raw as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
+      false,
+    software: /llvmpipe|lavapipe|swiftshader/i.test(raw.description),
+  };
+  return new Gpu(device, info, all);
+}
+
+/** Exits the process with one clear line when the GPU cannot be opened (for task entry points). */
+export async function initGpuOrExit(): Promise<Gpu> {
+  try {
+    return await initGpu();
+  } catch (error) {
+    console.error(error instanceof Error ? error.message : String(error));
+    Deno.exit(3);
+  }
+}

@@ -1,0 +1,229 @@
+// Elementwise ops: unary maps, scalar maps and broadcasting binary ops, each with its backward rule.
+
+import { gpu } from "../../gpu/device.ts";
+import { f32bits, grid1d } from "../../gpu/recorder.ts";
+import { record, type Shape, Tensor } from "../tensor.ts";
+import { elementwiseKernels, WG } from "./kernels.ts";
+import { sumTo } from "./reduce.ts";
+
+/** Unary op codes of kernels/elementwise.wgsl (`unary_f` / `unary_df`). */
+const UNARY = {
+  copy: 0,
+  neg: 1,
+  exp: 2,
+  log: 3,
+  sqrt: 4,
+  rsqrt: 5,
+  relu: 6,
+  gelu: 7,
+  silu: 8,
+  sigmoid: 9,
+  tanh: 10,
+  abs: 11,
+  affine: 12,
+  pow: 13,
+  square: 14,
+  reciprocal: 15,
+  clamp: 16,
+} as const;
+type UnaryName = keyof typeof UNARY;
+
+function requireF32(op: string, ...ts: Tensor[]): void {
+  for (const t of ts) {
+    if (t.dtype !== "f32") throw new Error(`peco: ${op} needs f32, got ${t.describe()}`);
+  }
+}
+
+function unary(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
+  requireF32(name, x);
+  const out = new Tensor(x.shape, "f32");
+  const constants = { OP: UNARY[name] };
+  const params = [x.size, f32bits(a), f32bits(b), 0];
+  gpu().recorder.dispatch(elementwiseKernels.unary, {
+    buffers: [x.buffer, out.buffer],
+    params,
+    constants,
+    workgroups: grid1d(x.size, WG),
+  });
+  return record(name, out, [x], (g) => {
+    const gx = new Tensor(x.shape, "f32");
+    gpu().recorder.dispatch(elementwiseKernels.unaryGrad, {
+      buffers: [x.buffer, out.buffer, g.buffer, gx.buffer],
+      params,
+      constants,
+      workgroups: grid1d(x.size, WG),
+    });
+    return [gx];
+  });
+}
+
+/** A copy with its own buffer (autograd passes the gradient through). */
+export const copy = (x: Tensor) => unary("copy", x);
+export const neg = (x: Tensor) => unary("neg", x);
+export const exp = (x: Tensor) => unary("exp", x);
+export const log = (x: Tensor) => unary("log", x);
+export const sqrt = (x: Tensor) => unary("sqrt", x);
+export const rsqrt = (x: Tensor) => unary("rsqrt", x);
+export const relu = (x: Tensor) => unary("relu", x);
+/** GELU with the exact erf form (PyTorch's nn.GELU default). */
+export const gelu = (x: Tensor) => unary("gelu", x);
+/** SiLU / swish: x·sigmoid(x). */
+export const silu = (x: Tensor) => unary("silu", x);
+export const sigmoid = (x: Tensor) => unary("sigmoid", x);
+export const tanh = (x: Tensor) => unary("tanh", x);
+export const abs = (x: Tensor) => unary("abs", x);
+export const square = (x: Tensor) => unary("square", x);
+export const reciprocal = (x: Tensor) => unary("reciprocal", x);
+/** x·scale + shift. */
+export const affine = (x: Tensor, scale: number, shift: number) => unary("affine", x, scale, shift);
+export const mulScalar = (x: Tensor, s: number) => unary("affine", x, s, 0);
+export const addScalar = (x: Tensor, s: number) => unary("affine", x, 1, s);
+export const powScalar = (x: Tensor, p: number) => unary("pow", x, p);
+export const clamp = (x: Tensor, lo: number, hi: number) => unary("clamp", x, lo, hi);
+
+/** Binary op codes of kernels/elementwise.wgsl (`binary_f`). */
+const BINARY = { add: 0, sub: 1, mul: 2, div: 3, maximum: 4, minimum: 5, first: 6 } as const;
+const MAX_RANK = 6;
+
+/** NumPy broadcasting of two shapes. */
+export function broadcastShapes(a: Shape, b: Shape): number[] {
+  const rank = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < rank; i++) {
+    const da = a[a.length - rank + i] ?? 1;
+    const db = b[b.length - rank + i] ?? 1;
+    if (da !== db && da !== 1 && db !== 1) {
+      throw new Error(`peco: shapes [${a.join(",")}] and [${b.join(",")}] do not broadcast`);
+    }
+    out.push(da === 1 ? db : da);
+  }
+  return out;
+}
+
+/** Strides of `shape` read through broadcast to `out` (0 on broadcast dims), padded to rank 6. */
+function broadcastStrides(shape: Shape, out: Shape): number[] {
+  const strides = new Array(MAX_RANK).fill(0);
+  let stride = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    const k = MAX_RANK - (shape.length - i);
+    strides[k] = shape[i] === 1 && out[out.length - (shape.length - i)] !== 1 ? 0 : stride;
+    stride *= shape[i];
+  }
+  return strides;
+}
+
+/** Collapses size-1 dims out of a broadcast (they change no index), keeping rank ≤ 6. */
+function binaryDispatch(op: keyof typeof BINARY, a: Tensor, b: Tensor, shape: number[]): Tensor {
+  const out = new Tensor(shape, "f32");
+  const same = a.size === out.size && b.size === out.size;
+  let params: number[];
+  if (same) {
+    params = [out.size, 0];
+  } else {
+    const keep = shape.map((_, i) => i).filter((i) => shape[i] !== 1);
+    if (keep.length > MAX_RANK) {
+      throw new Error(`peco: ${op} broadcasts over more than ${MAX_RANK} dims`);
+    }
+    const pad = (s: Shape) => {
+      const full = [...new Array(shape.length - s.length).fill(1), ...s];
+      return keep.map((i) => full[i]);
+    };
+    const dims = keep.map((i) => shape[i]);
+    const dimsPadded = [...new Array(MAX_RANK - dims.length).fill(1), ...dims];
+    params = [
+      out.size,
+      dims.length,
+      ...dimsPadded,
+      ...broadcastStrides(pad(a.shape), dims),
+      ...broadcastStrides(pad(b.shape), dims),
+    ];
+  }
+  gpu().recorder.dispatch(elementwiseKernels.binary, {
+    buffers: [a.buffer, b.buffer, out.buffer],
+    params,
+    constants: { OP: BINARY[op], BROADCAST: same ? 0 : 1 },
+    workgroups: grid1d(out.size, WG),
+  });
+  return out;
+}
+
+function binary(
+  op: keyof typeof BINARY,
+  a: Tensor,
+  b: Tensor,
+  backward: (g: Tensor, out: Tensor) => [Tensor | null, Tensor | null],
+): Tensor {
+  requireF32(op, a, b);
+  const shape = broadcastShapes(a.shape, b.shape);
+  const out = binaryDispatch(op, a, b, shape);
+  return record(op, out, [a, b], (g) => {
+    const [ga, gb] = backward(g, out);
+    return [
+      ga && a.requiresGrad ? sumTo(ga, a.shape) : null,
+      gb && b.requiresGrad ? sumTo(gb, b.shape) : null,
+    ];
+  });
+}
+
+/** x repeated along its size-1 (or missing leading) dims to `shape`. */
+export function broadcastTo(x: Tensor, shape: Shape): Tensor {
+  requireF32("broadcastTo", x);
+  const target = broadcastShapes(x.shape, shape);
+  if (target.length !== shape.length || target.some((d, i) => d !== shape[i])) {
+    throw new Error(`peco: cannot broadcast ${x.describe()} to [${shape.join(",")}]`);
+  }
+  const out = binaryDispatch("first", x, x, target);
+  return record("broadcastTo", out, [x], (g) => [sumTo(g, x.shape)]);
+}
+
+export function add(a: Tensor, b: Tensor): Tensor {
+  return binary("add", a, b, (g) => [g, g]);
+}
+
+export function sub(a: Tensor, b: Tensor): Tensor {
+  return binary("sub", a, b, (g) => [g, b.requiresGrad ? neg(g) : null]);
+}
+
+export function mul(a: Tensor, b: Tensor): Tensor {
+  return binary("mul", a, b, (g) => [
+    a.requiresGrad ? mul(g, b) : null,
+    b.requiresGrad ? mul(g, a) : null,
+  ]);
+}
+
+export function div(a: Tensor, b: Tensor): Tensor {
+  return binary("div", a, b, (g, out) => [
+    a.requiresGrad ? div(g, b) : null,
+    b.requiresGrad ? neg(div(mul(g, out), b)) : null,
+  ]);
+}
+
+/** Elementwise maximum; the gradient goes to `a` where a ≥ b, else to `b`. */
+export function maximum(a: Tensor, b: Tensor): Tensor {
+  return binary("maximum", a, b, (g, out) => selectGrad(g, a, b, out));
+}
+
+/** Elementwise minimum; the gradient goes to `a` where a ≤ b, else to `b`. */
+export function minimum(a: Tensor, b: Tensor): Tensor {
+  return binary("minimum", a, b, (g, out) => selectGrad(g, a, b, out));
+}
+
+/** Routes g to whichever input equals the output (to `a` on ties). */
+function selectGrad(g: Tensor, a: Tensor, b: Tensor, out: Tensor): [Tensor, Tensor] {
+  // mask = 1 where a == out: |a − out| mapped through clamp(1 − k·|d|, 0, 1) with a huge k.
+  const isA = clamp(affine(abs(sub(a, out)), -1e30, 1), 0, 1);
+  const ga = mul(g, isA);
+  return [ga, sub(g, ga)];
+}
+
+/** y ← y + a·x in place (no autograd): gradient accumulation and running averages. */
+export function axpyInPlace(y: Tensor, x: Tensor, a = 1): void {
+  if (y.size !== x.size) {
+    throw new Error(`peco: axpy of ${x.describe()} into ${y.describe()}: sizes differ`);
+  }
+  gpu().recorder.dispatch(elementwiseKernels.axpy, {
+    buffers: [x.buffer, y.buffer],
+    params: [x.size, f32bits(a)],
+    workgroups: grid1d(x.size, WG),
+  });
+}

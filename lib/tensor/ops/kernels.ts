@@ -1,0 +1,52 @@
+// The elementwise and reduction kernels that the core ops share.
+
+import { defineKernel } from "../../gpu/pipelines.ts";
+import elementwise from "../../../kernels/elementwise.wgsl" with { type: "text" };
+import reduce from "../../../kernels/reduce.wgsl" with { type: "text" };
+
+export const WG = 256;
+
+export const elementwiseKernels = {
+  unary: defineKernel({
+    name: "unary",
+    source: elementwise,
+    entry: "unary",
+    bindings: ["read", "write"],
+  }),
+  unaryGrad: defineKernel({
+    name: "unary_grad",
+    source: elementwise,
+    entry: "unary_grad",
+    bindings: ["read", "read", "read", "write"],
+  }),
+  binary: defineKernel({
+    name: "binary",
+    source: elementwise,
+    entry: "binary",
+    bindings: ["read", "read", "write"],
+  }),
+  axpy: defineKernel({
+    name: "axpy",
+    source: elementwise,
+    entry: "axpy",
+    bindings: ["read", "write"],
+  }),
+  fill: defineKernel({ name: "fill", source: elementwise, entry: "fill", bindings: ["write"] }),
+};
+
+export const reduceKernels = {
+  /** One invocation per output, serial over the reduced axis. */
+  serial: defineKernel({
+    name: "reduce_serial",
+    source: reduce,
+    entry: "reduce_serial",
+    bindings: ["read", "write"],
+  }),
+  /** One workgroup per output, tree reduction in shared memory: long axes, few outputs. */
+  workgroup: defineKernel({
+    name: "reduce_workgroup",
+    source: reduce,
+    entry: "reduce_workgroup",
+    bindings: ["read", "write"],
+  }),
+};

@@ -1,0 +1,94 @@
+// Reductions over one axis (sum, mean, max, min) and `sumTo`, which undoes a broadcast in backward.
+
+import { gpu } from "../../gpu/device.ts";
+import { f32bits, grid1d } from "../../gpu/recorder.ts";
+import { record, type Shape, Tensor } from "../tensor.ts";
+import { reduceKernels, WG } from "./kernels.ts";
+import { broadcastTo, mulScalar } from "./elementwise.ts";
+
+const REDUCE = { sum: 0, max: 1, min: 2 } as const;
+/** Below this many outputs with at least this long an axis, one workgroup reduces each output. */
+const WORKGROUP_MAX_OUTPUTS = 4096;
+const WORKGROUP_MIN_LEN = 512;
+
+export function normAxis(axis: number, rank: number): number {
+  const a = axis < 0 ? axis + rank : axis;
+  if (a < 0 || a >= Math.max(rank, 1)) throw new Error(`peco: axis ${axis} out of range for rank ${rank}`);
+  return a;
+}
+
+/** Raw reduction kernel launch: x viewed as [outer, len, inner] → [outer, inner]. */
+export function reduceRaw(
+  x: Tensor,
+  axis: number,
+  op: keyof typeof REDUCE,
+  scale = 1,
+): Tensor {
+  const a = normAxis(axis, x.rank);
+  const outer = x.shape.slice(0, a).reduce((p, d) => p * d, 1);
+  const len = x.shape[a] ?? 1;
+  const inner = x.shape.slice(a + 1).reduce((p, d) => p * d, 1);
+  const shape = [...x.shape.slice(0, a), ...x.shape.slice(a + 1)];
+  const out = new Tensor(shape, "f32");
+  const outputs = outer * inner;
+  const useWorkgroup = outputs <= WORKGROUP_MAX_OUTPUTS && len >= WORKGROUP_MIN_LEN;
+  gpu().recorder.dispatch(useWorkgroup ? reduceKernels.workgroup : reduceKernels.serial, {
+    buffers: [x.buffer, out.buffer],
+    params: [outer, len, inner, f32bits(scale)],
+    constants: { OP: REDUCE[op] },
+    workgroups: useWorkgroup ? grid1d(outputs, 1) : grid1d(outputs, WG),
+  });
+  return out;
+}
+
+function keepDims(x: Tensor, t: Tensor, axis: number, keepdim: boolean): Tensor {
+  if (!keepdim) return t;
+  const shape = [...x.shape];
+  shape[axis] = 1;
+  return t.view(shape);
+}
+
+/** Sum over one axis (or all axes when axis is undefined). */
+export function sum(x: Tensor, axis?: number, keepdim = false): Tensor {
+  if (axis === undefined) return sum(reshapeRaw(x, [x.size]), 0, false);
+  const a = normAxis(axis, x.rank);
+  const out = keepDims(x, reduceRaw(x, a, "sum"), a, keepdim);
+  return record("sum", out, [x], (g) => [expandAlong(g, x.shape, a)]);
+}
+
+/** Mean over one axis (or all axes when axis is undefined). */
+export function mean(x: Tensor, axis?: number, keepdim = false): Tensor {
+  if (axis === undefined) return mean(reshapeRaw(x, [x.size]), 0, false);
+  const a = normAxis(axis, x.rank);
+  const n = x.shape[a];
+  const out = keepDims(x, reduceRaw(x, a, "sum", 1 / n), a, keepdim);
+  return record("mean", out, [x], (g) => [mulScalar(expandAlong(g, x.shape, a), 1 / n)]);
+}
+
+/** Sums a broadcast gradient back to `shape` (inverse of NumPy broadcasting). */
+export function sumTo(g: Tensor, shape: Shape): Tensor {
+  if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g;
+  let t = g;
+  // Leading dims that broadcasting added.
+  while (t.rank > shape.length) t = reduceRaw(t, 0, "sum");
+  for (let i = 0; i < shape.length; i++) {
+    if (shape[i] === 1 && t.shape[i] !== 1) {
+      const s = [...t.shape];
+      s[i] = 1;
+      t = reduceRaw(t, i, "sum").view(s);
+    }
+  }
+  return t.view(shape);
+}
+
+function reshapeRaw(x: Tensor, shape: Shape): Tensor {
+  const v = x.view(shape);
+  return record("reshape", v, [x], (g) => [g.view(x.shape)]);
+}
+
+/** g reduced over `axis` → broadcast back along it to `shape`. */
+function expandAlong(g: Tensor, shape: Shape, axis: number): Tensor {
+  const s = [...shape];
+  s[axis] = 1;
+  return broadcastTo(g.view(s), shape);
+}
