@@ -1,0 +1,57 @@
+// `deno task bench [-- --json] [--quick] [--filter NAME]`: every benchmark case of the engine.
+// Prints a table, or with --json one JSON object per line: {name, ms, gflops | items_per_s, ...}.
+
+import { parseOrExit } from "../lib/cli/args.ts";
+import { gpu, initGpuOrExit } from "../lib/gpu/device.ts";
+import type { BenchCase, BenchResult } from "./harness.ts";
+
+const options = parseOrExit({
+  usage: "deno task bench --",
+  summary: "Benchmarks of the peco engine on this machine's WebGPU adapter.",
+  options: {
+    json: { type: "boolean", help: "one JSON object per line instead of a table" },
+    quick: { type: "boolean", help: "skip the heavy cases" },
+    filter: { type: "string", help: "run only cases whose name contains this text" },
+  },
+});
+
+await initGpuOrExit();
+const files = ["engine", "matmul", "attention", "conv", "vq"];
+const cases: BenchCase[] = [];
+for (const file of files) {
+  const mod = await import(`./${file}.ts`).catch((error) => {
+    if (error instanceof Error && /Module not found/.test(error.message)) return { cases: [] };
+    throw error;
+  });
+  cases.push(...(mod.cases as BenchCase[]));
+}
+
+const info = gpu().info;
+if (!options.json) console.log(`adapter: ${info.description} (${info.vendor})`);
+const results: BenchResult[] = [];
+for (const c of cases) {
+  if (options.filter && !c.name.includes(options.filter)) continue;
+  if (options.quick && c.slow) continue;
+  const result = await c.run();
+  result.adapter = info.description;
+  results.push(result);
+  if (options.json) console.log(JSON.stringify(result));
+  else console.log(formatRow(result));
+}
+const pool = gpu().pool.stats;
+const poolResult = { name: "pool peak bytes", ms: 0, peak_bytes: pool.peakAllocated };
+if (options.json) console.log(JSON.stringify(poolResult));
+else console.log(`pool: peak ${(pool.peakAllocated / 2 ** 20).toFixed(1)} MiB allocated`);
+
+function formatRow(r: BenchResult): string {
+  const rate = r.gflops !== undefined
+    ? `${r.gflops.toFixed(1)} GFLOP/s`
+    : r.items_per_s !== undefined
+    ? `${r.items_per_s.toFixed(1)} items/s`
+    : "";
+  const extra = Object.entries(r)
+    .filter(([k]) => !["name", "ms", "gflops", "items_per_s", "adapter"].includes(k))
+    .map(([k, v]) => `${k}=${typeof v === "number" ? +v.toFixed(3) : v}`)
+    .join(" ");
+  return `${r.name.padEnd(44)} ${r.ms.toFixed(2).padStart(10)} ms  ${rate.padStart(16)}  ${extra}`;
+}

@@ -1,0 +1,115 @@
+// The engine's own machinery: scopes, pool reuse, recorder batching, autograd bookkeeping.
+
+import assert from "node:assert/strict";
+import { assertClose } from "./util.ts";
+import { gpu } from "../lib/gpu/device.ts";
+import { sizeClass } from "../lib/gpu/pool.ts";
+import * as T from "../lib/tensor/mod.ts";
+
+Deno.test("tidy releases intermediates, keeps returned and kept tensors", async () => {
+  const pool = gpu().pool.stats;
+  const before = pool.inUse;
+  let kept: T.Tensor | null = null;
+  const out = T.tidy(() => {
+    const a = T.full([100], 2);
+    const b = T.mul(a, a);
+    kept = T.keep(T.addScalar(b, 1));
+    T.exp(b);
+    return { result: T.add(b, a) };
+  });
+  assert.equal(out.result.disposed, false);
+  assert.equal(kept!.disposed, false);
+  assertClose(await out.result.toArray(), new Array(100).fill(6));
+  assertClose(await kept!.toArray(), new Array(100).fill(5));
+  out.result.dispose();
+  kept!.dispose();
+  assert.equal(pool.inUse, before);
+});
+
+Deno.test("a steady loop allocates no new GPU buffers after its first step", async () => {
+  const x = T.keep(T.full([333], 0.5));
+  const step = () => T.tidy(() => void T.sum(T.gelu(T.mul(x, x))));
+  step();
+  await gpu().recorder.sync();
+  const buffers = gpu().pool.stats.buffers;
+  for (let i = 0; i < 5; i++) step();
+  await gpu().recorder.sync();
+  assert.equal(gpu().pool.stats.buffers, buffers);
+  x.dispose();
+});
+
+Deno.test("size classes round up and stay within 1/16 above 1 MiB", () => {
+  assert.equal(sizeClass(1), 256);
+  assert.equal(sizeClass(1000), 1024);
+  const big = 5_000_000;
+  assert.ok(sizeClass(big) >= big && sizeClass(big) <= big * 1.0625 + 1);
+});
+
+Deno.test("readAll reads several tensors with one submit", async () => {
+  const a = T.full([3], 1.5);
+  const b = T.full([1], -2);
+  const submits = gpu().recorder.submits;
+  const [ra, rb] = await T.readAll([a, b]);
+  assert.equal(gpu().recorder.submits, submits + 1);
+  assertClose(ra, [1.5, 1.5, 1.5]);
+  assertClose(rb, [-2]);
+  a.dispose();
+  b.dispose();
+});
+
+Deno.test("the pipeline cache compiles a kernel once per set of constants", () => {
+  const x = T.full([10], 1);
+  T.exp(x);
+  const n = gpu().pipelines.size;
+  T.exp(x);
+  T.exp(x);
+  assert.equal(gpu().pipelines.size, n);
+  T.log(x);
+  assert.equal(gpu().pipelines.size, n + 1);
+  x.dispose();
+});
+
+Deno.test("gradients accumulate across backward calls; noGrad and detach record nothing", async () => {
+  const w = T.keep(T.tensor([1, 2, 3]));
+  w.requiresGrad = true;
+  for (let i = 0; i < 2; i++) T.tidy(() => T.backward(T.sum(T.mul(w, w))));
+  assertClose(await w.grad!.toArray(), [4, 8, 12]);
+  const y = T.noGrad(() => T.mul(w, w));
+  assert.equal(y.requiresGrad, false);
+  assert.equal(w.detach().requiresGrad, false);
+  T.zeroGrad([w]);
+  assert.equal(w.grad, null);
+  y.dispose();
+  w.dispose();
+});
+
+Deno.test("a disposed tensor cannot be used", () => {
+  const x = T.full([2], 1);
+  x.dispose();
+  assert.throws(() => T.exp(x), /used after dispose/);
+});
+
+Deno.test("bad shapes get clear errors", () => {
+  const a = T.full([2, 3], 1);
+  const b = T.full([4], 1);
+  assert.throws(() => T.add(a, b), /shapes \[2,3\] and \[4\] do not broadcast/);
+  assert.throws(() => a.view([4]), /cannot view/);
+  assert.throws(() => T.tensor([1, 2, 3], [2, 2]), /3 values do not fill shape \[2,2\]/);
+  a.dispose();
+  b.dispose();
+});
+
+Deno.test("without an adapter a task exits with one line naming the driver to install", async () => {
+  const script = new URL("../bench/main.ts", import.meta.url).pathname;
+  const { code, stderr } = await new Deno.Command("deno", {
+    args: ["run", "--allow-read", script],
+    // No adapter exists for a backend this OS lacks: the same path as a machine without a driver.
+    env: { DENO_WEBGPU_BACKEND: "dx12", XDG_RUNTIME_DIR: "/tmp" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(stderr).trim();
+  assert.equal(code, 3);
+  assert.match(text, /^peco: no WebGPU adapter found.*apt-get install -y mesa-vulkan-drivers/);
+  assert.equal(text.split("\n").length, 1);
+});

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs a peco task on a fresh Debian machine that has only Node.js/npm: installs the pinned Deno
+# from npm and, when no Vulkan driver is present, Mesa's software driver (lavapipe); then
+# `deno task "$@"`. Idempotent: on a prepared machine it only runs the task.
+#   tools/run.sh demo        the whole pipeline on the built-in data set
+#   tools/run.sh test        the test suite
+set -euo pipefail
+DENO_VERSION=2.9.6
+cd "$(dirname "$0")/.."
+
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "peco: need root to run: $*" >&2
+    exit 1
+  fi
+}
+
+if ! command -v deno >/dev/null || [[ $(deno --version | head -n 1) != "deno $DENO_VERSION "* ]]; then
+  echo "peco: installing Deno $DENO_VERSION from npm" >&2
+  if ! npm install -g "deno@$DENO_VERSION" >/dev/null 2>&1; then
+    as_root npm install -g "deno@$DENO_VERSION" >/dev/null
+  fi
+  hash -r
+fi
+
+has_vulkan_driver() {
+  compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null ||
+    compgen -G "/etc/vulkan/icd.d/*.json" >/dev/null ||
+    [[ -n ${VK_ICD_FILENAMES:-}${VK_DRIVER_FILES:-} ]]
+}
+if ! has_vulkan_driver; then
+  echo "peco: no Vulkan driver found; installing Mesa's software driver (mesa-vulkan-drivers)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+fi
+
+# The Vulkan loader warns on every start without a runtime dir.
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+exec deno task "$@"
