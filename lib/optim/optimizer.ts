@@ -1,0 +1,203 @@
+// The optimizer base: parameter groups, per-parameter state that lives for the run, the step loop
+// that hands every parameter with a gradient to the subclass's fused kernel, and state for
+// checkpoints. The host counts steps itself, so a step never reads anything back.
+
+import { gpu } from "../gpu/device.ts";
+import { zeroGrad } from "../tensor/autograd.ts";
+import { keep, Tensor } from "../tensor/tensor.ts";
+
+export interface ParamGroupSpec {
+  params: readonly Tensor[];
+  /** Multiplies the optimizer's lr for this group (layer-wise lr decay); default 1. */
+  lrScale?: number;
+  /** Default: the optimizer's weightDecay. */
+  weightDecay?: number;
+  name?: string;
+}
+
+export interface ParamGroup {
+  readonly name: string;
+  readonly params: readonly Tensor[];
+  lrScale: number;
+  weightDecay: number;
+}
+
+/** A parameter's state: its own step count (as in PyTorch) and its state tensors (kept). */
+export interface ParamState {
+  step: number;
+  readonly slots: Tensor[];
+}
+
+/** What a checkpoint stores. Parameters are numbered in group order, as in PyTorch. */
+export interface OptimizerState {
+  /** Steps taken by each parameter that has state, by parameter index. */
+  steps: Record<string, number>;
+  /** State tensors keyed `${index}.${slot}` (e.g. "3.exp_avg"): the live tensors, not copies. */
+  tensors: Record<string, Tensor>;
+}
+
+export function checkNonNegative(kind: string, name: string, value: number): void {
+  if (!(value >= 0) || !Number.isFinite(value)) {
+    throw new Error(`peco: ${kind}: ${name} must be a finite number ≥ 0, got ${value}`);
+  }
+}
+
+export abstract class Optimizer {
+  /** Base learning rate; set it from a schedule before each step. Group lr = lr · lrScale. */
+  lr: number;
+  readonly groups: ParamGroup[];
+  /** Calls of `step()` so far. */
+  steps = 0;
+  private readonly states = new Map<Tensor, ParamState>();
+
+  /** Names of the state tensors each parameter gets (PyTorch's names). */
+  protected abstract readonly slotNames: readonly string[];
+  /** A new state tensor for `p` (zeros unless the kernel never reads it before writing it). */
+  protected abstract newSlot(p: Tensor, slot: number): Tensor;
+  /** Records the fused update of one parameter; `state.step` already counts this step. */
+  protected abstract update(
+    p: Tensor,
+    grad: Tensor,
+    state: ParamState,
+    lr: number,
+    weightDecay: number,
+  ): void;
+
+  constructor(
+    readonly kind: string,
+    params: readonly Tensor[] | readonly ParamGroupSpec[],
+    lr: number,
+    weightDecay: number,
+  ) {
+    checkNonNegative(kind, "lr", lr);
+    checkNonNegative(kind, "weightDecay", weightDecay);
+    this.lr = lr;
+    const specs: readonly ParamGroupSpec[] = params.length && params[0] instanceof Tensor
+      ? [{ params: params as readonly Tensor[] }]
+      : params as readonly ParamGroupSpec[];
+    const seen = new Set<Tensor>();
+    this.groups = specs.map((spec, i) => {
+      const group: ParamGroup = {
+        name: spec.name ?? `group${i}`,
+        params: [...spec.params],
+        lrScale: spec.lrScale ?? 1,
+        weightDecay: spec.weightDecay ?? weightDecay,
+      };
+      checkNonNegative(kind, `lrScale of ${group.name}`, group.lrScale);
+      checkNonNegative(kind, `weightDecay of ${group.name}`, group.weightDecay);
+      for (const p of group.params) {
+        if (!(p instanceof Tensor)) {
+          throw new Error(`peco: ${kind}: ${group.name} holds a non-tensor`);
+        }
+        if (p.dtype !== "f32") {
+          throw new Error(`peco: ${kind}: parameter ${p.describe()} is not f32`);
+        }
+        if (seen.has(p)) {
+          throw new Error(`peco: ${kind}: parameter ${p.describe()} is in two groups`);
+        }
+        seen.add(p);
+      }
+      return group;
+    });
+    if (seen.size === 0) throw new Error(`peco: ${kind}: no parameters to optimise`);
+  }
+
+  /** Every parameter, in group order. */
+  get params(): Tensor[] {
+    return this.groups.flatMap((g) => g.params);
+  }
+
+  /**
+   * Updates every parameter that has a gradient (others are left alone and their step counts do
+   * not advance): one dispatch per parameter, no readback, no allocation after the first step.
+   */
+  step(): void {
+    checkNonNegative(this.kind, "lr", this.lr);
+    for (const group of this.groups) {
+      const lr = this.lr * group.lrScale;
+      for (const p of group.params) {
+        const grad = p.grad;
+        if (!grad) continue;
+        if (grad.size !== p.size || grad.dtype !== "f32") {
+          throw new Error(
+            `peco: ${this.kind}.step: gradient ${grad.describe()} does not match parameter ` +
+              p.describe(),
+          );
+        }
+        const state = this.stateOf(p);
+        state.step++;
+        this.update(p, grad, state, lr, group.weightDecay);
+      }
+    }
+    this.steps++;
+  }
+
+  /** Releases the gradients of all parameters. */
+  zeroGrad(): void {
+    zeroGrad(this.params);
+  }
+
+  /** The optimizer state for a checkpoint (live tensors: read or save them before the next step). */
+  stateDict(): OptimizerState {
+    const out: OptimizerState = { steps: {}, tensors: {} };
+    this.params.forEach((p, i) => {
+      const state = this.states.get(p);
+      if (!state) return;
+      out.steps[i] = state.step;
+      state.slots.forEach((t, k) => (out.tensors[`${i}.${this.slotNames[k]}`] = t));
+    });
+    return out;
+  }
+
+  /** Restores state saved by `stateDict` (copied on the GPU in stream order). */
+  loadStateDict(saved: OptimizerState): void {
+    const params = this.params;
+    for (const key of Object.keys(saved.tensors)) {
+      const [index, slot] = key.split(".");
+      if (!(index in saved.steps) || !this.slotNames.includes(slot)) {
+        throw new Error(`peco: ${this.kind}.loadStateDict: unexpected state tensor "${key}"`);
+      }
+    }
+    for (const [index, step] of Object.entries(saved.steps)) {
+      const p = params[Number(index)];
+      if (!p || !Number.isInteger(step) || step < 0) {
+        throw new Error(
+          `peco: ${this.kind}.loadStateDict: bad entry ${index}: ${step} for ${params.length} parameters`,
+        );
+      }
+      const state = this.stateOf(p);
+      this.slotNames.forEach((name, k) => {
+        const src = saved.tensors[`${index}.${name}`];
+        const dst = state.slots[k];
+        if (!src || src.size !== dst.size || src.dtype !== "f32") {
+          throw new Error(
+            `peco: ${this.kind}.loadStateDict: state "${index}.${name}" is ` +
+              `${src ? src.describe() : "missing"}, parameter is ${p.describe()}`,
+          );
+        }
+        if (src.size > 0) gpu().recorder.copy(src.buffer, 0, dst.buffer, 0, src.size * 4);
+      });
+      state.step = step;
+    }
+  }
+
+  /** Releases all state tensors. */
+  dispose(): void {
+    for (const state of this.states.values()) for (const t of state.slots) t.dispose();
+    this.states.clear();
+  }
+
+  private stateOf(p: Tensor): ParamState {
+    let state = this.states.get(p);
+    if (!state) {
+      const slots = this.slotNames.map((name, k) => {
+        const t = keep(this.newSlot(p, k));
+        t.name = `${p.name || "param"}.${name}`;
+        return t;
+      });
+      state = { step: 0, slots };
+      this.states.set(p, state);
+    }
+    return state;
+  }
+}
