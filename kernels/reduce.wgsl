@@ -1,10 +1,12 @@
 // Reduction of the middle axis of a tensor viewed as [outer, len, inner]:
 // out[o, i] = scale * OP_k x[o, k, i]. OP: 0 sum, 1 max, 2 min.
+// lavapipe stops any loop after 65535 iterations per invocation (silently), so the host keeps
+// every loop here below that: long axes are split into segments reduced by separate workgroups.
 
 override WG: u32 = 256;
 override OP: u32 = 0;
 
-struct Reduce { outer: u32, len: u32, inner: u32, scale: f32 }
+struct Reduce { outer: u32, len: u32, inner: u32, scale: f32, seg: u32 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
@@ -43,6 +45,8 @@ fn reduce_serial(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgro
 
 var<workgroup> partial: array<f32, WG>;
 
+// One workgroup per (output, segment of `seg` values along the axis); with several segments the
+// output is [outer, segments, inner] partials, reduced again by the host.
 @compute @workgroup_size(WG)
 fn reduce_workgroup(
   @builtin(workgroup_id) wid: vec3u,
@@ -50,6 +54,8 @@ fn reduce_workgroup(
   @builtin(num_workgroups) nwg: vec3u,
 ) {
   let j = wid.x + wid.y * nwg.x;
+  let part = wid.z;
+  let parts = nwg.z;
   // Every invocation of the group takes the same branch: no barrier sits in divergent control.
   let live = j < p.outer * p.inner;
   let o = j / p.inner;
@@ -57,7 +63,8 @@ fn reduce_workgroup(
   var acc = identity();
   if (live) {
     let base = o * p.len * p.inner + i;
-    for (var k = t; k < p.len; k += WG) {
+    let end = min(p.len, (part + 1u) * p.seg);
+    for (var k = part * p.seg + t; k < end; k += WG) {
       acc = combine(acc, x[base + k * p.inner]);
     }
   }
@@ -70,6 +77,6 @@ fn reduce_workgroup(
     workgroupBarrier();
   }
   if (t == 0u && live) {
-    out[j] = partial[0] * p.scale;
+    out[(o * parts + part) * p.inner + i] = partial[0] * p.scale;
   }
 }

@@ -160,3 +160,16 @@ Deno.test("fill and integer tensors keep exact bits", async () => {
   t.dispose();
   u.dispose();
 });
+
+Deno.test("reductions longer than lavapipe's loop limit (65535 per invocation) stay exact", async () => {
+  // 9M values: more than one workgroup segment (256 × 32000), so partial sums are reduced again.
+  const n = 9_000_001;
+  const ones = T.full([n], 1);
+  const total = T.sum(ones);
+  assertClose([await total.item()], [n], { atol: 0, rtol: 1e-6, what: "sum of ones" });
+  // A 70001-long middle axis.
+  const x = T.full([2, 70001, 3], 0.5);
+  const rows = T.sum(x, 1);
+  assertClose(await rows.toArray(), new Array(6).fill(35000.5), { atol: 0.05, what: "sums" });
+  [ones, total, x, rows].forEach((t) => t.dispose());
+});

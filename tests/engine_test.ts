@@ -113,3 +113,11 @@ Deno.test("without an adapter a task exits with one line naming the driver to in
   assert.match(text, /^peco: no WebGPU adapter found.*apt-get install -y mesa-vulkan-drivers/);
   assert.equal(text.split("\n").length, 1);
 });
+
+Deno.test("a tensor above the adapter's largest binding fails with a clear error", () => {
+  const limit = gpu().limits.maxStorageBufferBindingSize;
+  assert.throws(
+    () => T.empty([Math.floor(limit / 4) + 1]),
+    /GPU out of memory: f32\[\d+\] needs .* above the adapter's largest storage binding/,
+  );
+});

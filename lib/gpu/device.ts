@@ -49,7 +49,12 @@ export class Gpu {
     readonly info: AdapterInfo,
     readonly limits: Record<string, number>,
   ) {
-    this.pool = new BufferPool(device, limits.maxBufferSize, (error) => this.pendingError ??= error);
+    this.pool = new BufferPool(
+      device,
+      limits.maxBufferSize,
+      limits.maxStorageBufferBindingSize,
+      (error) => this.pendingError ??= error,
+    );
     this.pipelines = new PipelineCache(device);
     this.recorder = new Recorder(this);
     device.addEventListener("uncapturederror", (event) => {

@@ -37,11 +37,18 @@ export class BufferPool {
   constructor(
     private device: GPUDevice,
     private maxBufferSize: number,
+    private maxBindingSize: number,
     private report: (error: GpuError) => void,
   ) {}
 
   acquire(bytes: number, label = "tensor"): GPUBuffer {
-    const size = sizeClass(bytes);
+    if (bytes > this.maxBindingSize) {
+      throw new GpuError(
+        `GPU out of memory: ${label} needs ${fmtBytes(bytes)}, above the adapter's largest storage ` +
+          `binding ${fmtBytes(this.maxBindingSize)} (${this.describe()})`,
+      );
+    }
+    const size = Math.min(sizeClass(bytes), Math.max(bytes, this.maxBindingSize));
     let buffer = this.free.get(size)?.pop();
     if (!buffer) {
       if (size > this.maxBufferSize) {

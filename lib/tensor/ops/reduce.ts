@@ -17,6 +17,9 @@ export function normAxis(axis: number, rank: number): number {
   return a;
 }
 
+/** lavapipe ends loops after 65535 iterations per invocation: stay well below. */
+export const MAX_LOOP = 32_000;
+
 /** Raw reduction kernel launch: x viewed as [outer, len, inner] → [outer, inner]. */
 export function reduceRaw(
   x: Tensor,
@@ -29,16 +32,34 @@ export function reduceRaw(
   const len = x.shape[a] ?? 1;
   const inner = x.shape.slice(a + 1).reduce((p, d) => p * d, 1);
   const shape = [...x.shape.slice(0, a), ...x.shape.slice(a + 1)];
-  const out = new Tensor(shape, "f32");
   const outputs = outer * inner;
-  const useWorkgroup = outputs <= WORKGROUP_MAX_OUTPUTS && len >= WORKGROUP_MIN_LEN;
-  gpu().recorder.dispatch(useWorkgroup ? reduceKernels.workgroup : reduceKernels.serial, {
+  const useWorkgroup = len >= WORKGROUP_MIN_LEN &&
+    (outputs <= WORKGROUP_MAX_OUTPUTS || len > MAX_LOOP);
+  if (!useWorkgroup) {
+    const out = new Tensor(shape, "f32");
+    gpu().recorder.dispatch(reduceKernels.serial, {
+      buffers: [x.buffer, out.buffer],
+      params: [outer, len, inner, f32bits(scale), len],
+      constants: { OP: REDUCE[op] },
+      workgroups: grid1d(outputs, WG),
+    });
+    return out;
+  }
+  // Each invocation of a workgroup loops seg / WG times.
+  const seg = Math.min(len, MAX_LOOP * WG);
+  const parts = Math.ceil(len / seg);
+  const out = new Tensor(parts === 1 ? shape : [outer, parts, inner], "f32");
+  const [gx, gy] = grid1d(outputs, 1);
+  gpu().recorder.dispatch(reduceKernels.workgroup, {
     buffers: [x.buffer, out.buffer],
-    params: [outer, len, inner, f32bits(scale)],
+    params: [outer, len, inner, f32bits(parts === 1 ? scale : 1), seg],
     constants: { OP: REDUCE[op] },
-    workgroups: useWorkgroup ? grid1d(outputs, 1) : grid1d(outputs, WG),
+    workgroups: [gx, gy, parts],
   });
-  return out;
+  if (parts === 1) return out;
+  const total = reduceRaw(out, 1, op, scale);
+  out.dispose();
+  return total.view(shape);
 }
 
 function keepDims(x: Tensor, t: Tensor, axis: number, keepdim: boolean): Tensor {
