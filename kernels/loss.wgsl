@@ -1,0 +1,155 @@
+// Loss kernels (lib/tensor/ops/loss.ts): cross-entropy per row with label smoothing and a mask,
+// and the elementwise pair losses (squared and absolute error) summed in interleaved pieces.
+
+override WG: u32 = 256;
+override HAS_MASK: bool = false;
+/** Pair loss: 0 squared error, 1 absolute error. */
+override OP: u32 = 0;
+
+fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
+  return gid.x + gid.y * nwg.x * WG;
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------------
+
+// n rows of k logits; smoothing ε: the target distribution is (1 − ε)·onehot + ε/k.
+struct Ce { n: u32, k: u32, smoothing: f32 }
+
+@group(0) @binding(0) var<storage, read> logits: array<f32>;
+@group(0) @binding(1) var<storage, read> targets: array<i32>;
+
+fn valid_target(r: u32, k: u32) -> bool {
+  let t = targets[r];
+  return t >= 0 && u32(t) < k;
+}
+
+@group(0) @binding(2) var<storage, read> mask: array<f32>;
+@group(0) @binding(3) var<storage, read_write> rows: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lse_out: array<f32>;
+@group(0) @binding(5) var<uniform> cp: Ce;
+
+// One invocation per row: log-sum-exp after subtracting the row max (no overflow), then
+//   rows[r] = w·(lse − (1 − ε)·z_t − ε·mean(z)),  rows[n + r] = w,
+// where w is the row's mask (1 without one), and 0 when its target is outside [0, k): such a row
+// counts as masked out (like PyTorch's ignore_index) and its logits at the target are never read.
+@compute @workgroup_size(WG)
+fn ce_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let r = linear_index(gid, nwg);
+  if (r >= cp.n) { return; }
+  let base = r * cp.k;
+  var top = logits[base];
+  var total = 0.0;
+  for (var j = 0u; j < cp.k; j++) {
+    let v = logits[base + j];
+    top = max(top, v);
+    total += v;
+  }
+  var sum_exp = 0.0;
+  for (var j = 0u; j < cp.k; j++) {
+    sum_exp += exp(logits[base + j] - top);
+  }
+  let lse = top + log(sum_exp);
+  lse_out[r] = lse;
+  var w = 0.0;
+  if (valid_target(r, cp.k)) {
+    w = 1.0;
+    if (HAS_MASK) { w = mask[r]; }
+  }
+  var loss = 0.0;
+  if (w != 0.0) {
+    let zt = logits[base + u32(targets[r])];
+    loss = w * (lse - (1.0 - cp.smoothing) * zt - cp.smoothing * total / f32(cp.k));
+  }
+  rows[r] = loss;
+  rows[cp.n + r] = w;
+}
+
+// The mean: Σ w·loss / Σ w, and 0 (not NaN) when no row counts.
+@group(0) @binding(0) var<storage, read> row_sums: array<f32>;
+@group(0) @binding(1) var<storage, read_write> mean_out: array<f32>;
+
+@compute @workgroup_size(1)
+fn ce_finish() {
+  let count = row_sums[1];
+  mean_out[0] = select(0.0, row_sums[0] / count, count > 0.0);
+}
+
+@group(0) @binding(2) var<storage, read> rows_in: array<f32>;
+@group(0) @binding(3) var<storage, read> lse_in: array<f32>;
+@group(0) @binding(4) var<storage, read> sums_in: array<f32>;
+@group(0) @binding(5) var<storage, read> grad_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dlogits: array<f32>;
+@group(0) @binding(7) var<uniform> gp: Ce;
+
+// dz = g · w / Σw · (softmax(z) − target distribution). One invocation per run of RUN columns of
+// a row, so the row's values are loaded once per run (lavapipe pays per load).
+const RUN: u32 = 16u;
+
+@compute @workgroup_size(WG)
+fn ce_grad(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let j = linear_index(gid, nwg);
+  let runs = (gp.k + RUN - 1u) / RUN;
+  if (j >= gp.n * runs) { return; }
+  let r = j / runs;
+  let start = r * gp.k + (j % runs) * RUN;
+  let end = min(start + RUN, (r + 1u) * gp.k);
+  let w = rows_in[gp.n + r];
+  let count = sums_in[1];
+  if (w == 0.0 || !(count > 0.0)) {
+    for (var i = start; i < end; i++) { dlogits[i] = 0.0; }
+    return;
+  }
+  let coef = grad_out[0] * (w / count);
+  let lse = lse_in[r];
+  let hit = r * gp.k + u32(targets[r]);
+  let floor = gp.smoothing / f32(gp.k);
+  for (var i = start; i < end; i++) {
+    let q = select(floor, floor + 1.0 - gp.smoothing, i == hit);
+    dlogits[i] = coef * (exp(logits[i] - lse) - q);
+  }
+}
+
+// ---- pair losses: mean of (a − b)² or |a − b| ------------------------------------------------
+
+struct Pair { n: u32, pieces: u32, scale: f32 }
+
+@group(0) @binding(0) var<storage, read> pa: array<f32>;
+@group(0) @binding(1) var<storage, read> pb: array<f32>;
+
+fn pair_term(d: f32) -> f32 {
+  if (OP == 0u) { return d * d; }
+  return abs(d);
+}
+
+fn pair_slope(d: f32) -> f32 {
+  if (OP == 0u) { return 2.0 * d; }
+  return sign(d);
+}
+
+@group(0) @binding(2) var<storage, read_write> pair_parts: array<f32>;
+@group(0) @binding(3) var<uniform> pp: Pair;
+
+// Piece j sums the terms j, j + pieces, j + 2·pieces, ... (neighbouring invocations read
+// neighbouring elements); reduceRaw then sums the pieces.
+@compute @workgroup_size(WG)
+fn pair_partial(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let j = linear_index(gid, nwg);
+  if (j >= pp.pieces) { return; }
+  var acc = 0.0;
+  for (var i = j; i < pp.n; i += pp.pieces) {
+    acc += pair_term(pa[i] - pb[i]);
+  }
+  pair_parts[j] = acc;
+}
+
+@group(0) @binding(2) var<storage, read> pair_g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> pair_da: array<f32>;
+@group(0) @binding(4) var<uniform> pg: Pair;
+
+// d loss / d a = g · scale · f'(a − b); called with scale = −1/n for b.
+@compute @workgroup_size(WG)
+fn pair_grad(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = linear_index(gid, nwg);
+  if (i >= pg.n) { return; }
+  pair_da[i] = pair_g[0] * pg.scale * pair_slope(pa[i] - pb[i]);
+}

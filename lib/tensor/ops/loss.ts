@@ -1,0 +1,148 @@
+// Losses to a scalar: fused cross-entropy (label smoothing, row mask) and the mean squared and
+// absolute errors, each with its backward rule. See kernels/loss.wgsl.
+
+import { gpu } from "../../gpu/device.ts";
+import { defineKernel } from "../../gpu/pipelines.ts";
+import { f32bits, grid1d } from "../../gpu/recorder.ts";
+import { record, Tensor } from "../tensor.ts";
+import { MAX_LOOP, reduceRaw } from "./reduce.ts";
+import source from "../../../kernels/loss.wgsl" with { type: "text" };
+
+const WG = 256;
+/** The pair losses sum in up to this many interleaved pieces, then reduce the pieces. */
+const MAX_PIECES = 4096;
+const MIN_PIECE = 64;
+/** Columns per invocation of the cross-entropy gradient (RUN in loss.wgsl). */
+const CE_GRAD_RUN = 16;
+
+const kernel = (entry: string, bindings: ("read" | "write")[], params = true) =>
+  defineKernel({ name: `loss_${entry}`, source, entry, bindings, params });
+
+const kernels = {
+  ceRows: kernel("ce_rows", ["read", "read", "read", "write", "write"]),
+  ceFinish: kernel("ce_finish", ["read", "write"], false),
+  ceGrad: kernel("ce_grad", ["read", "read", "read", "read", "read", "read", "write"]),
+  pairPartial: kernel("pair_partial", ["read", "read", "write"]),
+  pairGrad: kernel("pair_grad", ["read", "read", "read", "write"]),
+};
+
+const shapeOf = (t: Tensor) => `[${t.shape.join(",")}]`;
+
+export interface CrossEntropyOptions {
+  /** f32 [N]: each row's weight in the mean (1 keeps the row, 0 drops it). */
+  mask?: Tensor;
+  /** ε: the target distribution is (1 − ε)·onehot + ε/K, as in PyTorch. */
+  labelSmoothing?: number;
+}
+
+/**
+ * Mean cross-entropy of logits [N, K] against class indices targets i32 [N], over the rows whose
+ * mask is 1 (all rows without a mask); 0 when no row counts. A target outside [0, K) (e.g. −100,
+ * PyTorch's ignore_index) drops its row like a mask of 0: it adds nothing to the loss, the count or
+ * the gradient.
+ */
+export function crossEntropy(
+  logits: Tensor,
+  targets: Tensor,
+  { mask, labelSmoothing = 0 }: CrossEntropyOptions = {},
+): Tensor {
+  const op = "crossEntropy";
+  if (logits.dtype !== "f32" || logits.rank !== 2) {
+    throw new Error(`peco: ${op}: logits must be f32 [N, K], got ${logits.describe()}`);
+  }
+  const [n, k] = logits.shape;
+  const rowsOf = `[${n}] for logits ${shapeOf(logits)}`;
+  if (targets.dtype !== "i32" || targets.rank !== 1 || targets.shape[0] !== n) {
+    throw new Error(`peco: ${op}: targets must be i32 ${rowsOf}, got ${targets.describe()}`);
+  }
+  if (mask && (mask.dtype !== "f32" || mask.rank !== 1 || mask.shape[0] !== n)) {
+    throw new Error(`peco: ${op}: mask must be f32 ${rowsOf}, got ${mask.describe()}`);
+  }
+  if (!(labelSmoothing >= 0 && labelSmoothing <= 1)) {
+    throw new Error(`peco: ${op}: labelSmoothing ${labelSmoothing} is not in [0, 1]`);
+  }
+  // One invocation loops over a row: lavapipe silently ends loops longer than 65535.
+  if (k < 1 || k > MAX_LOOP) {
+    throw new Error(`peco: ${op}: logits ${shapeOf(logits)} need 1 to ${MAX_LOOP} classes`);
+  }
+  const recorder = gpu().recorder;
+  const params = [n, k, f32bits(labelSmoothing)];
+  // rows: [weighted loss per row; weight per row] → sums [Σ w·loss, Σ w] → the mean.
+  const rows = new Tensor([2, n], "f32");
+  const lse = new Tensor([n], "f32");
+  recorder.dispatch(kernels.ceRows, {
+    buffers: [logits.buffer, targets.buffer, (mask ?? logits).buffer, rows.buffer, lse.buffer],
+    params,
+    constants: { HAS_MASK: mask ? 1 : 0 },
+    workgroups: grid1d(n, WG),
+  });
+  const sums = reduceRaw(rows, 1, "sum");
+  const out = new Tensor([], "f32");
+  recorder.dispatch(kernels.ceFinish, { buffers: [sums.buffer, out.buffer], workgroups: [1] });
+  return record(op, out, [logits], (g) => {
+    const dz = new Tensor(logits.shape, "f32");
+    gpu().recorder.dispatch(kernels.ceGrad, {
+      buffers: [
+        logits.buffer,
+        targets.buffer,
+        rows.buffer,
+        lse.buffer,
+        sums.buffer,
+        g.buffer,
+        dz.buffer,
+      ],
+      params,
+      workgroups: grid1d(n * Math.ceil(k / CE_GRAD_RUN), WG),
+    });
+    return [dz];
+  });
+}
+
+/** mean((a − b)²) over all elements; a and b of the same shape. */
+export function mseLoss(a: Tensor, b: Tensor): Tensor {
+  return pairLoss("mseLoss", 0, a, b);
+}
+
+/** mean(|a − b|) over all elements; a and b of the same shape. */
+export function l1Loss(a: Tensor, b: Tensor): Tensor {
+  return pairLoss("l1Loss", 1, a, b);
+}
+
+function pairLoss(op: string, code: number, a: Tensor, b: Tensor): Tensor {
+  if (a.dtype !== "f32" || b.dtype !== "f32") {
+    throw new Error(`peco: ${op}: needs f32 inputs, got ${a.describe()} and ${b.describe()}`);
+  }
+  if (a.rank !== b.rank || a.shape.some((d, i) => d !== b.shape[i])) {
+    throw new Error(`peco: ${op}: shapes ${shapeOf(a)} and ${shapeOf(b)} differ`);
+  }
+  const n = a.size;
+  // Each piece loops n / pieces times: below MAX_LOOP (lavapipe silently ends longer loops).
+  const pieces = Math.max(
+    1,
+    Math.min(MAX_PIECES, Math.floor(n / MIN_PIECE)),
+    Math.ceil(n / MAX_LOOP),
+  );
+  const parts = new Tensor([pieces], "f32");
+  gpu().recorder.dispatch(kernels.pairPartial, {
+    buffers: [a.buffer, b.buffer, parts.buffer],
+    params: [n, pieces, 0],
+    constants: { OP: code },
+    workgroups: grid1d(pieces, WG),
+  });
+  const out = reduceRaw(parts, 0, "sum", 1 / n);
+  parts.dispose();
+  return record(op, out, [a, b], (g) => {
+    const grad = (x: Tensor, scale: number) => {
+      if (!x.requiresGrad) return null;
+      const dx = new Tensor(x.shape, "f32");
+      gpu().recorder.dispatch(kernels.pairGrad, {
+        buffers: [a.buffer, b.buffer, g.buffer, dx.buffer],
+        params: [n, 0, f32bits(scale)],
+        constants: { OP: code },
+        workgroups: grid1d(n, WG),
+      });
+      return dx;
+    };
+    return [grad(a, 1 / n), grad(b, -1 / n)];
+  });
+}

@@ -1,0 +1,289 @@
+import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import * as T from "../lib/tensor/mod.ts";
+import assert from "node:assert/strict";
+
+/** How a float64 reference groups [N, C, S]: `groups` channel groups, or per channel (batch). */
+type Grouping = { groups: number } | { batch: true };
+
+/** Statistics group of element (n, c) and the number of groups. */
+function statsGroup(g: Grouping, [, c]: number[]): { of: (n: number, ch: number) => number } {
+  if ("batch" in g) return { of: (_n, ch) => ch };
+  const cg = c / g.groups;
+  return { of: (n, ch) => n * g.groups + Math.floor(ch / cg) };
+}
+
+/** float64 mean and biased variance per statistics group. */
+function statsRef(
+  x: number[],
+  dims: number[],
+  g: Grouping,
+): { mean: number[]; variance: number[] } {
+  const [n, c, s] = dims;
+  const group = statsGroup(g, dims);
+  const sums = new Map<number, number[]>();
+  for (let i = 0; i < n; i++) {
+    for (let ch = 0; ch < c; ch++) {
+      const k = group.of(i, ch);
+      if (!sums.has(k)) sums.set(k, []);
+      for (let j = 0; j < s; j++) sums.get(k)!.push(x[(i * c + ch) * s + j]);
+    }
+  }
+  const mean: number[] = [];
+  const variance: number[] = [];
+  for (const [k, v] of sums) {
+    const m = v.reduce((a, b) => a + b, 0) / v.length;
+    mean[k] = m;
+    variance[k] = v.reduce((a, b) => a + (b - m) ** 2, 0) / v.length;
+  }
+  return { mean, variance };
+}
+
+/** float64 normalisation of x viewed as [N, C, S] (stats given, or taken from x). */
+function normRef(
+  x: number[],
+  dims: number[],
+  g: Grouping,
+  w: number[] | null,
+  b: number[] | null,
+  eps = 1e-5,
+  stats = statsRef(x, dims, g),
+): number[] {
+  const [n, c, s] = dims;
+  const group = statsGroup(g, dims);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    for (let ch = 0; ch < c; ch++) {
+      const k = group.of(i, ch);
+      const r = 1 / Math.sqrt(stats.variance[k] + eps);
+      for (let j = 0; j < s; j++) {
+        const v = (x[(i * c + ch) * s + j] - stats.mean[k]) * r;
+        out.push(v * (w ? w[ch] : 1) + (b ? b[ch] : 0));
+      }
+    }
+  }
+  return out;
+}
+
+const input = (data: number[], shape: number[]) => ({ data, shape });
+
+/** Forward against float64 and backward by finite differences, with and without affine. */
+async function checkNorm(
+  shape: number[],
+  dims: number[],
+  g: Grouping,
+  op: (x: T.Tensor, w: T.Tensor | null, b: T.Tensor | null) => T.Tensor,
+  seed: number,
+) {
+  const c = dims[1];
+  const x = randArray(prod(shape), seed, -2, 2);
+  const w = randArray(c, seed + 1, 0.5, 1.5);
+  const b = randArray(c, seed + 2);
+  const out = await runOp(op, [input(x, shape), input(w, [c]), input(b, [c])]);
+  assertClose(out.data, normRef(x, dims, g, w, b), { atol: 2e-5, rtol: 1e-4, what: "forward" });
+  assertClose(out.shape, shape, { what: "shape" });
+  const plain = await runOp((t) => op(t, null, null), [input(x, shape)]);
+  assertClose(plain.data, normRef(x, dims, g, null, null), { atol: 2e-5, what: "no affine" });
+  await checkGrad(op, (xs, ws, bs) => normRef(xs, dims, g, ws, bs), [
+    input(x, shape),
+    input(w, [c]),
+    input(b, [c]),
+  ]);
+  await checkGrad((t) => op(t, null, null), (xs) => normRef(xs, dims, g, null, null), [
+    input(x, shape),
+  ]);
+}
+
+// ---- layerNorm -------------------------------------------------------------------------------
+
+const ln = (x: T.Tensor, w: T.Tensor | null, b: T.Tensor | null) => T.layerNorm(x, w, b);
+
+Deno.test("layerNorm [3,5,7]: forward and backward", async () => {
+  await checkNorm([3, 5, 7], [15, 7, 1], { groups: 1 }, ln, 1);
+});
+
+Deno.test("layerNorm [1,9] and [2,301] (a row split into several pieces)", async () => {
+  await checkNorm([1, 9], [1, 9, 1], { groups: 1 }, ln, 2);
+  await checkNorm([2, 301], [2, 301, 1], { groups: 1 }, ln, 3);
+});
+
+Deno.test("layerNorm stays accurate on rows with a large mean (1000 + noise)", async () => {
+  for (const shape of [[4, 7], [3, 517]]) {
+    const [rows, d] = shape;
+    // The reference sees the f32 values the GPU sees.
+    const x = randArray(rows * d, 4, 999, 1001).map(Math.fround);
+    const out = await runOp((t) => T.layerNorm(t, null, null), [input(x, shape)]);
+    assertClose(out.data, normRef(x, [rows, d, 1], { groups: 1 }, null, null), {
+      atol: 2e-4,
+      what: `offset rows [${shape}]`,
+    });
+  }
+});
+
+Deno.test("layerNorm with eps: tiny variance is damped as in the reference", async () => {
+  const x = randArray(15, 5, -1e-3, 1e-3);
+  const out = await runOp((t) => T.layerNorm(t, null, null, 1e-4), [input(x, [3, 5])]);
+  assertClose(out.data, normRef(x, [3, 5, 1], { groups: 1 }, null, null, 1e-4), { atol: 1e-4 });
+});
+
+// ---- groupNorm -------------------------------------------------------------------------------
+
+for (const groups of [3, 1]) {
+  Deno.test(`groupNorm N=2 C=6 groups=${groups}, 5x3: forward and backward`, async () => {
+    const op = (x: T.Tensor, w: T.Tensor | null, b: T.Tensor | null) =>
+      T.groupNorm(x, groups, w, b);
+    await checkNorm([2, 6, 5, 3], [2, 6, 15], { groups }, op, 10 + groups);
+  });
+}
+
+Deno.test("groupNorm [2,4,13,11] groups=2 (pieces cross channel runs), [1,3] rank 2", async () => {
+  const op2 = (x: T.Tensor, w: T.Tensor | null, b: T.Tensor | null) => T.groupNorm(x, 2, w, b);
+  await checkNorm([2, 4, 13, 11], [2, 4, 143], { groups: 2 }, op2, 20);
+  const op3 = (x: T.Tensor, w: T.Tensor | null, b: T.Tensor | null) => T.groupNorm(x, 3, w, b);
+  await checkNorm([1, 3], [1, 3, 1], { groups: 3 }, op3, 21);
+});
+
+// ---- batchNorm -------------------------------------------------------------------------------
+
+const bnTrain = (x: T.Tensor, w: T.Tensor | null, b: T.Tensor | null) =>
+  T.batchNorm(x, w, b, null, null, { training: true });
+
+Deno.test("batchNorm train N=3 C=5 4x3: forward and backward", async () => {
+  await checkNorm([3, 5, 4, 3], [3, 5, 12], { batch: true }, bnTrain, 30);
+});
+
+Deno.test("batchNorm train [5,3,9,7] (several pieces per channel) and [7,2]", async () => {
+  await checkNorm([5, 3, 9, 7], [5, 3, 63], { batch: true }, bnTrain, 31);
+  await checkNorm([7, 2], [7, 2, 1], { batch: true }, bnTrain, 32);
+});
+
+Deno.test("batchNorm train with large channel means stays accurate", async () => {
+  const shape = [5, 3, 9, 7];
+  const x = randArray(prod(shape), 33, -1, 1).map((v, i) =>
+    Math.fround(v + 1000 * (1 + Math.floor(i / 63) % 3))
+  );
+  const out = await runOp((t) => bnTrain(t, null, null), [input(x, shape)]);
+  assertClose(out.data, normRef(x, [5, 3, 63], { batch: true }, null, null), { atol: 5e-4 });
+});
+
+Deno.test("batchNorm train updates running statistics in place (PyTorch semantics)", async () => {
+  const shape = [3, 5, 4, 3];
+  const dims = [3, 5, 12];
+  const x = randArray(prod(shape), 40, -2, 3);
+  const rm0 = randArray(5, 41);
+  const rv0 = randArray(5, 42, 0.5, 2);
+  const w = randArray(5, 43, 0.5, 1.5);
+  const b = randArray(5, 44);
+  const momentum = 0.3;
+  const [xt, wt, bt] = [T.tensor(x, shape), T.tensor(w), T.tensor(b)];
+  const [rm, rv] = [T.tensor(rm0), T.tensor(rv0)];
+  const y = T.batchNorm(xt, wt, bt, rm, rv, { training: true, momentum });
+  const stats = statsRef(x, dims, { batch: true });
+  const count = 3 * 12;
+  assertClose(await y.toArray(), normRef(x, dims, { batch: true }, w, b), { atol: 2e-5 });
+  assertClose(
+    await rm.toArray(),
+    rm0.map((r, c) => (1 - momentum) * r + momentum * stats.mean[c]),
+    {
+      what: "running mean",
+    },
+  );
+  assertClose(
+    await rv.toArray(),
+    rv0.map((r, c) => (1 - momentum) * r + momentum * stats.variance[c] * count / (count - 1)),
+    { what: "running var (unbiased)" },
+  );
+  // Default momentum 0.1 on a second step from the updated values.
+  const rm1 = await rm.toArray();
+  T.batchNorm(xt, wt, bt, rm, rv, { training: true }).dispose();
+  assertClose(await rm.toArray(), rm1.map((r, c) => 0.9 * r + 0.1 * stats.mean[c]), {
+    what: "second step",
+  });
+  [xt, wt, bt, rm, rv, y].forEach((t) => t.dispose());
+});
+
+Deno.test("batchNorm eval uses the running statistics: forward and backward", async () => {
+  const shape = [3, 5, 4, 3];
+  const dims = [3, 5, 12];
+  const x = randArray(prod(shape), 50, -2, 2);
+  const rm = randArray(5, 51);
+  const rv = randArray(5, 52, 0.5, 2);
+  const w = randArray(5, 53, 0.5, 1.5);
+  const b = randArray(5, 54);
+  const stats = { mean: rm, variance: rv };
+  const [m, v] = [T.tensor(rm), T.tensor(rv)];
+  const op = (xs: T.Tensor, ws: T.Tensor, bs: T.Tensor) =>
+    T.batchNorm(xs, ws, bs, m, v, { training: false, eps: 1e-3 });
+  const ref = (xs: number[], ws: number[], bs: number[]) =>
+    normRef(xs, dims, { batch: true }, ws, bs, 1e-3, stats);
+  const out = await runOp(op, [input(x, shape), input(w, [5]), input(b, [5])]);
+  assertClose(out.data, ref(x, w, b), { atol: 2e-5, what: "eval forward" });
+  await checkGrad(op, ref, [input(x, shape), input(w, [5]), input(b, [5])]);
+  // Eval leaves the running statistics alone.
+  assertClose(await m.toArray(), rm, { what: "running mean after eval" });
+  assertClose(await v.toArray(), rv, { what: "running var after eval" });
+  m.dispose();
+  v.dispose();
+});
+
+// ---- the vec4 kernels -------------------------------------------------------------------------
+
+Deno.test("aligned shapes take the vec4 kernels: forward and backward", async () => {
+  // The odd shapes above take the one-element kernels; these take the four-element ones:
+  // S % 4 == 0, or S == 1 with consecutive channels (and statistics groups for batchNorm).
+  await checkNorm([3, 8], [3, 8, 1], { groups: 1 }, ln, 60);
+  const gn = (groups: number) => (x: T.Tensor, w: T.Tensor | null, b: T.Tensor | null) =>
+    T.groupNorm(x, groups, w, b);
+  await checkNorm([3, 8], [3, 8, 1], { groups: 2 }, gn(2), 61);
+  await checkNorm([2, 6, 4, 2], [2, 6, 8], { groups: 3 }, gn(3), 62);
+  await checkNorm([7, 4], [7, 4, 1], { batch: true }, bnTrain, 63);
+  const rm = randArray(8, 64);
+  const rv = randArray(8, 65, 0.5, 2);
+  const [m, v] = [T.tensor(rm), T.tensor(rv)];
+  const bnEval = (xs: T.Tensor, ws: T.Tensor, bs: T.Tensor) =>
+    T.batchNorm(xs, ws, bs, m, v, { training: false });
+  const x = randArray(40, 66);
+  const w = randArray(8, 67);
+  const b = randArray(8, 68);
+  const ref = (xs: number[], ws: number[], bs: number[]) =>
+    normRef(xs, [5, 8, 1], { batch: true }, ws, bs, 1e-5, { mean: rm, variance: rv });
+  const inputs = [input(x, [5, 8]), input(w, [8]), input(b, [8])];
+  assertClose((await runOp(bnEval, inputs)).data, ref(x, w, b), { atol: 2e-5, what: "eval" });
+  await checkGrad(bnEval, ref, inputs);
+  m.dispose();
+  v.dispose();
+});
+
+// ---- bad input -------------------------------------------------------------------------------
+
+Deno.test("norms reject bad input with errors naming the op and shapes", () => {
+  T.tidy(() => {
+    const x = T.zeros([2, 6, 3]);
+    assert.throws(
+      () => T.layerNorm(x, T.zeros([4]), null),
+      /peco: layerNorm: weight \[4\] does not match 3 channels of x \[2,6,3\]/,
+    );
+    assert.throws(() => T.layerNorm(x, null, T.zeros([3, 1])), /layerNorm: bias \[3,1\]/);
+    assert.throws(
+      () => T.groupNorm(x, 4, null, null),
+      /peco: groupNorm: 6 channels of x \[2,6,3\] do not split into 4 groups/,
+    );
+    assert.throws(() => T.groupNorm(x, 3, T.zeros([3]), null), /groupNorm: weight \[3\]/);
+    assert.throws(() => T.groupNorm(T.zeros([6]), 3, null, null), /groupNorm: x \[6\] must be/);
+    assert.throws(
+      () => T.batchNorm(x, null, null, T.zeros([6]), T.zeros([5]), { training: true }),
+      /peco: batchNorm: runningVar \[5\] does not match 6 channels of x \[2,6,3\]/,
+    );
+    assert.throws(
+      () => T.batchNorm(x, null, null, null, null, { training: false }),
+      /batchNorm: eval mode needs runningMean and runningVar/,
+    );
+    assert.throws(
+      () => T.batchNorm(T.zeros([1, 6]), null, null, null, null, { training: true }),
+      /batchNorm: training needs more than 1 value per channel/,
+    );
+    assert.throws(
+      () => T.layerNorm(T.zeros([2, 3], "i32"), null, null),
+      /peco: layerNorm: x must be f32/,
+    );
+  });
+});
