@@ -16,7 +16,7 @@ const options = parseOrExit({
 });
 
 await initGpuOrExit();
-const files = ["engine", "matmul", "attention", "conv", "vq"];
+const files = ["engine", "matmul", "attention", "conv", "vq", "shard", "loader"];
 const cases: BenchCase[] = [];
 for (const file of files) {
   const mod = await import(`./${file}.ts`).catch((error) => {

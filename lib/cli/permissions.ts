@@ -1,0 +1,77 @@
+// Least privilege for stages. A stage's inputs and output are named on its command line, but Deno
+// fixes permissions before the program starts and `deno task` cannot compute flags from
+// arguments. So a stage started with permission to run `deno` is a launcher: it parses its options,
+// works out the paths it needs, and runs itself again as
+//
+//   deno run --no-prompt --allow-read=<inputs>,<output> --allow-write=<output> <script> <args>
+//
+// (no net, env, run, ffi or sys), waits, and exits with the child's status. The child has no run
+// permission, so it does the work instead of launching again. The launcher itself only resolves
+// paths; it opens no input file. Running a stage directly with narrow flags also works.
+
+import { fileURLToPath } from "node:url";
+
+export interface StageAccess {
+  /** Files or folders the stage reads (absolute). */
+  read: string[];
+  /** Folders the stage writes (absolute). */
+  write: string[];
+}
+
+function joinPaths(flag: string, paths: string[]): string {
+  for (const p of paths) {
+    // Deno splits allow-lists on commas and has no escape for them.
+    if (p.includes(",")) {
+      throw new Error(
+        `peco: permissions: path "${p}" contains a comma, which --${flag} cannot express`,
+      );
+    }
+  }
+  return `--${flag}=${[...new Set(paths)].join(",")}`;
+}
+
+/** The exact `deno run` permission flags for a stage: this access and nothing else, no prompts. */
+export function permissionFlags(access: StageAccess): string[] {
+  const flags = ["--no-prompt"];
+  if (access.read.length) flags.push(joinPaths("allow-read", access.read));
+  if (access.write.length) flags.push(joinPaths("allow-write", access.write));
+  return flags;
+}
+
+/**
+ * True when this process may start `deno` (found on PATH, as `--allow-run=deno` grants it), i.e.
+ * it is a launcher rather than a sandboxed stage.
+ */
+export function isLauncher(): boolean {
+  return Deno.permissions.querySync({ name: "run", command: "deno" }).state === "granted";
+}
+
+/**
+ * Runs `script` (a file: URL of a stage) in a child `deno run` limited to `access`, with the
+ * project's deno.json, inheriting stdio. Resolves to the child's exit code.
+ */
+export async function runSandboxed(
+  script: string | URL,
+  args: string[],
+  access: StageAccess,
+  config = new URL("../../deno.json", import.meta.url),
+): Promise<number> {
+  const command = new Deno.Command("deno", {
+    args: [
+      "run",
+      `--config=${fileURLToPath(config)}`,
+      ...permissionFlags(access),
+      fileURLToPath(script),
+      ...args,
+    ],
+    stdin: "inherit",
+    stdout: "inherit",
+    stderr: "inherit",
+  });
+  const { code, signal } = await command.spawn().status;
+  return signal ? 128 + (Deno.build.os === "windows" ? 1 : signalNumber(signal)) : code;
+}
+
+function signalNumber(signal: Deno.Signal): number {
+  return ({ SIGINT: 2, SIGKILL: 9, SIGTERM: 15 } as Record<string, number>)[signal] ?? 1;
+}

@@ -1,0 +1,532 @@
+// `deno task shard`: ingests an image folder, MNIST or an IDX pair into verified shards.
+//
+//   deno task shard --input mnist --out runs/shard
+//   deno task shard --input photos/ --out runs/photos --size 224 --channels 3
+//   deno task shard --input idx:emnist-images.gz,emnist-labels.gz --out runs/emnist
+//
+// Least privilege (lib/cli/permissions.ts): the task starts with --allow-read and
+// --allow-run=deno only, resolves the paths, and re-runs this file with read access to the input
+// and the output folder and write access to the output folder only (no net/env/run/ffi/sys).
+//
+// Output (--out): shards (format in lib/data/shards.ts) and manifest.json, written last and
+// atomically; a folder without manifest.json is unfinished and no reader accepts it.
+//
+// Interruption and reruns: every shard is written under a temporary name and renamed when
+// complete; after each shard the journal .shard-journal.json (atomic) records the shards done
+// with their sha256, the position reached in each split and the rejections so far. Rerunning the
+// same command (same config and unchanged input listing) verifies the journalled shards and
+// resumes after the last one; if one fails verification the run restarts cleanly. A folder that
+// holds a finished run with the same config is reported up to date and left alone; one holding
+// a different run (manifest or journal with another key) or foreign files is refused with a
+// one-line error before anything is written.
+
+import { join, resolve } from "node:path";
+import { type Parsed, parseOrExit, UsageError } from "../lib/cli/args.ts";
+import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
+import { Progress } from "../lib/cli/progress.ts";
+import { TEMP_PREFIX, writeJsonAtomic } from "../lib/io/atomic.ts";
+import { sha256File, sha256Hex } from "../lib/io/hash.ts";
+import { DEFAULT_MAX_PIXELS, ImageDecodeError } from "../lib/data/decode.ts";
+import { RESIZE_POLICIES, type ResizePolicy } from "../lib/data/resize.ts";
+import {
+  MANIFEST_FILE,
+  openShards,
+  type Rejection,
+  SHARD_HEADER_BYTES,
+  SHARD_MAGIC,
+  SHARD_VERSION,
+  type ShardEntry,
+  type ShardManifest,
+  ShardWriter,
+  validateManifest,
+} from "../lib/data/shards.ts";
+import {
+  inputReadPaths,
+  type InputSpec,
+  isInside,
+  type Item,
+  itemName,
+  loadItem,
+  openSource,
+  parseInputSpec,
+  planSplits,
+  type Source,
+  type SplitName,
+  SPLITS,
+} from "../lib/data/sources.ts";
+
+export const shardCommand = {
+  usage: "deno task shard",
+  summary: "Ingests images (a folder, MNIST or an IDX pair) into verified binary shards and a " +
+    "manifest.json in --out.\nRuns sandboxed: reads only the input and --out, writes only --out.",
+  options: {
+    input: {
+      type: "string",
+      default: "mnist",
+      help:
+        'image folder (class sub-folders, flat, or train/ val/), "mnist", or idx:IMAGES[,LABELS]',
+    },
+    out: { type: "string", default: "runs/shard", help: "output folder" },
+    size: { type: "number", help: "output size in pixels (default: native for mnist/idx, 224)" },
+    resize: {
+      type: "string",
+      default: "crop",
+      choices: RESIZE_POLICIES,
+      help: "crop: shorter side to --size then centre crop; pad: longer side then black borders",
+    },
+    channels: { type: "number", help: "1 (grey) or 3 (RGB) (default: 1 for mnist/idx, 3)" },
+    "val-fraction": {
+      type: "number",
+      help: "fraction of train held out as val (default 0.1; not for inputs with their own val)",
+    },
+    "per-shard": { type: "number", default: 1024, help: "images per shard" },
+    limit: { type: "number", help: "use at most this many images per split" },
+    seed: { type: "number", default: 0, help: "seed of the val split and of the shard order" },
+    strict: { type: "boolean", help: "fail on the first rejected input instead of skipping it" },
+    "max-pixels": {
+      type: "number",
+      default: DEFAULT_MAX_PIXELS,
+      help: "refuse images with more pixels (width × height; decompression-bomb guard)",
+    },
+    quiet: { type: "boolean", help: "no progress bar" },
+  },
+} as const;
+
+export type ShardOptions = Parsed<typeof shardCommand.options>;
+
+/** The run's resolved configuration (recorded in the manifest). */
+export interface ShardConfig {
+  input: string;
+  spec: InputSpec;
+  out: string;
+  size: number;
+  resize: ResizePolicy;
+  channels: 1 | 3;
+  valFraction: number;
+  perShard: number;
+  limit: number | null;
+  seed: number;
+  strict: boolean;
+  maxPixels: number;
+}
+
+export interface ShardResult {
+  status: "written" | "resumed" | "up to date";
+  out: string;
+  manifest: ShardManifest;
+}
+
+const JOURNAL_FILE = ".shard-journal.json";
+const OUR_FILE = new RegExp(
+  `^(?:(?:${SPLITS.join("|")})-\\d{5}\\.shard|${JOURNAL_FILE}|${
+    MANIFEST_FILE.replace(".", "\\.")
+  }|${TEMP_PREFIX.replace(".", "\\.")}.*)$`,
+);
+
+function fail(what: string): never {
+  throw new Error(`peco: shard: ${what}`);
+}
+
+function positiveInt(name: string, v: number | undefined): void {
+  if (v !== undefined && (!Number.isSafeInteger(v) || v < 1)) {
+    throw new UsageError(`--${name} must be a positive integer, got ${v}`);
+  }
+}
+
+/** Validates options and resolves paths; the launcher and the stage share it. */
+export function resolveOptions(o: ShardOptions): { spec: InputSpec; out: string } {
+  positiveInt("size", o.size);
+  positiveInt("per-shard", o["per-shard"]);
+  positiveInt("limit", o.limit);
+  positiveInt("max-pixels", o["max-pixels"]);
+  if (o.channels !== undefined && o.channels !== 1 && o.channels !== 3) {
+    throw new UsageError(`--channels must be 1 or 3, got ${o.channels}`);
+  }
+  const f = o["val-fraction"];
+  if (f !== undefined && !(f >= 0 && f < 1)) {
+    throw new UsageError(`--val-fraction must be in [0, 1), got ${f}`);
+  }
+  if (!Number.isSafeInteger(o.seed)) {
+    throw new UsageError(`--seed must be an integer, got ${o.seed}`);
+  }
+  const spec = parseInputSpec(o.input);
+  const out = resolve(o.out);
+  for (const p of inputReadPaths(spec)) {
+    if (isInside(out, p) || isInside(p, out)) {
+      throw new UsageError(`--out ${out} and the input ${p} must not contain one another`);
+    }
+  }
+  return { spec, out };
+}
+
+/** What the stage needs: read its input and its output folder, write its output folder. */
+export function shardAccess(o: ShardOptions): StageAccess {
+  const { spec, out } = resolveOptions(o);
+  return { read: [...inputReadPaths(spec), out], write: [out] };
+}
+
+// ---- output folder state ------------------------------------------------------------------
+
+interface SplitProgress {
+  /** Items before this index are in written shards or rejected. */
+  next: number;
+  shards: ShardEntry[];
+  classCounts: number[];
+  finished: boolean;
+}
+
+interface Journal {
+  key: string;
+  splits: Record<SplitName, SplitProgress>;
+  rejected: Rejection[];
+}
+
+type OutState =
+  | { kind: "fresh"; exists: boolean; leftovers: string[] }
+  | { kind: "resume"; journal: Journal; leftovers: string[] }
+  | { kind: "done"; manifest: ShardManifest };
+
+async function readJson(path: string): Promise<unknown> {
+  try {
+    return JSON.parse(await Deno.readTextFile(path));
+  } catch (error) {
+    return fail(`${path}: unreadable or invalid JSON (${(error as Error).message})`);
+  }
+}
+
+/** Looks at --out without changing it; refuses folders holding something else. */
+async function inspectOut(out: string, key: string): Promise<OutState> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(out);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) {
+      return { kind: "fresh", exists: false, leftovers: [] };
+    }
+    throw error;
+  }
+  if (!info.isDirectory) fail(`--out ${out} exists and is not a folder`);
+  const names: string[] = [];
+  for await (const e of Deno.readDir(out)) names.push(e.name);
+  const foreign = names.filter((n) => !OUR_FILE.test(n)).sort();
+  if (foreign.length) {
+    fail(
+      `--out ${out} holds files that are not from a shard run (${
+        foreign.slice(0, 3).join(", ")
+      }…); choose an empty or new folder`,
+    );
+  }
+  if (names.includes(MANIFEST_FILE)) {
+    const manifest = validateManifest(
+      await readJson(join(out, MANIFEST_FILE)),
+      join(out, MANIFEST_FILE),
+    );
+    if (manifest.key !== key) {
+      fail(
+        `--out ${out} already holds a different shard run (other config or input); ` +
+          `choose another folder or delete it`,
+      );
+    }
+    return { kind: "done", manifest };
+  }
+  const leftovers = names.filter((n) => n !== JOURNAL_FILE);
+  if (names.includes(JOURNAL_FILE)) {
+    const journal = await readJson(join(out, JOURNAL_FILE)) as Journal;
+    if (journal?.key !== key) {
+      fail(
+        `--out ${out} holds an unfinished shard run with another config or input; ` +
+          `choose another folder or delete it`,
+      );
+    }
+    return { kind: "resume", journal, leftovers };
+  }
+  return { kind: "fresh", exists: true, leftovers };
+}
+
+/** Checks the journalled shards (size and sha256); false when any is missing or damaged. */
+async function verifyJournal(out: string, journal: Journal): Promise<boolean> {
+  for (const split of SPLITS) {
+    for (const s of journal.splits[split]?.shards ?? []) {
+      try {
+        const { sha256, bytes } = await sha256File(join(out, s.file));
+        if (sha256 !== s.sha256 || bytes !== s.bytes) return false;
+      } catch {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+async function removeOurs(out: string, names: string[]): Promise<void> {
+  for (const n of names) await Deno.remove(join(out, n)).catch(() => {});
+}
+
+// ---- the stage ----------------------------------------------------------------------------
+
+function resolveConfig(o: ShardOptions, source: Source, spec: InputSpec, out: string): ShardConfig {
+  const native = source.native;
+  if (o["val-fraction"] !== undefined && o["val-fraction"] > 0 && source.splits.val) {
+    throw new UsageError(
+      `the input has its own val split; --val-fraction applies only to inputs without one`,
+    );
+  }
+  return {
+    input: o.input,
+    spec,
+    out,
+    size: o.size ?? (native ? Math.max(native.height, native.width) : 224),
+    resize: o.resize as ResizePolicy,
+    channels: (o.channels ?? native?.channels ?? 3) as 1 | 3,
+    valFraction: source.splits.val ? 0 : o["val-fraction"] ?? 0.1,
+    perShard: o["per-shard"],
+    limit: o.limit ?? null,
+    seed: o.seed,
+    strict: o.strict ?? false,
+    maxPixels: o["max-pixels"],
+  };
+}
+
+/** Equal keys ⇔ same output: the config that shapes the data and the input fingerprint. */
+function runKey(c: ShardConfig, fingerprint: string): string {
+  const { out: _out, strict: _strict, input: _input, ...shaping } = c;
+  return sha256Hex(new TextEncoder().encode(JSON.stringify({ shaping, fingerprint })));
+}
+
+function category(reason: string): string {
+  return reason.split(/[:(]/)[0].trim();
+}
+
+/**
+ * Runs the stage. Throws a one-line `peco: shard: …` Error (or UsageError) on bad input; on
+ * success the output folder holds the shards and manifest.json.
+ */
+export async function runShard(
+  o: ShardOptions,
+  { log = (line: string) => console.error(line) }: { log?: (line: string) => void } = {},
+): Promise<ShardResult> {
+  const { spec, out } = resolveOptions(o);
+  const source = await openSource(spec);
+  const config = resolveConfig(o, source, spec, out);
+  const key = runKey(config, source.fingerprint);
+  const state = await inspectOut(out, key);
+  if (state.kind === "done") {
+    await openShards(out).catch((error) =>
+      fail(
+        `--out ${out} is up to date by its manifest but damaged (${
+          (error as Error).message
+        }); delete it and rerun`,
+      )
+    );
+    return { status: "up to date", out, manifest: state.manifest };
+  }
+  if (config.strict && source.rejected.length) {
+    const r = source.rejected[0];
+    fail(`${r.file}: ${r.reason} (--strict)`);
+  }
+  const plan = planSplits(source, {
+    valFraction: config.valFraction,
+    seed: config.seed,
+    limit: config.limit ?? undefined,
+  });
+  const total = plan.train.length + plan.val.length;
+  if (total === 0) {
+    fail(
+      `no images found in ${config.input}${
+        source.rejected.length
+          ? ` (${source.rejected.length} inputs rejected, first: ${source.rejected[0].file}: ${
+            source.rejected[0].reason
+          })`
+          : ""
+      }`,
+    );
+  }
+
+  if (config.valFraction > 0 && plan.val.length === 0) {
+    log(
+      `shard: note: --val-fraction ${config.valFraction} of ${plan.train.length} images ` +
+        `leaves val empty`,
+    );
+  }
+
+  // From here on files are written: first the out folder, then shards, journal, manifest.
+  let journal: Journal | null = null;
+  if (state.kind === "resume") {
+    if (await verifyJournal(out, state.journal)) journal = state.journal;
+    else log(`shard: journalled shards in ${out} fail verification; restarting cleanly`);
+  }
+  // Resuming keeps the journalled shards (later ones are rewritten under the same names) and
+  // drops half-written temporary files; restarting drops everything an earlier run left.
+  await removeOurs(
+    out,
+    journal
+      ? state.leftovers.filter((n) => n.startsWith(TEMP_PREFIX))
+      : state.kind === "fresh"
+      ? state.leftovers
+      : [...state.leftovers, JOURNAL_FILE],
+  );
+  const created = state.kind === "fresh" && !state.exists;
+  await Deno.mkdir(out, { recursive: true });
+  const classes = source.classes.length;
+  const fresh = (): SplitProgress => ({
+    next: 0,
+    shards: [],
+    classCounts: new Array(classes).fill(0),
+    finished: false,
+  });
+  journal ??= { key, splits: { train: fresh(), val: fresh() }, rejected: [...source.rejected] };
+  const resumed = journal.splits.train.next > 0 || journal.splits.train.finished;
+  if (resumed) log(`shard: resuming the unfinished run in ${out}`);
+
+  const geometry = { channels: config.channels, height: config.size, width: config.size };
+  const loadOptions = {
+    ...geometry,
+    size: config.size,
+    resize: config.resize,
+    maxPixels: config.maxPixels,
+  };
+  const progress = new Progress({ label: "shard", total, unit: "img", quiet: o.quiet });
+  let done = SPLITS.reduce((n, s) => n + journal!.splits[s].next, 0);
+  // The last item is drawn by finish() only (update draws whenever done reaches total).
+  const tick = () => ++done < total && progress.update(done);
+  try {
+    for (const split of SPLITS) {
+      const items = plan[split];
+      const p = journal.splits[split];
+      if (p.finished) continue;
+      const writer = new ShardWriter(out, split, geometry, config.perShard, p.shards);
+      const pendingCounts = new Array(classes).fill(0);
+      const pendingRejected: Rejection[] = [];
+      const commit = async (next: number, finished: boolean) => {
+        p.next = next;
+        p.finished = finished;
+        p.shards = [...writer.shards];
+        pendingCounts.forEach((c, i) => (p.classCounts[i] += c));
+        pendingCounts.fill(0);
+        journal!.rejected.push(...pendingRejected.splice(0));
+        await writeJsonAtomic(join(out, JOURNAL_FILE), journal);
+      };
+      for (let i = p.next; i < items.length; i++) {
+        const item: Item = items[i];
+        let pixels: Uint8Array;
+        try {
+          pixels = await loadItem(item, loadOptions);
+        } catch (error) {
+          if (!(error instanceof ImageDecodeError)) throw error;
+          if (config.strict) {
+            throw new StrictFailure(`${itemName(item)}: ${error.message} (--strict)`);
+          }
+          pendingRejected.push({ file: itemName(item), reason: error.message });
+          tick();
+          continue;
+        }
+        if (item.label >= 0) pendingCounts[item.label]++;
+        if (await writer.add(pixels, item.label)) await commit(i + 1, false);
+        tick();
+      }
+      await writer.finish();
+      await commit(items.length, true);
+    }
+  } catch (error) {
+    if (error instanceof StrictFailure) {
+      await cleanUp(out, created);
+      fail(error.message);
+    }
+    throw error; // unexpected (I/O, a bug): the journal stays so a rerun resumes
+  }
+  progress.finish();
+
+  const images = SPLITS.reduce(
+    (n, s) => n + journal!.splits[s].shards.reduce((m, e) => m + e.count, 0),
+    0,
+  );
+  if (images === 0) {
+    await cleanUp(out, created);
+    const r = journal.rejected[0];
+    fail(
+      `no usable images in ${config.input}: all ${journal.rejected.length} inputs were ` +
+        `rejected (first: ${r.file}: ${r.reason})`,
+    );
+  }
+  const manifest = buildManifest(config, source, journal, key);
+  await writeJsonAtomic(join(out, MANIFEST_FILE), manifest);
+  await Deno.remove(join(out, JOURNAL_FILE)).catch(() => {});
+  return { status: resumed ? "resumed" : "written", out, manifest };
+}
+
+class StrictFailure extends Error {}
+
+/** Removes what this stage wrote (and the folder when it made it): the run failed as a whole. */
+async function cleanUp(out: string, created: boolean): Promise<void> {
+  const names: string[] = [];
+  for await (const e of Deno.readDir(out)) if (OUR_FILE.test(e.name)) names.push(e.name);
+  await removeOurs(out, names);
+  if (created) await Deno.remove(out).catch(() => {});
+}
+
+function buildManifest(c: ShardConfig, source: Source, j: Journal, key: string): ShardManifest {
+  const splits: ShardManifest["splits"] = {};
+  for (const s of SPLITS) {
+    const p = j.splits[s];
+    const count = p.shards.reduce((n, e) => n + e.count, 0);
+    if (count > 0 || s === "train") {
+      splits[s] = { count, classCounts: p.classCounts, shards: p.shards };
+    }
+  }
+  const byReason: Record<string, number> = {};
+  for (const r of j.rejected) {
+    byReason[category(r.reason)] = (byReason[category(r.reason)] ?? 0) + 1;
+  }
+  const { spec: _spec, ...config } = c;
+  return {
+    stage: "shard",
+    format: { magic: SHARD_MAGIC, version: SHARD_VERSION, headerBytes: SHARD_HEADER_BYTES },
+    image: { channels: c.channels, height: c.size, width: c.size },
+    classes: source.classes,
+    labelled: source.labelled,
+    splits,
+    counts: {
+      images: Object.values(splits).reduce((n, s) => n + s.count, 0),
+      rejected: j.rejected.length,
+      rejectedByReason: byReason,
+    },
+    rejected: j.rejected,
+    inputs: { ...source.inputs, fingerprint: source.fingerprint },
+    config: { ...config },
+    key,
+    deno: { ...Deno.version },
+  };
+}
+
+// ---- command line ---------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const options = parseOrExit(shardCommand);
+  try {
+    if (isLauncher()) {
+      Deno.exit(await runSandboxed(import.meta.url, Deno.args, shardAccess(options)));
+    }
+    const { status, out, manifest } = await runShard(options);
+    const parts = Object.entries(manifest.splits).map(([s, m]) => `${m.count} ${s}`).join(" + ");
+    const { channels, height, width } = manifest.image;
+    console.log(
+      `shard: ${status}: ${parts} images [${channels},${height},${width}] in ${out}; ` +
+        `${manifest.counts.rejected} rejected${
+          manifest.counts.rejected ? " (see manifest.json)" : ""
+        }`,
+    );
+  } catch (error) {
+    // Expected failures are one line with a status; anything else is a bug and keeps its trace.
+    if (error instanceof UsageError) {
+      console.error(`${shardCommand.usage}: ${error.message}`);
+      Deno.exit(2);
+    }
+    if (error instanceof Error && error.message.startsWith("peco:")) {
+      console.error(error.message.split("\n")[0]);
+      Deno.exit(1);
+    }
+    throw error;
+  }
+}
+
+if (import.meta.main) await main();
