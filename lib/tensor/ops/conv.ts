@@ -1,0 +1,396 @@
+// Spatial ops: conv2d (implicit GEMM, with input, weight and bias gradients), average pooling and
+// nearest upsampling. See kernels/conv.wgsl for the kernels and why they look the way they do.
+
+import { gpu } from "../../gpu/device.ts";
+import { defineKernel } from "../../gpu/pipelines.ts";
+import { f32bits, grid1d } from "../../gpu/recorder.ts";
+import { record, Tensor } from "../tensor.ts";
+import { reduceRaw } from "./reduce.ts";
+import src from "../../../kernels/conv.wgsl" with { type: "text" };
+
+/** Workgroup size of the elementwise-style kernels (copy, weight re-layout, windows). */
+const WG = 64;
+/** Invocations per workgroup of the two GEMM kernels: one 8-wide SIMD row on lavapipe. */
+const GEMM_WG = 8;
+/** Output channel groups of 4 per invocation (both GEMMs) and input groups (weight gradient). */
+const TO = 4;
+const TC = 2;
+/** The weight gradient splits its reduction until about this many invocations run. */
+const WGRAD_TARGET_INVOCATIONS = 2048;
+
+const kernels = {
+  copy: defineKernel({
+    name: "conv_copy",
+    source: src,
+    entry: "conv_copy",
+    bindings: ["read", "write"],
+  }),
+  weightPrep: defineKernel({
+    name: "conv_wprep",
+    source: src,
+    entry: "conv_wprep",
+    bindings: ["read", "write"],
+  }),
+  forward: defineKernel({
+    name: "conv_fwd",
+    source: src,
+    entry: "conv_fwd",
+    bindings: ["read", "read", "read", "write"],
+  }),
+  weightGrad: defineKernel({
+    name: "conv_wgrad",
+    source: src,
+    entry: "conv_wgrad",
+    bindings: ["read", "read", "write"],
+  }),
+  windowSum: defineKernel({
+    name: "conv_window_sum",
+    source: src,
+    entry: "window_sum",
+    bindings: ["read", "write"],
+  }),
+  windowSpread: defineKernel({
+    name: "conv_window_spread",
+    source: src,
+    entry: "window_spread",
+    bindings: ["read", "write"],
+  }),
+};
+
+export interface Padding {
+  top: number;
+  bottom: number;
+  left: number;
+  right: number;
+}
+
+export interface Conv2dOptions {
+  stride?: number;
+  /** The same on all four sides, or per side (e.g. {top: 0, bottom: 1, left: 0, right: 1}). */
+  padding?: number | Padding;
+}
+
+const shapeStr = (t: Tensor) => `[${t.shape.join(",")}]`;
+
+/** Everything the kernels need to know about one convolution. */
+interface Geometry {
+  n: number;
+  c: number;
+  h: number;
+  w: number;
+  o: number;
+  kh: number;
+  kw: number;
+  stride: number;
+  pad: Padding;
+  hout: number;
+  wout: number;
+  /** Size of the stride-1 result the strided one is picked from. */
+  h1: number;
+  w1: number;
+}
+
+function geometry(x: Tensor, w: Tensor, bias: Tensor | null, options: Conv2dOptions): Geometry {
+  const what = `x ${shapeStr(x)}, weight ${shapeStr(w)}${bias ? `, bias ${shapeStr(bias)}` : ""}`;
+  const fail = (problem: string) => new Error(`peco: conv2d: ${problem} (${what})`);
+  for (const t of bias ? [x, w, bias] : [x, w]) {
+    if (t.dtype !== "f32") throw fail(`needs f32 tensors, got ${t.describe()}`);
+  }
+  if (x.rank !== 4) throw fail("x must be [N, C, H, W]");
+  if (w.rank !== 4) throw fail("weight must be [O, C, kh, kw]");
+  const [n, c, h, wd] = x.shape;
+  const [o, wc, kh, kw] = w.shape;
+  if (wc !== c) throw fail(`weight has ${wc} input channels, x has ${c}`);
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== o)) throw fail(`bias must be [${o}]`);
+  const stride = options.stride ?? 1;
+  if (!Number.isInteger(stride) || stride < 1) {
+    throw fail(`stride ${stride} is not a positive integer`);
+  }
+  const p = options.padding ?? 0;
+  const pad = typeof p === "number" ? { top: p, bottom: p, left: p, right: p } : { ...p };
+  for (const [side, v] of Object.entries(pad)) {
+    if (!Number.isInteger(v) || v < 0) throw fail(`padding ${side} = ${v} is not an integer ≥ 0`);
+  }
+  const hout = Math.floor((h + pad.top + pad.bottom - kh) / stride) + 1;
+  const wout = Math.floor((wd + pad.left + pad.right - kw) / stride) + 1;
+  if (kh < 1 || kw < 1 || hout < 1 || wout < 1 || n < 1 || c < 1 || o < 1) {
+    throw fail(`empty output [${n},${o},${hout},${wout}]`);
+  }
+  const h1 = (hout - 1) * stride + 1;
+  const w1 = (wout - 1) * stride + 1;
+  return { n, c, h, w: wd, o, kh, kw, stride, pad, hout, wout, h1, w1 };
+}
+
+/** Pixel groups of 4 per invocation for rows of `width` outputs (few variants: each compiles). */
+const pixelGroups = (width: number) => (width <= 8 ? 2 : width <= 16 ? 4 : 8);
+
+/** Kernel width in chunks of at most 5 taps (see conv.wgsl). */
+function taps(kw: number): { kwc: number; nchunk: number } {
+  const kwc = kw <= 5 ? kw : 4;
+  return { kwc, nchunk: Math.ceil(kw / kwc) };
+}
+
+/**
+ * Row width (in vec4s) of a padded input that both GEMMs read for `width` stride-1 outputs with a
+ * kw-wide kernel: the forward's last pixel block and the weight gradient's last pixel group may
+ * run past `width`, and tap shifts read one vec4 more.
+ */
+function paddedRow4(width: number, kw: number): number {
+  const { kwc, nchunk } = taps(kw);
+  const tp = pixelGroups(width);
+  const extra = kwc > 1 ? 1 : 0;
+  return Math.max(Math.ceil(width / (4 * tp)) * tp, Math.ceil(width / 4)) + nchunk - 1 + extra;
+}
+
+/**
+ * src [N, C, h, w] → [N, C, hp, wp]: out[y, x] = src[(y·step − top) / dil, (x·step − left) / dil]
+ * where that is a whole in-range index, else 0. Returns src itself when that is the identity.
+ */
+function copyPlanes(
+  src: Tensor,
+  hp: number,
+  wp: number,
+  { top = 0, left = 0, dil = 1, step = 1 } = {},
+): Tensor {
+  const [n, c, h, w] = src.shape;
+  if (top === 0 && left === 0 && dil === 1 && step === 1 && h === hp && w === wp) return src;
+  const out = new Tensor([n, c, hp, wp], "f32");
+  gpu().recorder.dispatch(kernels.copy, {
+    buffers: [src.buffer, out.buffer],
+    params: [out.size, h, w, hp, wp, top, left, dil, step],
+    constants: { WG },
+    workgroups: grid1d(out.size, WG),
+  });
+  return out;
+}
+
+/** How a weight is read: w(o, c, ky, kx) = w[base + o·so + c·sc + ky·sky + kx·skx]. */
+interface WeightView {
+  tensor: Tensor;
+  cout: number;
+  cin: number;
+  kh: number;
+  kw: number;
+  base: number;
+  so: number;
+  sc: number;
+  sky: number;
+  skx: number;
+}
+
+/** Weights re-laid as [cin, kh, kw rounded to whole chunks, cout rounded to 4·TO]. */
+function prepWeights(v: WeightView): { wt: Tensor; opad: number } {
+  const { kwc, nchunk } = taps(v.kw);
+  const kwp = kwc * nchunk;
+  const opad = Math.ceil(v.cout / (4 * TO)) * 4 * TO;
+  const wt = new Tensor([v.cin, v.kh, kwp, opad], "f32");
+  gpu().recorder.dispatch(kernels.weightPrep, {
+    buffers: [v.tensor.buffer, wt.buffer],
+    params: [wt.size, v.cout, v.kh, v.kw, kwp, opad, v.base, v.so, v.sc, v.sky, v.skx],
+    constants: { WG },
+    workgroups: grid1d(wt.size, WG),
+  });
+  return { wt, opad };
+}
+
+/** Workgroup counts [x, y, z] for `groups` along x, folded into z above the per-dimension limit. */
+function foldGrid(groups: number, y: number): [number, number, number] {
+  if (groups <= 65535) return [groups, y, 1];
+  const z = Math.ceil(groups / 65535);
+  return [Math.ceil(groups / z), y, z];
+}
+
+/**
+ * The implicit-GEMM kernel at stride 1: src [N, cin, hp, wp] (padded: see paddedRow4) and weight
+ * → [N, cout, hp − kh + 1, width] (+ bias).
+ */
+function implicitGemm(src: Tensor, weight: WeightView, bias: Tensor | null, width: number): Tensor {
+  const [n, cin, hp, wp] = src.shape;
+  const { cout, kh, kw } = weight;
+  const hout = hp - kh + 1;
+  const { kwc, nchunk } = taps(kw);
+  const tp = pixelGroups(width);
+  const nbx = Math.ceil(width / (4 * tp));
+  const blocks = n * hout * nbx;
+  const { wt, opad } = prepWeights(weight);
+  const out = new Tensor([n, cout, hout, width], "f32");
+  gpu().recorder.dispatch(kernels.forward, {
+    buffers: [src.buffer, wt.buffer, (bias ?? wt).buffer, out.buffer],
+    params: [cin, cout, hp, wp / 4, hout, width, nbx, blocks, kh, opad / 4, nchunk, bias ? 1 : 0],
+    constants: { WG: GEMM_WG, TO, TP: tp, KWC: kwc },
+    workgroups: foldGrid(Math.ceil(blocks / GEMM_WG), opad / (4 * TO)),
+  });
+  return out;
+}
+
+/**
+ * A 1×1 stride-1 unpadded convolution is a per-image matmul: each image is viewed as one row of
+ * H·W pixels so the pixel blocks run along the whole image.
+ */
+function isPointwise(g: Geometry): boolean {
+  const { pad } = g;
+  return g.kh === 1 && g.kw === 1 && g.stride === 1 &&
+    pad.top + pad.bottom + pad.left + pad.right === 0;
+}
+
+/**
+ * 2-D convolution of x [N, C, H, W] with weight [O, C, kh, kw] (PyTorch layout) plus bias [O]:
+ * → [N, O, Hout, Wout] with Hout = ⌊(H + top + bottom − kh) / stride⌋ + 1 (Wout alike).
+ * A strided convolution computes the stride-1 result and keeps every stride-th pixel.
+ */
+export function conv2d(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  options: Conv2dOptions = {},
+): Tensor {
+  let g = geometry(x, weight, bias, options);
+  const outShape = [g.n, g.o, g.hout, g.wout];
+  let xs = x;
+  if (isPointwise(g)) {
+    const pixels = g.h * g.w;
+    g = { ...g, h: 1, w: pixels, hout: 1, wout: pixels, h1: 1, w1: pixels };
+    xs = x.view([g.n, g.c, 1, pixels]);
+  }
+  const { n, c, o, kh, kw, stride, pad, hout, wout, h1, w1 } = g;
+  const xPadded = copyPlanes(xs, h1 + kh - 1, 4 * paddedRow4(w1, kw), {
+    top: pad.top,
+    left: pad.left,
+  });
+  const view = { tensor: weight, cout: o, cin: c, kh, kw, base: 0 };
+  const forward = { ...view, so: c * kh * kw, sc: kh * kw, sky: kw, skx: 1 };
+  const full = implicitGemm(xPadded, forward, bias, w1);
+  const out = copyPlanes(full, hout, wout, { step: stride }).view(outShape);
+
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  return record("conv2d", out, inputs, (grad) => {
+    const gs = grad.view([n, o, hout, wout]);
+    return [
+      x.requiresGrad ? inputGrad(gs, weight, g).view(x.shape) : null,
+      weight.requiresGrad ? weightGrad(gs, xPadded, g) : null,
+      bias?.requiresGrad
+        ? reduceRaw(reduceRaw(gs.view([n, o, hout * wout]), 2, "sum"), 0, "sum")
+        : null,
+    ];
+  });
+}
+
+/**
+ * dL/dx: a stride-1 convolution of the output gradient, dilated by the stride and padded by
+ * k − 1 − pad (cropped where that is negative), with the weight transposed (O ↔ C) and flipped.
+ */
+function inputGrad(grad: Tensor, weight: Tensor, g: Geometry): Tensor {
+  const { c, h, w, o, kh, kw, stride, pad } = g;
+  const gPadded = copyPlanes(grad, h + kh - 1, 4 * paddedRow4(w, kw), {
+    top: kh - 1 - pad.top,
+    left: kw - 1 - pad.left,
+    dil: stride,
+  });
+  const flipped = {
+    tensor: weight,
+    cout: c,
+    cin: o,
+    kh,
+    kw,
+    base: kh * kw - 1,
+    so: kh * kw,
+    sc: c * kh * kw,
+    sky: -kw,
+    skx: -1,
+  };
+  return implicitGemm(gPadded, flipped, null, w);
+}
+
+/**
+ * dL/dw: Σ over images and pixels of the output gradient (dilated by the stride) times the padded
+ * input, split into row chunks whose partial sums a reduction adds.
+ */
+function weightGrad(grad: Tensor, xPadded: Tensor, g: Geometry): Tensor {
+  const { n, c, o, kh, kw, stride, h1, w1 } = g;
+  const { kwc, nchunk } = taps(kw);
+  const gw4 = Math.ceil(w1 / 4);
+  const gDilated = copyPlanes(grad, h1, 4 * gw4, { dil: stride });
+  const rows = n * h1;
+  const lanes = Math.ceil(c / (4 * TC)) * kh * nchunk;
+  const oblocks = Math.ceil(o / (4 * TO));
+  const perChunk = Math.ceil(lanes / GEMM_WG) * GEMM_WG * oblocks;
+  const chunks = Math.min(rows, Math.max(1, Math.round(WGRAD_TARGET_INVOCATIONS / perChunk)));
+  const chunkRows = Math.ceil(rows / chunks);
+  const z = Math.ceil(rows / chunkRows);
+  const part = new Tensor([z, o, c, kh, kw], "f32");
+  const [, , hp, wp] = xPadded.shape;
+  gpu().recorder.dispatch(kernels.weightGrad, {
+    buffers: [xPadded.buffer, gDilated.buffer, part.buffer],
+    params: [c, o, hp, wp / 4, h1, gw4, kh, kw, rows, chunkRows, nchunk],
+    constants: { WG: GEMM_WG, TO, TC, KWC: kwc },
+    workgroups: [Math.ceil(lanes / GEMM_WG), oblocks, z],
+  });
+  const wShape = [o, c, kh, kw];
+  return z === 1 ? part.view(wShape) : reduceRaw(part, 0, "sum").view(wShape);
+}
+
+// ---- pooling and upsampling ---------------------------------------------------------------------
+
+function windowOp(
+  kernel: typeof kernels.windowSum,
+  src: Tensor,
+  outShape: number[],
+  plane: { h: number; w: number; ho: number; wo: number },
+  k: number,
+  s: number,
+  factor: number,
+): Tensor {
+  const out = new Tensor(outShape, "f32");
+  gpu().recorder.dispatch(kernel, {
+    buffers: [src.buffer, out.buffer],
+    params: [out.size, plane.h, plane.w, plane.ho, plane.wo, k, s, f32bits(factor)],
+    constants: { WG },
+    workgroups: grid1d(out.size, WG),
+  });
+  return out;
+}
+
+function require4d(op: string, x: Tensor): void {
+  if (x.rank !== 4) throw new Error(`peco: ${op}: x must be [N, C, H, W], got ${shapeStr(x)}`);
+  if (x.dtype !== "f32") throw new Error(`peco: ${op}: needs f32, got ${x.describe()}`);
+}
+
+function requirePositiveInt(op: string, name: string, v: number): void {
+  if (!Number.isInteger(v) || v < 1) {
+    throw new Error(`peco: ${op}: ${name} ${v} is not a positive integer`);
+  }
+}
+
+/** Mean over kernel×kernel windows at `stride` (no padding; trailing rows/columns that no window
+ * covers are dropped, as in PyTorch). */
+export function avgPool2d(x: Tensor, kernel: number, stride = kernel): Tensor {
+  require4d("avgPool2d", x);
+  requirePositiveInt("avgPool2d", "kernel", kernel);
+  requirePositiveInt("avgPool2d", "stride", stride);
+  const [n, c, h, w] = x.shape;
+  const ho = Math.floor((h - kernel) / stride) + 1;
+  const wo = Math.floor((w - kernel) / stride) + 1;
+  if (ho < 1 || wo < 1) {
+    throw new Error(`peco: avgPool2d: kernel ${kernel} is larger than x ${shapeStr(x)}`);
+  }
+  const plane = { h, w, ho, wo };
+  const factor = 1 / (kernel * kernel);
+  const out = windowOp(kernels.windowSum, x, [n, c, ho, wo], plane, kernel, stride, factor);
+  return record("avgPool2d", out, [x], (g) => [
+    windowOp(kernels.windowSpread, g, [n, c, h, w], plane, kernel, stride, factor),
+  ]);
+}
+
+/** Each pixel repeated into a scale×scale block: [N, C, H, W] → [N, C, H·scale, W·scale]. */
+export function upsampleNearest2d(x: Tensor, scale: number): Tensor {
+  require4d("upsampleNearest2d", x);
+  requirePositiveInt("upsampleNearest2d", "scale", scale);
+  const [n, c, h, w] = x.shape;
+  // The windows of the spread/sum pair are the scale×scale blocks of the upsampled image.
+  const plane = { h: h * scale, w: w * scale, ho: h, wo: w };
+  const outShape = [n, c, h * scale, w * scale];
+  const out = windowOp(kernels.windowSpread, x, outShape, plane, scale, scale, 1);
+  return record("upsampleNearest2d", out, [x], (g) => [
+    windowOp(kernels.windowSum, g, [n, c, h, w], plane, scale, scale, 1),
+  ]);
+}

@@ -1,0 +1,304 @@
+import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import * as T from "../lib/tensor/mod.ts";
+
+type Pad = { top: number; bottom: number; left: number; right: number };
+interface ConvCase {
+  name: string;
+  x: number[];
+  w: number[];
+  stride: number;
+  padding: number | Pad;
+}
+
+const sides = (p: number | Pad): Pad =>
+  typeof p === "number" ? { top: p, bottom: p, left: p, right: p } : p;
+
+/** float64 direct convolution: x [N,C,H,W], w [O,C,kh,kw], bias [O] | null. */
+function convRef(
+  x: number[],
+  xs: number[],
+  w: number[],
+  ws: number[],
+  bias: number[] | null,
+  stride: number,
+  padding: number | Pad,
+): { data: number[]; shape: number[] } {
+  const [n, c, h, wd] = xs;
+  const [o, , kh, kw] = ws;
+  const p = sides(padding);
+  const ho = Math.floor((h + p.top + p.bottom - kh) / stride) + 1;
+  const wo = Math.floor((wd + p.left + p.right - kw) / stride) + 1;
+  const out: number[] = [];
+  for (let b = 0; b < n; b++) {
+    for (let oc = 0; oc < o; oc++) {
+      for (let oy = 0; oy < ho; oy++) {
+        for (let ox = 0; ox < wo; ox++) {
+          let s = bias ? bias[oc] : 0;
+          for (let ic = 0; ic < c; ic++) {
+            for (let ky = 0; ky < kh; ky++) {
+              const iy = oy * stride + ky - p.top;
+              if (iy < 0 || iy >= h) continue;
+              for (let kx = 0; kx < kw; kx++) {
+                const ix = ox * stride + kx - p.left;
+                if (ix < 0 || ix >= wd) continue;
+                s += w[((oc * c + ic) * kh + ky) * kw + kx] * x[((b * c + ic) * h + iy) * wd + ix];
+              }
+            }
+          }
+          out.push(s);
+        }
+      }
+    }
+  }
+  return { data: out, shape: [n, o, ho, wo] };
+}
+
+const forwardCases: {
+  name: string;
+  xs: number[];
+  ws: number[];
+  stride: number;
+  padding: number | Pad;
+}[] = [
+  { name: "3x3 s1 p0", xs: [2, 3, 7, 5], ws: [5, 3, 3, 3], stride: 1, padding: 0 },
+  { name: "3x3 s1 p1", xs: [2, 3, 7, 5], ws: [5, 3, 3, 3], stride: 1, padding: 1 },
+  { name: "3x3 s2 p1", xs: [2, 3, 7, 5], ws: [5, 3, 3, 3], stride: 2, padding: 1 },
+  {
+    name: "3x3 s2 asym {0,1,0,1}",
+    xs: [2, 3, 7, 5],
+    ws: [5, 3, 3, 3],
+    stride: 2,
+    padding: { top: 0, bottom: 1, left: 0, right: 1 },
+  },
+  { name: "1x1 pointwise", xs: [2, 3, 7, 5], ws: [5, 3, 1, 1], stride: 1, padding: 0 },
+  { name: "1x1 stride 2", xs: [2, 3, 7, 5], ws: [5, 3, 1, 1], stride: 2, padding: 0 },
+  { name: "size-1 dims", xs: [1, 1, 1, 1], ws: [1, 1, 1, 1], stride: 1, padding: 0 },
+  { name: "3x3 on 1x1 image p1", xs: [1, 2, 1, 1], ws: [3, 2, 3, 3], stride: 1, padding: 1 },
+  // More channels than one register block, a wide row (several pixel blocks) and a 2x4 kernel.
+  { name: "2x4 s1 wide", xs: [1, 11, 3, 13], ws: [19, 11, 2, 4], stride: 1, padding: 1 },
+  { name: "4x4 s4 patchify", xs: [1, 3, 8, 12], ws: [7, 3, 4, 4], stride: 4, padding: 0 },
+  { name: "5x5 s1 p2", xs: [1, 2, 6, 9], ws: [9, 2, 5, 5], stride: 1, padding: 2 },
+  { name: "7x7 s2 p3", xs: [1, 2, 9, 11], ws: [3, 2, 7, 7], stride: 2, padding: 3 },
+  // Rows longer than one pixel block of the kernel (several blocks per row).
+  { name: "3x3 s1 p1 long rows", xs: [1, 2, 2, 75], ws: [3, 2, 3, 3], stride: 1, padding: 1 },
+];
+
+for (const tc of forwardCases) {
+  for (const withBias of [true, false]) {
+    Deno.test(`conv2d ${tc.name}${withBias ? " +bias" : ""}: forward matches float64`, async () => {
+      const x = randArray(prod(tc.xs), 1);
+      const w = randArray(prod(tc.ws), 2);
+      const b = randArray(tc.ws[0], 3);
+      const inputs = [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }];
+      if (withBias) inputs.push({ data: b, shape: [tc.ws[0]] });
+      const out = await runOp(
+        (xt, wt, bt) => T.conv2d(xt, wt, bt ?? null, { stride: tc.stride, padding: tc.padding }),
+        inputs,
+      );
+      const ref = convRef(x, tc.xs, w, tc.ws, withBias ? b : null, tc.stride, tc.padding);
+      assertClose(out.shape, ref.shape, { what: "output shape" });
+      assertClose(out.data, ref.data, { atol: 1e-5, rtol: 1e-4, what: tc.name });
+    });
+  }
+}
+
+const gradCases: {
+  name: string;
+  xs: number[];
+  ws: number[];
+  stride: number;
+  padding: number | Pad;
+}[] = [
+  { name: "3x3 s1 p1", xs: [2, 3, 5, 5], ws: [5, 3, 3, 3], stride: 1, padding: 1 },
+  { name: "3x3 s2 p1", xs: [2, 2, 5, 7], ws: [3, 2, 3, 3], stride: 2, padding: 1 },
+  {
+    name: "3x3 s2 asym {0,1,0,1}",
+    xs: [1, 2, 6, 5],
+    ws: [3, 2, 3, 3],
+    stride: 2,
+    padding: { top: 0, bottom: 1, left: 0, right: 1 },
+  },
+  { name: "1x1 pointwise", xs: [2, 3, 3, 5], ws: [5, 3, 1, 1], stride: 1, padding: 0 },
+  // Padding larger than kernel − 1 (the transposed convolution crops instead of padding).
+  { name: "2x2 s1 p2", xs: [1, 2, 3, 4], ws: [3, 2, 2, 2], stride: 1, padding: 2 },
+  { name: "2x3 s3 p0 (uncovered rows)", xs: [1, 2, 7, 8], ws: [2, 2, 2, 3], stride: 3, padding: 0 },
+  // Several input and output channel blocks of the GEMM kernels.
+  { name: "3x3 s1 p1 C=9 O=17", xs: [1, 9, 3, 4], ws: [17, 9, 3, 3], stride: 1, padding: 1 },
+  // Wider than 5 taps: the kernel width is taken in chunks.
+  {
+    name: "1x7 s1 pad {0,0,3,2}",
+    xs: [1, 2, 2, 9],
+    ws: [3, 2, 1, 7],
+    stride: 1,
+    padding: { top: 0, bottom: 0, left: 3, right: 2 },
+  },
+  // A pointwise conv whose image rows need no padding copy (H·W = one full pixel block).
+  { name: "1x1 on 4x8 (no copy)", xs: [2, 3, 4, 8], ws: [5, 3, 1, 1], stride: 1, padding: 0 },
+];
+
+for (const tc of gradCases) {
+  Deno.test(`conv2d ${tc.name}: backward to x, weight and bias matches finite differences`, async () => {
+    const x = randArray(prod(tc.xs), 4);
+    const w = randArray(prod(tc.ws), 5);
+    const b = randArray(tc.ws[0], 6);
+    await checkGrad(
+      (xt, wt, bt) => T.conv2d(xt, wt, bt, { stride: tc.stride, padding: tc.padding }),
+      (xd, wd, bd) => convRef(xd, tc.xs, wd, tc.ws, bd, tc.stride, tc.padding).data,
+      [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }, { data: b, shape: [tc.ws[0]] }],
+    );
+  });
+}
+
+Deno.test("conv2d: only the inputs that need a gradient get one", async () => {
+  const xs = [1, 2, 4, 5], ws = [3, 2, 3, 3];
+  const x = T.tensor(randArray(prod(xs), 7), xs);
+  const w = T.tensor(randArray(prod(ws), 8), ws);
+  w.requiresGrad = true;
+  T.tidy(() => T.backward(T.sum(T.conv2d(x, w, null, { padding: 1 }))));
+  if (x.grad !== null) throw new Error("x needs no gradient but got one");
+  if (!w.grad || w.grad.size !== prod(ws)) throw new Error("weight gradient missing");
+  // d(sum)/dw[o,c,ky,kx] = Σ of x over the window positions that tap meets.
+  const ref = convRef(await x.toArray(), xs, new Array(prod(ws)).fill(0), ws, null, 1, 1);
+  assertClose(ref.shape, [1, 3, 4, 5]);
+  const xd = await x.toArray();
+  const expected: number[] = [];
+  for (let o = 0; o < 3; o++) {
+    for (let c = 0; c < 2; c++) {
+      for (let ky = 0; ky < 3; ky++) {
+        for (let kx = 0; kx < 3; kx++) {
+          let s = 0;
+          for (let oy = 0; oy < 4; oy++) {
+            for (let ox = 0; ox < 5; ox++) {
+              const iy = oy + ky - 1, ix = ox + kx - 1;
+              if (iy >= 0 && iy < 4 && ix >= 0 && ix < 5) s += xd[(c * 4 + iy) * 5 + ix];
+            }
+          }
+          expected.push(s);
+        }
+      }
+    }
+  }
+  assertClose(await w.grad.toArray(), expected, { atol: 1e-5, what: "weight gradient" });
+  w.grad.dispose();
+  x.dispose();
+  w.dispose();
+});
+
+Deno.test("conv2d: bad inputs throw errors naming conv2d and the shapes", () => {
+  const x = T.zeros([2, 3, 7, 5]);
+  const expectThrow = (fn: () => unknown, ...parts: string[]) => {
+    let message = "";
+    try {
+      fn();
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    for (const part of ["peco: conv2d", ...parts]) {
+      if (!message.includes(part)) {
+        throw new Error(`expected an error containing "${part}", got "${message}"`);
+      }
+    }
+  };
+  const w4 = T.zeros([5, 4, 3, 3]);
+  expectThrow(() => T.conv2d(x, w4, null), "4 input channels", "[2,3,7,5]", "[5,4,3,3]");
+  const x3 = T.zeros([3, 7, 5]);
+  const w = T.zeros([5, 3, 3, 3]);
+  expectThrow(() => T.conv2d(x3, w, null), "[N, C, H, W]", "[3,7,5]");
+  expectThrow(() => T.conv2d(x, T.zeros([5, 3, 3]), null), "[O, C, kh, kw]", "[5,3,3]");
+  expectThrow(() => T.conv2d(x, w, T.zeros([4])), "bias must be [5]", "[4]");
+  expectThrow(() => T.conv2d(x, w, null, { stride: 0 }), "stride 0");
+  expectThrow(() => T.conv2d(x, w, null, { padding: -1 }), "padding top = -1");
+  expectThrow(() => T.conv2d(x, T.zeros([5, 3, 9, 3]), null), "empty output");
+  expectThrow(() => T.conv2d(T.zeros([2, 3, 7, 5], "i32"), w, null), "needs f32");
+  for (const t of [x, w4, x3, w]) t.dispose();
+});
+
+// ---- pooling and upsampling ---------------------------------------------------------------------
+
+function avgPoolRef(x: number[], [n, c, h, w]: number[], k: number, s: number): number[] {
+  const ho = Math.floor((h - k) / s) + 1, wo = Math.floor((w - k) / s) + 1;
+  const out: number[] = [];
+  for (let p = 0; p < n * c; p++) {
+    for (let oy = 0; oy < ho; oy++) {
+      for (let ox = 0; ox < wo; ox++) {
+        let acc = 0;
+        for (let ky = 0; ky < k; ky++) {
+          for (let kx = 0; kx < k; kx++) acc += x[(p * h + oy * s + ky) * w + ox * s + kx];
+        }
+        out.push(acc / (k * k));
+      }
+    }
+  }
+  return out;
+}
+
+function upsampleRef(x: number[], [n, c, h, w]: number[], s: number): number[] {
+  const out: number[] = [];
+  for (let p = 0; p < n * c; p++) {
+    for (let y = 0; y < h * s; y++) {
+      for (let xx = 0; xx < w * s; xx++) {
+        out.push(x[(p * h + Math.floor(y / s)) * w + Math.floor(xx / s)]);
+      }
+    }
+  }
+  return out;
+}
+
+const poolCases: [number[], number, number][] = [
+  [[2, 3, 7, 5], 2, 2], // odd sizes: the last row/column is in no window
+  [[1, 2, 7, 5], 3, 2], // overlapping windows
+  [[1, 1, 5, 7], 3, 1],
+  [[2, 1, 1, 1], 1, 1],
+];
+
+for (const [xs, k, s] of poolCases) {
+  Deno.test(`avgPool2d [${xs}] k${k} s${s}: forward and backward`, async () => {
+    const x = randArray(prod(xs), 9);
+    const out = await runOp((t) => T.avgPool2d(t, k, s), [{ data: x, shape: xs }]);
+    const ho = Math.floor((xs[2] - k) / s) + 1, wo = Math.floor((xs[3] - k) / s) + 1;
+    assertClose(out.shape, [xs[0], xs[1], ho, wo], { what: "shape" });
+    assertClose(out.data, avgPoolRef(x, xs, k, s), { atol: 1e-6, what: "avgPool2d" });
+    await checkGrad((t) => T.avgPool2d(t, k, s), (d) => avgPoolRef(d, xs, k, s), [{
+      data: x,
+      shape: xs,
+    }]);
+  });
+}
+
+for (
+  const [xs, s] of [[[2, 3, 3, 5], 2], [[1, 2, 1, 3], 3], [[1, 1, 2, 2], 1]] as [number[], number][]
+) {
+  Deno.test(`upsampleNearest2d [${xs}] x${s}: forward and backward`, async () => {
+    const x = randArray(prod(xs), 10);
+    const out = await runOp((t) => T.upsampleNearest2d(t, s), [{ data: x, shape: xs }]);
+    assertClose(out.shape, [xs[0], xs[1], xs[2] * s, xs[3] * s], { what: "shape" });
+    const x32 = Array.from(Float32Array.from(x));
+    assertClose(out.data, upsampleRef(x32, xs, s), { atol: 0, rtol: 0, what: "upsample" });
+    await checkGrad((t) => T.upsampleNearest2d(t, s), (d) => upsampleRef(d, xs, s), [
+      { data: x, shape: xs },
+    ]);
+  });
+}
+
+Deno.test("avgPool2d and upsampleNearest2d: bad inputs throw clear errors", () => {
+  const x = T.zeros([2, 3, 4]);
+  const y = T.zeros([1, 1, 2, 2]);
+  const cases: [() => unknown, string][] = [
+    [() => T.avgPool2d(x, 2), "peco: avgPool2d: x must be [N, C, H, W], got [2,3,4]"],
+    [() => T.avgPool2d(y, 3), "peco: avgPool2d: kernel 3 is larger than x [1,1,2,2]"],
+    [() => T.avgPool2d(y, 0), "peco: avgPool2d: kernel 0"],
+    [() => T.upsampleNearest2d(x, 2), "peco: upsampleNearest2d: x must be [N, C, H, W]"],
+    [() => T.upsampleNearest2d(y, 1.5), "peco: upsampleNearest2d: scale 1.5"],
+  ];
+  for (const [fn, expected] of cases) {
+    let message = "";
+    try {
+      fn();
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    if (!message.startsWith(expected)) throw new Error(`expected "${expected}…", got "${message}"`);
+  }
+  x.dispose();
+  y.dispose();
+});
