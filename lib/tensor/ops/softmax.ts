@@ -1,0 +1,92 @@
+// Softmax and log-softmax along any axis (numerically stable), each with its backward rule.
+
+import { gpu } from "../../gpu/device.ts";
+import { grid1d } from "../../gpu/recorder.ts";
+import { defineKernel } from "../../gpu/pipelines.ts";
+import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
+import { record, Tensor } from "../tensor.ts";
+import source from "../../../kernels/softmax.wgsl" with { type: "text" };
+
+const WG = 256;
+
+const kernels = {
+  rows: defineKernel({
+    name: "softmax_rows",
+    source,
+    entry: "softmax_rows",
+    bindings: ["read", "write"],
+  }),
+  wg: defineKernel({
+    name: "softmax_wg",
+    source,
+    entry: "softmax_wg",
+    bindings: ["read", "write"],
+  }),
+  gradRows: defineKernel({
+    name: "softmax_grad_rows",
+    source,
+    entry: "softmax_grad_rows",
+    bindings: ["read", "read", "write"],
+  }),
+  gradWg: defineKernel({
+    name: "softmax_grad_wg",
+    source,
+    entry: "softmax_grad_wg",
+    bindings: ["read", "read", "write"],
+  }),
+};
+
+/** "rows": one invocation per row; "workgroup": one workgroup per row. */
+export const SOFTMAX_VARIANTS: readonly Variant<"rows" | "workgroup">[] = [
+  { name: "rows", config: "rows" },
+  { name: "workgroup", config: "workgroup" },
+];
+
+/** Rows at least this long get a workgroup each on GPUs (on lavapipe barriers cost too much). */
+const WORKGROUP_MIN_LEN = 128;
+
+function perWorkgroup(len: number): boolean {
+  const fallback = SOFTMAX_VARIANTS[!gpu().info.software && len >= WORKGROUP_MIN_LEN ? 1 : 0];
+  return chooseVariant("softmax", "", SOFTMAX_VARIANTS, fallback).config === "workgroup";
+}
+
+function softmaxOp(op: string, x: Tensor, axis: number, log: boolean): Tensor {
+  if (x.dtype !== "f32") throw new Error(`peco: ${op}: needs f32, got ${x.describe()}`);
+  const a = axis < 0 ? axis + x.rank : axis;
+  if (!Number.isInteger(a) || a < 0 || a >= x.rank) {
+    throw new Error(`peco: ${op}: axis ${axis} out of range for ${x.describe()}`);
+  }
+  const outer = x.shape.slice(0, a).reduce((p, d) => p * d, 1);
+  const len = x.shape[a];
+  const inner = x.shape.slice(a + 1).reduce((p, d) => p * d, 1);
+  const rows = outer * inner;
+  const params = [outer, len, inner];
+  const constants = { LOG: Number(log) };
+  const launch = (kRows: typeof kernels.rows, kWg: typeof kernels.wg, buffers: GPUBuffer[]) => {
+    if (x.size === 0) return;
+    const wg = perWorkgroup(len);
+    gpu().recorder.dispatch(wg ? kWg : kRows, {
+      buffers,
+      params,
+      constants,
+      workgroups: wg ? grid1d(rows, 1) : grid1d(rows, WG),
+    });
+  };
+  const out = new Tensor(x.shape, "f32");
+  launch(kernels.rows, kernels.wg, [x.buffer, out.buffer]);
+  return record(op, out, [x], (g) => {
+    const gx = new Tensor(x.shape, "f32");
+    launch(kernels.gradRows, kernels.gradWg, [out.buffer, g.buffer, gx.buffer]);
+    return [gx];
+  });
+}
+
+/** exp(x − max) / Σ exp(x − max) along `axis`. */
+export function softmax(x: Tensor, axis = -1): Tensor {
+  return softmaxOp("softmax", x, axis, false);
+}
+
+/** x − max − log Σ exp(x − max) along `axis`. */
+export function logSoftmax(x: Tensor, axis = -1): Tensor {
+  return softmaxOp("logSoftmax", x, axis, true);
+}

@@ -1,0 +1,117 @@
+import { assertClose, checkGrad, randArray, runOp } from "./util.ts";
+import * as T from "../lib/tensor/mod.ts";
+import { throws } from "node:assert/strict";
+
+const [B, H, T_, S, D] = [2, 3, 5, 7, 3];
+
+/** float64 softmax(q·kᵀ·scale + bias)·v; bias of shape `biasShape` broadcast to [B,H,T,S]. */
+function attentionRef(
+  q: number[],
+  k: number[],
+  v: number[],
+  scale: number,
+  bias?: { data: number[]; shape: number[] },
+): number[] {
+  const out: number[] = [];
+  const biasAt = (b: number, h: number, t: number, s: number) => {
+    if (!bias) return 0;
+    const full = [...Array(4 - bias.shape.length).fill(1), ...bias.shape];
+    const idx = [b, h, t, s].map((c, i) => (full[i] === 1 ? 0 : c));
+    return bias.data[((idx[0] * full[1] + idx[1]) * full[2] + idx[2]) * full[3] + idx[3]];
+  };
+  for (let b = 0; b < B; b++) {
+    for (let h = 0; h < H; h++) {
+      const head = b * H + h;
+      for (let t = 0; t < T_; t++) {
+        const scores: number[] = [];
+        for (let s = 0; s < S; s++) {
+          let dot = 0;
+          for (let d = 0; d < D; d++) dot += q[(head * T_ + t) * D + d] * k[(head * S + s) * D + d];
+          scores.push(dot * scale + biasAt(b, h, t, s));
+        }
+        const max = Math.max(...scores);
+        const e = scores.map((x) => Math.exp(x - max));
+        const sum = e.reduce((x, y) => x + y, 0);
+        for (let d = 0; d < D; d++) {
+          let acc = 0;
+          for (let s = 0; s < S; s++) acc += (e[s] / sum) * v[(head * S + s) * D + d];
+          out.push(acc);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+const qIn = { data: randArray(B * H * T_ * D, 1, -1.5, 1.5), shape: [B, H, T_, D] };
+const kIn = { data: randArray(B * H * S * D, 2, -1.5, 1.5), shape: [B, H, S, D] };
+const vIn = { data: randArray(B * H * S * D, 3), shape: [B, H, S, D] };
+
+Deno.test("attention forward: default scale, custom scale, no bias", async () => {
+  const out = await runOp((q, k, v) => T.attention(q, k, v), [qIn, kIn, vIn]);
+  assertClose(out.shape, [B, H, T_, D], { what: "attention shape" });
+  const ref = attentionRef(qIn.data, kIn.data, vIn.data, 1 / Math.sqrt(D));
+  assertClose(out.data, ref, { what: "attention, default scale" });
+  const scaled = await runOp((q, k, v) => T.attention(q, k, v, { scale: 0.7 }), [qIn, kIn, vIn]);
+  assertClose(scaled.data, attentionRef(qIn.data, kIn.data, vIn.data, 0.7), { what: "scale 0.7" });
+});
+
+// A relative-position bias shared by the batch, and a key mask per sample.
+const biases = [
+  { data: randArray(H * T_ * S, 4), shape: [H, T_, S] },
+  { data: Array.from({ length: B * S }, (_, i) => (i % 3 === 1 ? -1e4 : 0)), shape: [B, 1, 1, S] },
+];
+
+Deno.test("attention forward with a broadcast bias ([H,T,S] and a [B,1,1,S] key mask)", async () => {
+  for (const bias of biases) {
+    const out = await runOp((q, k, v, b) => T.attention(q, k, v, { bias: b }), [
+      qIn,
+      kIn,
+      vIn,
+      bias,
+    ]);
+    const ref = attentionRef(qIn.data, kIn.data, vIn.data, 1 / Math.sqrt(D), bias);
+    assertClose(out.data, ref, { what: `attention, bias [${bias.shape}]` });
+  }
+});
+
+Deno.test("attention backward: gradients of q, k, v and the bias", async () => {
+  const bias = biases[0];
+  const scale = 1 / Math.sqrt(D);
+  await checkGrad(
+    (q, k, v, b) => T.attention(q, k, v, { bias: b }),
+    (q, k, v, b) => attentionRef(q, k, v, scale, { data: b, shape: bias.shape }),
+    [qIn, kIn, vIn, bias],
+  );
+  // Without bias, and with the mask (no gradient wanted for it).
+  await checkGrad(
+    (q, k, v) => T.attention(q, k, v, { scale: 0.5 }),
+    (q, k, v) => attentionRef(q, k, v, 0.5),
+    [qIn, kIn, vIn],
+  );
+  await checkGrad(
+    (q, k, v, b) => T.attention(q, k, v, { bias: b }),
+    (q, k, v) => attentionRef(q, k, v, scale, biases[1]),
+    [qIn, kIn, vIn, biases[1]],
+    { which: [0, 1, 2] },
+  );
+});
+
+Deno.test("attention rejects mismatched shapes with clear errors", () => {
+  const z = (...shape: number[]) => T.zeros(shape);
+  T.tidy(() => {
+    throws(
+      () => T.attention(z(2, 5, 3), z(2, 7, 3), z(2, 7, 3)),
+      /peco: attention: q, k and v must be \[B, H, len, D\]/,
+    );
+    throws(
+      () => T.attention(z(2, 3, 5, 4), z(2, 3, 7, 3), z(2, 3, 7, 3)),
+      /peco: attention: shapes do not match: q \[2,3,5,4\]/,
+    );
+    throws(() => T.attention(z(2, 3, 5, 3), z(2, 3, 7, 3), z(2, 3, 6, 3)), /shapes do not match/);
+    throws(
+      () => T.attention(z(2, 3, 5, 3), z(2, 3, 7, 3), z(2, 3, 7, 3), { bias: z(4, 5, 7) }),
+      /peco: attention: bias \[4,5,7\] does not broadcast to scores \[2,3,5,7\]/,
+    );
+  });
+});

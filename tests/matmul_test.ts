@@ -1,0 +1,209 @@
+import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import * as T from "../lib/tensor/mod.ts";
+import { clearTuned, forceVariant } from "../lib/gpu/autotune.ts";
+import { throws } from "node:assert/strict";
+
+interface Input {
+  data: number[];
+  shape: number[];
+}
+
+let seed = 100;
+const input = (...shape: number[]): Input => ({ data: randArray(prod(shape), seed++), shape });
+
+/**
+ * float64 op(a)·op(b) with the batch rules of matmul (equal batch dims, or one operand rank 2).
+ */
+function matmulRef(a: Input, b: Input, transA = false, transB = false): Input {
+  const [ar, ac] = a.shape.slice(-2);
+  const [br, bc] = b.shape.slice(-2);
+  const [M, K] = transA ? [ac, ar] : [ar, ac];
+  const N = transB ? br : bc;
+  const batchShape = a.shape.length > 2 ? a.shape.slice(0, -2) : b.shape.slice(0, -2);
+  const batch = prod(batchShape);
+  const sa = a.shape.length > 2 ? M * K : 0;
+  const sb = b.shape.length > 2 ? K * N : 0;
+  const data: number[] = [];
+  for (let z = 0; z < batch; z++) {
+    for (let m = 0; m < M; m++) {
+      for (let n = 0; n < N; n++) {
+        let s = 0;
+        for (let k = 0; k < K; k++) {
+          const av = a.data[z * sa + (transA ? k * M + m : m * K + k)];
+          const bv = b.data[z * sb + (transB ? n * K + k : k * N + n)];
+          s += av * bv;
+        }
+        data.push(s);
+      }
+    }
+  }
+  return { data, shape: [...batchShape, M, N] };
+}
+
+async function checkForward(a: Input, b: Input, transA = false, transB = false, what = "") {
+  const out = await runOp((x, y) => T.matmul(x, y, { transA, transB }), [a, b]);
+  const ref = matmulRef(a, b, transA, transB);
+  const label = `matmul ${what} [${a.shape}]${transA ? "ᵀ" : ""}·[${b.shape}]${transB ? "ᵀ" : ""}`;
+  assertClose(out.shape, ref.shape, { what: `${label} shape` });
+  assertClose(out.data, ref.data, { atol: 1e-5, rtol: 1e-4, what: label });
+}
+
+const TRANS: [boolean, boolean][] = [[false, false], [true, false], [false, true], [true, true]];
+
+/** Operands of an M×K · K×N product, stored as the trans flags say. */
+function operands(M: number, K: number, N: number, transA: boolean, transB: boolean, batch = 0) {
+  const pre = batch ? [batch] : [];
+  return {
+    a: input(...pre, ...(transA ? [K, M] : [M, K])),
+    b: input(...pre, ...(transB ? [N, K] : [K, N])),
+  };
+}
+
+Deno.test("matmul forward: all four trans combinations on odd shapes (7×13 · 13×9)", async () => {
+  for (const [ta, tb] of TRANS) {
+    const { a, b } = operands(7, 13, 9, ta, tb);
+    await checkForward(a, b, ta, tb);
+  }
+});
+
+Deno.test("matmul forward: batches (equal, shared b, shared a) and size-1 dims", async () => {
+  await checkForward(input(3, 7, 13), input(13, 9), false, false, "shared b");
+  await checkForward(input(3, 13, 7), input(9, 13), true, true, "shared b, trans");
+  await checkForward(input(7, 13), input(3, 13, 9), false, false, "shared a");
+  await checkForward(input(2, 3, 5, 1), input(2, 3, 1, 4), false, false, "K=1");
+  await checkForward(input(3, 1, 13), input(3, 13, 9), false, false, "M=1");
+  await checkForward(input(3, 7, 13), input(3, 1, 13), false, true, "N=1");
+  await checkForward(input(1, 1), input(1, 1), false, false, "1×1");
+});
+
+Deno.test("matmul forward: vec4 paths (N or transposed M a multiple of 4, odd other dims)", async () => {
+  await checkForward(input(5, 7), input(7, 12), false, false, "vec4 B");
+  await checkForward(input(3, 7, 12), input(3, 7, 5), true, false, "vec4 A");
+  await checkForward(input(7, 12), input(7, 8), true, false, "vec4 A and B");
+});
+
+Deno.test("matmul forward: larger than one register block in every dim (37×29 · 29×41)", async () => {
+  for (const [ta, tb] of TRANS) {
+    const { a, b } = operands(37, 29, 41, ta, tb);
+    await checkForward(a, b, ta, tb);
+  }
+});
+
+Deno.test("matmul forward: every kernel variant, forced", async () => {
+  try {
+    for (const v of T.MATMUL_VARIANTS) {
+      forceVariant("matmul", v.name);
+      // Shared b, vec4 B loads, scalar A loads; then vec4 A, transposed scalar B, equal batches.
+      await checkForward(input(2, 37, 29), input(29, 44), false, false, v.name);
+      await checkForward(input(2, 29, 36), input(2, 41, 29), true, true, v.name);
+    }
+  } finally {
+    forceVariant("matmul", null);
+  }
+});
+
+const mm = (transA: boolean, transB: boolean) => (x: T.Tensor, y: T.Tensor) =>
+  T.matmul(x, y, { transA, transB });
+const mmRef =
+  (a: Input, b: Input, transA: boolean, transB: boolean) => (x: number[], y: number[]) =>
+    matmulRef({ data: x, shape: a.shape }, { data: y, shape: b.shape }, transA, transB).data;
+
+Deno.test("matmul backward: all trans combinations, equal and shared batches", async () => {
+  for (const [ta, tb] of TRANS) {
+    const plain = operands(3, 5, 4, ta, tb);
+    const batched = operands(3, 5, 4, ta, tb, 2);
+    // Shared b (the batch sum folds into one product when a is not transposed), shared a.
+    const sharedB = { a: batched.a, b: plain.b };
+    const sharedA = { a: plain.a, b: batched.b };
+    for (const { a, b } of [plain, batched, sharedB, sharedA]) {
+      await checkGrad(mm(ta, tb), mmRef(a, b, ta, tb), [a, b]);
+    }
+  }
+});
+
+Deno.test("matmul backward: only the input that needs a gradient gets one", async () => {
+  const a = input(2, 3, 5);
+  const b = input(5, 4);
+  await checkGrad(mm(false, false), mmRef(a, b, false, false), [a, b], { which: [1] });
+  await checkGrad(mm(false, false), mmRef(a, b, false, false), [a, b], { which: [0] });
+});
+
+function linearRef(x: Input, w: Input, bias: number[] | null) {
+  const out = matmulRef(
+    { data: x.data, shape: [prod(x.shape.slice(0, -1)), x.shape.at(-1)!] },
+    w,
+    false,
+    true,
+  );
+  const n = w.shape[0];
+  return out.data.map((v, i) => v + (bias ? bias[i % n] : 0));
+}
+
+Deno.test("linear: forward and backward, with and without bias, 3-D input", async () => {
+  const x = input(2, 3, 5);
+  const w = input(4, 5);
+  const bias = input(4);
+  const out = await runOp(T.linear, [x, w, bias]);
+  assertClose(out.shape, [2, 3, 4], { what: "linear shape" });
+  assertClose(out.data, linearRef(x, w, bias.data), { what: "linear" });
+  const noBias = await runOp((a, b) => T.linear(a, b, null), [x, w]);
+  assertClose(noBias.data, linearRef(x, w, null), { what: "linear without bias" });
+  await checkGrad(
+    T.linear,
+    (a, b, c) => linearRef({ data: a, shape: x.shape }, { data: b, shape: w.shape }, c),
+    [
+      x,
+      w,
+      bias,
+    ],
+  );
+  await checkGrad(
+    (a, b) => T.linear(a, b, null),
+    (a, b) => linearRef({ data: a, shape: x.shape }, { data: b, shape: w.shape }, null),
+    [x, w],
+  );
+});
+
+Deno.test("matmul and linear reject bad shapes and dtypes with clear errors", () => {
+  const t = (shape: number[], dtype: T.DType = "f32") => T.zeros(shape, dtype);
+  T.tidy(() => {
+    throws(
+      () => T.matmul(t([2, 3]), t([4, 5])),
+      /peco: matmul: inner dimensions differ.*\[2,3\].*\[4,5\]/,
+    );
+    throws(() => T.matmul(t([2, 3]), t([2, 5]), { transB: true }), /inner dimensions differ/);
+    throws(
+      () => T.matmul(t([2, 3, 4]), t([3, 4, 5])),
+      /peco: matmul: batch dimensions.*\[2,3,4\].*\[3,4,5\]/,
+    );
+    throws(() => T.matmul(t([3]), t([3, 2])), /peco: matmul: operands need rank >= 2/);
+    throws(() => T.matmul(t([2, 3], "i32"), t([3, 2])), /peco: matmul: needs f32.*i32\[2,3\]/);
+    throws(
+      () => T.linear(t([2, 5]), t([4, 6]), null),
+      /peco: linear: weight \[4,6\] does not match input \[2,5\]/,
+    );
+    throws(
+      () => T.linear(t([2, 5]), t([4, 5]), t([3])),
+      /peco: linear: bias .*\[3\] must be f32 \[4\]/,
+    );
+  });
+});
+
+Deno.test("autotuner: tuneMatmul picks a timed candidate; forced variants override it", async () => {
+  try {
+    const result = await T.tuneMatmul(9, 12, 5, { candidates: ["reg4x4", "reg8x8"] });
+    assertClose([result.timings.length], [2], { what: "timed candidates" });
+    if (!["reg4x4", "reg8x8"].includes(result.winner)) throw new Error(`winner ${result.winner}`);
+    const fastest = result.timings.reduce((a, b) => (b.ms < a.ms ? b : a)).name;
+    if (fastest !== result.winner) throw new Error(`winner ${result.winner} is not ${fastest}`);
+    // The same shape class now runs the winner; a forced variant beats it.
+    if (T.matmulVariant([9, 5], [5, 12]) !== result.winner) throw new Error("tuned winner unused");
+    forceVariant("matmul", "tiled64");
+    if (T.matmulVariant([9, 5], [5, 12]) !== "tiled64") throw new Error("forced variant unused");
+    forceVariant("matmul", "nonesuch");
+    throws(() => T.matmulVariant([9, 5], [5, 12]), /peco: matmul: no variant "nonesuch"/);
+  } finally {
+    forceVariant("matmul", null);
+    clearTuned();
+  }
+});
