@@ -85,7 +85,8 @@ const predicted = noGrad(() =>
 );
 const labels = await predicted.read();
 predicted.dispose();
-const correct = labels.reduce((n, p, i) => n + (p === test.labels[i] ? 1 : 0), 0);
+let correct = 0;
+labels.forEach((p, i) => correct += p === test.labels[i] ? 1 : 0);
 console.log(
   `final loss ${loss.toFixed(4)}; held-out accuracy ${(100 * correct / test.n).toFixed(1)}% ` +
     `(${test.n} images, chance 25%); ${(steps * batch / seconds).toFixed(1)} images/s; ` +

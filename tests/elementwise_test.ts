@@ -5,10 +5,10 @@ const erf = (x: number) => {
   // float64 erf by series/continued fraction is overkill here: use a high-order expansion.
   const t = 1 / (1 + 0.5 * Math.abs(x));
   const y = 1 - t * Math.exp(
-    -x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-      t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-        t * (-0.82215223 + t * 0.17087277)))))))),
-  );
+        -x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+                      t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+                                      t * (-0.82215223 + t * 0.17087277)))))))),
+      );
   return x >= 0 ? y : -y;
 };
 const sig = (x: number) => 1 / (1 + Math.exp(-x));
@@ -38,14 +38,23 @@ for (const [name, op, ref, [lo, hi]] of unaryCases) {
     const shape = [3, 7, 5];
     let data = randArray(prod(shape), 11, lo, hi);
     // Keep kinks (relu, abs, clamp) away from the finite-difference step.
-    data = data.map((v) => (Math.abs(v) < 0.01 || Math.abs(v + 0.5) < 0.01 || Math.abs(v - 0.7) < 0.01 ? v + 0.05 : v));
+    data = data.map((
+      v,
+    ) => (Math.abs(v) < 0.01 || Math.abs(v + 0.5) < 0.01 || Math.abs(v - 0.7) < 0.01
+      ? v + 0.05
+      : v)
+    );
     const out = await runOp(op, [{ data, shape }]);
     assertClose(out.data, data.map(ref), { atol: 2e-6, rtol: 2e-5, what: name });
     await checkGrad(op, (x) => x.map(ref), [{ data, shape }]);
   });
 }
 
-const binaryCases: [string, (a: T.Tensor, b: T.Tensor) => T.Tensor, (a: number, b: number) => number][] = [
+const binaryCases: [
+  string,
+  (a: T.Tensor, b: T.Tensor) => T.Tensor,
+  (a: number, b: number) => number,
+][] = [
   ["add", T.add, (a, b) => a + b],
   ["sub", T.sub, (a, b) => a - b],
   ["mul", T.mul, (a, b) => a * b],
@@ -113,7 +122,9 @@ Deno.test("sum and mean over axes: forward and backward", async () => {
   const shape = [3, 5, 7];
   const x = randArray(prod(shape), 5);
   const sumRef = (d: number[], axis: number, scale = 1) => {
-    const outer = prod(shape.slice(0, axis)), len = shape[axis], inner = prod(shape.slice(axis + 1));
+    const outer = prod(shape.slice(0, axis)),
+      len = shape[axis],
+      inner = prod(shape.slice(axis + 1));
     const out: number[] = [];
     for (let o = 0; o < outer; o++) {
       for (let i = 0; i < inner; i++) {
@@ -129,7 +140,10 @@ Deno.test("sum and mean over axes: forward and backward", async () => {
     assertClose(s.data, sumRef(x, axis), { what: `sum axis ${axis}` });
     const m = await runOp((t) => T.mean(t, axis, true), [{ data: x, shape }]);
     assertClose(m.data, sumRef(x, axis, 1 / shape[axis]), { what: `mean axis ${axis}` });
-    await checkGrad((t) => T.mean(t, axis), (d) => sumRef(d, axis, 1 / shape[axis]), [{ data: x, shape }]);
+    await checkGrad((t) => T.mean(t, axis), (d) => sumRef(d, axis, 1 / shape[axis]), [{
+      data: x,
+      shape,
+    }]);
   }
   const total = await runOp((t) => T.sum(t), [{ data: x, shape }]);
   assertClose(total.data, [x.reduce((a, b) => a + b, 0)], { atol: 1e-4 });

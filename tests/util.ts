@@ -2,7 +2,7 @@
 
 import { initGpu } from "../lib/gpu/device.ts";
 import { backward, type Tensor, tensor, tidy } from "../lib/tensor/mod.ts";
-import { sum, mul } from "../lib/tensor/mod.ts";
+import { mul, sum } from "../lib/tensor/mod.ts";
 
 await initGpu();
 

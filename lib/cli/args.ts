@@ -94,7 +94,10 @@ export function parseOptions<S extends OptionSpecs>(
 }
 
 /** parseOptions for a task's main: prints --help and exits 0, or the error and exits 2. */
-export function parseOrExit<S extends OptionSpecs>(command: Command<S>, argv = Deno.args): Parsed<S> {
+export function parseOrExit<S extends OptionSpecs>(
+  command: Command<S>,
+  argv = Deno.args,
+): Parsed<S> {
   try {
     const parsed = parseOptions(command, argv);
     if (parsed) return parsed;

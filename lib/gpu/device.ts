@@ -61,13 +61,17 @@ export class Gpu {
       const error = (event as GPUUncapturedErrorEvent).error;
       const kind = error instanceof GPUOutOfMemoryError ? "out of memory" : "device error";
       this.pendingError ??= new GpuError(
-        `GPU ${kind}: ${error.message.split("\n")[0]} (${this.pool.describe()}; last: ${this.recorder.lastLabel})`,
+        `GPU ${kind}: ${
+          error.message.split("\n")[0]
+        } (${this.pool.describe()}; last: ${this.recorder.lastLabel})`,
       );
     });
     device.lost.then((lost) => {
       if (lost.reason === "destroyed") return;
       this.pendingError ??= new GpuError(
-        `GPU device lost: ${lost.message || lost.reason} (${this.pool.describe()}; last: ${this.recorder.lastLabel})`,
+        `GPU device lost: ${
+          lost.message || lost.reason
+        } (${this.pool.describe()}; last: ${this.recorder.lastLabel})`,
       );
     });
   }

@@ -32,7 +32,13 @@ export const bufferIds = new WeakMap<GPUBuffer, number>();
 export class BufferPool {
   private free = new Map<number, GPUBuffer[]>();
   private sizes = new WeakMap<GPUBuffer, number>();
-  readonly stats: PoolStats = { inUse: 0, peakInUse: 0, allocated: 0, peakAllocated: 0, buffers: 0 };
+  readonly stats: PoolStats = {
+    inUse: 0,
+    peakInUse: 0,
+    allocated: 0,
+    peakAllocated: 0,
+    buffers: 0,
+  };
 
   constructor(
     private device: GPUDevice,
@@ -44,7 +50,9 @@ export class BufferPool {
   acquire(bytes: number, label = "tensor"): GPUBuffer {
     if (bytes > this.maxBindingSize) {
       throw new GpuError(
-        `GPU out of memory: ${label} needs ${fmtBytes(bytes)}, above the adapter's largest storage ` +
+        `GPU out of memory: ${label} needs ${
+          fmtBytes(bytes)
+        }, above the adapter's largest storage ` +
           `binding ${fmtBytes(this.maxBindingSize)} (${this.describe()})`,
       );
     }
@@ -53,7 +61,9 @@ export class BufferPool {
     if (!buffer) {
       if (size > this.maxBufferSize) {
         throw new GpuError(
-          `GPU out of memory: ${label} needs ${fmtBytes(bytes)}, above the adapter's maxBufferSize ` +
+          `GPU out of memory: ${label} needs ${
+            fmtBytes(bytes)
+          }, above the adapter's maxBufferSize ` +
             `${fmtBytes(this.maxBufferSize)} (${this.describe()})`,
         );
       }
@@ -101,7 +111,9 @@ export class BufferPool {
     const buffer = this.device.createBuffer({ size, usage: USAGE, label });
     const context = `${label} (${fmtBytes(size)}) with ${this.describe()}`;
     this.device.popErrorScope().then((error) => {
-      if (error) this.report(new GpuError(`GPU out of memory allocating ${context}: ${error.message}`));
+      if (error) {
+        this.report(new GpuError(`GPU out of memory allocating ${context}: ${error.message}`));
+      }
     });
     this.sizes.set(buffer, size);
     bufferIds.set(buffer, nextBufferId++);

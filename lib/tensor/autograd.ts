@@ -36,7 +36,9 @@ function topoOrder(root: Tensor): Tensor[] {
  * `zeroGrad`/dispose them between steps.
  */
 export function backward(root: Tensor, seed?: Tensor): void {
-  if (!root.requiresGrad) throw new Error(`peco: backward() on ${root.describe()}, which needs no gradient`);
+  if (!root.requiresGrad) {
+    throw new Error(`peco: backward() on ${root.describe()}, which needs no gradient`);
+  }
   if (!seed && root.size !== 1) {
     throw new Error(`peco: backward() needs a seed gradient for non-scalar ${root.describe()}`);
   }

@@ -105,7 +105,10 @@ export class Tensor {
   }
 }
 
-export function typedArray(dtype: DType, bytes: ArrayBuffer): Float32Array | Int32Array | Uint32Array {
+export function typedArray(
+  dtype: DType,
+  bytes: ArrayBuffer,
+): Float32Array | Int32Array | Uint32Array {
   if (dtype === "f32") return new Float32Array(bytes);
   if (dtype === "i32") return new Int32Array(bytes);
   return new Uint32Array(bytes);
@@ -159,7 +162,7 @@ function endScope(returned: Set<Tensor>): void {
 
 function collect(value: unknown, found = new Set<Tensor>()): Set<Tensor> {
   if (value instanceof Tensor) found.add(value);
-  else if (Array.isArray(value)) for (const v of value) collect(v, found);
+  else if (Array.isArray(value)) { for (const v of value) collect(v, found); }
   else if (value && typeof value === "object" && !(ArrayBuffer.isView(value))) {
     for (const v of Object.values(value)) collect(v, found);
   }

@@ -200,16 +200,16 @@ export function div(a: Tensor, b: Tensor): Tensor {
 
 /** Elementwise maximum; the gradient goes to `a` where a ≥ b, else to `b`. */
 export function maximum(a: Tensor, b: Tensor): Tensor {
-  return binary("maximum", a, b, (g, out) => selectGrad(g, a, b, out));
+  return binary("maximum", a, b, (g, out) => selectGrad(g, a, out));
 }
 
 /** Elementwise minimum; the gradient goes to `a` where a ≤ b, else to `b`. */
 export function minimum(a: Tensor, b: Tensor): Tensor {
-  return binary("minimum", a, b, (g, out) => selectGrad(g, a, b, out));
+  return binary("minimum", a, b, (g, out) => selectGrad(g, a, out));
 }
 
 /** Routes g to whichever input equals the output (to `a` on ties). */
-function selectGrad(g: Tensor, a: Tensor, b: Tensor, out: Tensor): [Tensor, Tensor] {
+function selectGrad(g: Tensor, a: Tensor, out: Tensor): [Tensor, Tensor] {
   // mask = 1 where a == out: |a − out| mapped through clamp(1 − k·|d|, 0, 1) with a huge k.
   const isA = clamp(affine(abs(sub(a, out)), -1e30, 1), 0, 1);
   const ga = mul(g, isA);

@@ -13,7 +13,9 @@ const WORKGROUP_MIN_LEN = 512;
 
 export function normAxis(axis: number, rank: number): number {
   const a = axis < 0 ? axis + rank : axis;
-  if (a < 0 || a >= Math.max(rank, 1)) throw new Error(`peco: axis ${axis} out of range for rank ${rank}`);
+  if (a < 0 || a >= Math.max(rank, 1)) {
+    throw new Error(`peco: axis ${axis} out of range for rank ${rank}`);
+  }
   return a;
 }
 
