@@ -1,8 +1,12 @@
 // Engine overheads: host time to record and submit a step of small dispatches.
 
 import { gpu } from "../lib/gpu/device.ts";
-import { addScalar, full, tidy } from "../lib/tensor/mod.ts";
-import type { BenchCase } from "./harness.ts";
+import { SHAPE_CLASSES, shapesBatch } from "../lib/data/synthetic.ts";
+import { SmallCnn } from "../lib/models/small_cnn.ts";
+import { AdamW, clipGradNorm } from "../lib/optim/mod.ts";
+import { Rng } from "../lib/tensor/init.ts";
+import { addScalar, backward, crossEntropy, full, tensor, tidy } from "../lib/tensor/mod.ts";
+import { type BenchCase, timeSteps } from "./harness.ts";
 
 export const cases: BenchCase[] = [
   {
@@ -32,3 +36,25 @@ export const cases: BenchCase[] = [
     },
   },
 ];
+
+/** One AdamW training step of the engine demo's CNN (conv, group norm, attention), batch 32. */
+cases.push({
+  name: "small CNN training step (batch 32, 16×16)",
+  async run() {
+    const batch = 32, size = 16;
+    const model = new SmallCnn(1, SHAPE_CLASSES.length, new Rng(0));
+    const optimizer = new AdamW(model.parameters(), { lr: 1e-3 });
+    const data = shapesBatch(batch, size, 1);
+    const ms = await timeSteps(() => {
+      const x = tensor(data.images, [batch, 1, size, size]);
+      const y = tensor(data.labels, [batch], "i32");
+      backward(crossEntropy(model.forward(x), y));
+      clipGradNorm(model.parameters(), 1);
+      optimizer.step();
+      optimizer.zeroGrad();
+    }, { warmup: 2, minIters: 5, minMs: 2000 });
+    optimizer.dispose();
+    model.dispose();
+    return { name: this.name, ms, items_per_s: batch / (ms / 1000) };
+  },
+});

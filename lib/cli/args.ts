@@ -63,9 +63,11 @@ export function parseOptions<S extends OptionSpecs>(
     config[name] = { type: spec.type === "boolean" ? "boolean" : "string" };
     if (spec.short) config[name].short = spec.short;
   }
+  // `deno task NAME -- --flag` passes the "--" through: it separates the task's own arguments.
+  const args = argv[0] === "--" ? argv.slice(1) : argv;
   let values: Record<string, string | boolean | undefined>;
   try {
-    values = parseArgs({ args: argv, options: config, strict: true, allowPositionals: false })
+    values = parseArgs({ args, options: config, strict: true, allowPositionals: false })
       .values as Record<string, string | boolean | undefined>;
   } catch (error) {
     throw new UsageError(`${(error as Error).message.split("\n")[0]} (see --help)`);
