@@ -2,6 +2,7 @@ import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { clearTuned, forceVariant } from "../lib/gpu/autotune.ts";
 import { throws } from "node:assert/strict";
+import { gpu } from "../lib/gpu/device.ts";
 
 interface Input {
   data: number[];
@@ -97,6 +98,71 @@ Deno.test("matmul forward: every kernel variant, forced", async () => {
       await checkForward(input(2, 37, 29), input(29, 44), false, false, v.name);
       await checkForward(input(2, 29, 36), input(2, 41, 29), true, true, v.name);
     }
+  } finally {
+    forceVariant("matmul", null);
+  }
+});
+
+Deno.test("matmul forward: texture variants, forced, on odd shapes, batches and size-1 dims", async () => {
+  const texVariants = T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"));
+  if (texVariants.length === 0) throw new Error("no texture variants registered");
+  try {
+    for (const v of texVariants) {
+      forceVariant("matmul", v.name);
+      for (const [ta, tb] of TRANS) {
+        const { a, b } = operands(37, 29, 41, ta, tb);
+        await checkForward(a, b, ta, tb, v.name);
+        const batched = operands(7, 13, 9, ta, tb, 3);
+        await checkForward(batched.a, batched.b, ta, tb, `${v.name} batch`);
+      }
+      await checkForward(input(3, 7, 13), input(13, 9), false, false, `${v.name} shared b`);
+      await checkForward(input(3, 13, 7), input(9, 13), true, true, `${v.name} shared b, trans`);
+      await checkForward(input(7, 13), input(3, 13, 9), false, false, `${v.name} shared a`);
+      await checkForward(input(2, 3, 5, 1), input(2, 3, 1, 4), false, false, `${v.name} K=1`);
+      await checkForward(input(3, 1, 13), input(3, 13, 9), false, false, `${v.name} M=1`);
+      await checkForward(input(3, 7, 13), input(3, 1, 13), false, true, `${v.name} N=1`);
+      await checkForward(input(1, 1), input(1, 1), false, false, `${v.name} 1×1`);
+      await checkForward(input(33, 70), input(70, 20), false, false, `${v.name} 33×70·70×20`);
+      // Batch chunks (1100 × 16 padded rows exceed maxTextureDimension2D) and an N too wide for
+      // a texture row (falls back to a buffer variant).
+      await checkForward(input(1100, 1, 3), input(1100, 3, 2), false, false, `${v.name} chunks`);
+      await checkForward(input(2, 1), input(1, 70001), false, false, `${v.name} wide N`);
+    }
+  } finally {
+    forceVariant("matmul", null);
+  }
+});
+
+Deno.test("linear with a forced texture variant: bias added, gradients match", async () => {
+  try {
+    for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {
+      forceVariant("matmul", v.name);
+      const x = input(2, 5, 7);
+      const w = input(9, 7);
+      const bias = input(9);
+      const out = await runOp((a, b, c) => T.linear(a, b, c), [x, w, bias]);
+      const ref = matmulRef(x, w, false, true);
+      const data = ref.data.map((s, i) => s + bias.data[i % 9]);
+      assertClose(out.data, data, { atol: 1e-5, rtol: 1e-4, what: `${v.name} linear` });
+      for (const [ta, tb] of TRANS) {
+        const { a, b } = operands(5, 6, 7, ta, tb, 2);
+        await checkGrad(mm(ta, tb), mmRef(a, b, ta, tb), [a, b]);
+      }
+    }
+  } finally {
+    forceVariant("matmul", null);
+  }
+});
+
+Deno.test("texture matmul: pooled textures are released and reused", async () => {
+  try {
+    forceVariant("matmul", "tex16x16");
+    const a = input(20, 30);
+    const b = input(30, 10);
+    await checkForward(a, b, false, false, "warm-up");
+    const { inUse, textures } = gpu().pool.stats;
+    await checkForward(a, b, false, false, "again");
+    assertClose([gpu().pool.stats.inUse, gpu().pool.stats.textures], [inUse, textures]);
   } finally {
     forceVariant("matmul", null);
   }

@@ -30,6 +30,7 @@ const REQUESTED_LIMITS = [
   "maxComputeWorkgroupSizeY",
   "maxComputeWorkgroupSizeZ",
   "maxComputeWorkgroupsPerDimension",
+  "maxTextureDimension2D",
   "maxDynamicUniformBuffersPerPipelineLayout",
 ] as const;
 

@@ -1,15 +1,23 @@
 // Kernels and their compiled pipelines. A kernel is one WGSL entry point with a declared list of
 // storage bindings; the pipeline cache compiles it once per set of override constants.
 
-/** "read": read-only storage; "write": read_write storage. */
-export type Binding = "read" | "write";
+/**
+ * "read": read-only storage buffer; "write": read_write storage buffer; "texture": a
+ * texture_2d<f32> read with textureLoad (unfilterable-float); "storage-texture": a
+ * texture_storage_2d<rgba32float, write>. Texture bindings take a GPUTextureView.
+ */
+export type Binding = "read" | "write" | "texture" | "storage-texture";
+
+/** True for the binding kinds that take a texture view rather than a buffer. */
+export const isTextureBinding = (kind: Binding): boolean =>
+  kind === "texture" || kind === "storage-texture";
 
 export interface Kernel {
   /** Unique name: the cache key, and the label in error messages. */
   readonly name: string;
   readonly source: string;
   readonly entry: string;
-  /** Storage buffers at @group(0) @binding(0..n-1), in order. */
+  /** Storage buffers (or textures) at @group(0) @binding(0..n-1), in order. */
   readonly bindings: readonly Binding[];
   /**
    * When true (the default) the kernel reads a uniform struct of 4-byte fields at
@@ -85,11 +93,24 @@ export class PipelineCache {
   private layout(key: string, kernel: Kernel): GPUBindGroupLayout {
     let layout = this.layouts.get(key);
     if (layout) return layout;
-    const entries: GPUBindGroupLayoutEntry[] = kernel.bindings.map((kind, binding) => ({
-      binding,
-      visibility: GPUShaderStage.COMPUTE,
-      buffer: { type: kind === "read" ? "read-only-storage" : "storage" },
-    }));
+    const entries: GPUBindGroupLayoutEntry[] = kernel.bindings.map((kind, binding) => {
+      const visibility = GPUShaderStage.COMPUTE;
+      if (kind === "texture") {
+        return { binding, visibility, texture: { sampleType: "unfilterable-float" } };
+      }
+      if (kind === "storage-texture") {
+        return {
+          binding,
+          visibility,
+          storageTexture: { access: "write-only", format: "rgba32float" },
+        };
+      }
+      return {
+        binding,
+        visibility,
+        buffer: { type: kind === "read" ? "read-only-storage" : "storage" },
+      };
+    });
     if (kernel.params) {
       entries.push({
         binding: kernel.bindings.length,

@@ -23,11 +23,26 @@ export interface PoolStats {
   allocated: number;
   peakAllocated: number;
   buffers: number;
+  /** Textures the pool holds (in use + cached); their bytes count in the fields above. */
+  textures: number;
 }
 
 let nextBufferId = 1;
 /** Stable small ids for buffers: bind-group cache keys. */
 export const bufferIds = new WeakMap<GPUBuffer, number>();
+/** Stable small ids for the views of pooled textures: bind-group cache keys. */
+export const textureViewIds = new WeakMap<GPUTextureView, number>();
+
+const TEXTURE_USAGE = GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING;
+
+/** A pooled rgba32float texture (16 bytes a texel) with its one view. */
+export interface PooledTexture {
+  readonly texture: GPUTexture;
+  readonly view: GPUTextureView;
+  readonly width: number;
+  readonly height: number;
+  readonly bytes: number;
+}
 
 export class BufferPool {
   private free = new Map<number, GPUBuffer[]>();
@@ -38,7 +53,9 @@ export class BufferPool {
     allocated: 0,
     peakAllocated: 0,
     buffers: 0,
+    textures: 0,
   };
+  private freeTextures = new Map<string, PooledTexture[]>();
 
   constructor(
     private device: GPUDevice,
@@ -83,8 +100,59 @@ export class BufferPool {
     list.push(buffer);
   }
 
-  /** Destroys cached free buffers (e.g. between stages). */
+  /**
+   * An rgba32float texture of width × height texels (sampled and storage-writable), reused by
+   * size. Textures are temporaries of one op: acquire and release them inside the op's call (the
+   * recorder orders the work that reuses one).
+   */
+  acquireTexture(width: number, height: number, label = "texture"): PooledTexture {
+    const key = `${width}x${height}`;
+    let tex = this.freeTextures.get(key)?.pop();
+    if (!tex) {
+      const bytes = width * height * 16;
+      this.device.pushErrorScope("out-of-memory");
+      const texture = this.device.createTexture({
+        label,
+        size: [width, height],
+        format: "rgba32float",
+        usage: TEXTURE_USAGE,
+      });
+      const context = `${label} (${fmtBytes(bytes)}) with ${this.describe()}`;
+      this.device.popErrorScope().then((error) => {
+        if (error) {
+          this.report(new GpuError(`GPU out of memory allocating ${context}: ${error.message}`));
+        }
+      });
+      const view = texture.createView();
+      textureViewIds.set(view, nextBufferId++);
+      tex = { texture, view, width, height, bytes };
+      this.stats.allocated += bytes;
+      this.stats.peakAllocated = Math.max(this.stats.peakAllocated, this.stats.allocated);
+      this.stats.textures++;
+    }
+    this.stats.inUse += tex.bytes;
+    this.stats.peakInUse = Math.max(this.stats.peakInUse, this.stats.inUse);
+    return tex;
+  }
+
+  releaseTexture(tex: PooledTexture): void {
+    this.stats.inUse -= tex.bytes;
+    const key = `${tex.width}x${tex.height}`;
+    let list = this.freeTextures.get(key);
+    if (!list) this.freeTextures.set(key, list = []);
+    list.push(tex);
+  }
+
+  /** Destroys cached free buffers and textures (e.g. between stages). */
   trim(): void {
+    for (const list of this.freeTextures.values()) {
+      for (const tex of list) {
+        tex.texture.destroy();
+        this.stats.allocated -= tex.bytes;
+        this.stats.textures--;
+      }
+    }
+    this.freeTextures.clear();
     for (const [size, list] of this.free) {
       for (const buffer of list) {
         buffer.destroy();

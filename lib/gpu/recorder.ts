@@ -4,14 +4,15 @@
 // dynamic offset, so bind groups depend on buffers only and are reused from step to step.
 
 import type { Gpu } from "./device.ts";
-import { bufferIds } from "./pool.ts";
-import { type Constants, type Kernel, MAX_PARAMS_BYTES } from "./pipelines.ts";
+import { bufferIds, textureViewIds } from "./pool.ts";
+import { type Constants, isTextureBinding, type Kernel, MAX_PARAMS_BYTES } from "./pipelines.ts";
 
 const ARENA_BYTES = 1 << 20;
 const MAX_BIND_GROUPS = 50_000;
 
 export interface DispatchOptions {
-  buffers: GPUBuffer[];
+  /** One per kernel binding: a buffer, or a texture view for "texture"/"storage-texture". */
+  buffers: (GPUBuffer | GPUTextureView)[];
   /** The params struct as 4-byte words; floats go in as `f32bits(x)`. */
   params?: ArrayLike<number>;
   constants?: Constants;
@@ -71,12 +72,18 @@ export class Recorder {
     const pass = this.beginPass();
     pass.setPipeline(compiled.pipeline);
     let key = compiled.layoutKey;
-    for (const buffer of buffers) key += ":" + bufferIds.get(buffer);
+    for (let i = 0; i < buffers.length; i++) {
+      key += isTextureBinding(kernel.bindings[i])
+        ? ":t" + textureViewIds.get(buffers[i] as GPUTextureView)
+        : ":" + bufferIds.get(buffers[i] as GPUBuffer);
+    }
     let group = this.bindGroups.get(key);
     if (!group) {
-      const entries: GPUBindGroupEntry[] = buffers.map((buffer, binding) => ({
+      const entries: GPUBindGroupEntry[] = buffers.map((resource, binding) => ({
         binding,
-        resource: { buffer },
+        resource: isTextureBinding(kernel.bindings[binding])
+          ? resource as GPUTextureView
+          : { buffer: resource as GPUBuffer },
       }));
       if (kernel.params) {
         entries.push({

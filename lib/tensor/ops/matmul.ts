@@ -2,9 +2,18 @@
 // read in place by the kernel (override constants), so neither forward nor backward copies a
 // transpose. The kernel variant (register blocks of several sizes, or shared-memory tiles) comes
 // from the autotuner: a tuned winner when `tuneMatmul` ran for the shape class, else a default.
+//
+// Texture variants (`tex16x16`, `tex8x8`, for software adapters): storage-buffer loads are the
+// bottleneck on lavapipe (~25-30 cycles per lane and float) while a textureLoad of an rgba32float
+// texel costs ~10 cycles for 4 floats. So the op first packs op(A) and op(B) into zero-padded
+// rgba32float textures (A: texel (k/4, z·Mp + m) holds op(A)[z, m, k..k+3]; B: texel (n/4, z·Kp + k)
+// holds op(B)[z, k, n..n+3]), then a kernel with a TM × TN block of C per invocation reads them
+// without bounds checks and writes C with bounds-checked stores. The textures come from the pool
+// and go back to it at the end of the call. Shapes whose textures would exceed
+// maxTextureDimension2D run the best buffer variant instead.
 
 import { gpu } from "../../gpu/device.ts";
-import { defineKernel } from "../../gpu/pipelines.ts";
+import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import { chooseVariant, tune, type TuneResult, type Variant } from "../../gpu/autotune.ts";
 import { record, type Shape, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
@@ -18,8 +27,138 @@ const kernels = {
   tiled: defineKernel({ name: "matmul_tiled", source, entry: "matmul_tiled", bindings: BINDINGS }),
 };
 
-/** Register variant: each invocation holds a tm × tn block of C; tiled: 64 × 64 shared tiles. */
-export type MatmulConfig = { kind: "reg"; tm: number; tn: number } | { kind: "tiled" };
+/**
+ * Register variant: each invocation holds a tm × tn block of C; tiled: 64 × 64 shared tiles; tex:
+ * operands packed into textures, tm × tn of C per invocation.
+ */
+export type MatmulConfig =
+  | { kind: "reg"; tm: number; tn: number }
+  | { kind: "tiled" }
+  | { kind: "tex"; tm: number; tn: number };
+
+// ---- texture-fed variants -------------------------------------------------------------------
+
+/** Packs op(X)[z, r, c] (at z·zs + r·rs + c·cs) into texels (c/4, (z - z0)·rowsPad + r), zero-padded. */
+const PACK_SOURCE = /* wgsl */ `
+struct Params { rows: u32, cols: u32, rs: u32, cs: u32, zs: u32, z0: u32, rowsPad: u32, width: u32, height: u32 }
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var dst: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x >= p.width || gid.y >= p.height) { return; }
+  let zl = gid.y / p.rowsPad;
+  let r = gid.y - zl * p.rowsPad;
+  var v = vec4f(0.0);
+  if (r < p.rows) {
+    let c = gid.x * 4u;
+    let base = (p.z0 + zl) * p.zs + r * p.rs + c * p.cs;
+    if (c < p.cols) { v.x = x[base]; }
+    if (c + 1u < p.cols) { v.y = x[base + p.cs]; }
+    if (c + 2u < p.cols) { v.z = x[base + 2u * p.cs]; }
+    if (c + 3u < p.cols) { v.w = x[base + 3u * p.cs]; }
+  }
+  textureStore(dst, vec2i(i32(gid.x), i32(gid.y)), v);
+}
+`;
+
+/** Invocations per texture-variant workgroup: 8 × 8. */
+const TEX_WG = 8;
+
+/**
+ * The texture matmul kernel for a tm × tn block per invocation (tn a multiple of 4), generated
+ * unrolled: accumulators must stay in SSA registers on lavapipe (see kernels/matmul.wgsl).
+ */
+function texSource(tm: number, tn: number): string {
+  const tn4 = tn / 4;
+  const decl: string[] = [];
+  const body: string[] = [];
+  const store: string[] = [];
+  for (let r = 0; r < tm; r++) {
+    for (let c = 0; c < tn4; c++) decl.push(`var acc${r}_${c} = vec4f(0.0);`);
+  }
+  for (let j = 0; j < 4; j++) {
+    for (let c = 0; c < tn4; c++) {
+      body.push(`let b${j}_${c} = textureLoad(tb, vec2i(i32(n4 + ${c}u), i32(kb + ${j}u)), 0);`);
+    }
+  }
+  for (let r = 0; r < tm; r++) {
+    body.push(`{ let av = textureLoad(ta, vec2i(i32(k4), i32(ma + ${r}u)), 0);`);
+    for (let j = 0; j < 4; j++) {
+      for (let c = 0; c < tn4; c++) {
+        body.push(`acc${r}_${c} = fma(vec4f(av[${j}]), b${j}_${c}, acc${r}_${c});`);
+      }
+    }
+    body.push("}");
+  }
+  for (let r = 0; r < tm; r++) {
+    for (let c = 0; c < tn4; c++) {
+      store.push(`store4(z, m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c});`);
+    }
+  }
+  return /* wgsl */ `
+// C[z0 + z] = op(A)·op(B) (+ bias) from packed textures, ${tm} × ${tn} of C per invocation.
+override BIAS: bool = false;
+struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32 }
+@group(0) @binding(0) var ta: texture_2d<f32>;
+@group(0) @binding(1) var tb: texture_2d<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+fn store4(z: u32, m: u32, n: u32, v: vec4f) {
+  if (m >= p.M || n >= p.N) { return; }
+  var o = v;
+  if (BIAS) {
+    o.x += bias[n];
+    if (n + 1u < p.N) { o.y += bias[n + 1u]; }
+    if (n + 2u < p.N) { o.z += bias[n + 2u]; }
+    if (n + 3u < p.N) { o.w += bias[n + 3u]; }
+  }
+  let i = (z * p.M + m) * p.N + n;
+  c[i] = o.x;
+  if (n + 1u < p.N) { c[i + 1u] = o.y; }
+  if (n + 2u < p.N) { c[i + 2u] = o.z; }
+  if (n + 3u < p.N) { c[i + 3u] = o.w; }
+}
+
+@compute @workgroup_size(${TEX_WG}, ${TEX_WG})
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  let n4 = gid.x * ${tn4}u;
+  let m0 = gid.y * ${tm}u;
+  if (m0 >= p.M || n4 * 4u >= p.N) { return; }
+  let z = p.z0 + gid.z;
+  let ma = gid.z * p.aRows + m0;
+  let kb0 = gid.z * p.bRows;
+  ${decl.join("\n  ")}
+  for (var k4 = 0u; k4 < p.K4; k4++) {
+    let kb = kb0 + k4 * 4u;
+    ${body.join("\n    ")}
+  }
+  ${store.join("\n  ")}
+}
+`;
+}
+
+const TEX_BINDINGS: ("texture" | "read" | "write")[] = ["texture", "texture", "read", "write"];
+const texKernels = new Map<string, Kernel>();
+function texKernel(tm: number, tn: number): Kernel {
+  const name = `matmul_tex${tm}x${tn}`;
+  let kernel = texKernels.get(name);
+  if (!kernel) {
+    kernel = defineKernel({ name, source: texSource(tm, tn), bindings: TEX_BINDINGS });
+    texKernels.set(name, kernel);
+  }
+  return kernel;
+}
+const packKernel = defineKernel({
+  name: "matmul_pack",
+  source: PACK_SOURCE,
+  bindings: ["read", "storage-texture"],
+});
+
+const roundUp = (x: number, m: number) => Math.ceil(x / m) * m;
 
 const reg = (tm: number, tn: number): Variant<MatmulConfig> => ({
   name: `reg${tm}x${tn}`,
@@ -35,6 +174,8 @@ export const MATMUL_VARIANTS: readonly Variant<MatmulConfig>[] = [
   reg(32, 16),
   reg(16, 32),
   { name: "tiled64", config: { kind: "tiled" } },
+  { name: "tex8x8", config: { kind: "tex", tm: 8, tn: 8 } },
+  { name: "tex16x16", config: { kind: "tex", tm: 16, tn: 16 } },
 ];
 const byName = (name: string) => MATMUL_VARIANTS.find((v) => v.name === name)!;
 
@@ -69,6 +210,17 @@ function shapeClass(p: Problem): string {
   return `${flags}|m${log(p.M)}n${log(p.N)}k${log(p.K)}|b${p.batch > 1 ? 1 : 0}`;
 }
 
+/** Cost-model units of a register variant (see `rankedRegVariants`). */
+function regCost(p: Problem, v: Variant<MatmulConfig>, cores: number): number {
+  if (v.config.kind !== "reg") return Infinity;
+  const { vecA, vecB } = vecFlags(p);
+  const { tm, tn } = v.config;
+  const lanes = p.batch * Math.ceil(p.M / tm) * Math.ceil(p.N / tn);
+  const groups = p.batch * Math.ceil(p.M / (tm * REG_WG)) * Math.ceil(p.N / (tn * REG_WG));
+  const perLane = p.K * (tm * (vecA ? 0.8 : 1) + tn * (vecB ? 0.8 : 1)) + tm * tn;
+  return (lanes * perLane) / Math.min(groups, cores);
+}
+
 /**
  * Register variants from most to least promising on a software adapter (lavapipe), by a cost model
  * of what bounds them there: storage loads and stores, each a per-lane loop costing about the same,
@@ -77,16 +229,12 @@ function shapeClass(p: Problem): string {
  * compile).
  */
 function rankedRegVariants(p: Problem): Variant<MatmulConfig>[] {
-  const { vecA, vecB } = vecFlags(p);
   const cores = Math.max(1, navigator.hardwareConcurrency || 1);
   const scored: { v: Variant<MatmulConfig>; cost: number; area: number }[] = [];
   for (const v of MATMUL_VARIANTS) {
     if (v.config.kind !== "reg") continue;
     const { tm, tn } = v.config;
-    const lanes = p.batch * Math.ceil(p.M / tm) * Math.ceil(p.N / tn);
-    const groups = p.batch * Math.ceil(p.M / (tm * REG_WG)) * Math.ceil(p.N / (tn * REG_WG));
-    const perLane = p.K * (tm * (vecA ? 0.8 : 1) + tn * (vecB ? 0.8 : 1)) + tm * tn;
-    scored.push({ v, cost: (lanes * perLane) / Math.min(groups, cores), area: tm * tn });
+    scored.push({ v, cost: regCost(p, v, cores), area: tm * tn });
   }
   scored.sort((x, y) => x.cost - y.cost);
   const near = scored.filter((s) => s.cost <= scored[0].cost * 1.05).sort((x, y) =>
@@ -96,11 +244,81 @@ function rankedRegVariants(p: Problem): Variant<MatmulConfig>[] {
   return [...near, ...rest].map((s) => s.v);
 }
 
+/** Texture sizes and batch chunking of a tex variant, or null where the textures would not fit. */
+interface TexLayout {
+  Mp: number;
+  Np: number;
+  Kp: number;
+  /** Batch entries per chunk (pack + multiply). */
+  zc: number;
+}
+
+function texLayout(p: Problem, tm: number, tn: number): TexLayout | null {
+  if (p.K === 0) return null;
+  const max = gpu().limits.maxTextureDimension2D ?? 8192;
+  const [Mp, Np, Kp] = [roundUp(p.M, tm), roundUp(p.N, tn), roundUp(p.K, 4)];
+  if (Mp > max || Kp > max || Kp / 4 > max || Np / 4 > max) return null;
+  const zA = p.strideA ? Math.floor(max / Mp) : Infinity;
+  const zB = p.strideB ? Math.floor(max / Kp) : Infinity;
+  return { Mp, Np, Kp, zc: Math.min(p.batch, zA, zB, MAX_GROUPS) };
+}
+
 /**
- * Default variant without tuning. Software adapters: the best register variant of the cost model.
- * GPUs: 64 × 64 shared-memory tiles once C fills a few tiles, else small register blocks.
+ * Cost of a tex variant on a software adapter, in the units of `rankedRegVariants` (one storage
+ * load): the multiply (a texel load ~0.46, which covers its share of the FMAs; scalar stores 1
+ * each), plus packing (4 loads and a store per texel) and a fixed cost per extra dispatch.
+ * Calibrated on lavapipe against reg32x32 at 1024³ (~3.5× fewer units).
+ */
+function texCost(p: Problem, tm: number, tn: number, cores: number): number | null {
+  const L = texLayout(p, tm, tn);
+  if (!L) return null;
+  // Lanes run in SIMD rows of 8 along x: a partly used row costs as much as a full one.
+  const lanes = p.batch * Math.ceil(p.M / tm) * roundUp(Math.ceil(p.N / tn), TEX_WG);
+  const groups = p.batch * Math.ceil(p.M / (tm * TEX_WG)) * Math.ceil(p.N / (tn * TEX_WG));
+  const perLane = (L.Kp / 4) * (tm + tn) * 0.46 + tm * tn;
+  const texels = (p.strideA ? p.batch : 1) * L.Mp * (L.Kp / 4) +
+    (p.strideB ? p.batch : 1) * L.Kp * (L.Np / 4);
+  const packGroups = Math.ceil(texels / 64);
+  const chunks = Math.ceil(p.batch / L.zc);
+  return (lanes * perLane) / Math.min(groups, cores) +
+    (texels * 4.5) / Math.min(packGroups, cores) + chunks * 2 * TEX_DISPATCH_COST;
+}
+/** Fixed cost of one extra dispatch on lavapipe, in storage loads (~50 µs). */
+const TEX_DISPATCH_COST = 4000;
+
+/** Register variants, then texture variants where they fit, ranked by the software cost model. */
+function rankedVariants(p: Problem): Variant<MatmulConfig>[] {
+  const cores = Math.max(1, navigator.hardwareConcurrency || 1);
+  const regs = rankedRegVariants(p);
+  const scored = regs.map((v, i) => ({ v, cost: regCost(p, v, cores), i }));
+  for (const v of MATMUL_VARIANTS) {
+    if (v.config.kind !== "tex") continue;
+    const cost = texCost(p, v.config.tm, v.config.tn, cores);
+    if (cost !== null) scored.push({ v, cost, i: scored.length });
+  }
+  // Texture variants go first only when clearly cheaper (their packing is a fixed overhead the
+  // model knows roughly); ties keep the register order.
+  const bestReg = scored[0].cost;
+  const tex = scored.filter((s) => s.v.config.kind === "tex" && s.cost < bestReg * 0.8)
+    .sort((x, y) => x.cost - y.cost);
+  const rest = scored.filter((s) => !tex.includes(s)).sort((x, y) =>
+    x.v.config.kind === y.v.config.kind ? x.i - y.i : x.cost - y.cost
+  );
+  return [...tex, ...rest].map((s) => s.v);
+}
+
+/**
+ * Default variant without tuning. Software adapters: the best variant of the cost model (texture
+ * variants for large shapes, register blocks for small ones). GPUs: 64 × 64 shared-memory tiles
+ * once C fills a few tiles, else small register blocks.
  */
 function defaultVariant(p: Problem): Variant<MatmulConfig> {
+  if (!gpu().info.software) return bufferDefault(p);
+  return rankedVariants(p)[0];
+}
+
+/** The default among buffer variants (where a texture variant cannot run the shape). */
+function bufferDefault(p: Problem): Variant<MatmulConfig> {
   if (!gpu().info.software) {
     return p.M * p.N * p.batch >= 4 * TILE * TILE ? byName("tiled64") : byName("reg4x4");
   }
@@ -121,6 +339,12 @@ function launch(
   variant = variantFor(p),
 ): void {
   if (out.size === 0) return;
+  if (variant.config.kind === "tex") {
+    const { tm, tn } = variant.config;
+    const layout = texLayout(p, tm, tn);
+    if (layout) return launchTex(a, b, bias, out, p, tm, tn, layout);
+    variant = bufferDefault(p);
+  }
   const { vecA, vecB } = vecFlags(p);
   const cfg = variant.config;
   const constants: Record<string, number> = {
@@ -132,7 +356,7 @@ function launch(
   if (cfg.kind === "tiled") {
     gx = Math.ceil(p.N / TILE);
     gy = Math.ceil(p.M / TILE);
-  } else {
+  } else if (cfg.kind === "reg") {
     Object.assign(constants, {
       TM: cfg.tm,
       TN4: cfg.tn / 4,
@@ -141,6 +365,8 @@ function launch(
     });
     gx = Math.ceil(p.N / (cfg.tn * REG_WG));
     gy = Math.ceil(p.M / (cfg.tm * REG_WG));
+  } else {
+    throw new Error(`peco: matmul: no buffer kernel for variant ${variant.name}`);
   }
   if (gx > MAX_GROUPS || gy > MAX_GROUPS) {
     throw new Error(`peco: matmul: ${p.M}×${p.N} output is too large for one dispatch`);
@@ -154,6 +380,79 @@ function launch(
       constants,
       workgroups: [gx, gy, gz],
     });
+  }
+}
+
+/**
+ * Texture variant: packs op(A) and op(B) into pooled textures, chunk by chunk of the batch, and
+ * multiplies each chunk with one dispatch. The textures go back to the pool at the end of the call:
+ * work recorded later that reuses them is ordered after this op's by the recorder.
+ */
+function launchTex(
+  a: Tensor,
+  b: Tensor,
+  bias: Tensor | null,
+  out: Tensor,
+  p: Problem,
+  tm: number,
+  tn: number,
+  { Mp, Np, Kp, zc }: TexLayout,
+): void {
+  const { pool, recorder } = gpu();
+  const texA = pool.acquireTexture(Kp / 4, (p.strideA ? zc : 1) * Mp, "matmul A texture");
+  const texB = pool.acquireTexture(Np / 4, (p.strideB ? zc : 1) * Kp, "matmul B texture");
+  try {
+    const kernel = texKernel(tm, tn);
+    for (let z0 = 0; z0 < p.batch; z0 += zc) {
+      const n = Math.min(zc, p.batch - z0);
+      if (p.strideA || z0 === 0) {
+        // op(A)[m, k] at m·K + k, or k·M + m when transposed.
+        const height = (p.strideA ? n : 1) * Mp;
+        recorder.dispatch(packKernel, {
+          buffers: [a.buffer, texA.view],
+          params: [
+            p.M,
+            p.K,
+            p.transA ? 1 : p.K,
+            p.transA ? p.M : 1,
+            p.strideA,
+            p.strideA ? z0 : 0,
+            Mp,
+            Kp / 4,
+            height,
+          ],
+          workgroups: [Math.ceil(Kp / 4 / 8), Math.ceil(height / 8)],
+        });
+      }
+      if (p.strideB || z0 === 0) {
+        // op(B)[k, n] at k·N + n, or n·K + k when transposed.
+        const height = (p.strideB ? n : 1) * Kp;
+        recorder.dispatch(packKernel, {
+          buffers: [b.buffer, texB.view],
+          params: [
+            p.K,
+            p.N,
+            p.transB ? 1 : p.N,
+            p.transB ? p.K : 1,
+            p.strideB,
+            p.strideB ? z0 : 0,
+            Kp,
+            Np / 4,
+            height,
+          ],
+          workgroups: [Math.ceil(Np / 4 / 8), Math.ceil(height / 8)],
+        });
+      }
+      recorder.dispatch(kernel, {
+        buffers: [texA.view, texB.view, (bias ?? b).buffer, out.buffer],
+        params: [p.M, p.N, Kp / 4, p.strideA ? Mp : 0, p.strideB ? Kp : 0, z0],
+        constants: { BIAS: Number(bias !== null) },
+        workgroups: [Math.ceil(Np / (tn * TEX_WG)), Math.ceil(Mp / (tm * TEX_WG)), n],
+      });
+    }
+  } finally {
+    pool.releaseTexture(texA);
+    pool.releaseTexture(texB);
   }
 }
 
@@ -306,8 +605,9 @@ export function matmulVariant(a: Shape, b: Shape, options: MatmulOptions = {}): 
 /**
  * Times candidate variants on an [M, K] · [K, N] problem (batch `batch`, stored as the trans flags
  * say) and makes the fastest the choice for its shape class in this process. Candidates default to
- * the 3 best register variants of the cost model on software adapters (shared-memory tiles are
- * slow there, and timing every block size on big shapes takes minutes), and to all variants on GPUs.
+ * the 3 best variants of the cost model on software adapters plus its best texture variant where
+ * the shape fits one (shared-memory tiles are slow there, and timing every block size on big shapes
+ * takes minutes), and to all buffer variants on GPUs.
  */
 export async function tuneMatmul(
   M: number,
@@ -332,8 +632,8 @@ export async function tuneMatmul(
       return v;
     })
     : gpu().info.software
-    ? rankedRegVariants(problem).slice(0, 3)
-    : MATMUL_VARIANTS;
+    ? softwareCandidates(problem)
+    : MATMUL_VARIANTS.filter((v) => v.config.kind !== "tex");
   try {
     const run = (v: Variant<MatmulConfig>) => launch(a, b, null, out, problem, v);
     return await tune("matmul", shapeClass(problem), pool, run, { iters });
@@ -342,6 +642,15 @@ export async function tuneMatmul(
     await gpu().recorder.sync();
     for (const t of [a, b, out]) t.dispose();
   }
+}
+
+/** Tuning candidates on a software adapter: the model's best 3, and the best texture variant. */
+function softwareCandidates(p: Problem): Variant<MatmulConfig>[] {
+  const ranked = rankedVariants(p);
+  const top = ranked.slice(0, 3);
+  const tex = ranked.find((v) => v.config.kind === "tex");
+  if (tex && !top.includes(tex)) top.push(tex);
+  return top;
 }
 
 /** The variant matmul runs for this problem without tuning (for benchmark reports). */
