@@ -273,3 +273,12 @@ Deno.test("autotuner: tuneMatmul picks a timed candidate; forced variants overri
     clearTuned();
   }
 });
+
+Deno.test("matmul refuses a K longer than a software adapter's loop limit instead of a wrong sum", () => {
+  if (!gpu().info.software) return;
+  const a = T.full([1, 70000], 1);
+  const b = T.full([70000, 3], 1);
+  throws(() => T.matmul(a, b), /matmul: K = 70000 exceeds 32000/);
+  a.dispose();
+  b.dispose();
+});

@@ -13,6 +13,7 @@
 // maxTextureDimension2D run the best buffer variant instead.
 
 import { gpu } from "../../gpu/device.ts";
+import { MAX_LOOP } from "./reduce.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import { chooseVariant, tune, type TuneResult, type Variant } from "../../gpu/autotune.ts";
 import { record, type Shape, Tensor } from "../tensor.ts";
@@ -344,6 +345,14 @@ function launch(
     const layout = texLayout(p, tm, tn);
     if (layout) return launchTex(a, b, bias, out, p, tm, tn, layout);
     variant = bufferDefault(p);
+  }
+  // lavapipe ends every loop after 65535 iterations per invocation, silently: the buffer kernels
+  // loop once per k, so a longer K would give wrong sums. Refuse it rather than compute garbage.
+  if (gpu().info.software && p.K > MAX_LOOP) {
+    throw new Error(
+      `peco: matmul: K = ${p.K} exceeds ${MAX_LOOP}, the longest reduction a software adapter ` +
+        `runs in one kernel loop (${p.M}×${p.K}·${p.K}×${p.N})`,
+    );
   }
   const { vecA, vecB } = vecFlags(p);
   const cfg = variant.config;
