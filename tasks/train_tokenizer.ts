@@ -1,0 +1,584 @@
+// `deno task train-tokenizer`: trains the perceptual tokenizer (REFERENCE.md §1, paper eq. 5): a
+// VQ-VAE with an EMA quantizer, loss = pixel (L1 or L2) + λ·perceptual + β·commitment.
+//
+//   deno task train-tokenizer --shards runs/shard --out runs/tokenizer
+//   deno task train-tokenizer --shards runs/shard --out runs/tok-vgg --perceptual vgg16 \
+//     --perceptual-weights vgg16.safetensors --lambda 1
+//
+// Everything is checked before training starts: the shards manifest, the image size against the
+// downsample factor, the perceptual weights (names and shapes). The output folder (--out) holds
+// checkpoint.safetensors (atomic, every --ckpt-every steps and at the end), metrics.jsonl (every
+// --log-every steps: each loss term, held-out PSNR, codebook usage and perplexity, lr, images/s,
+// peak GPU memory), grids/step_NNNNNN.png (held-out input | reconstruction, at every checkpoint)
+// and manifest.json (lib/cli/stage.ts: skip when up to date, resume when interrupted).
+//
+// Least privilege (lib/cli/permissions.ts): started with --allow-read and --allow-run=deno, the
+// task re-runs itself reading only its inputs and --out and writing only --out.
+
+import { join, resolve } from "node:path";
+import { type Parsed, parseOrExit, UsageError } from "../lib/cli/args.ts";
+import { MetricsWriter } from "../lib/cli/metrics.ts";
+import { METRICS_FILE } from "../lib/cli/metrics.ts";
+import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
+import { Progress } from "../lib/cli/progress.ts";
+import { beginStage, finishStage, FORCE_OPTION } from "../lib/cli/stage.ts";
+import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
+import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
+import { pixelsToFloat, uploadPixels, type ViewSpec } from "../lib/data/augment.ts";
+import { gpu, initGpu } from "../lib/gpu/device.ts";
+import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/io/checkpoint.ts";
+import { type TrainingState } from "../lib/io/checkpoint.ts";
+import { sha256File } from "../lib/io/hash.ts";
+import { writeImageGrid } from "../lib/io/png.ts";
+import {
+  loadPerceptualNet,
+  PERCEPTUAL_KINDS,
+  type PerceptualKind,
+  perceptualLoss,
+  type PerceptualModule,
+} from "../lib/models/perceptual/mod.ts";
+import { loadBuiltinPerceptual } from "../lib/models/moco.ts";
+import { CodeUsage } from "../lib/models/quantizer.ts";
+import {
+  TOKENIZER_PRESET_NAMES,
+  type TokenizerPreset,
+  tokenizerPreset,
+} from "../lib/models/tokenizer_config.ts";
+import { downsampleFactor, resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
+import { Adam, clipGradNorm, warmupCosine } from "../lib/optim/mod.ts";
+import {
+  add,
+  backward,
+  concat,
+  l1Loss,
+  mseLoss,
+  mulScalar,
+  noGrad,
+  readAll,
+  type Tensor,
+  tidy,
+} from "../lib/tensor/mod.ts";
+import { meanPsnr, perImageMse } from "../lib/train/psnr.ts";
+
+const STAGE = "train-tokenizer";
+const PERCEPTUAL_CHOICES = ["none", "builtin", ...PERCEPTUAL_KINDS] as const;
+/** Images in [−1, 1]: (x/255 − 0.5) / 0.5 per channel. */
+const HALF = [0.5, 0.5, 0.5];
+
+export const trainTokenizerCommand = {
+  usage: "deno task train-tokenizer",
+  summary: "Trains the perceptual tokenizer (VQ-VAE, EMA codebook) on shards into --out.\n" +
+    "Runs sandboxed: reads only the shards, the perceptual network and --out; writes only --out.",
+  options: {
+    shards: { type: "string", default: "runs/shard", help: "shard folder (deno task shard)" },
+    out: { type: "string", default: "runs/tokenizer", help: "output folder" },
+    preset: {
+      type: "string",
+      default: "mnist",
+      choices: TOKENIZER_PRESET_NAMES,
+      help: "architecture and training defaults",
+    },
+    perceptual: {
+      type: "string",
+      default: "none",
+      choices: PERCEPTUAL_CHOICES,
+      help: "perceptual network (builtin: the train-perceptual stage's)",
+    },
+    "perceptual-weights": {
+      type: "string",
+      help: "safetensors state dict of --perceptual vgg16|resnet50|vit-b",
+    },
+    "perceptual-dir": { type: "string", help: "train-perceptual output folder (builtin)" },
+    lambda: { type: "number", default: 1, help: "weight λ of the perceptual loss" },
+    "pixel-loss": { type: "string", choices: ["l1", "l2"], help: "pixel loss (default: preset)" },
+    steps: { type: "number", help: "training steps (default: preset)" },
+    batch: { type: "number", help: "batch size (default: preset)" },
+    lr: { type: "number", help: "peak learning rate (default: preset)" },
+    warmup: { type: "number", help: "warmup steps (default: preset, capped at steps/2)" },
+    seed: { type: "number", default: 0, help: "random seed" },
+    limit: { type: "number", help: "train on the first N training images only (tests)" },
+    "eval-images": {
+      type: "number",
+      default: 500,
+      help: "held-out images for codebook usage and perplexity",
+    },
+    "psnr-images": { type: "number", default: 64, help: "fixed held-out batch for PSNR" },
+    "log-every": { type: "number", default: 60, help: "metrics every N steps" },
+    "ckpt-every": {
+      type: "number",
+      default: 120,
+      help: "checkpoint + grid every N steps (a multiple of --log-every)",
+    },
+    "stop-at": {
+      type: "number",
+      help: "stop after the checkpoint at this step, as if killed (tests resuming)",
+    },
+    quiet: { type: "boolean", help: "no progress bar" },
+    force: { type: "boolean", help: FORCE_OPTION.help },
+  },
+} as const;
+
+export type TrainTokenizerOptions = Parsed<typeof trainTokenizerCommand.options>;
+
+/** The resolved, fingerprinted config of a run (no paths of outputs, no test-only switches). */
+export interface TrainTokenizerConfig {
+  preset: string;
+  model: ReturnType<typeof resolveVqVaeConfig>;
+  train: TokenizerPreset["train"];
+  seed: number;
+  limit: number | null;
+  perceptual: { kind: string; lambda: number; weights: { sha256: string; bytes: number } | null };
+  eval: { images: number; psnrImages: number; logEvery: number; ckptEvery: number };
+}
+
+export interface TrainTokenizerResult {
+  status: "skip" | "done" | "stopped";
+  out: string;
+  summary: Record<string, unknown>;
+}
+
+function fail(what: string): never {
+  throw new Error(`peco: ${STAGE}: ${what}`);
+}
+
+function positiveInt(name: string, v: number | undefined, zeroOk = false): void {
+  if (v !== undefined && (!Number.isInteger(v) || v < (zeroOk ? 0 : 1))) {
+    throw new UsageError(`--${name} must be an integer ≥ ${zeroOk ? 0 : 1}, got ${v}`);
+  }
+}
+
+/** Checks the numbers of the command line (usage errors, exit 2). */
+function checkOptions(o: TrainTokenizerOptions): void {
+  for (const name of ["steps", "batch", "limit", "eval-images", "psnr-images"] as const) {
+    positiveInt(name, o[name]);
+  }
+  for (const name of ["log-every", "ckpt-every", "stop-at"] as const) positiveInt(name, o[name]);
+  positiveInt("warmup", o.warmup, true);
+  positiveInt("seed", o.seed, true);
+  if (o["ckpt-every"] % o["log-every"] !== 0) {
+    throw new UsageError(
+      `--ckpt-every ${o["ckpt-every"]} must be a multiple of --log-every ${o["log-every"]} ` +
+        `(a checkpoint is written only after its losses were read and checked)`,
+    );
+  }
+  if (!(o.lambda >= 0)) throw new UsageError(`--lambda must be ≥ 0, got ${o.lambda}`);
+  if (o.lr !== undefined && !(o.lr > 0)) throw new UsageError(`--lr must be > 0, got ${o.lr}`);
+  const external = (PERCEPTUAL_KINDS as readonly string[]).includes(o.perceptual);
+  if (external && !o["perceptual-weights"]) {
+    throw new UsageError(`--perceptual ${o.perceptual} needs --perceptual-weights FILE`);
+  }
+  if (!external && o["perceptual-weights"]) {
+    throw new UsageError(`--perceptual-weights is only for --perceptual vgg16|resnet50|vit-b`);
+  }
+  if (o.perceptual === "builtin" && !o["perceptual-dir"]) {
+    throw new UsageError(`--perceptual builtin needs --perceptual-dir (train-perceptual output)`);
+  }
+}
+
+/** The paths the sandboxed stage may read and write. */
+export function trainTokenizerAccess(o: TrainTokenizerOptions): StageAccess {
+  const out = resolve(o.out);
+  const read = [resolve(o.shards), out];
+  if (o["perceptual-weights"]) read.push(resolve(o["perceptual-weights"]));
+  if (o["perceptual-dir"]) read.push(resolve(o["perceptual-dir"]));
+  return { read, write: [out] };
+}
+
+/** Opens the shards and checks that the preset's architecture fits their images. */
+async function openInputs(o: TrainTokenizerOptions, preset: TokenizerPreset) {
+  let shards: ShardSet;
+  try {
+    shards = await openShards(resolve(o.shards));
+  } catch (error) {
+    return fail(`--shards: ${(error as Error).message.replace(/^peco: /, "")}`);
+  }
+  const { channels, height, width } = shards.manifest.image;
+  for (const split of ["train", "val"]) {
+    if (!shards.splits[split]?.count) fail(`--shards ${shards.dir} has no "${split}" images`);
+  }
+  const factor = downsampleFactor(preset.model);
+  if (height !== width || height % factor !== 0) {
+    fail(
+      `--shards ${shards.dir}: images are ${height}×${width}; the "${o.preset}" preset needs ` +
+        `square images whose side is divisible by its downsample factor ${factor}`,
+    );
+  }
+  return { shards, image: { channels, size: height } };
+}
+
+/** Loads and checks the perceptual network (null for none or λ = 0). */
+async function openPerceptual(o: TrainTokenizerOptions) {
+  if (o.perceptual === "none") return { net: null, weights: null };
+  if (o.perceptual === "builtin") {
+    // The train-perceptual stage's folder is also a stage input: its manifest hash is part of the
+    // fingerprint, so a retrained network makes this run out of date.
+    try {
+      return { net: await loadBuiltinPerceptual(resolve(o["perceptual-dir"]!)), weights: null };
+    } catch (error) {
+      return fail(`--perceptual-dir: ${(error as Error).message.replace(/^peco: /, "")}`);
+    }
+  }
+  const path = resolve(o["perceptual-weights"]!);
+  let weights: { sha256: string; bytes: number };
+  try {
+    weights = await sha256File(path);
+  } catch (error) {
+    return fail(`--perceptual-weights ${path}: cannot read (${(error as Error).message})`);
+  }
+  try {
+    const { net } = await loadPerceptualNet(o.perceptual as PerceptualKind, path);
+    return { net, weights };
+  } catch (error) {
+    return fail(`--perceptual-weights: ${(error as Error).message.replace(/^peco: /, "")}`);
+  }
+}
+
+/** The run's config from the preset, the command line and the shards' image geometry. */
+function resolveConfig(
+  o: TrainTokenizerOptions,
+  preset: TokenizerPreset,
+  image: { channels: number; size: number },
+  weights: { sha256: string; bytes: number } | null,
+): TrainTokenizerConfig {
+  const steps = o.steps ?? preset.train.steps;
+  const train = {
+    ...preset.train,
+    steps,
+    batch: o.batch ?? preset.train.batch,
+    lr: o.lr ?? preset.train.lr,
+    warmupSteps: Math.min(o.warmup ?? preset.train.warmupSteps, Math.floor(steps / 2)),
+    pixelLoss: (o["pixel-loss"] as "l1" | "l2" | undefined) ?? preset.train.pixelLoss,
+  };
+  const model = resolveVqVaeConfig({
+    ...preset.model,
+    imageSize: image.size,
+    inChannels: image.channels,
+    quantizer: { ...preset.model.quantizer, seed: o.seed },
+  });
+  return {
+    preset: o.preset,
+    model,
+    train,
+    seed: o.seed,
+    limit: o.limit ?? null,
+    perceptual: { kind: o.perceptual, lambda: o.perceptual === "none" ? 0 : o.lambda, weights },
+    eval: {
+      images: o["eval-images"],
+      psnrImages: o["psnr-images"],
+      logEvery: o["log-every"],
+      ckptEvery: o["ckpt-every"],
+    },
+  };
+}
+
+/** The training records: the whole train split, or its first `limit` images. */
+async function trainSource(train: SplitReader, limit: number | null): Promise<RecordSource> {
+  if (limit === null || limit >= train.count) return shardSource(train);
+  const b = await train.readRange(0, limit);
+  const { channels, height, width } = train;
+  return memorySource(b.pixels, b.labels, { channels, height, width, chunkSize: limit });
+}
+
+/** The fixed held-out images: the first `count` of the val split, uploaded once per use. */
+async function heldOut(val: SplitReader, count: number) {
+  const b = await val.readRange(0, Math.min(count, val.count));
+  const { channels, height, width } = val;
+  return {
+    n: b.count,
+    /** Images [from, to) as f32 [n, C, H, W] in [−1, 1]. */
+    images(from: number, to: number): Tensor {
+      const bytes = channels * height * width;
+      const upload = uploadPixels(
+        b.pixels.subarray(from * bytes, to * bytes),
+        to - from,
+        channels,
+        height,
+        width,
+      );
+      const x = pixelsToFloat(upload, {
+        mean: HALF.slice(0, channels),
+        std: HALF.slice(0, channels),
+      });
+      upload.pixels.dispose();
+      return x;
+    },
+  };
+}
+
+/** Grey images are repeated to RGB for the perceptual network. */
+function rgb(x: Tensor): Tensor {
+  return x.shape[1] === 3 ? x : concat([x, x, x], 1);
+}
+
+export async function runTrainTokenizer(
+  o: TrainTokenizerOptions,
+  { log = (line: string) => console.error(line) } = {},
+): Promise<TrainTokenizerResult> {
+  checkOptions(o);
+  const preset = tokenizerPreset(o.preset);
+  // Every input is checked before anything is trained or written.
+  const { shards, image } = await openInputs(o, preset);
+  await initGpu();
+  const perceptual = await openPerceptual(o);
+  const config = resolveConfig(o, preset, image, perceptual.weights);
+  const inputs: Record<string, string> = { shards: shards.dir };
+  if (o.perceptual === "builtin") inputs.perceptual = resolve(o["perceptual-dir"]!);
+  const run = await beginStage({
+    name: STAGE,
+    out: o.out,
+    config,
+    inputs,
+    force: o.force ?? false,
+    log,
+  });
+  if (run.status === "skip") {
+    perceptual.net?.dispose();
+    return { status: "skip", out: run.out, summary: run.manifest.summary };
+  }
+  try {
+    return await train(o, config, shards, perceptual.net, run, log);
+  } finally {
+    perceptual.net?.dispose();
+  }
+}
+
+async function train(
+  o: TrainTokenizerOptions,
+  config: TrainTokenizerConfig,
+  shards: ShardSet,
+  net: PerceptualModule | null,
+  run: Awaited<ReturnType<typeof beginStage>> & { status: "fresh" | "resume" },
+  log: (line: string) => void,
+): Promise<TrainTokenizerResult> {
+  const { train: t, model: m, seed } = config;
+  const lambda = config.perceptual.lambda;
+  const model = new VqVae(m, seed);
+  const optimizer = new Adam(model.parameters(), { lr: t.lr, betas: t.betas });
+  const schedule = warmupCosine({ baseLr: t.lr, warmupSteps: t.warmupSteps, totalSteps: t.steps });
+  const state: TrainingState = { modules: { model }, optimizers: { optim: optimizer } };
+  let meta: CheckpointMeta | null = null;
+  if (run.resumeFrom) {
+    meta = await loadCheckpoint(run.checkpoint, state);
+    await model.quantize.restore();
+    model.quantize.steps = meta.step; // seeds the dead-code restarts
+  }
+  const first = meta?.step ?? 0;
+  const guard = new CheckpointGuard(STAGE, run.checkpoint, meta?.step ?? null);
+  const metrics = await MetricsWriter.open(join(run.out, METRICS_FILE), meta ? first : null);
+  const source = await trainSource(shards.splits.train, config.limit);
+  const loader = new Loader(source, { batchSize: t.batch, seed });
+  const evalSet = await heldOut(shards.splits.val, config.eval.images);
+  const psnrCount = Math.min(config.eval.psnrImages, evalSet.n);
+  const view: ViewSpec[] = [{
+    height: m.imageSize,
+    width: m.imageSize,
+    mean: HALF.slice(0, m.inChannels),
+    std: HALF.slice(0, m.inChannels),
+  }];
+  log(
+    `${STAGE}: ${gpu().info.description}; VQ-VAE ${model.numParameters()} parameters, ` +
+      `${m.imageSize}² → ${model.tokenGrid.join("×")} tokens, K = ${m.codebookSize}; ` +
+      `perceptual ${config.perceptual.kind} (λ = ${lambda}); steps ${first}→${t.steps} of ${t.batch}`,
+  );
+
+  /** Held-out PSNR (dB, [0, 1] pixels), codebook usage and perplexity. */
+  const evaluate = async () => {
+    model.eval();
+    const usage = new CodeUsage(m.codebookSize);
+    const mses: Tensor[] = [];
+    try {
+      for (let from = 0; from < evalSet.n; from += t.batch) {
+        const to = Math.min(evalSet.n, from + t.batch);
+        const mse = noGrad(() =>
+          tidy(() => {
+            const x = evalSet.images(from, to);
+            const indices = model.encodeIndices(x);
+            usage.add(indices);
+            // The PSNR batch's per-image errors (the last chunk's extra images are cut below).
+            return from < psnrCount ? perImageMse(model.decodeIndices(indices), x) : null;
+          })
+        );
+        if (mse) mses.push(mse);
+      }
+      const { perplexity, usage: used } = usage.metrics();
+      const values = await readAll([perplexity, used, ...mses]);
+      perplexity.dispose();
+      used.dispose();
+      const all = values.slice(2).flatMap((v) => [...v]).slice(0, psnrCount);
+      // Pixels span 2 in [−1, 1]: the PSNR is that of [0, 1] images.
+      return { psnr: meanPsnr(all, 2), usage: values[1][0], perplexity: values[0][0] };
+    } finally {
+      mses.forEach((x) => x.dispose());
+      usage.dispose();
+      model.train();
+    }
+  };
+
+  const writeGrid = async (step: number) => {
+    const count = Math.min(16, evalSet.n);
+    const [x, xhat] = noGrad(() =>
+      tidy(() => {
+        model.eval();
+        const x = evalSet.images(0, count);
+        return [x, model.decodeIndices(model.encodeIndices(x))];
+      })
+    );
+    model.train();
+    const name = `grids/step_${String(step).padStart(6, "0")}.png`;
+    await Deno.mkdir(join(run.out, "grids"), { recursive: true });
+    await writeImageGrid(join(run.out, name), [x, xhat], { range: [-1, 1] });
+    x.dispose();
+    xhat.dispose();
+  };
+
+  const progress = new Progress({
+    label: "tokenizer",
+    total: t.steps,
+    unit: "step",
+    quiet: o.quiet,
+  });
+  const stream = loader.batches({
+    epoch: Math.floor(first / loader.stepsPerEpoch),
+    step: first % loader.stepsPerEpoch,
+  });
+  const termNames = ["loss", "pixel", "commitment", "perceptual", "grad_norm"] as const;
+  let pending: Tensor[][] = [];
+  let last: Record<string, number> = {};
+  const started = performance.now();
+  let intervalStart = started;
+  let intervalImages = 0;
+  model.train();
+  try {
+    for (let step = first; step < t.steps; step++) {
+      const batch = (await stream.next()).value!;
+      optimizer.lr = schedule(step);
+      pending.push(tidy(() => {
+        const x = loader.toGpu(batch, view).views[0];
+        const out = model.forward(x);
+        const xhat = out.reconstruction;
+        const pixel = t.pixelLoss === "l1" ? l1Loss(xhat, x) : mseLoss(xhat, x);
+        let loss = add(pixel, out.loss);
+        let percep: Tensor = mulScalar(pixel.detach(), 0);
+        if (net && lambda > 0) {
+          percep = perceptualLoss(net, rgb(x), rgb(xhat));
+          loss = add(loss, mulScalar(percep, lambda));
+        }
+        backward(loss);
+        const norm = clipGradNorm(model.parameters(), t.clipNorm);
+        optimizer.step();
+        optimizer.zeroGrad();
+        return [loss, pixel, out.commitment, percep, norm];
+      }));
+      intervalImages += batch.n;
+      const done = step + 1;
+      const logNow = done % config.eval.logEvery === 0 || done === t.steps;
+      if (!logNow) {
+        gpu().recorder.flush();
+        continue;
+      }
+      // Every step's losses since the last log are read: a NaN at any of them stops the run.
+      const values = await readAll(pending.flat());
+      pending.forEach((ts) => ts.forEach((x) => x.dispose()));
+      const means: Record<string, number> = {};
+      termNames.forEach((name, i) => {
+        let s = 0;
+        for (let j = 0; j < pending.length; j++) s += values[j * termNames.length + i][0];
+        means[name] = s / pending.length;
+      });
+      pending = [];
+      guard.check(done, means);
+      const seconds = (performance.now() - intervalStart) / 1000;
+      const ev = await evaluate();
+      last = {
+        ...means,
+        psnr: ev.psnr,
+        usage: ev.usage,
+        perplexity: ev.perplexity,
+        lr: optimizer.lr,
+        images_per_s: intervalImages / seconds,
+        peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+      };
+      await metrics.write({ step: done, ...last });
+      progress.update(done, {
+        loss: means.loss,
+        psnr: ev.psnr.toFixed(2),
+        usage: ev.usage.toFixed(3),
+        ppl: ev.perplexity.toFixed(1),
+      });
+      const ckptNow = done % config.eval.ckptEvery === 0 || done === t.steps;
+      if (ckptNow) {
+        await guard.save(state, {
+          stage: STAGE,
+          fingerprint: run.fingerprint,
+          step: done,
+          epoch: Math.floor(done / loader.stepsPerEpoch),
+          seed,
+          config,
+          metrics: last,
+        });
+        await writeGrid(done);
+        if (o["stop-at"] !== undefined && done >= o["stop-at"] && done < t.steps) {
+          log(`${STAGE}: stopped after the checkpoint at step ${done} (--stop-at)`);
+          return { status: "stopped", out: run.out, summary: last };
+        }
+      }
+      intervalStart = performance.now();
+      intervalImages = 0;
+    }
+  } finally {
+    pending.forEach((ts) => ts.forEach((x) => x.dispose()));
+    await stream.return(undefined);
+    metrics.close();
+    model.dispose();
+    optimizer.dispose();
+  }
+  progress.finish({ psnr: last.psnr?.toFixed(2) ?? "", usage: last.usage?.toFixed(3) ?? "" });
+  const summary = {
+    steps: t.steps,
+    psnr: last.psnr,
+    usage: last.usage,
+    perplexity: last.perplexity,
+    codes_used: Math.round(last.usage * m.codebookSize),
+    loss: last.loss,
+    pixel: last.pixel,
+    perceptual: last.perceptual,
+    commitment: last.commitment,
+    peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+    eval_images: evalSet.n,
+    psnr_images: psnrCount,
+    /** Wall time of this process's training (after a resume: of the resumed part only). */
+    train_seconds: (performance.now() - started) / 1000,
+  };
+  await finishStage(run, { summary });
+  return { status: "done", out: run.out, summary };
+}
+
+// ---- command line ---------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const options = parseOrExit(trainTokenizerCommand);
+  try {
+    if (isLauncher()) {
+      checkOptions(options);
+      Deno.exit(await runSandboxed(import.meta.url, Deno.args, trainTokenizerAccess(options)));
+    }
+    const { status, out, summary } = await runTrainTokenizer(options);
+    const f = (v: unknown, d = 2) => typeof v === "number" ? v.toFixed(d) : String(v);
+    console.log(
+      `${STAGE}: ${status}: held-out PSNR ${f(summary.psnr)} dB, codebook usage ` +
+        `${f(summary.usage, 3)}, perplexity ${f(summary.perplexity, 1)} in ${out}`,
+    );
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`${trainTokenizerCommand.usage}: ${error.message}`);
+      Deno.exit(2);
+    }
+    if (error instanceof Error && error.message.startsWith("peco:")) {
+      console.error(error.message.split("\n")[0]);
+      Deno.exit(1);
+    }
+    throw error;
+  }
+}
+
+if (import.meta.main) await main();

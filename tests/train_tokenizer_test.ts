@@ -1,0 +1,213 @@
+// The train-tokenizer stage end to end on a handful of MNIST images: outputs, skip on rerun,
+// resume equal to an uninterrupted run, and bad inputs refused before training. Tiny runs only
+// (the mnist preset, a few steps of 4 images).
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import "./util.ts";
+import { parseOptions } from "../lib/cli/args.ts";
+import { readMetrics } from "../lib/cli/metrics.ts";
+import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
+import { meanPsnr, perImageMse, psnr } from "../lib/train/psnr.ts";
+import { tensor } from "../lib/tensor/mod.ts";
+import { Rng } from "../lib/tensor/init.ts";
+import { ENCODER_FILE, MocoEncoder, saveEncoder } from "../lib/models/moco.ts";
+import { runShard, shardCommand } from "../tasks/shard.ts";
+import { runTrainTokenizer, trainTokenizerCommand } from "../tasks/train_tokenizer.ts";
+import { assertClose } from "./util.ts";
+
+const root = await Deno.makeTempDir({ prefix: "peco-train-tokenizer-" });
+const quiet = { log: () => {} };
+
+async function shards(name: string, extra: string[] = []): Promise<string> {
+  const out = join(root, name);
+  const o = parseOptions(shardCommand, [
+    "--input",
+    "mnist",
+    "--out",
+    out,
+    "--limit",
+    "16",
+    "--quiet",
+    ...extra,
+  ])!;
+  await runShard(o, quiet);
+  return out;
+}
+
+const mnist = await shards("mnist");
+
+function options(out: string, flags: string[] = [], shardDir = mnist) {
+  return parseOptions(trainTokenizerCommand, [
+    "--shards",
+    shardDir,
+    "--out",
+    out,
+    "--limit",
+    "8",
+    "--batch",
+    "4",
+    "--steps",
+    "2",
+    "--log-every",
+    "1",
+    "--ckpt-every",
+    "2",
+    "--eval-images",
+    "5",
+    "--psnr-images",
+    "3",
+    "--quiet",
+    ...flags,
+  ])!;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
+
+Deno.test("psnr helpers match a float64 reference", async () => {
+  const a = [0.1, 0.5, -0.3, 0.9, 0, 1];
+  const b = [0.2, 0.5, -0.1, 0.4, 0.3, 1];
+  const got = await perImageMse(tensor(a, [2, 1, 3]), tensor(b, [2, 1, 3])).read();
+  const ref = [0, 1].map((i) => {
+    let s = 0;
+    for (let j = 0; j < 3; j++) s += (a[i * 3 + j] - b[i * 3 + j]) ** 2;
+    return s / 3;
+  });
+  assertClose(got, ref, { what: "per-image mse" });
+  assert.equal(psnr(0.01), 20);
+  assert.ok(Math.abs(psnr(0.04, 2) - 20) < 1e-12);
+  assert.equal(meanPsnr([0, 0.01], 1, 100), 60);
+  assert.throws(() => perImageMse(tensor(a, [2, 3]), tensor(b, [3, 2])), /perImageMse/);
+});
+
+Deno.test("train-tokenizer runs end to end and a rerun is skipped", async () => {
+  const out = join(root, "e2e");
+  const result = await runTrainTokenizer(options(out), quiet);
+  assert.equal(result.status, "done");
+  for (const f of ["checkpoint.safetensors", "metrics.jsonl", "manifest.json"]) {
+    assert.ok(await exists(join(out, f)), `${f} written`);
+  }
+  assert.ok(await exists(join(out, "grids/step_000002.png")), "grid written");
+  const records = await readMetrics(join(out, "metrics.jsonl"));
+  assert.deepEqual(records.map((r) => r.step), [1, 2]);
+  for (
+    const key of [
+      "loss",
+      "pixel",
+      "commitment",
+      "perceptual",
+      "psnr",
+      "usage",
+      "perplexity",
+      "lr",
+      "images_per_s",
+      "peak_gpu_bytes",
+    ]
+  ) {
+    assert.equal(typeof records[1][key], "number", key);
+    assert.ok(Number.isFinite(records[1][key] as number), `${key} finite`);
+  }
+  const usage = records[1].usage as number;
+  assert.ok(usage > 0 && usage <= 1, `usage ${usage}`);
+  assert.ok((records[1].perplexity as number) >= 1);
+  const manifest = JSON.parse(await Deno.readTextFile(join(out, "manifest.json")));
+  assert.equal(manifest.stage, "train-tokenizer");
+  assert.equal(manifest.summary.psnr, records[1].psnr);
+  assert.ok(manifest.files["checkpoint.safetensors"].bytes > 0);
+  const { tensors } = await readSafetensors(join(out, "checkpoint.safetensors"));
+  assert.ok(tensors.has("model.quantize.embedding.weight"));
+
+  const again = await runTrainTokenizer(options(out), quiet);
+  assert.equal(again.status, "skip");
+});
+
+Deno.test("train-tokenizer trains with the builtin perceptual network (λ = 1)", async () => {
+  // A tiny stand-in for a train-perceptual output folder: encoder.safetensors + a manifest.
+  const dir = join(root, "perceptual");
+  await Deno.mkdir(dir);
+  const encoder = new MocoEncoder({ widths: [8, 8], depth: 1, groups: 4 }, new Rng(1));
+  await saveEncoder(encoder, join(dir, ENCODER_FILE));
+  encoder.dispose();
+  await Deno.writeTextFile(
+    join(dir, "manifest.json"),
+    JSON.stringify({ stage: "train-perceptual" }),
+  );
+  const out = join(root, "builtin");
+  const flags = ["--perceptual", "builtin", "--perceptual-dir", dir, "--lambda", "1"];
+  assert.equal((await runTrainTokenizer(options(out, flags), quiet)).status, "done");
+  const records = await readMetrics(join(out, "metrics.jsonl"));
+  const perceptual = records[1].perceptual as number;
+  assert.ok(Number.isFinite(perceptual) && perceptual > 0, `perceptual loss ${perceptual}`);
+  const manifest = JSON.parse(await Deno.readTextFile(join(out, "manifest.json")));
+  assert.equal(manifest.inputs.perceptual.stage, "train-perceptual");
+  assert.equal(manifest.config.perceptual.lambda, 1);
+});
+
+Deno.test("train-tokenizer: a resumed run equals an uninterrupted one", async () => {
+  const flags = ["--steps", "4", "--ckpt-every", "2"];
+  const whole = join(root, "whole");
+  const parts = join(root, "parts");
+  assert.equal((await runTrainTokenizer(options(whole, flags), quiet)).status, "done");
+  const first = await runTrainTokenizer(options(parts, [...flags, "--stop-at", "2"]), quiet);
+  assert.equal(first.status, "stopped");
+  assert.ok(!(await exists(join(parts, "manifest.json"))), "a stopped run is not finished");
+  const resumed = await runTrainTokenizer(options(parts, flags), quiet);
+  assert.equal(resumed.status, "done");
+  const a = (await readSafetensors(join(whole, "checkpoint.safetensors"))).tensors;
+  const b = (await readSafetensors(join(parts, "checkpoint.safetensors"))).tensors;
+  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
+  for (const [name, record] of a) {
+    assert.deepEqual(b.get(name)!.data, record.data, `${name} differs after resuming`);
+  }
+  const steps = (await readMetrics(join(parts, "metrics.jsonl"))).map((r) => r.step);
+  assert.deepEqual(steps, [1, 2, 3, 4]);
+});
+
+Deno.test("train-tokenizer refuses bad inputs before training", async () => {
+  // No manifest in the shards folder.
+  const empty = join(root, "empty-shards");
+  await Deno.mkdir(empty);
+  const out1 = join(root, "bad1");
+  await assert.rejects(
+    () => runTrainTokenizer(options(out1, [], empty), quiet),
+    /peco: train-tokenizer: --shards: .*manifest/,
+  );
+  assert.ok(!(await exists(out1)), "nothing written");
+
+  // 30×30 images do not divide into the 4× downsample of the mnist preset.
+  const odd = await shards("odd", ["--size", "30"]);
+  const out2 = join(root, "bad2");
+  await assert.rejects(
+    () => runTrainTokenizer(options(out2, [], odd), quiet),
+    /30×30.*downsample factor 4/,
+  );
+  assert.ok(!(await exists(out2)), "nothing written");
+
+  // A VGG16 state dict missing almost every tensor, one with a wrong shape.
+  const weights = join(root, "bad-vgg.safetensors");
+  await writeSafetensors(weights, {
+    "features.0.weight": { dtype: "F32", shape: [2, 3, 3, 3], data: new Float32Array(54) },
+  });
+  const out3 = join(root, "bad3");
+  await assert.rejects(
+    () =>
+      runTrainTokenizer(
+        options(out3, ["--perceptual", "vgg16", "--perceptual-weights", weights]),
+        quiet,
+      ),
+    /peco: train-tokenizer: --perceptual-weights: .*bad-vgg\.safetensors.*(missing|shape)/,
+  );
+  assert.ok(!(await exists(out3)), "nothing written");
+
+  // Option errors: weights without a kind that takes them, a builtin network not built yet.
+  await assert.rejects(
+    () => runTrainTokenizer(options(join(root, "bad4"), ["--perceptual-weights", weights]), quiet),
+    /--perceptual-weights is only for/,
+  );
+  await assert.rejects(
+    () => runTrainTokenizer(options(join(root, "bad5"), ["--ckpt-every", "3", "--log-every", "2"])),
+    /multiple of --log-every/,
+  );
+});
