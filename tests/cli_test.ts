@@ -51,7 +51,10 @@ Deno.test("the progress line shows counts, rate, ETA and metrics", () => {
   progress.update(2, { loss: 0.5 });
   progress.finish({ loss: 0.25 });
   assert.equal(lines.length, 2);
-  assert.match(lines[0], /^train .* 2\/4 step \[\d+:\d\d<\d+:\d\d, .* step\/s\] {2}loss 0\.5000\n$/);
+  assert.match(
+    lines[0],
+    /^train .* 2\/4 step \[\d+:\d\d<\d+:\d\d, .* step\/s\] {2}loss 0\.5000\n$/,
+  );
   assert.match(lines[1], /4\/4 step .* loss 0\.2500/);
   assert.equal(formatDuration(3725), "1:02:05");
   assert.equal(formatDuration(Infinity), "--:--");
