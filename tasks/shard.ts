@@ -21,7 +21,7 @@
 // one-line error before anything is written.
 
 import { join, resolve } from "node:path";
-import { type Parsed, parseOrExit, UsageError } from "../lib/cli/args.ts";
+import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
 import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../lib/io/atomic.ts";
@@ -502,7 +502,7 @@ function buildManifest(c: ShardConfig, source: Source, j: Journal, key: string):
 
 async function main(): Promise<void> {
   const options = parseOrExit(shardCommand);
-  try {
+  await runTask(shardCommand.usage, async () => {
     if (isLauncher()) {
       Deno.exit(await runSandboxed(import.meta.url, Deno.args, shardAccess(options)));
     }
@@ -515,18 +515,7 @@ async function main(): Promise<void> {
           manifest.counts.rejected ? " (see manifest.json)" : ""
         }`,
     );
-  } catch (error) {
-    // Expected failures are one line with a status; anything else is a bug and keeps its trace.
-    if (error instanceof UsageError) {
-      console.error(`${shardCommand.usage}: ${error.message}`);
-      Deno.exit(2);
-    }
-    if (error instanceof Error && error.message.startsWith("peco:")) {
-      console.error(error.message.split("\n")[0]);
-      Deno.exit(1);
-    }
-    throw error;
-  }
+  });
 }
 
 if (import.meta.main) await main();

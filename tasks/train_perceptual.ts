@@ -17,7 +17,7 @@
 // Least privilege as tasks/shard.ts: reads the shards and --out, writes only --out.
 
 import { join, resolve } from "node:path";
-import { type Parsed, parseOrExit, UsageError } from "../lib/cli/args.ts";
+import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
 import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { METRICS_FILE, MetricsWriter } from "../lib/cli/metrics.ts";
@@ -504,7 +504,7 @@ async function train(
 
 async function main(): Promise<void> {
   const options = parseOrExit(trainPerceptualCommand);
-  try {
+  await runTask(trainPerceptualCommand.usage, async () => {
     if (isLauncher()) {
       Deno.exit(await runSandboxed(import.meta.url, Deno.args, trainPerceptualAccess(options)));
     }
@@ -515,17 +515,7 @@ async function main(): Promise<void> {
         `k-NN accuracy ${typeof knn === "number" ? `${(100 * knn).toFixed(1)}%` : "n/a"}; ` +
         `training ${Number(summary.trainSeconds ?? 0).toFixed(1)} s`,
     );
-  } catch (error) {
-    if (error instanceof UsageError) {
-      console.error(`${trainPerceptualCommand.usage}: ${error.message}`);
-      Deno.exit(2);
-    }
-    if (error instanceof Error && error.message.startsWith("peco:")) {
-      console.error(error.message.split("\n")[0]);
-      Deno.exit(1);
-    }
-    throw error;
-  }
+  });
 }
 
 if (import.meta.main) await main();

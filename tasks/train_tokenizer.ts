@@ -16,7 +16,7 @@
 // task re-runs itself reading only its inputs and --out and writing only --out.
 
 import { join, resolve } from "node:path";
-import { type Parsed, parseOrExit, UsageError } from "../lib/cli/args.ts";
+import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
 import { MetricsWriter } from "../lib/cli/metrics.ts";
 import { METRICS_FILE } from "../lib/cli/metrics.ts";
 import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
@@ -557,7 +557,7 @@ async function train(
 
 async function main(): Promise<void> {
   const options = parseOrExit(trainTokenizerCommand);
-  try {
+  await runTask(trainTokenizerCommand.usage, async () => {
     if (isLauncher()) {
       checkOptions(options);
       Deno.exit(await runSandboxed(import.meta.url, Deno.args, trainTokenizerAccess(options)));
@@ -568,17 +568,7 @@ async function main(): Promise<void> {
       `${STAGE}: ${status}: held-out PSNR ${f(summary.psnr)} dB, codebook usage ` +
         `${f(summary.usage, 3)}, perplexity ${f(summary.perplexity, 1)} in ${out}`,
     );
-  } catch (error) {
-    if (error instanceof UsageError) {
-      console.error(`${trainTokenizerCommand.usage}: ${error.message}`);
-      Deno.exit(2);
-    }
-    if (error instanceof Error && error.message.startsWith("peco:")) {
-      console.error(error.message.split("\n")[0]);
-      Deno.exit(1);
-    }
-    throw error;
-  }
+  });
 }
 
 if (import.meta.main) await main();

@@ -111,3 +111,24 @@ export function parseOrExit<S extends OptionSpecs>(
     Deno.exit(2);
   }
 }
+
+/**
+ * Runs a task's body. Expected failures become one line on stderr and a non-zero exit: usage
+ * errors exit 2, errors of ours (messages starting "peco:") exit 1. Anything else is a bug and
+ * keeps its stack trace.
+ */
+export async function runTask(usage: string, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (error) {
+    if (error instanceof UsageError) {
+      console.error(`${usage}: ${error.message}`);
+      Deno.exit(2);
+    }
+    if (error instanceof Error && error.message.startsWith("peco:")) {
+      console.error(error.message.split("\n")[0]);
+      Deno.exit(1);
+    }
+    throw error;
+  }
+}
