@@ -32,16 +32,15 @@ const results: BenchResult[] = [];
 for (const c of cases) {
   if (options.filter && !c.name.includes(options.filter)) continue;
   if (options.quick && c.slow) continue;
+  gpu().pool.resetPeak();
   const result = await c.run();
   result.adapter = info.description;
+  // Peak GPU memory of this case: buffers and textures the pool held at once.
+  result.peak_bytes = gpu().pool.stats.peakAllocated;
   results.push(result);
   if (options.json) console.log(JSON.stringify(result));
   else console.log(formatRow(result));
 }
-const pool = gpu().pool.stats;
-const poolResult = { name: "pool peak bytes", ms: 0, peak_bytes: pool.peakAllocated };
-if (options.json) console.log(JSON.stringify(poolResult));
-else console.log(`pool: peak ${(pool.peakAllocated / 2 ** 20).toFixed(1)} MiB allocated`);
 
 function formatRow(r: BenchResult): string {
   const rate = r.gflops !== undefined
@@ -50,8 +49,10 @@ function formatRow(r: BenchResult): string {
     ? `${r.items_per_s.toFixed(1)} items/s`
     : "";
   const extra = Object.entries(r)
-    .filter(([k]) => !["name", "ms", "gflops", "items_per_s", "adapter"].includes(k))
+    .filter(([k]) => !["name", "ms", "gflops", "items_per_s", "adapter", "peak_bytes"].includes(k))
     .map(([k, v]) => `${k}=${typeof v === "number" ? +v.toFixed(3) : v}`)
     .join(" ");
-  return `${r.name.padEnd(44)} ${r.ms.toFixed(2).padStart(10)} ms  ${rate.padStart(16)}  ${extra}`;
+  const peak = `${((r.peak_bytes as number) / 2 ** 20).toFixed(1)} MiB peak`;
+  return `${r.name.padEnd(44)} ${r.ms.toFixed(2).padStart(10)} ms  ${rate.padStart(16)}  ` +
+    `${peak.padStart(14)}  ${extra}`;
 }
