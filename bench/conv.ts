@@ -2,6 +2,8 @@
 // Forward alone, and forward + backward (input and weight gradients: three convolutions' worth).
 // The forward case also times the matmul of the same FLOPs (the convolution's GEMM shape,
 // [O, C·9] · [C·9, N·H·W]) in the same run, so `vs_matmul` compares like with like on a busy host.
+// Each case also times the implicit-GEMM path ("direct") in the same run: on software adapters the
+// default ("auto") lowers large convolutions to im2col + the texture-fed matmul.
 
 import { type BenchCase, gflops, timeSteps } from "./harness.ts";
 import {
@@ -15,6 +17,16 @@ import {
   type Tensor,
   zeroGrad,
 } from "../lib/tensor/mod.ts";
+import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
+
+function lowered<R>(mode: ConvLowering, fn: () => R): R {
+  const previous = setConvLowering(mode);
+  try {
+    return fn();
+  } finally {
+    setConvLowering(previous);
+  }
+}
 
 const N = 16, C = 64, O = 64, H = 32, W = 32, K = 3;
 const FORWARD_FLOPS = 2 * N * O * C * K * K * H * W;
@@ -44,11 +56,13 @@ export const cases: BenchCase[] = [
       const a = keep(normal([O, C * K * K], 5));
       const b = keep(normal([C * K * K, N * H * W], 6));
       // Alternate the two and keep each one's best round: the host is shared and noisy.
-      let ms = Infinity, matmulMs = Infinity;
+      let ms = Infinity, matmulMs = Infinity, directMs = Infinity;
+      const conv = () => conv2d(t.x, t.w, t.b, { padding: 1 });
       for (let round = 0; round < 3; round++) {
         const options = { warmup: round === 0 ? 2 : 0, minIters: 2, minMs: 300 };
-        ms = Math.min(ms, await timeSteps(() => conv2d(t.x, t.w, t.b, { padding: 1 }), options));
+        ms = Math.min(ms, await timeSteps(conv, options));
         matmulMs = Math.min(matmulMs, await timeSteps(() => matmul(a, b), options));
+        directMs = Math.min(directMs, await timeSteps(() => lowered("direct", conv), options));
       }
       release({ ...t, a, b });
       const rate = gflops(FORWARD_FLOPS, ms);
@@ -59,6 +73,7 @@ export const cases: BenchCase[] = [
         gflops: rate,
         matmul_equal_flops_gflops: matmulRate,
         vs_matmul: rate / matmulRate,
+        direct_gflops: gflops(FORWARD_FLOPS, directMs),
       };
     },
   },
@@ -67,13 +82,24 @@ export const cases: BenchCase[] = [
     async run() {
       const t = inputs();
       for (const p of [t.x, t.w, t.b]) p.requiresGrad = true;
-      const ms = await timeSteps(() => {
+      const step = () => {
         // The loss Σ seed·y seeds backward with a fixed, dense output gradient.
         backward(sum(mul(conv2d(t.x, t.w, t.b, { padding: 1 }), t.seed)));
         zeroGrad([t.x, t.w, t.b]);
-      });
+      };
+      let ms = Infinity, directMs = Infinity;
+      for (let round = 0; round < 2; round++) {
+        const options = { warmup: round === 0 ? 1 : 0 };
+        ms = Math.min(ms, await timeSteps(step, options));
+        directMs = Math.min(directMs, await timeSteps(() => lowered("direct", step), options));
+      }
       release(t);
-      return { name: this.name, ms, gflops: gflops(3 * FORWARD_FLOPS, ms) };
+      return {
+        name: this.name,
+        ms,
+        gflops: gflops(3 * FORWARD_FLOPS, ms),
+        direct_gflops: gflops(3 * FORWARD_FLOPS, directMs),
+      };
     },
   },
 ];

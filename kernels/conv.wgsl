@@ -496,3 +496,48 @@ fn window_spread(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgro
   }
   win_out[i] = acc * wn.factor;
 }
+
+// ---- im2col (software adapters: the convolution then runs as a texture-fed matmul) ---------------
+
+// cols[r, k] with r = (b·hout + oy)·wout + ox and k = (c·kh + ky)·kw + kx holds
+// x[b, c, oy·stride + ky − top, ox·stride + kx − left], or 0 in the padding. One invocation per
+// (r, c) writes its kh·kw taps: integer division is a scalar loop per lane on lavapipe, so it is
+// done once per window rather than once per element.
+struct Im2col {
+  total: u32, c: u32, h: u32, w: u32, kh: u32, kw: u32, hout: u32, wout: u32,
+  stride: u32, top: u32, left: u32,
+}
+
+@group(0) @binding(0) var<storage, read> im2col_src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> im2col_out: array<f32>;
+@group(0) @binding(2) var<uniform> i2c: Im2col;
+
+@compute @workgroup_size(WG)
+fn conv_im2col(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= i2c.total) { return; }
+  let c = i % i2c.c;
+  let r = i / i2c.c;
+  let ox = r % i2c.wout;
+  let t = r / i2c.wout;
+  let oy = t % i2c.hout;
+  let b = t / i2c.hout;
+  let y0 = i32(oy * i2c.stride) - i32(i2c.top);
+  let x0 = i32(ox * i2c.stride) - i32(i2c.left);
+  let plane = (b * i2c.c + c) * i2c.h;
+  var at = i * i2c.kh * i2c.kw;
+  for (var ky = 0u; ky < i2c.kh; ky++) {
+    let iy = y0 + i32(ky);
+    let rowOk = iy >= 0 && iy < i32(i2c.h);
+    let row = (plane + u32(max(iy, 0))) * i2c.w;
+    for (var kx = 0u; kx < i2c.kw; kx++) {
+      let ix = x0 + i32(kx);
+      var v = 0.0;
+      if (rowOk && ix >= 0 && ix < i32(i2c.w)) {
+        v = im2col_src[row + u32(ix)];
+      }
+      im2col_out[at] = v;
+      at++;
+    }
+  }
+}

@@ -1,5 +1,6 @@
 import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
+import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
 
 type Pad = { top: number; bottom: number; left: number; right: number };
 interface ConvCase {
@@ -148,6 +149,92 @@ for (const tc of gradCases) {
     );
   });
 }
+
+// ---- the im2col + matmul lowering (forced here; "auto" uses it only on software adapters) -----
+
+async function withLowering<R>(mode: ConvLowering, fn: () => Promise<R>): Promise<R> {
+  const previous = setConvLowering(mode);
+  try {
+    return await fn();
+  } finally {
+    setConvLowering(previous);
+  }
+}
+
+const im2colCases = [
+  ...forwardCases,
+  {
+    name: "odd C,O 3x3 s2 asym {1,0,2,0}",
+    xs: [3, 5, 9, 7],
+    ws: [7, 5, 3, 3],
+    stride: 2,
+    padding: { top: 1, bottom: 0, left: 2, right: 0 },
+  },
+  { name: "odd 1x1 s2 C=3 O=9", xs: [2, 3, 7, 9], ws: [9, 3, 1, 1], stride: 2, padding: 0 },
+  { name: "odd 1x1 p1 C=7 O=5", xs: [1, 7, 5, 3], ws: [5, 7, 1, 1], stride: 1, padding: 1 },
+];
+
+for (const tc of im2colCases) {
+  Deno.test(`conv2d im2col ${tc.name}: forward matches float64`, async () => {
+    const x = randArray(prod(tc.xs), 1);
+    const w = randArray(prod(tc.ws), 2);
+    const b = randArray(tc.ws[0], 3);
+    const out = await withLowering("im2col", () =>
+      runOp(
+        (xt, wt, bt) => T.conv2d(xt, wt, bt, { stride: tc.stride, padding: tc.padding }),
+        [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }, { data: b, shape: [tc.ws[0]] }],
+      ));
+    const ref = convRef(x, tc.xs, w, tc.ws, b, tc.stride, tc.padding);
+    assertClose(out.shape, ref.shape, { what: "output shape" });
+    assertClose(out.data, ref.data, { atol: 1e-5, rtol: 1e-4, what: tc.name });
+  });
+}
+
+for (const tc of [...gradCases, ...im2colCases.slice(-3)]) {
+  Deno.test(`conv2d im2col ${tc.name}: backward matches finite differences`, async () => {
+    const x = randArray(prod(tc.xs), 4);
+    const w = randArray(prod(tc.ws), 5);
+    const b = randArray(tc.ws[0], 6);
+    await withLowering("im2col", () =>
+      checkGrad(
+        (xt, wt, bt) => T.conv2d(xt, wt, bt, { stride: tc.stride, padding: tc.padding }),
+        (xd, wd, bd) => convRef(xd, tc.xs, wd, tc.ws, bd, tc.stride, tc.padding).data,
+        [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }, { data: b, shape: [tc.ws[0]] }],
+      ));
+  });
+}
+
+Deno.test("conv2d: im2col and direct paths agree (output and all gradients) at a larger size", async () => {
+  const xs = [3, 13, 21, 17], ws = [23, 13, 3, 3];
+  const opts = { stride: 2, padding: { top: 1, bottom: 0, left: 0, right: 2 } };
+  const run = (mode: ConvLowering) =>
+    withLowering(mode, async () => {
+      const x = T.tensor(randArray(prod(xs), 7), xs);
+      const w = T.tensor(randArray(prod(ws), 8), ws);
+      const b = T.tensor(randArray(ws[0], 9), [ws[0]]);
+      for (const t of [x, w, b]) t.requiresGrad = true;
+      let y!: T.Tensor;
+      T.tidy(() => {
+        y = T.keep(T.conv2d(x, w, b, opts));
+        const seed = T.tensor(randArray(y.size, 10), y.shape);
+        T.backward(T.sum(T.mul(y, seed)));
+      });
+      const result = [
+        await y.toArray(),
+        ...await Promise.all([x, w, b].map((t) => t.grad!.toArray())),
+      ];
+      for (const t of [x, w, b, y]) {
+        t.grad?.dispose();
+        t.dispose();
+      }
+      return result;
+    });
+  const direct = await run("direct");
+  const lowered = await run("im2col");
+  ["y", "dx", "dw", "db"].forEach((what, i) =>
+    assertClose(lowered[i], direct[i], { atol: 1e-4, rtol: 1e-4, what })
+  );
+});
 
 Deno.test("conv2d: only the inputs that need a gradient get one", async () => {
   const xs = [1, 2, 4, 5], ws = [3, 2, 3, 3];

@@ -4,8 +4,10 @@
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
-import { record, Tensor } from "../tensor.ts";
+import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
+import { matmul } from "./matmul.ts";
+import { add } from "./elementwise.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
 
 /** Workgroup size of the elementwise-style kernels (copy, weight re-layout, windows). */
@@ -42,6 +44,12 @@ const kernels = {
     source: src,
     entry: "conv_wgrad",
     bindings: ["read", "read", "write"],
+  }),
+  im2col: defineKernel({
+    name: "conv_im2col",
+    source: src,
+    entry: "conv_im2col",
+    bindings: ["read", "write"],
   }),
   windowSum: defineKernel({
     name: "conv_window_sum",
@@ -233,6 +241,125 @@ function isPointwise(g: Geometry): boolean {
     pad.top + pad.bottom + pad.left + pad.right === 0;
 }
 
+// ---- im2col lowering (software adapters) ---------------------------------------------------------
+
+/**
+ * How conv2d runs: "auto" picks per problem (im2col + matmul on software adapters where it is
+ * faster, else the implicit GEMM); "im2col" and "direct" force one path (tests, benchmarks).
+ */
+export type ConvLowering = "auto" | "im2col" | "direct";
+let lowering: ConvLowering = "auto";
+
+/** Sets how conv2d runs (see ConvLowering); returns the previous setting. */
+export function setConvLowering(mode: ConvLowering): ConvLowering {
+  const previous = lowering;
+  lowering = mode;
+  return previous;
+}
+
+/** Largest im2col matrix (bytes): under the 128 MiB storage binding limit with margin. */
+const IM2COL_MAX_BYTES = 96 * 1024 * 1024;
+/**
+ * Longest matmul reduction allowed: C·kh·kw (forward) and Hout·Wout (weight gradient), well under
+ * the loop length at which lavapipe silently stops a loop.
+ */
+const IM2COL_MAX_K = 16384;
+/**
+ * Forward-only size rule (measured with lavapipe on 2 cores): the matmul wins from a reduction of
+ * about 512 (C·kh·kw) and at any stride > 1 (the implicit GEMM computes the stride-1 result).
+ */
+const IM2COL_MIN_K = 512;
+/** Fewer output channels than this leave the matmul's tiles mostly empty: the forward is slower. */
+const IM2COL_MIN_O = 8;
+
+/**
+ * Whether the im2col matrix of g, the weight gradient's per-image partial products [N, O, K] and
+ * both products' reductions fit the limits at all.
+ */
+function im2colFits(g: Geometry): boolean {
+  const rows = g.n * g.hout * g.wout;
+  const k = g.c * g.kh * g.kw;
+  return rows * k * 4 <= IM2COL_MAX_BYTES && g.n * g.o * k * 4 <= IM2COL_MAX_BYTES &&
+    k <= IM2COL_MAX_K && g.hout * g.wout <= IM2COL_MAX_K;
+}
+
+/**
+ * The size rule, on software adapters only: with a weight gradient to compute (dYᵀ·cols replaces
+ * the slow weight-gradient kernel) whenever it fits, else where the forward alone is faster.
+ */
+function useIm2col(g: Geometry, training: boolean): boolean {
+  if (lowering === "direct") return false;
+  if (lowering === "im2col") return im2colFits(g);
+  if (!gpu().info.software || !im2colFits(g)) return false;
+  if (g.o < IM2COL_MIN_O) return false;
+  return training || g.stride > 1 || g.c * g.kh * g.kw >= IM2COL_MIN_K;
+}
+
+/** x [N, C, H, W] → cols [N·Hout·Wout, C·kh·kw] (no autograd). */
+function im2col(x: Tensor, g: Geometry): Tensor {
+  const rows = g.n * g.hout * g.wout;
+  const cols = new Tensor([rows, g.c * g.kh * g.kw], "f32");
+  gpu().recorder.dispatch(kernels.im2col, {
+    buffers: [x.buffer, cols.buffer],
+    params: [
+      rows * g.c,
+      g.c,
+      g.h,
+      g.w,
+      g.kh,
+      g.kw,
+      g.hout,
+      g.wout,
+      g.stride,
+      g.pad.top,
+      g.pad.left,
+    ],
+    constants: { WG },
+    workgroups: grid1d(rows * g.c, WG),
+  });
+  return cols;
+}
+
+/** Forward through im2col and the (texture-fed on software adapters) matmul, without autograd. */
+function forwardIm2col(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  g: Geometry,
+  keepCols: boolean,
+): { out: Tensor; cols: Tensor | null } {
+  const { n, c, o, kh, kw, hout, wout } = g;
+  return noGrad(() => {
+    const cols = im2col(x, g);
+    const done = (out: Tensor) => {
+      if (keepCols) return { out, cols };
+      cols.dispose();
+      return { out, cols: null };
+    };
+    // Per image W [O, K] · cols_bᵀ: the product comes out in NCHW order.
+    const p = hout * wout;
+    const y = matmul(weight.view([o, c * kh * kw]), cols.view([n, p, c * kh * kw]), {
+      transB: true,
+    }); // [N, O, P]
+    if (!bias) return done(y.view([n, o, hout, wout]));
+    const out = add(y, bias.view([1, o, 1]));
+    y.dispose();
+    return done(out.view([n, o, hout, wout]));
+  });
+}
+
+/** dL/dw = dYᵀ · cols: grad [N, O, Hout, Wout] → [O, C, kh, kw] (no autograd). */
+function weightGradIm2col(grad: Tensor, cols: Tensor, g: Geometry): Tensor {
+  const { n, c, o, kh, kw, hout, wout } = g;
+  return noGrad(() => {
+    const k = c * kh * kw;
+    // Per image dY_b [O, P] · cols_b [P, K], summed over the batch: each reduction is P long.
+    const parts = matmul(grad.view([n, o, hout * wout]), cols.view([n, hout * wout, k])); // [N, O, K]
+    const dw = n === 1 ? parts : reduceRaw(parts, 0, "sum");
+    return dw.view([o, c, kh, kw]);
+  });
+}
+
 /**
  * 2-D convolution of x [N, C, H, W] with weight [O, C, kh, kw] (PyTorch layout) plus bias [O]:
  * → [N, O, Hout, Wout] with Hout = ⌊(H + top + bottom − kh) / stride⌋ + 1 (Wout alike).
@@ -246,6 +373,24 @@ export function conv2d(
 ): Tensor {
   let g = geometry(x, weight, bias, options);
   const outShape = [g.n, g.o, g.hout, g.wout];
+  // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
+  const keepCols = isGradEnabled() && weight.requiresGrad;
+  if (useIm2col(g, keepCols)) {
+    const g0 = g;
+    const { out, cols } = forwardIm2col(x, weight, bias, g0, keepCols);
+    const inputs = bias ? [x, weight, bias] : [x, weight];
+    return record("conv2d", out, inputs, (grad) => {
+      const { n, o, hout, wout } = g0;
+      const gs = grad.view([n, o, hout, wout]);
+      return [
+        x.requiresGrad ? inputGrad(gs, weight, g0).view(x.shape) : null,
+        weight.requiresGrad ? weightGradIm2col(gs, cols ?? noGrad(() => im2col(x, g0)), g0) : null,
+        bias?.requiresGrad
+          ? reduceRaw(reduceRaw(gs.view([n, o, hout * wout]), 2, "sum"), 0, "sum")
+          : null,
+      ];
+    });
+  }
   let xs = x;
   if (isPointwise(g)) {
     const pixels = g.h * g.w;
