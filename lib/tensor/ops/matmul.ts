@@ -414,43 +414,12 @@ function launchTex(
     const kernel = texKernel(tm, tn);
     for (let z0 = 0; z0 < p.batch; z0 += zc) {
       const n = Math.min(zc, p.batch - z0);
+      // op(A)[m, k] at m·K + k (k·M + m transposed); op(B)[k, n] at k·N + n (n·K + k transposed).
       if (p.strideA || z0 === 0) {
-        // op(A)[m, k] at m·K + k, or k·M + m when transposed.
-        const height = (p.strideA ? n : 1) * Mp;
-        recorder.dispatch(packKernel, {
-          buffers: [a.buffer, texA.view],
-          params: [
-            p.M,
-            p.K,
-            p.transA ? 1 : p.K,
-            p.transA ? p.M : 1,
-            p.strideA,
-            p.strideA ? z0 : 0,
-            Mp,
-            Kp / 4,
-            height,
-          ],
-          workgroups: [Math.ceil(Kp / 4 / 8), Math.ceil(height / 8)],
-        });
+        pack(a, texA.view, p.M, p.K, p.transA, p.strideA, z0, n, Mp, Kp);
       }
       if (p.strideB || z0 === 0) {
-        // op(B)[k, n] at k·N + n, or n·K + k when transposed.
-        const height = (p.strideB ? n : 1) * Kp;
-        recorder.dispatch(packKernel, {
-          buffers: [b.buffer, texB.view],
-          params: [
-            p.K,
-            p.N,
-            p.transB ? 1 : p.N,
-            p.transB ? p.K : 1,
-            p.strideB,
-            p.strideB ? z0 : 0,
-            Kp,
-            Np / 4,
-            height,
-          ],
-          workgroups: [Math.ceil(Np / 4 / 8), Math.ceil(height / 8)],
-        });
+        pack(b, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, Kp, Np);
       }
       recorder.dispatch(kernel, {
         buffers: [texA.view, texB.view, (bias ?? b).buffer, out.buffer],
@@ -463,6 +432,40 @@ function launchTex(
     pool.releaseTexture(texA);
     pool.releaseTexture(texB);
   }
+}
+
+/**
+ * Packs op(X) [rows, cols] (of `batch` matrices `stride` apart, from batch z0; one shared matrix
+ * when stride is 0) into texels of 4 consecutive columns, zero-padded to [paddedRows, paddedCols].
+ */
+function pack(
+  x: Tensor,
+  texture: GPUTextureView,
+  rows: number,
+  cols: number,
+  trans: boolean,
+  stride: number,
+  z0: number,
+  batch: number,
+  paddedRows: number,
+  paddedCols: number,
+): void {
+  const height = (stride ? batch : 1) * paddedRows;
+  gpu().recorder.dispatch(packKernel, {
+    buffers: [x.buffer, texture],
+    params: [
+      rows,
+      cols,
+      trans ? 1 : cols,
+      trans ? rows : 1,
+      stride,
+      stride ? z0 : 0,
+      paddedRows,
+      paddedCols / 4,
+      height,
+    ],
+    workgroups: [Math.ceil(paddedCols / 4 / 8), Math.ceil(height / 8)],
+  });
 }
 
 export interface MatmulOptions {
