@@ -1,4 +1,4 @@
-import { assertClose, rng as testRng } from "./util.ts";
+import { assert, assertClose, assertThrows, rng as testRng } from "./util.ts";
 import {
   augmentViews,
   type ImageAug,
@@ -9,21 +9,6 @@ import {
   type ViewSpec,
 } from "../lib/data/augment.ts";
 import { Rng } from "../lib/tensor/init.ts";
-
-function assert(cond: boolean, message: string): void {
-  if (!cond) throw new Error(message);
-}
-
-function assertThrows(fn: () => unknown, pattern: RegExp): void {
-  try {
-    fn();
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    assert(pattern.test(message), `error "${message}" does not match ${pattern}`);
-    return;
-  }
-  throw new Error(`expected an error matching ${pattern}`);
-}
 
 function randomBytes(n: number, seed: number): Uint8Array {
   const r = testRng(seed);

@@ -5,8 +5,8 @@ import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
 type Pad = { top: number; bottom: number; left: number; right: number };
 interface ConvCase {
   name: string;
-  x: number[];
-  w: number[];
+  xs: number[];
+  ws: number[];
   stride: number;
   padding: number | Pad;
 }
@@ -54,13 +54,7 @@ function convRef(
   return { data: out, shape: [n, o, ho, wo] };
 }
 
-const forwardCases: {
-  name: string;
-  xs: number[];
-  ws: number[];
-  stride: number;
-  padding: number | Pad;
-}[] = [
+const forwardCases: ConvCase[] = [
   { name: "3x3 s1 p0", xs: [2, 3, 7, 5], ws: [5, 3, 3, 3], stride: 1, padding: 0 },
   { name: "3x3 s1 p1", xs: [2, 3, 7, 5], ws: [5, 3, 3, 3], stride: 1, padding: 1 },
   { name: "3x3 s2 p1", xs: [2, 3, 7, 5], ws: [5, 3, 3, 3], stride: 2, padding: 1 },
@@ -84,32 +78,44 @@ const forwardCases: {
   { name: "3x3 s1 p1 long rows", xs: [1, 2, 2, 75], ws: [3, 2, 3, 3], stride: 1, padding: 1 },
 ];
 
+/** conv2d of seeded inputs against the float64 reference (bias optional). */
+async function checkForward(tc: ConvCase, withBias: boolean): Promise<void> {
+  const x = randArray(prod(tc.xs), 1);
+  const w = randArray(prod(tc.ws), 2);
+  const b = randArray(tc.ws[0], 3);
+  const inputs = [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }];
+  if (withBias) inputs.push({ data: b, shape: [tc.ws[0]] });
+  const out = await runOp(
+    (xt, wt, bt) => T.conv2d(xt, wt, bt ?? null, { stride: tc.stride, padding: tc.padding }),
+    inputs,
+  );
+  const ref = convRef(x, tc.xs, w, tc.ws, withBias ? b : null, tc.stride, tc.padding);
+  assertClose(out.shape, ref.shape, { what: "output shape" });
+  assertClose(out.data, ref.data, { atol: 1e-5, rtol: 1e-4, what: tc.name });
+}
+
+/** Gradients to x, weight and bias against finite differences of the float64 reference. */
+function checkBackward(tc: ConvCase): Promise<void> {
+  const x = randArray(prod(tc.xs), 4);
+  const w = randArray(prod(tc.ws), 5);
+  const b = randArray(tc.ws[0], 6);
+  return checkGrad(
+    (xt, wt, bt) => T.conv2d(xt, wt, bt, { stride: tc.stride, padding: tc.padding }),
+    (xd, wd, bd) => convRef(xd, tc.xs, wd, tc.ws, bd, tc.stride, tc.padding).data,
+    [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }, { data: b, shape: [tc.ws[0]] }],
+  );
+}
+
 for (const tc of forwardCases) {
   for (const withBias of [true, false]) {
-    Deno.test(`conv2d ${tc.name}${withBias ? " +bias" : ""}: forward matches float64`, async () => {
-      const x = randArray(prod(tc.xs), 1);
-      const w = randArray(prod(tc.ws), 2);
-      const b = randArray(tc.ws[0], 3);
-      const inputs = [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }];
-      if (withBias) inputs.push({ data: b, shape: [tc.ws[0]] });
-      const out = await runOp(
-        (xt, wt, bt) => T.conv2d(xt, wt, bt ?? null, { stride: tc.stride, padding: tc.padding }),
-        inputs,
-      );
-      const ref = convRef(x, tc.xs, w, tc.ws, withBias ? b : null, tc.stride, tc.padding);
-      assertClose(out.shape, ref.shape, { what: "output shape" });
-      assertClose(out.data, ref.data, { atol: 1e-5, rtol: 1e-4, what: tc.name });
-    });
+    Deno.test(
+      `conv2d ${tc.name}${withBias ? " +bias" : ""}: forward matches float64`,
+      () => checkForward(tc, withBias),
+    );
   }
 }
 
-const gradCases: {
-  name: string;
-  xs: number[];
-  ws: number[];
-  stride: number;
-  padding: number | Pad;
-}[] = [
+const gradCases: ConvCase[] = [
   { name: "3x3 s1 p1", xs: [2, 3, 5, 5], ws: [5, 3, 3, 3], stride: 1, padding: 1 },
   { name: "3x3 s2 p1", xs: [2, 2, 5, 7], ws: [3, 2, 3, 3], stride: 2, padding: 1 },
   {
@@ -138,16 +144,10 @@ const gradCases: {
 ];
 
 for (const tc of gradCases) {
-  Deno.test(`conv2d ${tc.name}: backward to x, weight and bias matches finite differences`, async () => {
-    const x = randArray(prod(tc.xs), 4);
-    const w = randArray(prod(tc.ws), 5);
-    const b = randArray(tc.ws[0], 6);
-    await checkGrad(
-      (xt, wt, bt) => T.conv2d(xt, wt, bt, { stride: tc.stride, padding: tc.padding }),
-      (xd, wd, bd) => convRef(xd, tc.xs, wd, tc.ws, bd, tc.stride, tc.padding).data,
-      [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }, { data: b, shape: [tc.ws[0]] }],
-    );
-  });
+  Deno.test(
+    `conv2d ${tc.name}: backward to x, weight and bias matches finite differences`,
+    () => checkBackward(tc),
+  );
 }
 
 // ---- the im2col + matmul lowering (forced here; "auto" uses it only on software adapters) -----
@@ -161,7 +161,7 @@ async function withLowering<R>(mode: ConvLowering, fn: () => Promise<R>): Promis
   }
 }
 
-const im2colCases = [
+const im2colCases: ConvCase[] = [
   ...forwardCases,
   {
     name: "odd C,O 3x3 s2 asym {1,0,2,0}",
@@ -175,33 +175,17 @@ const im2colCases = [
 ];
 
 for (const tc of im2colCases) {
-  Deno.test(`conv2d im2col ${tc.name}: forward matches float64`, async () => {
-    const x = randArray(prod(tc.xs), 1);
-    const w = randArray(prod(tc.ws), 2);
-    const b = randArray(tc.ws[0], 3);
-    const out = await withLowering("im2col", () =>
-      runOp(
-        (xt, wt, bt) => T.conv2d(xt, wt, bt, { stride: tc.stride, padding: tc.padding }),
-        [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }, { data: b, shape: [tc.ws[0]] }],
-      ));
-    const ref = convRef(x, tc.xs, w, tc.ws, b, tc.stride, tc.padding);
-    assertClose(out.shape, ref.shape, { what: "output shape" });
-    assertClose(out.data, ref.data, { atol: 1e-5, rtol: 1e-4, what: tc.name });
-  });
+  Deno.test(
+    `conv2d im2col ${tc.name}: forward matches float64`,
+    () => withLowering("im2col", () => checkForward(tc, true)),
+  );
 }
 
 for (const tc of [...gradCases, ...im2colCases.slice(-3)]) {
-  Deno.test(`conv2d im2col ${tc.name}: backward matches finite differences`, async () => {
-    const x = randArray(prod(tc.xs), 4);
-    const w = randArray(prod(tc.ws), 5);
-    const b = randArray(tc.ws[0], 6);
-    await withLowering("im2col", () =>
-      checkGrad(
-        (xt, wt, bt) => T.conv2d(xt, wt, bt, { stride: tc.stride, padding: tc.padding }),
-        (xd, wd, bd) => convRef(xd, tc.xs, wd, tc.ws, bd, tc.stride, tc.padding).data,
-        [{ data: x, shape: tc.xs }, { data: w, shape: tc.ws }, { data: b, shape: [tc.ws[0]] }],
-      ));
-  });
+  Deno.test(
+    `conv2d im2col ${tc.name}: backward matches finite differences`,
+    () => withLowering("im2col", () => checkBackward(tc)),
+  );
 }
 
 Deno.test("conv2d: im2col and direct paths agree (output and all gradients) at a larger size", async () => {

@@ -1,4 +1,4 @@
-import { assertClose } from "./util.ts";
+import { assert, assertClose, assertRejects } from "./util.ts";
 import {
   type HostBatch,
   Loader,
@@ -10,21 +10,6 @@ import {
 import { MaskingGenerator } from "../lib/data/masking.ts";
 import { MANIFEST_FILE, openShards, ShardWriter } from "../lib/data/shards.ts";
 import { tidy } from "../lib/tensor/mod.ts";
-
-function assert(cond: boolean, message: string): void {
-  if (!cond) throw new Error(message);
-}
-
-async function assertRejects(fn: () => Promise<unknown>, pattern: RegExp): Promise<void> {
-  try {
-    await fn();
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    assert(pattern.test(message), `error "${message}" does not match ${pattern}`);
-    return;
-  }
-  throw new Error(`expected an error matching ${pattern}`);
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -1,21 +1,6 @@
-import { assertClose } from "./util.ts";
+import { assert, assertClose, assertThrows } from "./util.ts";
 import { type MaskBlock, MaskingGenerator, maskTensor } from "../lib/data/masking.ts";
 import { Rng } from "../lib/tensor/init.ts";
-
-function assert(cond: boolean, message: string): void {
-  if (!cond) throw new Error(message);
-}
-
-function assertThrows(fn: () => unknown, pattern: RegExp): void {
-  try {
-    fn();
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    assert(pattern.test(message), `error "${message}" does not match ${pattern}`);
-    return;
-  }
-  throw new Error(`expected an error matching ${pattern}`);
-}
 
 /**
  * Draws `draws` masks and checks every invariant of BEiT's generator on each: the budget, the

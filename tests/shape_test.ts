@@ -1,17 +1,8 @@
-import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import { assertClose, assertThrows, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 
 /** Asserts that fn throws an Error whose message contains `text`. */
-function assertThrows(fn: () => unknown, text: string): void {
-  try {
-    fn();
-  } catch (error) {
-    if (error instanceof Error && error.message.includes(text)) return;
-    throw new Error(`expected an error containing "${text}", got: ${error}`);
-  }
-  throw new Error(`expected an error containing "${text}", but nothing was thrown`);
-}
 
 // ---- float64 references -------------------------------------------------------------------------
 

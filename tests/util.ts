@@ -118,3 +118,40 @@ export async function runOp(
   ts.forEach((t) => t.dispose());
   return { data, shape };
 }
+
+/** Throws `message` unless `cond` holds. */
+export function assert(cond: boolean, message: string): void {
+  if (!cond) throw new Error(message);
+}
+
+function matchError(error: unknown, patterns: (string | RegExp)[]): void {
+  const message = error instanceof Error ? error.message : String(error);
+  const fits = (p: string | RegExp) =>
+    typeof p === "string" ? message.includes(p) : p.test(message);
+  if (!patterns.every(fits)) {
+    throw new Error(`error "${message}" does not match ${patterns.map(String).join(" and ")}`);
+  }
+}
+
+/** Asserts that `fn` throws an error whose message contains (string) or matches (RegExp) each pattern. */
+export function assertThrows(fn: () => unknown, ...patterns: (string | RegExp)[]): void {
+  try {
+    fn();
+  } catch (error) {
+    return matchError(error, patterns);
+  }
+  throw new Error(`expected an error matching ${patterns.map(String).join(" and ")}, got none`);
+}
+
+/** assertThrows for a promise-returning `fn`. */
+export async function assertRejects(
+  fn: () => Promise<unknown>,
+  ...patterns: (string | RegExp)[]
+): Promise<void> {
+  try {
+    await fn();
+  } catch (error) {
+    return matchError(error, patterns);
+  }
+  throw new Error(`expected an error matching ${patterns.map(String).join(" and ")}, got none`);
+}

@@ -1,17 +1,8 @@
-import { assertClose, checkGrad, randArray } from "./util.ts";
+import { assertClose, assertThrows, checkGrad, randArray } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 
 /** Asserts that fn throws an Error whose message contains every one of `texts`. */
-function assertThrows(fn: () => unknown, ...texts: string[]): void {
-  try {
-    fn();
-  } catch (error) {
-    if (error instanceof Error && texts.every((t) => error.message.includes(t))) return;
-    throw new Error(`expected an error containing ${JSON.stringify(texts)}, got: ${error}`);
-  }
-  throw new Error(`expected an error containing ${JSON.stringify(texts)}, but nothing was thrown`);
-}
 
 // ---- float64 references -------------------------------------------------------------------------
 

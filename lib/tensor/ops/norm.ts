@@ -118,17 +118,21 @@ function vec4Constants(l: Layout): { CH_VEC: number; SG_VEC: number } | null {
   return (l.c / l.groups) % 4 === 0 ? { CH_VEC: 1, SG_VEC: 0 } : null;
 }
 
-/** The one-element or the vec4 variant of an element kernel, its constants and its grid. */
-function elementDispatch(
+/** Dispatches the one-element or (when the layout allows) the vec4 variant of an element kernel. */
+function dispatchElementwise(
   l: Layout,
-  scalar: Kernel,
-  vector: Kernel,
+  [scalar, vector]: [Kernel, Kernel],
   constants: Record<string, number>,
-): { kernel: Kernel; constants: Record<string, number>; workgroups: [number, number] } {
+  buffers: GPUBuffer[],
+): void {
   const n = l.n * l.c * l.s;
   const vec = vec4Constants(l);
-  if (!vec) return { kernel: scalar, constants, workgroups: grid1d(n, WG) };
-  return { kernel: vector, constants: { ...constants, ...vec }, workgroups: grid1d(n / 4, WG) };
+  gpu().recorder.dispatch(vec ? vector : scalar, {
+    buffers,
+    params: elementParams(l),
+    constants: vec ? { ...constants, ...vec } : constants,
+    workgroups: grid1d(vec ? n / 4 : n, WG),
+  });
 }
 
 /**
@@ -251,24 +255,17 @@ function normalize(
   constStats: boolean,
 ): Tensor {
   const out = new Tensor(x.shape, "f32");
-  const params = elementParams(l);
-  const forward = elementDispatch(l, kernels.apply, kernels.apply4, {
+  dispatchElementwise(l, [kernels.apply, kernels.apply4], {
     HAS_W: weight ? 1 : 0,
     HAS_B: bias ? 1 : 0,
-  });
-  gpu().recorder.dispatch(forward.kernel, {
-    buffers: [
-      x.buffer,
-      stats.mean.buffer,
-      stats.rstd.buffer,
-      (weight ?? x).buffer,
-      (bias ?? x).buffer,
-      out.buffer,
-    ],
-    params,
-    constants: forward.constants,
-    workgroups: forward.workgroups,
-  });
+  }, [
+    x.buffer,
+    stats.mean.buffer,
+    stats.rstd.buffer,
+    (weight ?? x).buffer,
+    (bias ?? x).buffer,
+    out.buffer,
+  ]);
   const inputs = [x, weight, bias].filter((t): t is Tensor => t != null);
   return record(l.op, out, inputs, (dy) => {
     let gw: Tensor | null = null;
@@ -287,25 +284,19 @@ function normalize(
         ? channelSums
         : gradSums(l.op, statsGrouping(l), x, dy, stats, weight);
       gx = new Tensor(x.shape, "f32");
-      const backward = elementDispatch(l, kernels.gradInput, kernels.gradInput4, {
+      dispatchElementwise(l, [kernels.gradInput, kernels.gradInput4], {
         HAS_W: weight ? 1 : 0,
         CONST_STATS: constStats ? 1 : 0,
-      });
-      gpu().recorder.dispatch(backward.kernel, {
-        buffers: [
-          x.buffer,
-          stats.mean.buffer,
-          stats.rstd.buffer,
-          (weight ?? x).buffer,
-          dy.buffer,
-          (groupSums?.[0] ?? x).buffer,
-          (groupSums?.[1] ?? x).buffer,
-          gx.buffer,
-        ],
-        params,
-        constants: backward.constants,
-        workgroups: backward.workgroups,
-      });
+      }, [
+        x.buffer,
+        stats.mean.buffer,
+        stats.rstd.buffer,
+        (weight ?? x).buffer,
+        dy.buffer,
+        (groupSums?.[0] ?? x).buffer,
+        (groupSums?.[1] ?? x).buffer,
+        gx.buffer,
+      ]);
       if (groupSums && groupSums !== channelSums) groupSums.forEach((t) => t.dispose());
     }
     const grads: (Tensor | null)[] = [gx];
