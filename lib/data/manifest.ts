@@ -54,6 +54,14 @@ function fail(where: string, what: string): never {
 
 const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 
+/** A well-formed shard entry: a plain file name (no folders), counts, and a sha256 hex digest. */
+export function isShardEntry(s: unknown): s is ShardEntry {
+  const e = s as ShardEntry;
+  return typeof e === "object" && e !== null && typeof e.file === "string" &&
+    !e.file.includes("/") && !e.file.includes("\\") && isCount(e.count) && isCount(e.bytes) &&
+    typeof e.sha256 === "string" && /^[0-9a-f]{64}$/.test(e.sha256);
+}
+
 /** Checks the fields readers rely on; throws one line naming the manifest and the bad field. */
 export function validateManifest(value: unknown, where: string): ShardManifest {
   if (typeof value !== "object" || value === null) fail(where, "not a JSON object");
@@ -74,10 +82,9 @@ export function validateManifest(value: unknown, where: string): ShardManifest {
     }
     let total = 0;
     for (const s of split.shards) {
-      const ok = s && typeof s.file === "string" && !s.file.includes("/") &&
-        !s.file.includes("\\") && isCount(s.count) && isCount(s.bytes) &&
-        /^[0-9a-f]{64}$/.test(s.sha256);
-      if (!ok) fail(where, `split "${name}" has a malformed shard entry ${JSON.stringify(s)}`);
+      if (!isShardEntry(s)) {
+        fail(where, `split "${name}" has a malformed shard entry ${JSON.stringify(s)}`);
+      }
       total += s.count;
     }
     if (total !== split.count) {

@@ -59,9 +59,9 @@ export function shardLayout(g: ShardGeometry, count: number) {
   return { recordBytes, labelsOffset, bytes: labelsOffset + 4 * count };
 }
 
-/** Shard file name: split and index, e.g. "val-00012.shard". */
-export function shardFileName(split: string, index: number): string {
-  return `${split}-${String(index).padStart(5, "0")}${SHARD_EXTENSION}`;
+/** Shard file name: split and index, e.g. "val-00012.shard" (token shards: ".tokens"). */
+export function shardFileName(split: string, index: number, extension = SHARD_EXTENSION): string {
+  return `${split}-${String(index).padStart(5, "0")}${extension}`;
 }
 
 export function encodeShardHeader(g: ShardGeometry, count: number): Uint8Array {
@@ -365,19 +365,7 @@ export class SplitReader {
   }
 
   private accept(k: number, sha256: string, bytes: number): void {
-    const entry = this.shards[k];
-    if (bytes !== entry.bytes) {
-      throw new Error(
-        `peco: shards: ${this.path(k)}: ${bytes} bytes, manifest says ${entry.bytes} ` +
-          `(${bytes < entry.bytes ? "truncated" : "modified"})`,
-      );
-    }
-    if (sha256 !== entry.sha256) {
-      throw new Error(
-        `peco: shards: ${this.path(k)}: sha256 ${sha256.slice(0, 16)}… does not match the ` +
-          `manifest's ${entry.sha256.slice(0, 16)}… (the shard was modified or corrupted)`,
-      );
-    }
+    checkShardDigest(this.path(k), this.shards[k], sha256, bytes);
     this.verified.add(k);
   }
 
@@ -400,6 +388,27 @@ export class SplitReader {
     await readExactly(file, SHARD_HEADER_BYTES + offset * this.recordBytes, px, this.path(k));
     const lb = new Uint8Array(out.labels.buffer, out.labels.byteOffset + 4 * into, 4 * take);
     await readExactly(file, labelsOffset + 4 * offset, lb, this.path(k));
+  }
+}
+
+/** Throws, naming the shard, when its size or sha256 differs from its manifest entry. */
+export function checkShardDigest(
+  path: string,
+  entry: Pick<ShardEntry, "bytes" | "sha256">,
+  sha256: string,
+  bytes: number,
+): void {
+  if (bytes !== entry.bytes) {
+    throw new Error(
+      `peco: shards: ${path}: ${bytes} bytes, manifest says ${entry.bytes} ` +
+        `(${bytes < entry.bytes ? "truncated" : "modified"})`,
+    );
+  }
+  if (sha256 !== entry.sha256) {
+    throw new Error(
+      `peco: shards: ${path}: sha256 ${sha256.slice(0, 16)}… does not match the ` +
+        `manifest's ${entry.sha256.slice(0, 16)}… (the shard was modified or corrupted)`,
+    );
   }
 }
 
