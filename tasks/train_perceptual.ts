@@ -62,7 +62,8 @@ export const trainPerceptualCommand = {
     steps: { type: "number", default: 120, help: "training steps" },
     size: {
       type: "number",
-      help: "render views at size×size (default: 16 for square images up to 32 px, else native)",
+      help: "render views at size×size (default: half the side for square images up to 32 px, " +
+        "else native)",
     },
     batch: { type: "number", default: 64, help: "images per step (each seen in two views)" },
     lr: { type: "number", default: 2e-3, help: "peak learning rate (AdamW, warmup + cosine)" },
@@ -219,14 +220,15 @@ async function openData(dir: string, config: TrainPerceptualConfig) {
 }
 
 /**
- * The views' size. Small images train at 16×16 by default: on a software GPU the step time grows
- * with the pixels, and more steps beat more pixels for MNIST. The encoder is convolutional, so the
- * tokenizer may run it at any size.
+ * The views' size. Small square images (side ≤ 32, even) train at half their side by default
+ * (28² → 14²): on a software GPU the step time grows with the pixels, and more steps beat more
+ * pixels for MNIST. The tokenizer runs the network on its images average-pooled to this size
+ * (the manifest's summary.viewSize), the scale the features were trained at.
  */
 function viewSize(config: TrainPerceptualConfig, split: SplitReader): [number, number] {
   if (config.size) return [config.size, config.size];
   const { height: h, width: w } = split;
-  return h === w && h <= 32 ? [16, 16] : [h, w];
+  return h === w && h <= 32 && h % 2 === 0 ? [h / 2, h / 2] : [h, w];
 }
 
 /** A view [N, C, h, w] (already in [−1, 1]) as the encoder's [N, 3, h, w]: grey repeated. */
@@ -401,6 +403,8 @@ async function train(
   let windowStart = performance.now();
   let windowSteps = 0;
   let step = first;
+  // Every step's loss, read back together at the next log step: a NaN at any step stops the run.
+  let pending: Tensor[] = [];
   try {
     for await (const host of stream) {
       if (step >= steps || step === stopAfter) break;
@@ -420,13 +424,16 @@ async function train(
         model.updateMomentum(m);
         return l;
       });
+      pending.push(logged);
       step++;
       windowSteps++;
       const logNow = step % config.logEvery === 0 || step === steps;
       if (logNow) {
-        const [[l]] = await readAll([logged]);
-        logged.dispose();
-        guard.check(step, { loss: l });
+        const values = await readAll(pending);
+        pending.forEach((t) => t.dispose());
+        pending = [];
+        values.forEach((v, i) => guard.check(step - values.length + i + 1, { loss: v[0] }));
+        const l = values[values.length - 1][0];
         loss = l;
         const now = performance.now();
         const seconds = (now - windowStart) / 1000;
@@ -455,10 +462,10 @@ async function train(
         windowSteps = 0;
       } else {
         gpu().recorder.flush();
-        logged.dispose();
       }
     }
   } finally {
+    pending.forEach((t) => t.dispose());
     await stream.return(undefined);
     metrics.close();
   }

@@ -12,6 +12,12 @@
 // peak GPU memory), grids/step_NNNNNN.png (held-out input | reconstruction, at every checkpoint)
 // and manifest.json (lib/cli/stage.ts: skip when up to date, resume when interrupted).
 //
+// Options for ablations: `--quantizer plain` (codebook learned by the codebook loss instead of EMA
+// updates) and the adversarial term of paper Table 10 (`--disc-weight 0.4 --disc-start STEP`): a
+// patch discriminator (lib/models/discriminator.ts, hinge loss, its own Adam) trained from
+// --disc-start on, its state in the checkpoint. An up-to-date output folder is recognised before
+// the GPU is opened, so a skipped stage costs only reading the manifests.
+//
 // Least privilege (lib/cli/permissions.ts): started with --allow-read and --allow-run=deno, the
 // task re-runs itself reading only its inputs and --out and writing only --out.
 
@@ -21,14 +27,20 @@ import { MetricsWriter } from "../lib/cli/metrics.ts";
 import { METRICS_FILE } from "../lib/cli/metrics.ts";
 import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
 import { Progress } from "../lib/cli/progress.ts";
-import { beginStage, finishStage, FORCE_OPTION } from "../lib/cli/stage.ts";
+import {
+  beginStage,
+  finishStage,
+  FORCE_OPTION,
+  MANIFEST_FILE,
+  stageFingerprint,
+} from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
 import { pixelsToFloat, uploadPixels, type ViewSpec } from "../lib/data/augment.ts";
 import { gpu, initGpu } from "../lib/gpu/device.ts";
 import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/io/checkpoint.ts";
 import { type TrainingState } from "../lib/io/checkpoint.ts";
-import { sha256File } from "../lib/io/hash.ts";
+import { sha256File, sha256Hex } from "../lib/io/hash.ts";
 import { writeImageGrid } from "../lib/io/png.ts";
 import {
   loadPerceptualNet,
@@ -38,7 +50,13 @@ import {
   type PerceptualModule,
 } from "../lib/models/perceptual/mod.ts";
 import { loadBuiltinPerceptual } from "../lib/models/moco.ts";
-import { CodeUsage } from "../lib/models/quantizer.ts";
+import {
+  discriminatorLayersFor,
+  generatorAdversarialLoss,
+  hingeDiscriminatorLoss,
+  PatchDiscriminator,
+} from "../lib/models/discriminator.ts";
+import { CodeUsage, type QuantizerKind } from "../lib/models/quantizer.ts";
 import {
   TOKENIZER_PRESET_NAMES,
   type TokenizerPreset,
@@ -48,9 +66,11 @@ import { downsampleFactor, resolveVqVaeConfig, VqVae } from "../lib/models/vqvae
 import { Adam, clipGradNorm, warmupCosine } from "../lib/optim/mod.ts";
 import {
   add,
+  avgPool2d,
   backward,
   concat,
   l1Loss,
+  mean,
   mseLoss,
   mulScalar,
   noGrad,
@@ -91,6 +111,19 @@ export const trainTokenizerCommand = {
     "perceptual-dir": { type: "string", help: "train-perceptual output folder (builtin)" },
     lambda: { type: "number", default: 1, help: "weight λ of the perceptual loss" },
     "pixel-loss": { type: "string", choices: ["l1", "l2"], help: "pixel loss (default: preset)" },
+    quantizer: {
+      type: "string",
+      choices: ["ema", "plain"],
+      help: "codebook by EMA updates, or by the codebook loss (plain; default: preset)",
+    },
+    "disc-weight": {
+      type: "number",
+      help: "weight of the adversarial term, 0 = off (paper: 0.4; default: preset)",
+    },
+    "disc-start": {
+      type: "number",
+      help: "step at which the discriminator and its term start (default: preset)",
+    },
     steps: { type: "number", help: "training steps (default: preset)" },
     batch: { type: "number", help: "batch size (default: preset)" },
     lr: { type: "number", help: "peak learning rate (default: preset)" },
@@ -99,7 +132,7 @@ export const trainTokenizerCommand = {
     limit: { type: "number", help: "train on the first N training images only (tests)" },
     "eval-images": {
       type: "number",
-      default: 500,
+      default: 256,
       help: "held-out images for codebook usage and perplexity",
     },
     "psnr-images": { type: "number", default: 64, help: "fixed held-out batch for PSNR" },
@@ -127,7 +160,15 @@ export interface TrainTokenizerConfig {
   train: TokenizerPreset["train"];
   seed: number;
   limit: number | null;
-  perceptual: { kind: string; lambda: number; weights: { sha256: string; bytes: number } | null };
+  perceptual: {
+    kind: string;
+    lambda: number;
+    weights: { sha256: string; bytes: number } | null;
+    /** The loss sees both images average-pooled by this factor (the builtin net's view size). */
+    pool?: number;
+  };
+  /** The adversarial term (absent when off). */
+  disc?: { weight: number; start: number; channels: number; layers: number };
   eval: { images: number; psnrImages: number; logEvery: number; ckptEvery: number };
 }
 
@@ -153,6 +194,11 @@ function checkOptions(o: TrainTokenizerOptions): void {
     positiveInt(name, o[name]);
   }
   for (const name of ["log-every", "ckpt-every", "stop-at"] as const) positiveInt(name, o[name]);
+  positiveInt("disc-start", o["disc-start"], true);
+  const dw = o["disc-weight"];
+  if (dw !== undefined && !(dw >= 0 && Number.isFinite(dw))) {
+    throw new UsageError(`--disc-weight must be ≥ 0, got ${dw}`);
+  }
   positiveInt("warmup", o.warmup, true);
   positiveInt("seed", o.seed, true);
   if (o["ckpt-every"] % o["log-every"] !== 0) {
@@ -206,31 +252,56 @@ async function openInputs(o: TrainTokenizerOptions, preset: TokenizerPreset) {
   return { shards, image: { channels, size: height } };
 }
 
-/** Loads and checks the perceptual network (null for none or λ = 0). */
-async function openPerceptual(o: TrainTokenizerOptions) {
-  if (o.perceptual === "none") return { net: null, weights: null };
+/** sha256 and size of --perceptual-weights (no GPU needed: it is part of the fingerprint). */
+async function perceptualWeights(o: TrainTokenizerOptions) {
+  if (!(PERCEPTUAL_KINDS as readonly string[]).includes(o.perceptual)) return null;
+  const path = resolve(o["perceptual-weights"]!);
+  try {
+    return await sha256File(path);
+  } catch (error) {
+    return fail(`--perceptual-weights ${path}: cannot read (${(error as Error).message})`);
+  }
+}
+
+/** Loads and checks the perceptual network (null for none). */
+async function openPerceptual(o: TrainTokenizerOptions): Promise<PerceptualModule | null> {
+  if (o.perceptual === "none") return null;
   if (o.perceptual === "builtin") {
     // The train-perceptual stage's folder is also a stage input: its manifest hash is part of the
     // fingerprint, so a retrained network makes this run out of date.
     try {
-      return { net: await loadBuiltinPerceptual(resolve(o["perceptual-dir"]!)), weights: null };
+      return await loadBuiltinPerceptual(resolve(o["perceptual-dir"]!));
     } catch (error) {
       return fail(`--perceptual-dir: ${(error as Error).message.replace(/^peco: /, "")}`);
     }
   }
   const path = resolve(o["perceptual-weights"]!);
-  let weights: { sha256: string; bytes: number };
   try {
-    weights = await sha256File(path);
-  } catch (error) {
-    return fail(`--perceptual-weights ${path}: cannot read (${(error as Error).message})`);
-  }
-  try {
-    const { net } = await loadPerceptualNet(o.perceptual as PerceptualKind, path);
-    return { net, weights };
+    return (await loadPerceptualNet(o.perceptual as PerceptualKind, path)).net;
   } catch (error) {
     return fail(`--perceptual-weights: ${(error as Error).message.replace(/^peco: /, "")}`);
   }
+}
+
+/**
+ * The builtin network was trained on views of a given size (train-perceptual's summary): the loss
+ * runs on images average-pooled to it when the image size is a multiple (28² → 14²), which also
+ * quarters its cost. External networks see the images as they are.
+ */
+async function perceptualPool(o: TrainTokenizerOptions, imageSize: number): Promise<number> {
+  if (o.perceptual !== "builtin") return 1;
+  try {
+    const manifest = JSON.parse(
+      await Deno.readTextFile(join(resolve(o["perceptual-dir"]!), MANIFEST_FILE)),
+    );
+    const view = manifest?.summary?.viewSize?.[0];
+    if (Number.isInteger(view) && view > 0 && view < imageSize && imageSize % view === 0) {
+      return imageSize / view;
+    }
+  } catch {
+    // No readable manifest: beginStage reports the input as missing.
+  }
+  return 1;
 }
 
 /** The run's config from the preset, the command line and the shards' image geometry. */
@@ -239,6 +310,7 @@ function resolveConfig(
   preset: TokenizerPreset,
   image: { channels: number; size: number },
   weights: { sha256: string; bytes: number } | null,
+  pool: number,
 ): TrainTokenizerConfig {
   const steps = o.steps ?? preset.train.steps;
   const train = {
@@ -248,20 +320,33 @@ function resolveConfig(
     lr: o.lr ?? preset.train.lr,
     warmupSteps: Math.min(o.warmup ?? preset.train.warmupSteps, Math.floor(steps / 2)),
     pixelLoss: (o["pixel-loss"] as "l1" | "l2" | undefined) ?? preset.train.pixelLoss,
+    discWeight: o["disc-weight"] ?? preset.train.discWeight,
+    discStart: o["disc-start"] ?? preset.train.discStart,
   };
+  const kind = (o.quantizer as QuantizerKind | undefined) ?? preset.model.quantizer?.kind ?? "ema";
   const model = resolveVqVaeConfig({
     ...preset.model,
     imageSize: image.size,
     inChannels: image.channels,
-    quantizer: { ...preset.model.quantizer, seed: o.seed },
+    quantizer: { ...preset.model.quantizer, kind, seed: o.seed },
   });
+  const lambda = o.perceptual === "none" ? 0 : o.lambda;
+  const disc = train.discWeight > 0
+    ? {
+      weight: train.discWeight,
+      start: train.discStart,
+      channels: train.discChannels,
+      layers: discriminatorLayersFor(image.size),
+    }
+    : undefined;
   return {
     preset: o.preset,
     model,
     train,
     seed: o.seed,
     limit: o.limit ?? null,
-    perceptual: { kind: o.perceptual, lambda: o.perceptual === "none" ? 0 : o.lambda, weights },
+    perceptual: { kind: o.perceptual, lambda, weights, ...(pool > 1 ? { pool } : {}) },
+    disc,
     eval: {
       images: o["eval-images"],
       psnrImages: o["psnr-images"],
@@ -305,9 +390,38 @@ async function heldOut(val: SplitReader, count: number) {
   };
 }
 
-/** Grey images are repeated to RGB for the perceptual network. */
-function rgb(x: Tensor): Tensor {
-  return x.shape[1] === 3 ? x : concat([x, x, x], 1);
+/** The perceptual network's input: grey repeated to RGB, average-pooled by `pool`. */
+function perceptualInput(x: Tensor, pool: number): Tensor {
+  const y = x.shape[1] === 3 ? x : concat([x, x, x], 1);
+  return pool > 1 ? avgPool2d(y, pool) : y;
+}
+
+/** Runs `fn` with the module's parameters frozen (no weight gradients recorded). */
+function frozen<T>(params: Tensor[], fn: () => T): T {
+  params.forEach((p) => p.requiresGrad = false);
+  try {
+    return fn();
+  } finally {
+    params.forEach((p) => p.requiresGrad = true);
+  }
+}
+
+/**
+ * True when --out holds a finished run of exactly this config and inputs: decided from the
+ * manifests alone, so that a skipped stage never opens the GPU (beginStage then confirms it).
+ */
+async function upToDate(out: string, config: unknown, inputs: Record<string, string>) {
+  try {
+    const hashes: Record<string, string> = {};
+    for (const [key, dir] of Object.entries(inputs)) {
+      hashes[key] = sha256Hex(await Deno.readFile(join(resolve(dir), MANIFEST_FILE)));
+    }
+    const manifest = JSON.parse(await Deno.readTextFile(join(resolve(out), MANIFEST_FILE)));
+    return manifest?.stage === STAGE &&
+      manifest?.fingerprint === stageFingerprint(STAGE, config, hashes);
+  } catch {
+    return false; // missing or unreadable: beginStage gives the verdict
+  }
 }
 
 export async function runTrainTokenizer(
@@ -318,28 +432,81 @@ export async function runTrainTokenizer(
   const preset = tokenizerPreset(o.preset);
   // Every input is checked before anything is trained or written.
   const { shards, image } = await openInputs(o, preset);
-  await initGpu();
-  const perceptual = await openPerceptual(o);
-  const config = resolveConfig(o, preset, image, perceptual.weights);
+  const weights = await perceptualWeights(o);
+  const pool = await perceptualPool(o, image.size);
+  const config = resolveConfig(o, preset, image, weights, pool);
   const inputs: Record<string, string> = { shards: shards.dir };
   if (o.perceptual === "builtin") inputs.perceptual = resolve(o["perceptual-dir"]!);
-  const run = await beginStage({
-    name: STAGE,
-    out: o.out,
-    config,
-    inputs,
-    force: o.force ?? false,
-    log,
-  });
-  if (run.status === "skip") {
-    perceptual.net?.dispose();
-    return { status: "skip", out: run.out, summary: run.manifest.summary };
+  const stage = { name: STAGE, out: o.out, config, inputs, force: o.force ?? false, log };
+  if (!stage.force && await upToDate(o.out, config, inputs)) {
+    const run = await beginStage(stage);
+    if (run.status === "skip") {
+      return { status: "skip", out: run.out, summary: run.manifest.summary };
+    }
+    throw new Error(`peco: ${STAGE}: ${run.out} changed while it was checked; run again`);
   }
+  await initGpu();
+  const net = await openPerceptual(o);
   try {
-    return await train(o, config, shards, perceptual.net, run, log);
+    const run = await beginStage(stage);
+    if (run.status === "skip") {
+      return { status: "skip", out: run.out, summary: run.manifest.summary };
+    }
+    return await train(o, config, shards, net, run, log);
   } finally {
-    perceptual.net?.dispose();
+    net?.dispose();
   }
+}
+
+/** What one training step needs (the stage and bench/tokenizer.ts share it). */
+export interface TokenizerStepContext {
+  model: VqVae;
+  optimizer: Adam;
+  train: Pick<TokenizerPreset["train"], "pixelLoss" | "clipNorm">;
+  perceptual: { net: PerceptualModule; lambda: number; pool: number } | null;
+  adversarial: { disc: PatchDiscriminator; optimizer: Adam; weight: number; start: number } | null;
+}
+
+/**
+ * One training step on images x [B, C, H, W] in [−1, 1] (call it inside `tidy`): the VQ-VAE's
+ * loss, backward, clipping and Adam step, then the discriminator's step when the adversarial term
+ * is on. Returns the scalars of the metrics, in the order of the stage's term names: loss, pixel,
+ * commitment, perceptual, grad_norm [, g_adv, d_loss, logits_real, logits_fake].
+ */
+export function tokenizerStep(c: TokenizerStepContext, x: Tensor, step: number): Tensor[] {
+  const { model, optimizer, perceptual: p, adversarial: a } = c;
+  const out = model.forward(x);
+  const xhat = out.reconstruction;
+  const pixel = c.train.pixelLoss === "l1" ? l1Loss(xhat, x) : mseLoss(xhat, x);
+  const zero = () => mulScalar(pixel.detach(), 0);
+  let loss = add(pixel, out.loss);
+  let percep = zero();
+  if (p) {
+    percep = perceptualLoss(p.net, perceptualInput(x, p.pool), perceptualInput(xhat, p.pool));
+    loss = add(loss, mulScalar(percep, p.lambda));
+  }
+  const advOn = a !== null && step >= a.start;
+  let gAdv = zero();
+  if (advOn) {
+    // The generator's term: gradients reach x̂ through the discriminator, not its weights.
+    gAdv = frozen(a.disc.parameters(), () => generatorAdversarialLoss(a.disc.forward(xhat)));
+    loss = add(loss, mulScalar(gAdv, a.weight));
+  }
+  backward(loss);
+  const norm = clipGradNorm(model.parameters(), c.train.clipNorm);
+  optimizer.step();
+  optimizer.zeroGrad();
+  const terms = [loss, pixel, out.commitment, percep, norm];
+  if (!a) return terms;
+  if (!advOn) return [...terms, gAdv, zero(), zero(), zero()];
+  // The discriminator's step (hinge loss) on the real images and the detached x̂.
+  const real = a.disc.forward(x);
+  const fake = a.disc.forward(xhat.detach());
+  const dLoss = hingeDiscriminatorLoss(real, fake);
+  backward(dLoss);
+  a.optimizer.step();
+  a.optimizer.zeroGrad();
+  return [...terms, gAdv, dLoss, mean(real.detach()), mean(fake.detach())];
 }
 
 async function train(
@@ -356,6 +523,20 @@ async function train(
   const optimizer = new Adam(model.parameters(), { lr: t.lr, betas: t.betas });
   const schedule = warmupCosine({ baseLr: t.lr, warmupSteps: t.warmupSteps, totalSteps: t.steps });
   const state: TrainingState = { modules: { model }, optimizers: { optim: optimizer } };
+  // The adversarial term: a patch discriminator with its own Adam, both in the checkpoint.
+  const adv = config.disc;
+  const disc = adv
+    ? new PatchDiscriminator({
+      inChannels: m.inChannels,
+      channels: adv.channels,
+      layers: adv.layers,
+    }, seed)
+    : null;
+  const discOptimizer = disc ? new Adam(disc.parameters(), { lr: t.lr, betas: t.betas }) : null;
+  if (disc && discOptimizer) {
+    state.modules!.disc = disc;
+    state.optimizers!.optim_disc = discOptimizer;
+  }
   let meta: CheckpointMeta | null = null;
   if (run.resumeFrom) {
     meta = await loadCheckpoint(run.checkpoint, state);
@@ -441,7 +622,25 @@ async function train(
     epoch: Math.floor(first / loader.stepsPerEpoch),
     step: first % loader.stepsPerEpoch,
   });
-  const termNames = ["loss", "pixel", "commitment", "perceptual", "grad_norm"] as const;
+  const termNames = [
+    "loss",
+    "pixel",
+    "commitment",
+    "perceptual",
+    "grad_norm",
+    // The adversarial terms (only with a discriminator): the generator's −mean D(x̂), the
+    // discriminator's hinge loss and its mean logits on real and reconstructed images.
+    ...(disc ? ["g_adv", "d_loss", "logits_real", "logits_fake"] : []),
+  ];
+  const ctx: TokenizerStepContext = {
+    model,
+    optimizer,
+    train: t,
+    perceptual: net && lambda > 0 ? { net, lambda, pool: config.perceptual.pool ?? 1 } : null,
+    adversarial: disc && discOptimizer && adv
+      ? { disc, optimizer: discOptimizer, weight: adv.weight, start: adv.start }
+      : null,
+  };
   let pending: Tensor[][] = [];
   let last: Record<string, number> = {};
   const started = performance.now();
@@ -452,23 +651,8 @@ async function train(
     for (let step = first; step < t.steps; step++) {
       const batch = (await stream.next()).value!;
       optimizer.lr = schedule(step);
-      pending.push(tidy(() => {
-        const x = loader.toGpu(batch, view).views[0];
-        const out = model.forward(x);
-        const xhat = out.reconstruction;
-        const pixel = t.pixelLoss === "l1" ? l1Loss(xhat, x) : mseLoss(xhat, x);
-        let loss = add(pixel, out.loss);
-        let percep: Tensor = mulScalar(pixel.detach(), 0);
-        if (net && lambda > 0) {
-          percep = perceptualLoss(net, rgb(x), rgb(xhat));
-          loss = add(loss, mulScalar(percep, lambda));
-        }
-        backward(loss);
-        const norm = clipGradNorm(model.parameters(), t.clipNorm);
-        optimizer.step();
-        optimizer.zeroGrad();
-        return [loss, pixel, out.commitment, percep, norm];
-      }));
+      if (discOptimizer) discOptimizer.lr = optimizer.lr;
+      pending.push(tidy(() => tokenizerStep(ctx, loader.toGpu(batch, view).views[0], step)));
       intervalImages += batch.n;
       const done = step + 1;
       const logNow = done % config.eval.logEvery === 0 || done === t.steps;
@@ -531,6 +715,8 @@ async function train(
     metrics.close();
     model.dispose();
     optimizer.dispose();
+    disc?.dispose();
+    discOptimizer?.dispose();
   }
   progress.finish({ psnr: last.psnr?.toFixed(2) ?? "", usage: last.usage?.toFixed(3) ?? "" });
   const summary = {
@@ -543,6 +729,7 @@ async function train(
     pixel: last.pixel,
     perceptual: last.perceptual,
     commitment: last.commitment,
+    ...(disc ? { g_adv: last.g_adv, d_loss: last.d_loss } : {}),
     peak_gpu_bytes: gpu().pool.stats.peakAllocated,
     eval_images: evalSet.n,
     psnr_images: psnrCount,

@@ -293,8 +293,20 @@ Deno.test("train-perceptual: bad input fails clearly before training", async () 
         runTrainPerceptual(stageOptions(shards, join(root, "o4"), ["--tau", "0"]), { log: quiet }),
       /\-\-tau/,
     );
+    // A shard cut short: its size no longer matches the shards manifest.
+    const cut = join(root, "cut");
+    await Deno.mkdir(cut);
+    for (const e of Deno.readDirSync(shards)) {
+      await Deno.copyFile(join(shards, e.name), join(cut, e.name));
+    }
+    const shard = [...Deno.readDirSync(cut)].find((e) => e.name.endsWith(".shard"))!.name;
+    await Deno.truncate(join(cut, shard), 64);
+    await assert.rejects(
+      () => runTrainPerceptual(stageOptions(cut, join(root, "o5")), { log: quiet }),
+      new RegExp(`${shard}: 64 bytes, manifest says`),
+    );
     // Nothing was created for the refused runs.
-    for (const o of ["out", "o2", "o3", "o4"]) {
+    for (const o of ["out", "o2", "o3", "o4", "o5"]) {
       assert(!(await Deno.stat(join(root, o)).then(() => true, () => false)), `${o} not created`);
     }
   } finally {

@@ -12,6 +12,13 @@ import { meanPsnr, perImageMse, psnr } from "../lib/train/psnr.ts";
 import { tensor } from "../lib/tensor/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
 import { ENCODER_FILE, MocoEncoder, saveEncoder } from "../lib/models/moco.ts";
+import {
+  discriminatorLayersFor,
+  discriminatorOutputSize,
+  generatorAdversarialLoss,
+  hingeDiscriminatorLoss,
+  PatchDiscriminator,
+} from "../lib/models/discriminator.ts";
 import { runShard, shardCommand } from "../tasks/shard.ts";
 import { runTrainTokenizer, trainTokenizerCommand } from "../tasks/train_tokenizer.ts";
 import { assertClose } from "./util.ts";
@@ -130,9 +137,10 @@ Deno.test("train-tokenizer trains with the builtin perceptual network (λ = 1)",
   const encoder = new MocoEncoder({ widths: [8, 8], depth: 1, groups: 4 }, new Rng(1));
   await saveEncoder(encoder, join(dir, ENCODER_FILE));
   encoder.dispose();
+  // Trained on 14² views: the tokenizer pools its 28² images by 2 for the loss.
   await Deno.writeTextFile(
     join(dir, "manifest.json"),
-    JSON.stringify({ stage: "train-perceptual" }),
+    JSON.stringify({ stage: "train-perceptual", summary: { viewSize: [14, 14] } }),
   );
   const out = join(root, "builtin");
   const flags = ["--perceptual", "builtin", "--perceptual-dir", dir, "--lambda", "1"];
@@ -143,6 +151,7 @@ Deno.test("train-tokenizer trains with the builtin perceptual network (λ = 1)",
   const manifest = JSON.parse(await Deno.readTextFile(join(out, "manifest.json")));
   assert.equal(manifest.inputs.perceptual.stage, "train-perceptual");
   assert.equal(manifest.config.perceptual.lambda, 1);
+  assert.equal(manifest.config.perceptual.pool, 2);
 });
 
 Deno.test("train-tokenizer: a resumed run equals an uninterrupted one", async () => {
@@ -163,6 +172,92 @@ Deno.test("train-tokenizer: a resumed run equals an uninterrupted one", async ()
   }
   const steps = (await readMetrics(join(parts, "metrics.jsonl"))).map((r) => r.step);
   assert.deepEqual(steps, [1, 2, 3, 4]);
+});
+
+Deno.test("PatchDiscriminator: taming's NLayerDiscriminator names and shapes, hinge losses", async () => {
+  assert.equal(discriminatorLayersFor(28), 2);
+  assert.equal(discriminatorLayersFor(224), 3);
+  assert.equal(discriminatorLayersFor(12), 1);
+  assert.equal(discriminatorOutputSize(28, 2), 5);
+  assert.equal(discriminatorOutputSize(224, 3), 26);
+  const d = new PatchDiscriminator({ inChannels: 1, channels: 4, layers: 2 }, 3);
+  const shapes = Object.fromEntries([...d.stateDict()].map(([k, t]) => [k, t.shape]));
+  const bn = (c: number, i: number) => ({
+    [`main.${i}.weight`]: [c],
+    [`main.${i}.bias`]: [c],
+    [`main.${i}.running_mean`]: [c],
+    [`main.${i}.running_var`]: [c],
+    [`main.${i}.num_batches_tracked`]: [],
+  });
+  assert.deepEqual(shapes, {
+    "main.0.weight": [4, 1, 4, 4],
+    "main.0.bias": [4],
+    "main.2.weight": [8, 4, 4, 4],
+    ...bn(8, 3),
+    "main.5.weight": [16, 8, 4, 4],
+    ...bn(16, 6),
+    "main.8.weight": [1, 16, 4, 4],
+    "main.8.bias": [1],
+  });
+  const logits = d.forward(tensor(new Float32Array(2 * 28 * 28).fill(0.5), [2, 1, 28, 28]));
+  assert.deepEqual(logits.shape, [2, 1, 5, 5]);
+  assert.ok((await logits.read()).every(Number.isFinite));
+  // Hinge: ½(mean relu(1 − r) + mean relu(1 + f)); generator: −mean f.
+  const r = [0.5, 2, -1];
+  const f = [-2, 0.25, 3];
+  const ref = 0.5 * (r.reduce((s, v) => s + Math.max(0, 1 - v), 0) / 3 +
+    f.reduce((s, v) => s + Math.max(0, 1 + v), 0) / 3);
+  const dl = await hingeDiscriminatorLoss(tensor(r, [3]), tensor(f, [3])).item();
+  assert.ok(Math.abs(dl - ref) < 1e-6, `hinge ${dl} vs ${ref}`);
+  const gl = await generatorAdversarialLoss(tensor(f, [3])).item();
+  assert.ok(Math.abs(gl + 1.25 / 3) < 1e-6, `generator ${gl}`);
+  assert.throws(() => d.forward(tensor(new Float32Array(12), [1, 3, 2, 2])), /PatchDiscriminator/);
+  assert.throws(
+    () => new PatchDiscriminator({ inChannels: 1, channels: 0, layers: 2 }),
+    /PatchDiscriminator: config/,
+  );
+  d.dispose();
+});
+
+Deno.test("train-tokenizer: adversarial term + plain quantizer train and resume exactly", async () => {
+  const flags = [
+    "--steps",
+    "3",
+    "--ckpt-every",
+    "1",
+    "--disc-weight",
+    "0.4",
+    "--disc-start",
+    "1",
+    "--quantizer",
+    "plain",
+  ];
+  const whole = join(root, "adv-whole");
+  const parts = join(root, "adv-parts");
+  assert.equal((await runTrainTokenizer(options(whole, flags), quiet)).status, "done");
+  const first = await runTrainTokenizer(options(parts, [...flags, "--stop-at", "2"]), quiet);
+  assert.equal(first.status, "stopped");
+  assert.equal((await runTrainTokenizer(options(parts, flags), quiet)).status, "done");
+  const a = (await readSafetensors(join(whole, "checkpoint.safetensors"))).tensors;
+  const b = (await readSafetensors(join(parts, "checkpoint.safetensors"))).tensors;
+  assert.ok(a.has("disc.main.0.weight") && a.has("disc.main.3.running_mean"), "disc saved");
+  assert.ok([...a.keys()].some((k) => k.startsWith("optim_disc.")), "its Adam saved");
+  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
+  for (const [name, record] of a) {
+    assert.deepEqual(b.get(name)!.data, record.data, `${name} differs after resuming`);
+  }
+  const records = await readMetrics(join(parts, "metrics.jsonl"));
+  assert.deepEqual(records.map((r) => r.step), [1, 2, 3]);
+  assert.equal(records[0].d_loss, 0, "no discriminator before --disc-start");
+  for (const r of records.slice(1)) {
+    for (const key of ["g_adv", "d_loss", "logits_real", "logits_fake"]) {
+      assert.ok(Number.isFinite(r[key] as number), `${key} at step ${r.step}`);
+    }
+    assert.ok((r.d_loss as number) > 0, `d_loss ${r.d_loss}`);
+  }
+  const manifest = JSON.parse(await Deno.readTextFile(join(whole, "manifest.json")));
+  assert.equal(manifest.config.model.quantizer.kind, "plain");
+  assert.deepEqual(manifest.config.disc, { weight: 0.4, start: 1, channels: 16, layers: 2 });
 });
 
 Deno.test("train-tokenizer refuses bad inputs before training", async () => {
@@ -200,6 +295,41 @@ Deno.test("train-tokenizer refuses bad inputs before training", async () => {
     /peco: train-tokenizer: --perceptual-weights: .*bad-vgg\.safetensors.*(missing|shape)/,
   );
   assert.ok(!(await exists(out3)), "nothing written");
+
+  // A shard whose size no longer matches the shards manifest.
+  const cut = join(root, "cut-shards");
+  await Deno.mkdir(cut);
+  for await (const e of Deno.readDir(mnist)) {
+    await Deno.copyFile(join(mnist, e.name), join(cut, e.name));
+  }
+  const shard = [...Deno.readDirSync(cut)].find((e) => e.name.endsWith(".shard"))!.name;
+  await Deno.truncate(join(cut, shard), 100);
+  const out6 = join(root, "bad6");
+  await assert.rejects(
+    () => runTrainTokenizer(options(out6, [], cut), quiet),
+    new RegExp(`peco: train-tokenizer: --shards: .*${shard}: 100 bytes, manifest says`),
+  );
+  assert.ok(!(await exists(out6)), "nothing written");
+
+  // A builtin network whose tensors do not match the config in its metadata.
+  const pdir = join(root, "bad-perceptual");
+  await Deno.mkdir(pdir);
+  const small = new MocoEncoder({ widths: [8, 8], depth: 1, groups: 4 }, new Rng(1));
+  await small.saveSafetensors(join(pdir, ENCODER_FILE), {
+    "peco.moco_encoder": JSON.stringify({ widths: [8, 16], depth: 1, groups: 4 }),
+  });
+  small.dispose();
+  await Deno.writeTextFile(join(pdir, "manifest.json"), JSON.stringify({ stage: "x" }));
+  const out7 = join(root, "bad7");
+  await assert.rejects(
+    () =>
+      runTrainTokenizer(
+        options(out7, ["--perceptual", "builtin", "--perceptual-dir", pdir]),
+        quiet,
+      ),
+    /peco: train-tokenizer: --perceptual-dir: .*encoder\.safetensors/,
+  );
+  assert.ok(!(await exists(out7)), "nothing written");
 
   // Option errors: weights without a kind that takes them, a builtin network not built yet.
   await assert.rejects(

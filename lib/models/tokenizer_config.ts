@@ -21,6 +21,12 @@ export interface TokenizerTrainConfig {
   /** Gradient clipping: maximum global L2 norm. */
   clipNorm: number;
   pixelLoss: PixelLoss;
+  /** Weight of the adversarial term (paper Table 10: 0.4); 0 turns the discriminator off. */
+  discWeight: number;
+  /** First step of the adversarial term (and of the discriminator's training). */
+  discStart: number;
+  /** Width of the patch discriminator's first conv (taming's ndf). */
+  discChannels: number;
 }
 
 export interface TokenizerPreset {
@@ -49,6 +55,9 @@ export const TOKENIZER_PRESETS = {
       warmupSteps: 10,
       clipNorm: 1,
       pixelLoss: "l2",
+      discWeight: 0,
+      discStart: 90,
+      discChannels: 16,
     },
   },
   /** The paper's tokenizer (REFERENCE.md §1): 224² → 14×14 tokens, K = 8192; for GPU hosts. */
@@ -71,6 +80,9 @@ export const TOKENIZER_PRESETS = {
       warmupSteps: 5000,
       clipNorm: 1,
       pixelLoss: "l1",
+      discWeight: 0.4,
+      discStart: 50_000,
+      discChannels: 64,
     },
   },
 } as const satisfies Record<string, TokenizerPreset>;
