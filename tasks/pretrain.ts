@@ -1,0 +1,720 @@
+// `deno task pretrain`: BEiT-style masked image modelling over the perceptual codes (paper §3.3,
+// eq. 7; REFERENCE.md §2). A ViT sees block-masked images (the mask token replaces masked patch
+// embeddings) and learns to predict, at the masked patches, the codes the tokenizer gives the same
+// crop.
+//
+//   deno task pretrain --shards runs/shard --tokenizer runs/export --out runs/pretrain
+//   deno task pretrain --shards runs/shard --tokenizer runs/export --tokens   (precomputed codes)
+//
+// Per step: a batch of shard images, one crop box per image rendered twice (the ViT view at the
+// model's size and the tokenizer view at the tokenizer's size and normalisation), the tokenizer's
+// codes of the tokenizer view on the GPU without autograd (or, with --tokens and no augmentation,
+// the export folder's token shards), BEiT's block masks with the budget scaled to the grid, the
+// cross-entropy at masked positions, AdamW β (0.9, 0.98), weight decay 0.05 (none on 1-D
+// parameters, biases, cls/mask/pos tokens and the relative position table), warmup + cosine,
+// gradient clipping 3.0.
+//
+// Everything is checked before training: the shard folder, the export folder's tokenizer (its
+// grid must equal the ViT's patch grid, its channels the images'), the token shards (made from
+// these shards: their source manifest hash must equal the --shards manifest's). The output folder
+// (--out) holds checkpoint.safetensors (atomic, every --ckpt-every steps and at the end),
+// metrics.jsonl (every --log-every steps: loss, masked-token accuracy of the training batches,
+// held-out masked loss and accuracy on a fixed seeded masked set, the accuracy of always
+// predicting the most frequent training code on that set, lr, images/s, peak GPU memory),
+// model.safetensors (the final weights with BEiT's names; config and input normalisation in its
+// metadata) and manifest.json (lib/cli/stage.ts: skip when up to date, resume when interrupted).
+//
+// Least privilege (lib/cli/permissions.ts): started with --allow-read and --allow-run=deno, the
+// task re-runs itself reading only the two input folders and --out and writing only --out.
+
+import { join, resolve } from "node:path";
+import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
+import { METRICS_FILE, MetricsWriter } from "../lib/cli/metrics.ts";
+import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
+import { Progress } from "../lib/cli/progress.ts";
+import { beginStage, finishStage, FORCE_OPTION, MANIFEST_FILE } from "../lib/cli/stage.ts";
+import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
+import { openTokenShards, type TokenSplit } from "../lib/data/token_shards.ts";
+import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
+import {
+  augmentViews,
+  identityAugmentations,
+  uploadPixels,
+  type ViewSpec,
+} from "../lib/data/augment.ts";
+import { gpu, initGpu } from "../lib/gpu/device.ts";
+import {
+  CheckpointGuard,
+  type CheckpointMeta,
+  loadCheckpoint,
+  type TrainingState,
+} from "../lib/io/checkpoint.ts";
+import { sha256File } from "../lib/io/hash.ts";
+import {
+  Beit,
+  BEIT_MODEL_FILE,
+  BEIT_PRESET_NAMES,
+  type BeitConfig,
+  type BeitImageSpec,
+  type BeitPresetName,
+  resolveBeitConfig,
+  saveBeit,
+} from "../lib/models/beit.ts";
+import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
+import { AdamW, clipGradNorm, paramGroups, warmupCosine } from "../lib/optim/mod.ts";
+import { Rng } from "../lib/tensor/init.ts";
+import { backward, readAll, type Tensor, tensor, tidy } from "../lib/tensor/mod.ts";
+import {
+  AUGMENT_MODES,
+  augmentConfig,
+  type AugmentMode,
+  CodeHistogram,
+  HeldOutSet,
+  maskedPositions,
+  maskingGenerator,
+  type MaskSpec,
+  maskSpec,
+  mimLoss,
+  mostFrequent,
+  PRETRAIN_TRAIN_PRESETS,
+  type PretrainTrainConfig,
+} from "../lib/train/mim.ts";
+
+const STAGE = "pretrain";
+const TOKENS_DIR = "tokens";
+/** The ViT's input normalisation: [0, 1] → [−1, 1] per channel (as the tokenizer's). */
+const HALF = 0.5;
+
+export const pretrainCommand = {
+  usage: "deno task pretrain",
+  summary: "BEiT-style masked image modelling of the tokenizer's codes (a ViT) into --out.\n" +
+    "Runs sandboxed: reads only --shards, --tokenizer and --out; writes only --out.",
+  options: {
+    shards: { type: "string", default: "runs/shard", help: "shard folder (deno task shard)" },
+    tokenizer: {
+      type: "string",
+      default: "runs/export",
+      help: "export-codebook folder (tokenizer.safetensors, tokens/)",
+    },
+    out: { type: "string", default: "runs/pretrain", help: "output folder" },
+    preset: {
+      type: "string",
+      default: "mnist",
+      choices: BEIT_PRESET_NAMES,
+      help: "ViT size and training defaults (mnist, tiny, small, base)",
+    },
+    "image-size": { type: "number", help: "ViT input side (default: the shards' image size)" },
+    "patch-size": { type: "number", help: "patch side (default: preset)" },
+    dim: { type: "number", help: "width (default: preset)" },
+    depth: { type: "number", help: "blocks (default: preset)" },
+    heads: { type: "number", help: "attention heads (default: preset)" },
+    "abs-pos": {
+      type: "boolean",
+      help: "absolute position embeddings instead of the shared relative position bias",
+    },
+    "drop-path": { type: "number", help: "stochastic depth rate (default: preset)" },
+    steps: { type: "number", help: "training steps (default: preset)" },
+    batch: { type: "number", help: "batch size (default: preset)" },
+    lr: { type: "number", help: "peak learning rate (default: preset)" },
+    warmup: { type: "number", help: "warmup steps (default: preset, capped at steps/2)" },
+    augment: {
+      type: "string",
+      choices: AUGMENT_MODES,
+      help: "crop/flip/jitter shared by both views: none, crop (mild), beit (default: preset)",
+    },
+    "mask-ratio": {
+      type: "number",
+      help: "share of patches masked per image (default BEiT's 75/196)",
+    },
+    "mask-patches": { type: "number", help: "patches masked per image (instead of --mask-ratio)" },
+    "min-block": {
+      type: "number",
+      help: "smallest mask block (default BEiT's 16/196 of the grid)",
+    },
+    tokens: {
+      type: "boolean",
+      help: "use the export folder's token shards instead of running the tokenizer " +
+        "(only with --augment none)",
+    },
+    seed: { type: "number", default: 0, help: "random seed" },
+    limit: { type: "number", help: "train on the first N training images only (tests)" },
+    "eval-images": {
+      type: "number",
+      default: 256,
+      help: "held-out images of the fixed masked evaluation set",
+    },
+    "log-every": {
+      type: "number",
+      default: 50,
+      help: "metrics + held-out evaluation every N steps",
+    },
+    "ckpt-every": {
+      type: "number",
+      default: 200,
+      help: "checkpoint every N steps (a multiple of --log-every)",
+    },
+    "stop-at": {
+      type: "number",
+      help: "stop after the checkpoint at this step, as if killed (tests resuming)",
+    },
+    quiet: { type: "boolean", help: "no progress bar" },
+    force: { type: "boolean", help: FORCE_OPTION.help },
+  },
+} as const;
+
+export type PretrainOptions = Parsed<typeof pretrainCommand.options>;
+
+/** The resolved, fingerprinted config of a run. */
+export interface PretrainConfig {
+  preset: BeitPresetName;
+  model: BeitConfig;
+  /** How the ViT's input is made from the shard images. */
+  image: BeitImageSpec;
+  train: PretrainTrainConfig;
+  mask: MaskSpec;
+  /** Targets from the export folder's token shards (true) or the tokenizer on the GPU. */
+  tokens: boolean;
+  seed: number;
+  limit: number | null;
+  eval: { images: number; logEvery: number; ckptEvery: number };
+}
+
+export interface PretrainResult {
+  status: "skip" | "done" | "stopped";
+  out: string;
+  summary: Record<string, unknown>;
+}
+
+function fail(what: string): never {
+  throw new Error(`peco: ${STAGE}: ${what}`);
+}
+
+function positiveInt(name: string, v: number | undefined, zeroOk = false): void {
+  if (v !== undefined && (!Number.isInteger(v) || v < (zeroOk ? 0 : 1))) {
+    throw new UsageError(`--${name} must be an integer ≥ ${zeroOk ? 0 : 1}, got ${v}`);
+  }
+}
+
+/** Checks the numbers and combinations of the command line (usage errors, exit 2). */
+function checkOptions(o: PretrainOptions): void {
+  for (
+    const name of [
+      "steps",
+      "batch",
+      "limit",
+      "eval-images",
+      "log-every",
+      "ckpt-every",
+      "stop-at",
+      "image-size",
+      "patch-size",
+      "dim",
+      "depth",
+      "heads",
+      "mask-patches",
+      "min-block",
+    ] as const
+  ) positiveInt(name, o[name]);
+  positiveInt("warmup", o.warmup, true);
+  positiveInt("seed", o.seed, true);
+  if (o["ckpt-every"] % o["log-every"] !== 0) {
+    throw new UsageError(
+      `--ckpt-every ${o["ckpt-every"]} must be a multiple of --log-every ${o["log-every"]} ` +
+        `(a checkpoint is written only after its losses were read and checked)`,
+    );
+  }
+  if (o.lr !== undefined && !(o.lr > 0)) throw new UsageError(`--lr must be > 0, got ${o.lr}`);
+  if (o["mask-ratio"] !== undefined && o["mask-patches"] !== undefined) {
+    throw new UsageError("give --mask-ratio or --mask-patches, not both");
+  }
+  if (o["mask-ratio"] !== undefined && !(o["mask-ratio"] > 0 && o["mask-ratio"] < 1)) {
+    throw new UsageError(`--mask-ratio must be in (0, 1), got ${o["mask-ratio"]}`);
+  }
+  if (o["drop-path"] !== undefined && !(o["drop-path"] >= 0 && o["drop-path"] < 1)) {
+    throw new UsageError(`--drop-path must be in [0, 1), got ${o["drop-path"]}`);
+  }
+  const augment = o.augment ?? PRETRAIN_TRAIN_PRESETS[o.preset as BeitPresetName].augment;
+  if (o.tokens && augment !== "none") {
+    throw new UsageError(
+      `--tokens holds the codes of the stored images only: it needs --augment none ` +
+        `(got ${augment}${o.augment ? "" : ", the preset's default"})`,
+    );
+  }
+}
+
+/** The paths the sandboxed stage may read and write. */
+export function pretrainAccess(o: PretrainOptions): StageAccess {
+  const out = resolve(o.out);
+  return { read: [resolve(o.shards), resolve(o.tokenizer), out], write: [out] };
+}
+
+const message = (error: unknown) => (error as Error).message.replace(/^peco: /, "");
+
+/** Opens and checks every input; nothing is trained or written before this passes. */
+async function openInputs(o: PretrainOptions) {
+  let shards: ShardSet;
+  try {
+    shards = await openShards(resolve(o.shards));
+  } catch (error) {
+    return fail(`--shards: ${message(error)}`);
+  }
+  for (const split of ["train", "val"]) {
+    if (!shards.splits[split]?.count) fail(`--shards ${shards.dir} has no "${split}" images`);
+  }
+  const exportDir = resolve(o.tokenizer);
+  try {
+    await Deno.stat(join(exportDir, MANIFEST_FILE));
+  } catch {
+    fail(
+      `--tokenizer ${exportDir} has no ${MANIFEST_FILE} (not a finished export-codebook folder)`,
+    );
+  }
+  const { channels, height, width } = shards.manifest.image;
+  if (height !== width) fail(`--shards ${shards.dir}: images are ${height}×${width}, not square`);
+  let tokenizer: Tokenizer | null = null;
+  let tokenGrid: [number, number];
+  let codebookSize: number;
+  let tokenizerImage: { channels: number; size: number; mean: number[]; std: number[] } | null =
+    null;
+  let trainTokens: TokenSplit | null = null;
+  let valTokens: TokenSplit | null = null;
+  if (o.tokens) {
+    const dir = join(exportDir, TOKENS_DIR);
+    let set;
+    try {
+      set = await openTokenShards(dir);
+    } catch (error) {
+      return fail(`--tokenizer: ${message(error)}`);
+    }
+    const shardsHash = (await sha256File(join(shards.dir, MANIFEST_FILE))).sha256;
+    if (set.manifest.source.shardsManifestSha256 !== shardsHash) {
+      fail(
+        `token shards ${dir} were made from another data set: their source shards manifest ` +
+          `sha256 ${set.manifest.source.shardsManifestSha256.slice(0, 12)}… ≠ --shards ` +
+          `${join(shards.dir, MANIFEST_FILE)} ${shardsHash.slice(0, 12)}…`,
+      );
+    }
+    for (const split of ["train", "val"]) {
+      const t = set.splits[split];
+      if (!t || t.count !== shards.splits[split].count) {
+        fail(
+          `token shards ${dir}: split "${split}" holds ${t?.count ?? 0} records, ` +
+            `--shards holds ${shards.splits[split].count}`,
+        );
+      }
+    }
+    trainTokens = set.splits.train;
+    valTokens = set.splits.val;
+    tokenGrid = [...set.manifest.grid];
+    codebookSize = set.manifest.codebookSize;
+  } else {
+    const path = join(exportDir, TOKENIZER_FILE);
+    try {
+      await Deno.stat(path);
+    } catch {
+      fail(`--tokenizer ${exportDir} has no ${TOKENIZER_FILE}`);
+    }
+    await initGpu();
+    try {
+      tokenizer = await Tokenizer.load(path);
+    } catch (error) {
+      return fail(`--tokenizer: ${message(error)}`);
+    }
+    tokenGrid = [...tokenizer.info.grid];
+    codebookSize = tokenizer.info.codebookSize;
+    tokenizerImage = tokenizer.info.image;
+    if (tokenizerImage.channels !== channels) {
+      tokenizer.dispose();
+      fail(
+        `tokenizer ${path} takes ${tokenizerImage.channels}-channel images, --shards holds ` +
+          `${channels}-channel images`,
+      );
+    }
+  }
+  return {
+    shards,
+    image: { channels, size: height },
+    exportDir,
+    tokenizer,
+    tokenizerImage,
+    trainTokens,
+    valTokens,
+    tokenGrid,
+    codebookSize,
+  };
+}
+
+type Inputs = Awaited<ReturnType<typeof openInputs>>;
+
+/** The run's config from the preset, the command line and the inputs; the grids must agree. */
+function resolveConfig(o: PretrainOptions, inputs: Inputs): PretrainConfig {
+  const preset = o.preset as BeitPresetName;
+  const defaults = PRETRAIN_TRAIN_PRESETS[preset];
+  const imageSize = o["image-size"] ?? inputs.image.size;
+  let model: BeitConfig;
+  try {
+    model = resolveBeitConfig({
+      preset,
+      imageSize,
+      inChannels: inputs.image.channels,
+      vocabSize: inputs.codebookSize,
+      patchSize: o["patch-size"],
+      dim: o.dim,
+      depth: o.depth,
+      heads: o.heads,
+      dropPath: o["drop-path"],
+      relPosBias: o["abs-pos"] ? false : undefined,
+    });
+  } catch (error) {
+    return fail(message(error));
+  }
+  const grid = imageSize / model.patchSize;
+  const [th, tw] = inputs.tokenGrid;
+  if (th !== grid || tw !== grid) {
+    fail(
+      `the tokenizer's token grid ${th}×${tw} (${inputs.exportDir}) ≠ the ViT's patch grid ` +
+        `${grid}×${grid} (image ${imageSize}, patch ${model.patchSize}): choose --image-size / ` +
+        `--patch-size so that image/patch = ${th}`,
+    );
+  }
+  if (o.tokens && imageSize !== inputs.image.size) {
+    fail(
+      `--tokens: the token shards hold codes of ${inputs.image.size}² images; --image-size ${imageSize} would crop differently`,
+    );
+  }
+  const steps = o.steps ?? defaults.steps;
+  const train: PretrainTrainConfig = {
+    ...defaults,
+    steps,
+    batch: o.batch ?? defaults.batch,
+    lr: o.lr ?? defaults.lr,
+    warmupSteps: Math.min(o.warmup ?? defaults.warmupSteps, Math.floor(steps / 2)),
+    augment: (o.augment as AugmentMode | undefined) ?? defaults.augment,
+  };
+  let mask: MaskSpec;
+  try {
+    mask = maskSpec([grid, grid], {
+      ratio: o["mask-ratio"],
+      patches: o["mask-patches"],
+      minBlock: o["min-block"],
+    });
+  } catch (error) {
+    throw new UsageError(message(error).replace(/^mask: /, ""));
+  }
+  const c = inputs.image.channels;
+  return {
+    preset,
+    model,
+    image: {
+      channels: c,
+      size: imageSize,
+      mean: new Array(c).fill(HALF),
+      std: new Array(c).fill(HALF),
+    },
+    train,
+    mask,
+    tokens: o.tokens ?? false,
+    seed: o.seed,
+    limit: o.limit ?? null,
+    eval: { images: o["eval-images"], logEvery: o["log-every"], ckptEvery: o["ckpt-every"] },
+  };
+}
+
+/** The training records: the whole train split, or its first `limit` images. */
+async function trainSource(train: SplitReader, limit: number | null): Promise<RecordSource> {
+  if (limit === null || limit >= train.count) return shardSource(train);
+  const b = await train.readRange(0, limit);
+  const { channels, height, width } = train;
+  return memorySource(b.pixels, b.labels, { channels, height, width, chunkSize: limit });
+}
+
+export async function runPretrain(
+  o: PretrainOptions,
+  { log = (line: string) => console.error(line) } = {},
+): Promise<PretrainResult> {
+  checkOptions(o);
+  const inputs = await openInputs(o);
+  try {
+    const config = resolveConfig(o, inputs);
+    await initGpu();
+    const run = await beginStage({
+      name: STAGE,
+      out: o.out,
+      config,
+      inputs: { shards: inputs.shards.dir, export: inputs.exportDir },
+      force: o.force ?? false,
+      log,
+    });
+    if (run.status === "skip") {
+      return { status: "skip", out: run.out, summary: run.manifest.summary };
+    }
+    return await train(o, config, inputs, run, log);
+  } finally {
+    inputs.tokenizer?.dispose();
+  }
+}
+
+/** Code ids of records (global numbers in storage order) from token shards held in memory. */
+function tokenLookup(ids: Uint32Array, tokens: number) {
+  return (records: Uint32Array): Int32Array => {
+    const out = new Int32Array(records.length * tokens);
+    records.forEach((r, i) => out.set(ids.subarray(r * tokens, (r + 1) * tokens), i * tokens));
+    return out;
+  };
+}
+
+async function train(
+  o: PretrainOptions,
+  config: PretrainConfig,
+  inputs: Inputs,
+  run: Awaited<ReturnType<typeof beginStage>> & { status: "fresh" | "resume" },
+  log: (line: string) => void,
+): Promise<PretrainResult> {
+  const { train: t, model: m, seed } = config;
+  const { shards, tokenizer } = inputs;
+  const model = new Beit(m, seed);
+  const groups = paramGroups(model.namedParameters(), { weightDecay: t.weightDecay });
+  const optimizer = new AdamW(groups, { lr: t.lr, betas: t.betas, weightDecay: t.weightDecay });
+  const schedule = warmupCosine({ baseLr: t.lr, warmupSteps: t.warmupSteps, totalSteps: t.steps });
+  const histogram = new CodeHistogram(m.vocabSize);
+  const state: TrainingState = {
+    modules: { model },
+    optimizers: { optim: optimizer },
+    tensors: { stats: { code_counts: histogram.counts } },
+  };
+  let heldOut: HeldOutSet | null = null;
+  const stream = { current: null as AsyncGenerator<unknown> | null };
+  const metrics = { current: null as MetricsWriter | null };
+  try {
+    let meta: CheckpointMeta | null = null;
+    if (run.resumeFrom) meta = await loadCheckpoint(run.checkpoint, state);
+    const first = meta?.step ?? 0;
+    const guard = new CheckpointGuard(STAGE, run.checkpoint, meta?.step ?? null);
+    metrics.current = await MetricsWriter.open(join(run.out, METRICS_FILE), meta ? first : null);
+    const grid = model.grid;
+    const tokensPerImage = grid[0] * grid[1];
+    const masking = maskingGenerator(grid, config.mask);
+    const source = await trainSource(shards.splits.train, config.limit);
+    const augment = augmentConfig(t.augment);
+    const loader = new Loader(source, { batchSize: t.batch, seed, augment, masking });
+    const vitView: ViewSpec = {
+      height: m.imageSize,
+      width: m.imageSize,
+      mean: config.image.mean,
+      std: config.image.std,
+    };
+    const views: ViewSpec[] = [vitView];
+    if (tokenizer) {
+      const ti = tokenizer.info.image;
+      views.push({ height: ti.size, width: ti.size, mean: ti.mean, std: ti.std });
+    }
+    const lookup = inputs.trainTokens
+      ? tokenLookup(
+        (await inputs.trainTokens.read(0, config.limit ?? inputs.trainTokens.count)).ids,
+        tokensPerImage,
+      )
+      : null;
+    heldOut = await buildHeldOut(config, inputs, views, masking, tokensPerImage);
+    log(
+      `${STAGE}: ${gpu().info.description}; BEiT ${model.numParameters()} parameters ` +
+        `(dim ${m.dim}, depth ${m.depth}, heads ${m.heads}), ${m.imageSize}² → ` +
+        `${grid.join("×")} patches, K = ${m.vocabSize}, mask ${config.mask.budget} patches ` +
+        `(min block ${config.mask.minBlock}), targets from ${
+          lookup ? "token shards" : "the tokenizer"
+        }; ` +
+        `steps ${first}→${t.steps} of ${t.batch}; held-out ${heldOut.images} images`,
+    );
+
+    const progress = new Progress({ label: STAGE, total: t.steps, unit: "step", quiet: o.quiet });
+    const batches = loader.batches({
+      epoch: Math.floor(first / loader.stepsPerEpoch),
+      step: first % loader.stepsPerEpoch,
+    });
+    stream.current = batches;
+    const dropRng = new Rng(seed).fork("drop path");
+    const termNames = ["loss", "accuracy", "grad_norm"] as const;
+    let pending: Tensor[][] = [];
+    let last: Record<string, number> = {};
+    const started = performance.now();
+    let intervalStart = started;
+    let intervalImages = 0;
+    model.train();
+    for (let step = first; step < t.steps; step++) {
+      const batch = (await batches.next()).value!;
+      const positions = maskedPositions(batch.masks!);
+      if (positions.length === 0) {
+        fail(`step ${step}: the masks of the batch cover no patch (check --min-block)`);
+      }
+      optimizer.lr = schedule(step);
+      model.dropSeed = dropRng.fork(`step ${step}`).next();
+      pending.push(tidy(() => {
+        const gb = loader.toGpu(batch, views);
+        const codes = lookup
+          ? tensor(lookup(batch.records), [batch.n, tokensPerImage], "i32")
+          : tokenizer!.encode(gb.views[1]);
+        const maskedIndex = tensor(positions, [positions.length], "i32");
+        const out = mimLoss(model, gb.views[0], gb.masks!, maskedIndex, codes);
+        backward(out.loss);
+        const norm = clipGradNorm(model.parameters(), t.clipNorm);
+        optimizer.step();
+        optimizer.zeroGrad();
+        histogram.add(out.targets);
+        return [out.loss, out.accuracy, norm];
+      }));
+      intervalImages += batch.n;
+      const done = step + 1;
+      if (!(done % config.eval.logEvery === 0 || done === t.steps)) {
+        gpu().recorder.flush();
+        continue;
+      }
+      // Every step's numbers since the last log are read: a NaN at any of them stops the run.
+      const values = await readAll(pending.flat());
+      pending.forEach((ts) => ts.forEach((x) => x.dispose()));
+      const means: Record<string, number> = {};
+      termNames.forEach((name, i) => {
+        let s = 0;
+        for (let j = 0; j < pending.length; j++) s += values[j * termNames.length + i][0];
+        means[name] = s / pending.length;
+      });
+      pending = [];
+      guard.check(done, { loss: means.loss, grad_norm: means.grad_norm });
+      const seconds = (performance.now() - intervalStart) / 1000;
+      const ev = await heldOut.evaluate(model);
+      const [counts] = await readAll([histogram.counts]);
+      const top = mostFrequent(counts);
+      last = {
+        loss: means.loss,
+        accuracy: means.accuracy,
+        grad_norm: means.grad_norm,
+        eval_loss: ev.loss,
+        eval_accuracy: ev.accuracy,
+        baseline_accuracy: heldOut.baseline(top.code),
+        top_code: top.code,
+        top_code_share: top.share,
+        lr: optimizer.lr,
+        images_per_s: intervalImages / seconds,
+        peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+      };
+      await metrics.current.write({ step: done, ...last });
+      progress.update(done, {
+        loss: means.loss,
+        acc: means.accuracy.toFixed(3),
+        "held-out acc": ev.accuracy.toFixed(3),
+        baseline: last.baseline_accuracy.toFixed(3),
+      });
+      if (done % config.eval.ckptEvery === 0 || done === t.steps) {
+        await guard.save(state, {
+          stage: STAGE,
+          fingerprint: run.fingerprint,
+          step: done,
+          epoch: Math.floor(done / loader.stepsPerEpoch),
+          seed,
+          config,
+          metrics: last,
+        });
+        if (o["stop-at"] !== undefined && done >= o["stop-at"] && done < t.steps) {
+          log(`${STAGE}: stopped after the checkpoint at step ${done} (--stop-at)`);
+          return { status: "stopped", out: run.out, summary: last };
+        }
+      }
+      intervalStart = performance.now();
+      intervalImages = 0;
+    }
+    pending.forEach((ts) => ts.forEach((x) => x.dispose()));
+    progress.finish({
+      "held-out acc": last.eval_accuracy?.toFixed(3) ?? "",
+      baseline: last.baseline_accuracy?.toFixed(3) ?? "",
+    });
+    await saveBeit(model, join(run.out, BEIT_MODEL_FILE), config.image, {
+      "peco.stage": STAGE,
+      "peco.fingerprint": run.fingerprint,
+    });
+    const summary = {
+      steps: t.steps,
+      loss: last.loss,
+      accuracy: last.accuracy,
+      eval_loss: last.eval_loss,
+      eval_accuracy: last.eval_accuracy,
+      baseline_accuracy: last.baseline_accuracy,
+      ln_k: Math.log(m.vocabSize),
+      parameters: model.numParameters(),
+      peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+      eval_images: heldOut.images,
+      eval_masked_patches: heldOut.maskedPatches,
+      /** Wall time of this process's training (after a resume: of the resumed part only). */
+      train_seconds: (performance.now() - started) / 1000,
+    };
+    await finishStage(run, { summary });
+    return { status: "done", out: run.out, summary };
+  } finally {
+    await stream.current?.return(undefined);
+    metrics.current?.close();
+    heldOut?.dispose();
+    histogram.dispose();
+    model.dispose();
+    optimizer.dispose();
+  }
+}
+
+/**
+ * The fixed held-out set: the first --eval-images val images, whole (no augmentation) at each
+ * view's size, masks from a seeded stream, and their targets (tokenizer codes or token shards).
+ */
+async function buildHeldOut(
+  config: PretrainConfig,
+  inputs: Inputs,
+  views: ViewSpec[],
+  masking: ReturnType<typeof maskingGenerator>,
+  tokensPerImage: number,
+): Promise<HeldOutSet> {
+  const val = inputs.shards.splits.val;
+  const count = Math.min(config.eval.images, val.count);
+  const b = await val.readRange(0, count);
+  const ids = inputs.valTokens ? (await inputs.valTokens.read(0, count)).ids : null;
+  const rng = new Rng(config.seed).fork("held-out masks");
+  const { channels: c, height: h, width: w } = val;
+  const chunks = [];
+  for (let from = 0; from < count; from += config.train.batch) {
+    const n = Math.min(count, from + config.train.batch) - from;
+    const [x, tokView] = tidy(() => {
+      const upload = uploadPixels(
+        b.pixels.subarray(from * c * h * w, (from + n) * c * h * w),
+        n,
+        c,
+        h,
+        w,
+      );
+      return augmentViews(upload, identityAugmentations(n, h, w), views);
+    });
+    const codes = ids
+      ? tensor(ids.subarray(from * tokensPerImage, (from + n) * tokensPerImage), [
+        n,
+        tokensPerImage,
+      ], "i32")
+      : inputs.tokenizer!.encode(tokView);
+    tokView?.dispose();
+    chunks.push({ x, masks: masking.generateBatch(rng.fork(`chunk ${from}`), n), codes });
+  }
+  return await HeldOutSet.build(chunks);
+}
+
+// ---- command line ---------------------------------------------------------------------------
+
+async function main(): Promise<void> {
+  const options = parseOrExit(pretrainCommand);
+  await runTask(pretrainCommand.usage, async () => {
+    if (isLauncher()) {
+      checkOptions(options);
+      Deno.exit(await runSandboxed(import.meta.url, Deno.args, pretrainAccess(options)));
+    }
+    const { status, out, summary } = await runPretrain(options);
+    const f = (v: unknown, d = 3) => typeof v === "number" ? v.toFixed(d) : String(v);
+    console.log(
+      `${STAGE}: ${status}: loss ${f(summary.loss)} (ln K = ${f(summary.ln_k)}), held-out masked ` +
+        `accuracy ${f(summary.eval_accuracy)} vs most-frequent-code baseline ` +
+        `${f(summary.baseline_accuracy)} in ${out}`,
+    );
+  });
+}
+
+if (import.meta.main) await main();
