@@ -62,13 +62,16 @@ fn conv_copy(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
 
 // ---- weight re-layout ----------------------------------------------------------------------------
 
-// wt[((c·kh + ky)·kwp + kx)·opad + o] = w(o, c, ky, kx), zero for o ≥ cout or kx ≥ kw, where
-// w(o, c, ky, kx) = w[base + o·so + c·sc + ky·sky + kx·skx]: output channels innermost so the
-// convolution loads 4 of them as one vec4; the strides also express the transposed, flipped weight
-// of the input gradient.
+// The weight as blocks of bw = 4·TO output channels, each block [c, ky, kx (kwp, whole chunks), bw]
+// with output channels innermost (the convolution loads 4 of them as one vec4): element i of the
+// block sequence is w(o, c, ky, kx), zero for o ≥ cout or kx ≥ kw, where
+// w(o, c, ky, kx) = w[base + o·so + c·sc + ky·sky + kx·skx] (the strides also express the
+// transposed, flipped weight of the input gradient). Blocks are packed bpc to a slot of cstride
+// elements (slots start 256-byte aligned, so each can be bound as its own uniform range).
 struct WPrep {
-  total: u32, cout: u32, kh: u32, kw: u32, kwp: u32, opad: u32,
+  total: u32, cout: u32, kh: u32, kw: u32, kwp: u32, bw: u32,
   base: i32, so: i32, sc: i32, sky: i32, skx: i32,
+  bsize: u32, bpc: u32, cstride: u32,
 }
 
 @group(0) @binding(0) var<storage, read> wprep_src: array<f32>;
@@ -79,16 +82,17 @@ struct WPrep {
 fn conv_wprep(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
   if (i >= wpp.total) { return; }
-  let o = i % wpp.opad;
-  let kx = (i / wpp.opad) % wpp.kwp;
-  let ky = (i / (wpp.opad * wpp.kwp)) % wpp.kh;
-  let c = i / (wpp.opad * wpp.kwp * wpp.kh);
+  let ob = i / wpp.bsize;
+  let o = ob * wpp.bw + i % wpp.bw;
+  let kx = (i / wpp.bw) % wpp.kwp;
+  let ky = (i / (wpp.bw * wpp.kwp)) % wpp.kh;
+  let c = (i % wpp.bsize) / (wpp.bw * wpp.kwp * wpp.kh);
   var v = 0.0;
   if (o < wpp.cout && kx < wpp.kw) {
     v = wprep_src[wpp.base + i32(o) * wpp.so + i32(c) * wpp.sc + i32(ky) * wpp.sky +
       i32(kx) * wpp.skx];
   }
-  wprep_out[i] = v;
+  wprep_out[ob / wpp.bpc * wpp.cstride + ob % wpp.bpc * wpp.bsize + i % wpp.bsize] = v;
 }
 
 // ---- register blocks shared by both GEMMs --------------------------------------------------------
@@ -123,19 +127,38 @@ fn shift(a: vec4f, b: vec4f, k: u32) -> vec4f {
 
 // out[n, o, oy, ox] = bias[o] + Σ_{c, ky, kx} wt(c, ky, kx, o) · src[n, c, oy + ky, ox + kx]
 // over a pre-padded src [N, cin, hp, wp4·4] and the re-laid weight wt (conv_wprep, kwp =
-// nchunk·KWC taps per row, opad4·4 channels). One invocation: 4·TO output channels × 4·TP
-// consecutive pixels of one output row; the channel block is workgroup_id.y.
+// nchunk·KWC taps per row, blocks of 4·TO channels, wblock4 vec4s apart). One invocation: 4·TO
+// output channels × 4·TP consecutive pixels of one output row; the channel block is ob0 +
+// workgroup_id.y, its weights block workgroup_id.y of the bound range.
+//
+// Every weight load is uniform across the workgroup. With UNIFORM_W the weights come from a
+// uniform buffer (one ≤ 64 KiB slot of blocks per dispatch): lavapipe scalarises uniform-buffer
+// loads at uniform addresses (~5 cycles a vec4 against ~80 from a storage buffer). Without it
+// (weights of one block beyond 64 KiB) they come from the storage buffer; both bindings are bound
+// either way (the override folds one branch away, but both variables are statically used).
+override UNIFORM_W: bool = false;
+/** Output rows are a whole number of vec4s (width % 4 = 0): vec4 stores. */
+override VEC_OUT: bool = false;
+
 struct Conv {
   cin: u32, cout: u32, hp: u32, wp4: u32,
   hout: u32, wout: u32, nbx: u32, blocks: u32,
-  kh: u32, opad4: u32, nchunk: u32, has_bias: u32,
+  kh: u32, wblock4: u32, nchunk: u32, has_bias: u32,
+  ob0: u32,
 }
 
 @group(0) @binding(0) var<storage, read> conv_src: array<vec4f>;
 @group(0) @binding(1) var<storage, read> conv_w: array<vec4f>;
 @group(0) @binding(2) var<storage, read> conv_bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> conv_out: array<f32>;
-@group(0) @binding(4) var<uniform> cp: Conv;
+@group(0) @binding(3) var<storage, read_write> conv_out: array<vec4f>;
+/** The 64 KiB (maxUniformBufferBindingSize) slot of weight blocks of this dispatch. */
+@group(0) @binding(4) var<uniform> conv_wu: array<vec4f, 4096>;
+@group(0) @binding(5) var<uniform> cp: Conv;
+
+fn conv_weight(at: u32) -> vec4f {
+  if (UNIFORM_W) { return conv_wu[at]; }
+  return conv_w[at];
+}
 
 /** The TP vec4s of a row segment starting at vec4 `at`, plus one more when taps shift. */
 fn load_row(at: u32) -> Row {
@@ -189,21 +212,32 @@ fn conv_tap(
   wat: u32,
 ) {
   let x = shifted(row, k);
-  let at = wat + k * cp.opad4;
-  fma_strip(s0, conv_w[at], x);
-  if (TO > 1u) { fma_strip(s1, conv_w[at + 1u], x); }
-  if (TO > 2u) { fma_strip(s2, conv_w[at + 2u], x); }
-  if (TO > 3u) { fma_strip(s3, conv_w[at + 3u], x); }
+  let at = wat + k * TO;
+  fma_strip(s0, conv_weight(at), x);
+  if (TO > 1u) { fma_strip(s1, conv_weight(at + 1u), x); }
+  if (TO > 2u) { fma_strip(s2, conv_weight(at + 2u), x); }
+  if (TO > 3u) { fma_strip(s3, conv_weight(at + 3u), x); }
 }
 
+/**
+ * A unit's 4 channels × 4 pixels, plus bias. Every global store is a per-lane scalar loop on
+ * lavapipe (costing about as much as the FMAs of the whole block when done per float), so rows that
+ * are a whole number of vec4s (VEC_OUT) are stored one vec4 per channel.
+ */
 fn store_unit(n: u32, o: u32, oy: u32, ox: u32, u: mat4x4f) {
   for (var r = 0u; r < 4u; r++) {
     if (o + r >= cp.cout) { return; }
     var bias = 0.0;
     if (cp.has_bias != 0u) { bias = conv_bias[o + r]; }
-    let dst = ((n * cp.cout + o + r) * cp.hout + oy) * cp.wout;
-    for (var t = 0u; t < 4u; t++) {
-      if (ox + t < cp.wout) { conv_out[dst + ox + t] = u[r][t] + bias; }
+    let v = u[r] + bias;
+    let dst = ((n * cp.cout + o + r) * cp.hout + oy) * cp.wout + ox;
+    if (VEC_OUT) {
+      if (ox < cp.wout) { conv_out[dst / 4u] = v; }
+    } else {
+      for (var t = 0u; t < 4u; t++) {
+        let at = dst + t;
+        if (ox + t < cp.wout) { conv_out[at / 4u][at % 4u] = v[t]; }
+      }
     }
   }
 }
@@ -233,13 +267,13 @@ fn conv_fwd(
   let row = blk / cp.nbx;
   let oy = row % cp.hout;
   let n = row / cp.hout;
-  let og = wid.y * TO;
+  let og = (cp.ob0 + wid.y) * TO;
   var s0: Strip;
   var s1: Strip;
   var s2: Strip;
   var s3: Strip;
   var at = (n * cp.cin * cp.hp + oy) * cp.wp4 + bx * TP;
-  var wat = og;
+  var wat = wid.y * cp.wblock4;
   for (var c = 0u; c < cp.cin; c++) {
     for (var ky = 0u; ky < cp.kh; ky++) {
       for (var chunk = 0u; chunk < cp.nchunk; chunk++) {
@@ -249,7 +283,7 @@ fn conv_fwd(
         if (KWC > 2u) { conv_tap(&s0, &s1, &s2, &s3, r, 2u, wat); }
         if (KWC > 3u) { conv_tap(&s0, &s1, &s2, &s3, r, 3u, wat); }
         if (KWC > 4u) { conv_tap(&s0, &s1, &s2, &s3, r, 4u, wat); }
-        wat += KWC * cp.opad4;
+        wat += KWC * TO;
       }
     }
     at += cp.hp * cp.wp4;

@@ -294,12 +294,19 @@ async function openInputs(o: PretrainOptions) {
           `${join(shards.dir, MANIFEST_FILE)} ${shardsHash.slice(0, 12)}…`,
       );
     }
+    // Token shards hold the first images of each split (all of them, or export's --limit):
+    // enough for the training images used (--limit) and the held-out set.
+    const needed: Record<string, number> = {
+      train: Math.min(o.limit ?? Infinity, shards.splits.train.count),
+      val: Math.min(o["eval-images"], shards.splits.val.count),
+    };
     for (const split of ["train", "val"]) {
       const t = set.splits[split];
-      if (!t || t.count !== shards.splits[split].count) {
+      if (!t || t.count < needed[split]) {
         fail(
-          `token shards ${dir}: split "${split}" holds ${t?.count ?? 0} records, ` +
-            `--shards holds ${shards.splits[split].count}`,
+          `token shards ${dir}: split "${split}" holds ${t?.count ?? 0} records, the run needs ` +
+            `the first ${needed[split]} of --shards' ${shards.splits[split].count}` +
+            (split === "train" && o.limit === undefined ? " (or pass --limit)" : ""),
         );
       }
     }
@@ -510,7 +517,11 @@ async function train(
     }
     const lookup = inputs.trainTokens
       ? tokenLookup(
-        (await inputs.trainTokens.read(0, config.limit ?? inputs.trainTokens.count)).ids,
+        (await inputs.trainTokens.read(
+          0,
+          Math.min(config.limit ?? Infinity, inputs.trainTokens.count),
+        ))
+          .ids,
         tokensPerImage,
       )
       : null;

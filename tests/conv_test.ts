@@ -220,6 +220,107 @@ Deno.test("conv2d: im2col and direct paths agree (output and all gradients) at a
   );
 });
 
+// ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
+
+/** float64 gradients of Σ seed·conv2d(x, w, b) to x, w and b. */
+function convVjpRef(
+  x: number[],
+  xs: number[],
+  w: number[],
+  ws: number[],
+  seed: number[],
+  stride: number,
+  padding: number | Pad,
+): number[][] {
+  const [n, c, h, wd] = xs;
+  const [o, , kh, kw] = ws;
+  const p = sides(padding);
+  const ho = Math.floor((h + p.top + p.bottom - kh) / stride) + 1;
+  const wo = Math.floor((wd + p.left + p.right - kw) / stride) + 1;
+  const dx = new Array(x.length).fill(0), dw = new Array(w.length).fill(0);
+  const db = new Array(o).fill(0);
+  for (let b = 0; b < n; b++) {
+    for (let oc = 0; oc < o; oc++) {
+      for (let oy = 0; oy < ho; oy++) {
+        for (let ox = 0; ox < wo; ox++) {
+          const g = seed[((b * o + oc) * ho + oy) * wo + ox];
+          db[oc] += g;
+          for (let ic = 0; ic < c; ic++) {
+            for (let ky = 0; ky < kh; ky++) {
+              const iy = oy * stride + ky - p.top;
+              if (iy < 0 || iy >= h) continue;
+              for (let kx = 0; kx < kw; kx++) {
+                const ix = ox * stride + kx - p.left;
+                if (ix < 0 || ix >= wd) continue;
+                const xi = ((b * c + ic) * h + iy) * wd + ix,
+                  wi = ((oc * c + ic) * kh + ky) * kw + kx;
+                dx[xi] += g * w[wi];
+                dw[wi] += g * x[xi];
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return [dx, dw, db];
+}
+
+/** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */
+async function checkDirectLarge(tc: ConvCase): Promise<void> {
+  await withLowering("direct", async () => {
+    const xd = randArray(prod(tc.xs), 11), wd = randArray(prod(tc.ws), 12);
+    const bd = randArray(tc.ws[0], 13);
+    const x = T.tensor(xd, tc.xs), w = T.tensor(wd, tc.ws), b = T.tensor(bd, [tc.ws[0]]);
+    for (const t of [x, w, b]) t.requiresGrad = true;
+    const opts = { stride: tc.stride, padding: tc.padding };
+    const ref = convRef(xd, tc.xs, wd, tc.ws, bd, tc.stride, tc.padding);
+    const seedData = randArray(prod(ref.shape), 14);
+    let y!: T.Tensor;
+    T.tidy(() => {
+      y = T.keep(T.conv2d(x, w, b, opts));
+      T.backward(T.sum(T.mul(y, T.tensor(seedData, ref.shape))));
+    });
+    assertClose(y.shape, ref.shape, { what: "output shape" });
+    assertClose(await y.toArray(), ref.data, { atol: 1e-4, rtol: 1e-4, what: `${tc.name} y` });
+    const grads = convVjpRef(xd, tc.xs, wd, tc.ws, seedData, tc.stride, tc.padding);
+    for (const [i, t] of [x, w, b].entries()) {
+      const what = `${tc.name} ${["dx", "dw", "db"][i]}`;
+      assertClose(await t.grad!.toArray(), grads[i], { atol: 1e-4, rtol: 1e-4, what });
+    }
+    for (const t of [x, w, b, y]) {
+      t.grad?.dispose();
+      t.dispose();
+    }
+  });
+}
+
+const largeWeightCases: ConvCase[] = [
+  // Forward: 3 blocks of 16 channels, one 67·9·16-float block per 64 KiB slot (3 dispatches);
+  // input gradient (37 → 67 channels): 5 blocks, 3 to a slot, the last slot part full.
+  {
+    name: "C=67 O=37 3x3 p1 (uniform slots)",
+    xs: [1, 67, 2, 3],
+    ws: [37, 67, 3, 3],
+    stride: 1,
+    padding: 1,
+  },
+  // Forward: one 8-channel block of 229·9·8 floats, beyond 64 KiB: the storage-buffer fallback;
+  // input gradient: 15 blocks in one slot.
+  {
+    name: "C=229 O=5 3x3 s2 (storage fallback)",
+    xs: [1, 229, 3, 2],
+    ws: [5, 229, 3, 3],
+    stride: 2,
+    padding: 1,
+  },
+];
+
+for (const tc of largeWeightCases) {
+  Deno.test(`conv2d direct ${tc.name}: output and gradients match float64`, () =>
+    checkDirectLarge(tc));
+}
+
 Deno.test("conv2d: only the inputs that need a gradient get one", async () => {
   const xs = [1, 2, 4, 5], ws = [3, 2, 3, 3];
   const x = T.tensor(randArray(prod(xs), 7), xs);

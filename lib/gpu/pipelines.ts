@@ -2,11 +2,13 @@
 // storage bindings; the pipeline cache compiles it once per set of override constants.
 
 /**
- * "read": read-only storage buffer; "write": read_write storage buffer; "texture": a
+ * "read": read-only storage buffer; "write": read_write storage buffer; "uniform": a var<uniform>
+ * buffer (bind a BufferSlice no larger than maxUniformBufferBindingSize; on lavapipe a load from it
+ * at a workgroup-uniform address is many times cheaper than a storage load); "texture": a
  * texture_2d<f32> read with textureLoad (unfilterable-float); "storage-texture": a
  * texture_storage_2d<rgba32float, write>. Texture bindings take a GPUTextureView.
  */
-export type Binding = "read" | "write" | "texture" | "storage-texture";
+export type Binding = "read" | "write" | "uniform" | "texture" | "storage-texture";
 
 /** True for the binding kinds that take a texture view rather than a buffer. */
 export const isTextureBinding = (kind: Binding): boolean =>
@@ -108,7 +110,9 @@ export class PipelineCache {
       return {
         binding,
         visibility,
-        buffer: { type: kind === "read" ? "read-only-storage" : "storage" },
+        buffer: {
+          type: kind === "read" ? "read-only-storage" : kind === "write" ? "storage" : kind,
+        },
       };
     });
     if (kernel.params) {

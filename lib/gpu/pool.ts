@@ -3,7 +3,9 @@
 
 import { GpuError } from "./device.ts";
 
-const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+// UNIFORM too, so that an op may bind a range of a tensor as var<uniform> (conv2d's weights).
+const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_SRC |
+  GPUBufferUsage.COPY_DST;
 const MIN_CLASS = 256;
 
 /** Size class of a request: powers of two up to 1 MiB, then steps of 1/8 of the power of two. */

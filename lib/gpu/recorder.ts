@@ -10,9 +10,19 @@ import { type Constants, isTextureBinding, type Kernel, MAX_PARAMS_BYTES } from 
 const ARENA_BYTES = 1 << 20;
 const MAX_BIND_GROUPS = 50_000;
 
+/** A byte range of a buffer, for a binding that must not see the whole buffer. */
+export interface BufferSlice {
+  buffer: GPUBuffer;
+  offset: number;
+  size: number;
+}
+
 export interface DispatchOptions {
-  /** One per kernel binding: a buffer, or a texture view for "texture"/"storage-texture". */
-  buffers: (GPUBuffer | GPUTextureView)[];
+  /**
+   * One per kernel binding: a buffer or a BufferSlice (a "uniform" binding takes a slice within
+   * maxUniformBufferBindingSize), or a texture view for "texture"/"storage-texture".
+   */
+  buffers: (GPUBuffer | BufferSlice | GPUTextureView)[];
   /** The params struct as 4-byte words; floats go in as `f32bits(x)`. */
   params?: ArrayLike<number>;
   constants?: Constants;
@@ -34,6 +44,9 @@ export function grid1d(n: number, workgroupSize: number): [number, number] {
   const y = Math.ceil(groups / 65535);
   return [Math.ceil(groups / y), y];
 }
+
+const isSlice = (r: GPUBuffer | BufferSlice | GPUTextureView): r is BufferSlice =>
+  "buffer" in r && "offset" in r;
 
 export class Recorder {
   /** Name of the last kernel recorded, for error messages. */
@@ -73,9 +86,14 @@ export class Recorder {
     pass.setPipeline(compiled.pipeline);
     let key = compiled.layoutKey;
     for (let i = 0; i < buffers.length; i++) {
-      key += isTextureBinding(kernel.bindings[i])
-        ? ":t" + textureViewIds.get(buffers[i] as GPUTextureView)
-        : ":" + bufferIds.get(buffers[i] as GPUBuffer);
+      const resource = buffers[i];
+      if (isTextureBinding(kernel.bindings[i])) {
+        key += ":t" + textureViewIds.get(resource as GPUTextureView);
+      } else if (isSlice(resource)) {
+        key += `:${bufferIds.get(resource.buffer)}@${resource.offset}+${resource.size}`;
+      } else {
+        key += ":" + bufferIds.get(resource as GPUBuffer);
+      }
     }
     let group = this.bindGroups.get(key);
     if (!group) {
@@ -83,6 +101,8 @@ export class Recorder {
         binding,
         resource: isTextureBinding(kernel.bindings[binding])
           ? resource as GPUTextureView
+          : isSlice(resource)
+          ? resource
           : { buffer: resource as GPUBuffer },
       }));
       if (kernel.params) {

@@ -37,7 +37,7 @@ const kernels = {
     name: "conv_fwd",
     source: src,
     entry: "conv_fwd",
-    bindings: ["read", "read", "read", "write"],
+    bindings: ["read", "read", "read", "write", "uniform"],
   }),
   weightGrad: defineKernel({
     name: "conv_wgrad",
@@ -129,8 +129,14 @@ function geometry(x: Tensor, w: Tensor, bias: Tensor | null, options: Conv2dOpti
   return { n, c, h, w: wd, o, kh, kw, stride, pad, hout, wout, h1, w1 };
 }
 
-/** Pixel groups of 4 per invocation for rows of `width` outputs (few variants: each compiles). */
-const pixelGroups = (width: number) => (width <= 8 ? 2 : width <= 16 ? 4 : 8);
+/**
+ * Pixel groups of 4 per invocation for rows of `width` outputs: at most 8, as few blocks per row
+ * as that allows, split evenly (a 28-wide row is one block of 7 groups, not 8 with one wasted).
+ */
+function pixelGroups(width: number): number {
+  const w4 = Math.ceil(width / 4);
+  return Math.ceil(w4 / Math.ceil(w4 / 8));
+}
 
 /** Kernel width in chunks of at most 5 taps (see conv.wgsl). */
 function taps(kw: number): { kwc: number; nchunk: number } {
@@ -186,19 +192,75 @@ interface WeightView {
   skx: number;
 }
 
-/** Weights re-laid as [cin, kh, kw rounded to whole chunks, cout rounded to 4·TO]. */
-function prepWeights(v: WeightView): { wt: Tensor; opad: number } {
+/**
+ * Bytes of one uniform weight slot: WebGPU's guaranteed maxUniformBufferBindingSize, the size of
+ * conv.wgsl's conv_wu (a bound range must cover it) and a multiple of the 256-byte offset alignment.
+ */
+const UNIFORM_SLOT_BYTES = 65536;
+const SLOT_FLOATS = UNIFORM_SLOT_BYTES / 4;
+
+/** Output channel groups of 4 per invocation: fewer for narrow outputs (no work on padding). */
+const outputGroups = (cout: number) => Math.min(TO, Math.ceil(cout / 4));
+
+/** The re-laid weight (see conv_wprep) and how the forward kernel reads it. */
+interface PreparedWeights {
+  wt: Tensor;
+  /** Output channel groups of 4 per block (the kernel's TO). */
+  to: number;
+  blocks: number;
+  /** Floats per block. */
+  bsize: number;
+  /** Blocks per dispatch: per 64 KiB uniform slot, or all of them (storage fallback). */
+  perDispatch: number;
+  uniform: boolean;
+}
+
+/**
+ * Weights re-laid as blocks of 4·to output channels [cin, kh, kw rounded to whole chunks, 4·to],
+ * packed into 64 KiB slots read as a uniform buffer, or (one block beyond 64 KiB) back to back
+ * for the storage-buffer kernel.
+ */
+function prepWeights(v: WeightView): PreparedWeights {
   const { kwc, nchunk } = taps(v.kw);
   const kwp = kwc * nchunk;
-  const opad = Math.ceil(v.cout / (4 * TO)) * 4 * TO;
-  const wt = new Tensor([v.cin, v.kh, kwp, opad], "f32");
+  const to = outputGroups(v.cout);
+  const bw = 4 * to;
+  const blocks = Math.ceil(v.cout / bw);
+  const bsize = v.cin * v.kh * kwp * bw;
+  const uniform = bsize <= SLOT_FLOATS;
+  let perDispatch = blocks, cstride = bsize;
+  if (uniform) {
+    // As few slots as will hold the blocks, filled evenly.
+    const slots = Math.ceil(blocks / Math.floor(SLOT_FLOATS / bsize));
+    perDispatch = Math.ceil(blocks / slots);
+    cstride = SLOT_FLOATS;
+  }
+  // Each uniform binding covers a full slot; the storage fallback binds (unused) the first one.
+  const slots = Math.ceil(blocks / perDispatch);
+  const wt = new Tensor([Math.max(slots * cstride, SLOT_FLOATS)], "f32");
+  const total = blocks * bsize;
   gpu().recorder.dispatch(kernels.weightPrep, {
     buffers: [v.tensor.buffer, wt.buffer],
-    params: [wt.size, v.cout, v.kh, v.kw, kwp, opad, v.base, v.so, v.sc, v.sky, v.skx],
+    params: [
+      total,
+      v.cout,
+      v.kh,
+      v.kw,
+      kwp,
+      bw,
+      v.base,
+      v.so,
+      v.sc,
+      v.sky,
+      v.skx,
+      bsize,
+      uniform ? perDispatch : 1,
+      cstride,
+    ],
     constants: { WG },
-    workgroups: grid1d(wt.size, WG),
+    workgroups: grid1d(total, WG),
   });
-  return { wt, opad };
+  return { wt, to, blocks, bsize, perDispatch, uniform };
 }
 
 /** Workgroup counts [x, y, z] for `groups` along x, folded into z above the per-dimension limit. */
@@ -220,14 +282,41 @@ function implicitGemm(src: Tensor, weight: WeightView, bias: Tensor | null, widt
   const tp = pixelGroups(width);
   const nbx = Math.ceil(width / (4 * tp));
   const blocks = n * hout * nbx;
-  const { wt, opad } = prepWeights(weight);
+  const p = prepWeights(weight);
   const out = new Tensor([n, cout, hout, width], "f32");
-  gpu().recorder.dispatch(kernels.forward, {
-    buffers: [src.buffer, wt.buffer, (bias ?? wt).buffer, out.buffer],
-    params: [cin, cout, hp, wp / 4, hout, width, nbx, blocks, kh, opad / 4, nchunk, bias ? 1 : 0],
-    constants: { WG: GEMM_WG, TO, TP: tp, KWC: kwc },
-    workgroups: foldGrid(Math.ceil(blocks / GEMM_WG), opad / (4 * TO)),
-  });
+  const constants = { WG: GEMM_WG, TO: p.to, TP: tp, KWC: kwc, UNIFORM_W: p.uniform ? 1 : 0 };
+  // Rows of whole vec4s are stored as vec4s (see store_unit).
+  const vecOut = width % 4 === 0 ? 1 : 0;
+  const wt = p.wt.buffer;
+  // One dispatch per uniform slot of channel blocks (one in all for the storage fallback).
+  for (let ob0 = 0; ob0 < p.blocks; ob0 += p.perDispatch) {
+    const offset = p.uniform ? (ob0 / p.perDispatch) * UNIFORM_SLOT_BYTES : 0;
+    const slot = { buffer: wt, offset, size: UNIFORM_SLOT_BYTES };
+    gpu().recorder.dispatch(kernels.forward, {
+      buffers: [src.buffer, wt, (bias ?? p.wt).buffer, out.buffer, slot],
+      params: [
+        cin,
+        cout,
+        hp,
+        wp / 4,
+        hout,
+        width,
+        nbx,
+        blocks,
+        kh,
+        p.bsize / 4,
+        nchunk,
+        bias ? 1 : 0,
+        ob0,
+      ],
+      constants: { ...constants, VEC_OUT: vecOut },
+      workgroups: foldGrid(
+        Math.ceil(blocks / GEMM_WG),
+        Math.min(p.perDispatch, p.blocks - ob0),
+      ),
+    });
+  }
+  p.wt.dispose();
   return out;
 }
 
@@ -265,11 +354,18 @@ const IM2COL_MAX_BYTES = 96 * 1024 * 1024;
  */
 const IM2COL_MAX_K = 16384;
 /**
- * Forward-only size rule (measured with lavapipe on 2 cores): the matmul wins from a reduction of
- * about 512 (C·kh·kw) and at any stride > 1 (the implicit GEMM computes the stride-1 result).
+ * Forward size rule (CPU time with lavapipe on 2 cores, uniform-buffer weights): at stride 1 the
+ * implicit GEMM wins up to a reduction C·kh·kw of 288, ties at 576 and loses at 1152 (where one
+ * 16-channel weight block no longer fits a 64 KiB uniform slot), so the matmul takes over from 768;
+ * it also takes every stride > 1 (the implicit GEMM computes the stride-1 result). The weight
+ * gradient takes dYᵀ·cols wherever im2col is allowed: the weight-gradient kernel is slower at every
+ * size measured but a single output channel.
  */
-const IM2COL_MIN_K = 512;
-/** Fewer output channels than this leave the matmul's tiles mostly empty: the forward is slower. */
+const IM2COL_MIN_K = 768;
+/**
+ * Fewer output channels than this leave the matmul's tiles mostly empty: the forward and the weight
+ * gradient are slower.
+ */
 const IM2COL_MIN_O = 8;
 
 /**
@@ -283,16 +379,23 @@ function im2colFits(g: Geometry): boolean {
     k <= IM2COL_MAX_K && g.hout * g.wout <= IM2COL_MAX_K;
 }
 
-/**
- * The size rule, on software adapters only: with a weight gradient to compute (dYᵀ·cols replaces
- * the slow weight-gradient kernel) whenever it fits, else where the forward alone is faster.
- */
-function useIm2col(g: Geometry, training: boolean): boolean {
+/** Whether the im2col path may run at all: forced, or "auto" on a software adapter. */
+function im2colAllowed(g: Geometry): boolean {
   if (lowering === "direct") return false;
   if (lowering === "im2col") return im2colFits(g);
-  if (!gpu().info.software || !im2colFits(g)) return false;
+  return gpu().info.software && im2colFits(g);
+}
+
+/** The weight gradient as dYᵀ·cols (else the weight-gradient kernel). */
+const weightGradByIm2col = (g: Geometry) =>
+  im2colAllowed(g) && (lowering === "im2col" || g.o >= IM2COL_MIN_O);
+
+/** Forward (and with it the input gradient) through im2col + matmul: the size rule. */
+function forwardByIm2col(g: Geometry): boolean {
+  if (!im2colAllowed(g)) return false;
+  if (lowering === "im2col") return true;
   if (g.o < IM2COL_MIN_O) return false;
-  return training || g.stride > 1 || g.c * g.kh * g.kw >= IM2COL_MIN_K;
+  return g.stride > 1 || g.c * g.kh * g.kw >= IM2COL_MIN_K;
 }
 
 /** x [N, C, H, W] → cols [N·Hout·Wout, C·kh·kw] (no autograd). */
@@ -371,26 +474,27 @@ export function conv2d(
   bias: Tensor | null,
   options: Conv2dOptions = {},
 ): Tensor {
-  let g = geometry(x, weight, bias, options);
-  const outShape = [g.n, g.o, g.hout, g.wout];
-  // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
-  const keepCols = isGradEnabled() && weight.requiresGrad;
-  if (useIm2col(g, keepCols)) {
-    const g0 = g;
+  const g0 = geometry(x, weight, bias, options);
+  const outShape = [g0.n, g0.o, g0.hout, g0.wout];
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  const biasGrad = (gs: Tensor) =>
+    bias?.requiresGrad
+      ? reduceRaw(reduceRaw(gs.view([g0.n, g0.o, g0.hout * g0.wout]), 2, "sum"), 0, "sum")
+      : null;
+  if (forwardByIm2col(g0)) {
+    // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
+    const keepCols = isGradEnabled() && weight.requiresGrad;
     const { out, cols } = forwardIm2col(x, weight, bias, g0, keepCols);
-    const inputs = bias ? [x, weight, bias] : [x, weight];
     return record("conv2d", out, inputs, (grad) => {
-      const { n, o, hout, wout } = g0;
-      const gs = grad.view([n, o, hout, wout]);
+      const gs = grad.view(outShape);
       return [
         x.requiresGrad ? inputGrad(gs, weight, g0).view(x.shape) : null,
-        weight.requiresGrad ? weightGradIm2col(gs, cols ?? noGrad(() => im2col(x, g0)), g0) : null,
-        bias?.requiresGrad
-          ? reduceRaw(reduceRaw(gs.view([n, o, hout * wout]), 2, "sum"), 0, "sum")
-          : null,
+        weight.requiresGrad ? weightGradIm2col(gs, cols ?? im2col(x, g0), g0) : null,
+        biasGrad(gs),
       ];
     });
   }
+  let g = g0;
   let xs = x;
   if (isPointwise(g)) {
     const pixels = g.h * g.w;
@@ -407,16 +511,17 @@ export function conv2d(
   const full = implicitGemm(xPadded, forward, bias, w1);
   const out = copyPlanes(full, hout, wout, { step: stride }).view(outShape);
 
-  const inputs = bias ? [x, weight, bias] : [x, weight];
   return record("conv2d", out, inputs, (grad) => {
     const gs = grad.view([n, o, hout, wout]);
-    return [
-      x.requiresGrad ? inputGrad(gs, weight, g).view(x.shape) : null,
-      weight.requiresGrad ? weightGrad(gs, xPadded, g) : null,
-      bias?.requiresGrad
-        ? reduceRaw(reduceRaw(gs.view([n, o, hout * wout]), 2, "sum"), 0, "sum")
-        : null,
-    ];
+    let dw: Tensor | null = null;
+    if (weight.requiresGrad && weightGradByIm2col(g0)) {
+      const cols = im2col(x, g0);
+      dw = weightGradIm2col(grad.view(outShape), cols, g0);
+      cols.dispose();
+    } else if (weight.requiresGrad) {
+      dw = weightGrad(gs, xPadded, g);
+    }
+    return [x.requiresGrad ? inputGrad(gs, weight, g).view(x.shape) : null, dw, biasGrad(gs)];
   });
 }
 
