@@ -108,9 +108,11 @@ export const pretrainCommand = {
     dim: { type: "number", help: "width (default: preset)" },
     depth: { type: "number", help: "blocks (default: preset)" },
     heads: { type: "number", help: "attention heads (default: preset)" },
-    "abs-pos": {
-      type: "boolean",
-      help: "absolute position embeddings instead of the shared relative position bias",
+    pos: {
+      type: "string",
+      choices: ["abs", "rel"],
+      help: "position encoding: abs (learned embeddings) or rel (BEiT's shared relative bias); " +
+        "default: preset (mnist abs, others rel)",
     },
     "drop-path": { type: "number", help: "stochastic depth rate (default: preset)" },
     steps: { type: "number", help: "training steps (default: preset)" },
@@ -370,7 +372,7 @@ function resolveConfig(o: PretrainOptions, inputs: Inputs): PretrainConfig {
       depth: o.depth,
       heads: o.heads,
       dropPath: o["drop-path"],
-      relPosBias: o["abs-pos"] ? false : undefined,
+      relPosBias: o.pos === undefined ? undefined : o.pos === "rel",
     });
   } catch (error) {
     return fail(message(error));

@@ -178,7 +178,9 @@ Deno.test("MIM helpers: mask budget scaled to the grid, masked positions, accura
 
 Deno.test("pretrain runs end to end, writes a BEiT model, and a rerun is skipped", async () => {
   const out = join(root, "e2e");
-  const result = await runPretrain(options(out, ["--augment", "crop"]), quiet);
+  // BEiT's shared relative position bias (the mnist preset's default is absolute positions).
+  const flags = ["--augment", "crop", "--pos", "rel"];
+  const result = await runPretrain(options(out, flags), quiet);
   assert.equal(result.status, "done");
   for (
     const f of ["checkpoint.safetensors", "metrics.jsonl", "model.safetensors", "manifest.json"]
@@ -237,7 +239,7 @@ Deno.test("pretrain runs end to end, writes a BEiT model, and a rerun is skipped
   assert.ok(skipped.includes("lm_head.weight"));
   classifier.dispose();
 
-  const again = await runPretrain(options(out, ["--augment", "crop"]), quiet);
+  const again = await runPretrain(options(out, flags), quiet);
   assert.equal(again.status, "skip");
 });
 

@@ -80,7 +80,10 @@ export const BEIT_PRESETS: Record<BeitPresetName, BeitArchitecture> = {
     depth: 4,
     heads: 4,
     mlpRatio: 4,
-    relPosBias: true,
+    // Absolute positions: on 28² digits a patch's code depends strongly on where it is, and
+    // a masked token learns its place from an embedding far sooner than from a relative bias
+    // (held-out masked accuracy after 75 steps: 3.1% vs 0.5% with the bias, baseline 0.6%).
+    relPosBias: false,
     layerScaleInit: 0.1,
     dropPath: 0,
     qkvBias: true,
