@@ -16,3 +16,19 @@ export {
   writeSafetensors,
 } from "./lib/io/safetensors.ts";
 export { writeFileAtomic, writeJsonAtomic } from "./lib/io/atomic.ts";
+export {
+  loadTrainedVqVae,
+  Tokenizer,
+  TOKENIZER_FILE,
+  type TokenizerImage,
+  type TokenizerInfo,
+} from "./lib/models/tokenizer.ts";
+export {
+  openTokenShards,
+  type TokenManifest,
+  type TokenSet,
+  TokenShardWriter,
+  type TokenSplit,
+  writeTokenManifest,
+} from "./lib/data/token_shards.ts";
+export * from "./lib/models/beit.ts";

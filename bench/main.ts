@@ -16,7 +16,18 @@ const options = parseOrExit({
 });
 
 await initGpuOrExit();
-const files = ["engine", "matmul", "attention", "conv", "vq", "shard", "loader"];
+const files = [
+  "engine",
+  "matmul",
+  "attention",
+  "conv",
+  "vq",
+  "shard",
+  "loader",
+  "tokenizer",
+  "tokenize",
+  "pretrain",
+];
 const cases: BenchCase[] = [];
 for (const file of files) {
   const mod = await import(`./${file}.ts`).catch((error) => {

@@ -1,4 +1,4 @@
-// `deno task demo` (until the pipeline exists): trains the small CNN on generated shape images
+// `deno task engine-demo`: trains the small CNN on generated shape images
 // with AdamW, warmup + cosine and gradient clipping, and reports held-out accuracy. A tour of the
 // engine in one readable training loop.
 
@@ -21,7 +21,7 @@ import {
 } from "../lib/tensor/mod.ts";
 
 const options = parseOrExit({
-  usage: "deno task demo",
+  usage: "deno task engine-demo",
   summary: "Engine demo: trains a small CNN (conv, group norm, attention) on generated shapes.",
   options: {
     steps: { type: "number", default: 120, help: "training steps" },

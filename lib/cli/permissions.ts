@@ -46,9 +46,51 @@ export function isLauncher(): boolean {
   return Deno.permissions.querySync({ name: "run", command: "deno" }).state === "granted";
 }
 
+/** Where a sandboxed child's output goes. */
+export interface SandboxStdio {
+  stdout?: "inherit" | "piped" | "null";
+  stderr?: "inherit" | "piped" | "null";
+}
+
+/** The argument marking a compiled binary's sandboxed child (handled by tasks/peco.ts). */
+export const SANDBOX_SUBCOMMAND = "__sandbox";
+
 /**
- * Runs `script` (a file: URL of a stage) in a child `deno run` limited to `access`, with the
- * project's deno.json, inheriting stdio. Resolves to the child's exit code.
+ * The child process of a sandboxed stage: `deno run` with the project's deno.json and exactly
+ * `permissionFlags(access)`. A binary made by `deno compile` has its permissions fixed when it is
+ * compiled and takes no permission flags, so there the child is the binary itself in its
+ * `__sandbox` mode, which runs the stage in a Worker whose permissions are `access` and nothing
+ * else (tasks/peco.ts).
+ */
+export function sandboxedCommand(
+  script: string | URL,
+  args: string[],
+  access: StageAccess,
+  { stdout = "inherit", stderr = "inherit" }: SandboxStdio = {},
+  config = new URL("../../deno.json", import.meta.url),
+): Deno.Command {
+  const href = new URL(script).href;
+  const childArgs = Deno.build.standalone
+    ? [SANDBOX_SUBCOMMAND, href, JSON.stringify(access), ...args]
+    : [
+      "run",
+      `--config=${fileURLToPath(config)}`,
+      ...permissionFlags(access),
+      fileURLToPath(href),
+      ...args,
+    ];
+  const program = Deno.build.standalone ? Deno.execPath() : "deno";
+  return new Deno.Command(program, { args: childArgs, stdin: "inherit", stdout, stderr });
+}
+
+/** A child's exit status as a shell reports it (128 + signal number when killed). */
+export function exitCode({ code, signal }: Deno.CommandStatus): number {
+  return signal ? 128 + (Deno.build.os === "windows" ? 1 : signalNumber(signal)) : code;
+}
+
+/**
+ * Runs `script` (a file: URL of a stage) in a child limited to `access` (sandboxedCommand),
+ * inheriting stdio. Resolves to the child's exit code.
  */
 export async function runSandboxed(
   script: string | URL,
@@ -56,20 +98,7 @@ export async function runSandboxed(
   access: StageAccess,
   config = new URL("../../deno.json", import.meta.url),
 ): Promise<number> {
-  const command = new Deno.Command("deno", {
-    args: [
-      "run",
-      `--config=${fileURLToPath(config)}`,
-      ...permissionFlags(access),
-      fileURLToPath(script),
-      ...args,
-    ],
-    stdin: "inherit",
-    stdout: "inherit",
-    stderr: "inherit",
-  });
-  const { code, signal } = await command.spawn().status;
-  return signal ? 128 + (Deno.build.os === "windows" ? 1 : signalNumber(signal)) : code;
+  return exitCode(await sandboxedCommand(script, args, access, {}, config).spawn().status);
 }
 
 function signalNumber(signal: Deno.Signal): number {

@@ -1,0 +1,585 @@
+// The stage graph runner behind `deno task demo | pipeline | experiment`.
+//
+// A pipeline is a list of steps, each one run of a stage (tasks/<stage>.ts) with options built
+// from the config, writing one folder. The runner holds no more power than reading (the config
+// and the stages' manifests) and running `deno`: every step runs as a child process with exactly
+// the permissions its stage's access function computes (lib/cli/permissions.ts), so each stage
+// reads only its inputs and writes only its folder.
+//
+// Skipping and resuming are the stages' own (lib/cli/stage.ts): a stage whose folder holds a
+// manifest of the same config and inputs exits at once ("skip": the runner sees the manifest
+// unchanged); a changed setting changes that stage's manifest, hence the fingerprints of every
+// stage after it, which rerun; an interrupted stage resumes from its checkpoint. So rerunning a
+// killed pipeline finishes it as if it had never stopped.
+//
+// Output: one line per step (start with its estimate and the pipeline's ETA; end with its time),
+// the stages' own progress bars and notes (stderr), and a summary table (stdout). `quiet` keeps
+// only the step lines and the table (a failing stage's last lines are still shown); `json`
+// writes one JSON event per line on stdout instead (start / progress / skip / done / stopped /
+// fail / end, each with `t`, seconds since the pipeline started).
+
+import { join, resolve } from "node:path";
+import { type Command, type OptionSpecs, parseOptions, UsageError } from "./args.ts";
+import { exitCode, permissionFlags, sandboxedCommand, type StageAccess } from "./permissions.ts";
+import { formatDuration } from "./progress.ts";
+import type { OptionValue, PipelineConfig, StageSchema } from "./pipeline_config.ts";
+
+// ---- stages and steps -------------------------------------------------------------------------
+
+/** What the runner uses of a stage module (tasks/<stage>.ts). */
+export interface StageModule {
+  command: Command<OptionSpecs>;
+  // deno-lint-ignore no-explicit-any
+  access(options: any): StageAccess;
+  /** The stage's run function (run<Stage>), for running it in-process (a Worker). */
+  run(
+    // deno-lint-ignore no-explicit-any
+    options: any,
+    hooks: { log: (line: string) => void },
+  ): Promise<{ status: string; out: string }>;
+}
+
+export interface StageDef {
+  name: string;
+  /** The stage's task file (file: URL), run as the child. */
+  script: URL;
+  load(): Promise<StageModule>;
+}
+
+export type StageRegistry = Record<string, StageDef>;
+
+/** One run of a stage. */
+export interface PipelineStep {
+  /** Unique within the pipeline; also the folder name under the run's folder. */
+  id: string;
+  stage: string;
+  /** Every option passed, including the wiring (--shards …) and --out. */
+  args: Record<string, OptionValue>;
+  /** Expected seconds (for the ETA only). */
+  estimate?: number;
+}
+
+export interface PreparedStep extends PipelineStep {
+  out: string;
+  argv: string[];
+  access: StageAccess;
+  script: URL;
+}
+
+/** `--key value` pairs; a true boolean is `--key`, a false one is left out. */
+export function toArgv(args: Record<string, OptionValue>): string[] {
+  const argv: string[] = [];
+  for (const [key, value] of Object.entries(args)) {
+    if (value === false) continue;
+    argv.push(`--${key}`);
+    if (value !== true) argv.push(String(value));
+  }
+  return argv;
+}
+
+function fail(what: string): never {
+  throw new Error(`peco: pipeline: ${what}`);
+}
+
+/**
+ * Checks every step's options against its stage's spec (as the stage will parse them) and
+ * computes its permissions, before anything runs.
+ */
+export async function prepareSteps(
+  steps: PipelineStep[],
+  registry: StageRegistry,
+): Promise<PreparedStep[]> {
+  const ids = new Set<string>();
+  const prepared: PreparedStep[] = [];
+  for (const step of steps) {
+    if (ids.has(step.id)) fail(`two steps are named "${step.id}"`);
+    ids.add(step.id);
+    const def = registry[step.stage] ?? fail(`step ${step.id}: unknown stage "${step.stage}"`);
+    const { command, access } = await def.load();
+    const argv = toArgv(step.args);
+    try {
+      const options = parseOptions(command, argv);
+      if (!options) fail(`step ${step.id}: --help is not an option here`);
+      prepared.push({
+        ...step,
+        out: resolve(String(step.args.out)),
+        argv,
+        access: access(options),
+        script: def.script,
+      });
+    } catch (error) {
+      if (!(error instanceof UsageError)) throw error;
+      fail(`step ${step.id} (${step.stage}): ${error.message.replace(/ \(see --help\)$/, "")}`);
+    }
+  }
+  return prepared;
+}
+
+/** The schemas the config validator checks against: each stage's options and its wiring. */
+export async function stageSchemas(
+  registry: StageRegistry,
+  wired: Record<string, Record<string, string>>,
+): Promise<Record<string, StageSchema>> {
+  const schemas: Record<string, StageSchema> = {};
+  for (const [name, def] of Object.entries(registry)) {
+    schemas[name] = { options: (await def.load()).command.options, wired: wired[name] ?? {} };
+  }
+  return schemas;
+}
+
+// ---- the chain --------------------------------------------------------------------------------
+
+/** The stages of the chain in order, with their folders (DESIGN.md, "The stages"). */
+export const CHAIN = [
+  { stage: "shard", folder: "shard" },
+  { stage: "train-perceptual", folder: "perceptual" },
+  { stage: "train-tokenizer", folder: "tokenizer" },
+  { stage: "export-codebook", folder: "export" },
+  { stage: "pretrain", folder: "pretrain" },
+  { stage: "evaluate", folder: "evaluate" },
+] as const;
+
+/** Options the pipeline sets itself, per stage: the wiring between folders. */
+export const WIRED: Record<string, Record<string, string>> = {
+  "shard": { out: "the pipeline passes <out>/shard" },
+  "train-perceptual": { shards: "<out>/shard", out: "<out>/perceptual" },
+  "train-tokenizer": {
+    shards: "<out>/shard",
+    "perceptual-dir": "<out>/perceptual when perceptual is builtin",
+    out: "<out>/tokenizer",
+  },
+  "export-codebook": { tokenizer: "<out>/tokenizer", shards: "<out>/shard", out: "<out>/export" },
+  "pretrain": { shards: "<out>/shard", tokenizer: "<out>/export", out: "<out>/pretrain" },
+  "evaluate": {
+    shards: "<out>/shard",
+    export: "<out>/export (one per arm)",
+    pretrain: "<out>/pretrain (one per arm)",
+    labels: "the arms' names",
+    curves: "the training stages' folders",
+    out: "<out>/evaluate",
+  },
+};
+
+/** One tokenizer → export → pretrain arm of an experiment (the chain has one, unnamed). */
+export interface Arm {
+  /** Folder suffix ("" for the plain chain), e.g. "-l0". */
+  suffix: string;
+  label: string;
+  /** Extra train-tokenizer options of this arm (e.g. its λ). */
+  tokenizer: Record<string, OptionValue>;
+}
+
+/**
+ * The chain's steps for a config: shard and train-perceptual once, then per arm a tokenizer, its
+ * export and a pretraining, then one evaluate over all arms. Stages missing from `available`
+ * (not in this build) end the chain before them.
+ */
+export function chainSteps(
+  config: PipelineConfig,
+  out: string,
+  available: string[],
+  arms: Arm[] = [{ suffix: "", label: "peco", tokenizer: {} }],
+): PipelineStep[] {
+  const dir = (folder: string) => join(out, folder);
+  const section = (stage: string) => config.stages[stage] ?? {};
+  // Every stage has --seed (the stage conventions); the config's seed applies to all of them.
+  const seeded: Record<string, OptionValue> = config.seed === undefined
+    ? {}
+    : { seed: config.seed };
+  const steps: PipelineStep[] = [];
+  const add = (stage: string, id: string, args: Record<string, OptionValue>) => {
+    steps.push({
+      id,
+      stage,
+      args: { ...seeded, ...section(stage), ...args, out: dir(id) },
+      estimate: config.estimates[stage],
+    });
+  };
+  const has = (stage: string) => available.includes(stage);
+  if (!has("shard")) return steps;
+  add("shard", "shard", {});
+  const shards = dir("shard");
+  // The builtin perceptual network is trained only when some arm uses it.
+  const kind = (arm: Arm) =>
+    String(arm.tokenizer.perceptual ?? section("train-tokenizer").perceptual ?? "builtin");
+  const builtin = arms.some((arm) => kind(arm) === "builtin");
+  if (builtin) {
+    if (!has("train-perceptual")) return steps;
+    add("train-perceptual", "perceptual", { shards });
+  }
+  if (!has("train-tokenizer")) return steps;
+  for (const arm of arms) {
+    add("train-tokenizer", `tokenizer${arm.suffix}`, {
+      shards,
+      perceptual: kind(arm),
+      ...(kind(arm) === "builtin" ? { "perceptual-dir": dir("perceptual") } : {}),
+      ...arm.tokenizer,
+    });
+  }
+  if (!has("export-codebook")) return steps;
+  for (const arm of arms) {
+    add("export-codebook", `export${arm.suffix}`, {
+      tokenizer: dir(`tokenizer${arm.suffix}`),
+      shards,
+    });
+  }
+  if (!has("pretrain")) return steps;
+  for (const arm of arms) {
+    add("pretrain", `pretrain${arm.suffix}`, { shards, tokenizer: dir(`export${arm.suffix}`) });
+  }
+  if (!has("evaluate")) return steps;
+  const curves = [
+    ...(builtin ? [dir("perceptual")] : []),
+    ...arms.flatMap((arm) => [dir(`tokenizer${arm.suffix}`), dir(`pretrain${arm.suffix}`)]),
+  ];
+  add("evaluate", "evaluate", {
+    shards,
+    export: arms.map((arm) => dir(`export${arm.suffix}`)).join(","),
+    pretrain: arms.map((arm) => dir(`pretrain${arm.suffix}`)).join(","),
+    ...(arms.length > 1 ? { labels: arms.map((arm) => arm.label).join(",") } : {}),
+    curves: curves.join(","),
+  });
+  return steps;
+}
+
+// ---- running ----------------------------------------------------------------------------------
+
+export type StepStatus = "skip" | "done" | "stopped" | "fail" | "pending";
+
+export interface StepResult {
+  id: string;
+  stage: string;
+  out: string;
+  status: StepStatus;
+  seconds: number;
+  code?: number;
+  summary?: Record<string, unknown>;
+}
+
+export interface PipelineResult {
+  status: "done" | "stopped" | "fail" | "interrupted";
+  seconds: number;
+  steps: StepResult[];
+  /** The exit code the command should end with. */
+  code: number;
+}
+
+export interface RunOptions {
+  quiet?: boolean;
+  json?: boolean;
+  /** Where lines go (tests capture them); default the process's stdout and stderr. */
+  write?: { out(line: string): void; err(text: string): void; errIsTerminal: boolean };
+}
+
+interface StageProgress {
+  done: number;
+  total: number;
+  unit: string;
+  eta: number | null;
+}
+
+/** The progress line of lib/cli/progress.ts: "<label> <bar> 3/10 step [0:05<0:12, …". */
+const PROGRESS_LINE = /^\S+ [█░]+ (\d+)\/(\d+) (\S+) \[([\d:]+|--:--)<([\d:]+|--:--),/;
+
+export function parseProgress(line: string): StageProgress | null {
+  const m = PROGRESS_LINE.exec(line);
+  if (!m) return null;
+  return { done: Number(m[1]), total: Number(m[2]), unit: m[3], eta: parseDuration(m[5]) };
+}
+
+/** "m:ss" or "h:mm:ss" → seconds; "--:--" → null. */
+export function parseDuration(text: string): number | null {
+  if (!/^\d+(:\d\d){1,2}$/.test(text)) return null;
+  return text.split(":").reduce((s, part) => s * 60 + Number(part), 0);
+}
+
+/**
+ * True when a stage's last lines are lib/cli/stage.ts's refusal to replace a run of the same
+ * stage with other settings (finished, or unfinished: its checkpoint is of no use to this one).
+ */
+export function holdsOtherRun(stage: string, lines: string[]): boolean {
+  const last = lines.filter((l) => l.startsWith(`peco: ${stage}: `)).at(-1) ?? "";
+  return new RegExp(
+    `holds (a finished ${stage} run|an unfinished run) with another ` +
+      `config or inputs; use --force`,
+  ).test(last);
+}
+
+async function readBytes(path: string): Promise<Uint8Array | null> {
+  try {
+    return await Deno.readFile(path);
+  } catch {
+    return null;
+  }
+}
+
+function sameBytes(a: Uint8Array | null, b: Uint8Array | null): boolean {
+  return a !== null && b !== null && a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/** A manifest's summary (the stage contract), or the shard manifest's counts. */
+function summaryOf(bytes: Uint8Array): Record<string, unknown> {
+  try {
+    const m = JSON.parse(new TextDecoder().decode(bytes));
+    if (m.summary && typeof m.summary === "object") return m.summary;
+    if (m.counts && typeof m.counts === "object") {
+      return { images: m.counts.images, rejected: m.counts.rejected };
+    }
+  } catch { /* not JSON: no summary */ }
+  return {};
+}
+
+async function forEachLine(
+  stream: ReadableStream<Uint8Array>,
+  onLine: (line: string) => void,
+): Promise<void> {
+  let rest = "";
+  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+    const parts = (rest + chunk).split(/\r?\n|\r/);
+    rest = parts.pop()!;
+    parts.forEach(onLine);
+  }
+  if (rest) onLine(rest);
+}
+
+const encoder = new TextEncoder();
+
+function defaultWrite(): NonNullable<RunOptions["write"]> {
+  return {
+    out: (line) => console.log(line),
+    err: (text) => Deno.stderr.writeSync(encoder.encode(text)),
+    errIsTerminal: Deno.stderr.isTerminal(),
+  };
+}
+
+/** Runs the steps in order, stopping at the first that fails or stops. */
+export async function runPipeline(
+  steps: PreparedStep[],
+  { quiet = false, json = false, write = defaultWrite() }: RunOptions = {},
+): Promise<PipelineResult> {
+  const start = performance.now();
+  const now = () => (performance.now() - start) / 1000;
+  const emit = (event: Record<string, unknown>) => {
+    if (!json) return;
+    // Seconds to the millisecond: the events are for machines, but also read by people.
+    const round = (_key: string, v: unknown) =>
+      typeof v === "number" && !Number.isInteger(v) ? Number(v.toFixed(3)) : v;
+    write.out(JSON.stringify({ ...event, t: now() }, round));
+  };
+  const note = (line: string) => {
+    if (!json) write.err(`${line}\n`);
+  };
+  const results: StepResult[] = steps.map((s) => ({
+    id: s.id,
+    stage: s.stage,
+    out: s.out,
+    status: "pending",
+    seconds: 0,
+  }));
+  const live = write.errIsTerminal && !quiet && !json;
+  let drawn = false; // a redrawn progress line is on screen
+  const clearLive = () => {
+    if (drawn) write.err("\r\x1b[2K");
+    drawn = false;
+  };
+
+  // Ctrl-C / kill: stop the running stage (it resumes on the next run) and report.
+  let child: Deno.ChildProcess | null = null;
+  let interrupted = false;
+  const onSignal = () => {
+    interrupted = true;
+    try {
+      child?.kill("SIGTERM");
+    } catch { /* already gone */ }
+  };
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  signals.forEach((s) => Deno.addSignalListener(s, onSignal));
+
+  /** Seconds left: the running step's own ETA (or estimate) plus the later steps' estimates. */
+  const pipelineEta = (index: number, elapsed: number, stageEta: number | null) => {
+    let eta = stageEta ?? Math.max((steps[index].estimate ?? 0) - elapsed, 0);
+    let known = stageEta !== null || steps[index].estimate !== undefined;
+    for (const s of steps.slice(index + 1)) {
+      eta += s.estimate ?? 0;
+      known &&= s.estimate !== undefined;
+    }
+    return { eta, known };
+  };
+  // Without estimates for some later steps the ETA is a lower bound; without any, unknown.
+  const etaText = ({ eta, known }: { eta: number; known: boolean }) =>
+    known ? formatDuration(eta) : eta > 0 ? `≥${formatDuration(eta)}` : "unknown";
+
+  let status: PipelineResult["status"] = "done";
+  let code = 0;
+  try {
+    for (const [index, step] of steps.entries()) {
+      const result = results[index];
+      const tag = `[${index + 1}/${steps.length}] ${step.id}`;
+      const manifestPath = join(step.out, "manifest.json");
+      const before = await readBytes(manifestPath);
+      const eta0 = pipelineEta(index, 0, null);
+      emit({
+        event: "start",
+        step: step.id,
+        stage: step.stage,
+        index: index + 1,
+        of: steps.length,
+        out: step.out,
+        estimate_s: step.estimate ?? null,
+        pipeline_eta_s: eta0.eta,
+      });
+      note(
+        `${tag}: ${step.stage} → ${step.out}` +
+          (step.estimate !== undefined ? ` (estimate ${formatDuration(step.estimate)}` : " (") +
+          `${step.estimate !== undefined ? "; " : ""}pipeline ETA ${etaText(eta0)})`,
+      );
+      const stepStart = performance.now();
+      const elapsed = () => (performance.now() - stepStart) / 1000;
+      const argv = quiet && !step.argv.includes("--quiet") ? [...step.argv, "--quiet"] : step.argv;
+      const held: string[] = []; // quiet: the child's last lines, shown if it fails
+      const tail: string[] = []; // the child's last lines, to recognise a refusal
+      const onLine = (line: string) => {
+        tail.push(line);
+        if (tail.length > 20) tail.shift();
+        const p = parseProgress(line);
+        if (p) {
+          const eta = pipelineEta(index, elapsed(), p.eta);
+          emit({
+            event: "progress",
+            step: step.id,
+            stage: step.stage,
+            done: p.done,
+            total: p.total,
+            unit: p.unit,
+            elapsed_s: Number(elapsed().toFixed(1)),
+            eta_s: p.eta,
+            pipeline_eta_s: eta.eta,
+          });
+          if (live) {
+            write.err(`\r\x1b[2K${line}  | pipeline ETA ${etaText(eta)}`);
+            drawn = true;
+            return;
+          }
+        }
+        if (quiet) {
+          held.push(line);
+          if (held.length > 20) held.shift();
+          return;
+        }
+        clearLive();
+        write.err(`${line}\n`);
+      };
+      const runChild = async (args: string[]) => {
+        child = sandboxedCommand(step.script, args, step.access, {
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        await Promise.all([forEachLine(child.stdout, onLine), forEachLine(child.stderr, onLine)]);
+        const status = exitCode(await child.status);
+        child = null;
+        return status;
+      };
+      let childCode = await runChild(argv);
+      if (childCode === 1 && !interrupted && holdsOtherRun(step.stage, tail)) {
+        // The step's own folder holds this stage's run of other settings (the config changed):
+        // the stage refuses to replace it unless told to. Only that refusal is overridden.
+        emit({ event: "replace", step: step.id, stage: step.stage, out: step.out });
+        note(`${tag}: ${step.out} holds a run of other settings; replacing it (--force)`);
+        held.length = 0;
+        childCode = await runChild([...argv, "--force"]);
+      }
+      clearLive();
+      result.seconds = elapsed();
+      const after = await readBytes(manifestPath);
+      if (childCode !== 0 || interrupted) {
+        result.status = interrupted ? "stopped" : "fail";
+        result.code = childCode;
+        held.forEach((line) => write.err(`${line}\n`));
+        const message = interrupted ? "interrupted" : `exited with code ${childCode}`;
+        emit({
+          event: interrupted ? "stopped" : "fail",
+          step: step.id,
+          stage: step.stage,
+          seconds: result.seconds,
+          code: childCode,
+          message,
+        });
+        note(`${tag}: ${message} after ${formatDuration(result.seconds)}`);
+        status = interrupted ? "interrupted" : "fail";
+        code = interrupted ? 130 : childCode;
+        break;
+      }
+      if (after === null) {
+        // Exit 0 without a manifest: the stage stopped early (--stop-at) and will resume.
+        result.status = "stopped";
+        emit({ event: "stopped", step: step.id, stage: step.stage, seconds: result.seconds });
+        note(`${tag}: stopped before finishing (no manifest.json); rerun to resume`);
+        status = "stopped";
+        code = 3;
+        break;
+      }
+      result.status = sameBytes(before, after) ? "skip" : "done";
+      result.summary = summaryOf(after);
+      const eta = pipelineEta(index + 1 < steps.length ? index + 1 : index, 0, null);
+      emit({
+        event: result.status,
+        step: step.id,
+        stage: step.stage,
+        seconds: result.seconds,
+        summary: result.summary,
+      });
+      note(
+        `${tag}: ${result.status === "skip" ? "up to date, skipped" : "done"} in ` +
+          `${formatDuration(result.seconds)} (total ${formatDuration(now())}` +
+          (index + 1 < steps.length ? `; ETA ${etaText(eta)})` : ")"),
+      );
+    }
+  } finally {
+    signals.forEach((s) => Deno.removeSignalListener(s, onSignal));
+  }
+  const pipeline: PipelineResult = { status, seconds: now(), steps: results, code };
+  emit({ event: "end", status, seconds: pipeline.seconds, steps: results });
+  if (!json) write.out(summaryTable(pipeline));
+  return pipeline;
+}
+
+// ---- summary ----------------------------------------------------------------------------------
+
+/** Up to three headline numbers of a stage's summary. */
+function headline(summary: Record<string, unknown> | undefined): string {
+  if (!summary) return "";
+  const skip = /seconds|bytes|^steps$|per_?s|images_?per/i;
+  return Object.entries(summary)
+    .filter(([k, v]) => typeof v === "number" && Number.isFinite(v) && !skip.test(k))
+    .slice(0, 3)
+    .map(([k, v]) => `${k} ${Number.isInteger(v) ? v : (v as number).toFixed(3)}`)
+    .join(", ");
+}
+
+export function summaryTable(result: PipelineResult): string {
+  const rows = [
+    ["step", "stage", "status", "time", "summary"],
+    ...result.steps.map((s) => [
+      s.id,
+      s.stage,
+      s.status,
+      s.status === "pending" ? "" : formatDuration(s.seconds),
+      headline(s.summary),
+    ]),
+  ];
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  const line = (r: string[]) => `| ${r.map((v, c) => v.padEnd(widths[c])).join(" | ")} |`;
+  return [
+    line(rows[0]),
+    `|${widths.map((w) => "-".repeat(w + 2)).join("|")}|`,
+    ...rows.slice(1).map(line),
+    `pipeline: ${result.status} in ${formatDuration(result.seconds)}`,
+  ].join("\n");
+}
+
+/** The exact command line of a prepared step (for --dry-run and the docs). */
+export function describeStep(step: PreparedStep): string {
+  const quote = (a: string) => /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`;
+  return ["deno", "run", ...permissionFlags(step.access), step.script.pathname, ...step.argv]
+    .map(quote).join(" ");
+}

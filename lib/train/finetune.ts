@@ -1,0 +1,244 @@
+// Fine-tuning a classifier (paper §4.1, REFERENCE.md §3; BEiT's run_class_finetuning): AdamW with
+// no weight decay on 1-D parameters, biases and tokens, layer-wise lr decay through parameter
+// groups, label-smoothed cross-entropy, linear warmup then cosine to a floor, gradient clipping.
+// Stochastic depth (drop path) lives in the model: it is active in training mode, which this loop
+// sets; a model with a `dropSeed` (lib/models/beit.ts) gets one per step, derived from the seed and
+// the step, so two runs with one seed drop the same samples.
+// Losses are read back only at log steps; held-out top-1 is measured at eval steps and at the end.
+
+import { gpu } from "../gpu/device.ts";
+import { Conv2d, Linear } from "../nn/layers.ts";
+import { Module } from "../nn/module.ts";
+import type { Rng } from "../tensor/init.ts";
+import { relu } from "../tensor/ops/elementwise.ts";
+import { AdamW, clipGradNorm, paramGroups, warmupCosine } from "../optim/mod.ts";
+import { backward } from "../tensor/autograd.ts";
+import { crossEntropy } from "../tensor/ops/loss.ts";
+import { argmax } from "../tensor/ops/reduce_index.ts";
+import { reshape } from "../tensor/ops/shape.ts";
+import { noGrad, readAll, type Tensor, tidy } from "../tensor/tensor.ts";
+
+function fail(what: string): never {
+  throw new Error(`peco: finetune: ${what}`);
+}
+
+/** A classifier: inputs → logits [N, classes]; `dropSeed` seeds its stochastic depth if it has any. */
+export interface ClassifierModel extends Module {
+  forward(x: Tensor): Tensor;
+  dropSeed?: number;
+}
+
+/** Training batches: prepared on the host (async), then uploaded inside the step's scope. */
+export interface BatchStream<T> {
+  next(): Promise<T>;
+  upload(batch: T): { x: Tensor; labels: Tensor };
+}
+
+/** A held-out set: `inputs(from, to)` gives the model's inputs of items [from, to). */
+export interface EvalSet {
+  count: number;
+  labels: Int32Array;
+  inputs(from: number, to: number): Tensor;
+}
+
+export interface FinetuneConfig {
+  steps: number;
+  /** Peak lr (after warmup) for the head; layer i gets lr · layerDecay^(L+1−i). */
+  lr: number;
+  minLr?: number;
+  warmupSteps: number;
+  weightDecay: number;
+  betas?: [number, number];
+  /** Layer-wise lr decay factor (needs `layers`); omitted or 1: none. */
+  layerDecay?: number;
+  labelSmoothing?: number;
+  /** Maximum global gradient norm; omitted: no clipping. */
+  clipNorm?: number;
+  /** Read the loss every N steps (one sync each). */
+  logEvery?: number;
+  /** Measure held-out top-1 every N steps (0: only at the end). */
+  evalEvery?: number;
+  /** Batch size of held-out evaluation. */
+  evalBatch?: number;
+  /** Seeds the model's drop-path draws (with the step). */
+  seed?: number;
+}
+
+/** Layer ids for layer-wise lr decay: 0 embeddings … L+1 head. */
+export interface LayerIds {
+  numLayers: number;
+  layerId(name: string): number;
+}
+
+export interface CurvePoint {
+  step: number;
+  loss?: number;
+  lr?: number;
+  val_acc?: number;
+}
+
+export interface FinetuneResult {
+  /** Held-out top-1 after the last step. */
+  accuracy: number;
+  /** Logged points (loss and lr at log steps; val_acc at eval steps), by step. */
+  curve: CurvePoint[];
+  seconds: number;
+}
+
+/** Top-1 of `model` on `set`, evaluated in eval mode in chunks of `batch` (one readback). */
+export async function evaluateClassifier(
+  model: ClassifierModel,
+  set: EvalSet,
+  batch = 64,
+): Promise<number> {
+  const wasTraining = model.training;
+  model.eval();
+  const preds: Tensor[] = [];
+  try {
+    for (let from = 0; from < set.count; from += batch) {
+      const to = Math.min(set.count, from + batch);
+      preds.push(noGrad(() => tidy(() => argmax(model.forward(set.inputs(from, to)), 1))));
+      gpu().recorder.flush();
+    }
+    const values = await readAll(preds);
+    let correct = 0, at = 0;
+    for (const v of values) {
+      const ints = new Int32Array(v.buffer, v.byteOffset, v.length);
+      for (let i = 0; i < ints.length; i++) correct += ints[i] === set.labels[at++] ? 1 : 0;
+    }
+    return correct / set.count;
+  } finally {
+    preds.forEach((t) => t.dispose());
+    model.train(wasTraining);
+  }
+}
+
+/** A well-spread 32-bit seed per (run seed, step): blocks add small offsets to it. */
+function dropSeed(seed: number, step: number): number {
+  return (Math.imul(seed + 1, 0x85ebca6b) ^ Math.imul(step + 1, 0x9e3779b1)) >>> 0;
+}
+
+function checkConfig(c: FinetuneConfig, layers: LayerIds | undefined): void {
+  const ints = { steps: c.steps, warmupSteps: c.warmupSteps } as Record<string, number>;
+  for (const [name, v] of Object.entries(ints)) {
+    if (!Number.isInteger(v) || v < 0) fail(`${name} must be an integer ≥ 0, got ${v}`);
+  }
+  if (c.steps < 1 || c.warmupSteps >= c.steps) {
+    fail(`steps ${c.steps} must be ≥ 1 and exceed warmupSteps ${c.warmupSteps}`);
+  }
+  if (!(c.lr > 0)) fail(`lr must be > 0, got ${c.lr}`);
+  if (c.layerDecay !== undefined && c.layerDecay !== 1 && !layers) {
+    fail(`layerDecay ${c.layerDecay} needs the model's layer ids`);
+  }
+}
+
+/**
+ * Fine-tunes `model` on `train` batches for `config.steps` steps and returns its held-out top-1 on
+ * `val` with the loss / lr / accuracy curve. `onLog` sees every logged point as it is made
+ * (metrics files, progress bars).
+ */
+export async function finetune<T>(
+  model: ClassifierModel,
+  data: { train: BatchStream<T>; val: EvalSet },
+  config: FinetuneConfig,
+  { layers, onLog }: { layers?: LayerIds; onLog?: (point: CurvePoint) => void | Promise<void> } =
+    {},
+): Promise<FinetuneResult> {
+  checkConfig(config, layers);
+  const { steps, logEvery = 10, evalEvery = 0, evalBatch = 64, labelSmoothing = 0 } = config;
+  const decay = config.layerDecay !== undefined && config.layerDecay !== 1;
+  const groups = paramGroups(model.namedParameters(), {
+    weightDecay: config.weightDecay,
+    ...(decay ? { layerDecay: config.layerDecay, ...layers } : {}),
+  });
+  const optimizer = new AdamW(groups, { lr: config.lr, betas: config.betas ?? [0.9, 0.999] });
+  const schedule = warmupCosine({
+    baseLr: config.lr,
+    warmupSteps: config.warmupSteps,
+    totalSteps: steps,
+    minLr: Math.min(config.minLr ?? 0, config.lr),
+  });
+  const curve: CurvePoint[] = [];
+  const started = performance.now();
+  let pending: Tensor[] = [];
+  model.train();
+  try {
+    for (let step = 0; step < steps; step++) {
+      const host = await data.train.next();
+      optimizer.lr = schedule(step);
+      if ("dropSeed" in model) model.dropSeed = dropSeed(config.seed ?? 0, step);
+      pending.push(tidy(() => {
+        const { x, labels } = data.train.upload(host);
+        const loss = crossEntropy(model.forward(x), labels, { labelSmoothing });
+        backward(loss);
+        if (config.clipNorm !== undefined) clipGradNorm(model.parameters(), config.clipNorm);
+        optimizer.step();
+        optimizer.zeroGrad();
+        return loss.detach();
+      }));
+      const done = step + 1;
+      const point: CurvePoint = { step: done };
+      if (done % logEvery === 0 || done === steps) {
+        const values = await readAll(pending);
+        pending.forEach((t) => t.dispose());
+        const loss = values.reduce((s, v) => s + v[0], 0) / values.length;
+        pending = [];
+        if (!Number.isFinite(loss)) fail(`the training loss is ${loss} at step ${done}`);
+        Object.assign(point, { loss, lr: optimizer.lr });
+      } else gpu().recorder.flush();
+      if (done === steps || (evalEvery > 0 && done % evalEvery === 0)) {
+        point.val_acc = await evaluateClassifier(model, data.val, evalBatch);
+      }
+      if (Object.keys(point).length > 1) {
+        curve.push(point);
+        await onLog?.(point);
+      }
+    }
+    const accuracy = curve.at(-1)!.val_acc!;
+    return { accuracy, curve, seconds: (performance.now() - started) / 1000 };
+  } finally {
+    pending.forEach((t) => t.dispose());
+    optimizer.dispose();
+  }
+}
+
+// ---- a small reference classifier -------------------------------------------------------------
+
+/**
+ * A small LeNet-like convolutional classifier: two stride-2 3×3 convolutions with ReLU (S → S/2 →
+ * S/4, ⌈⌉), flattened, then a linear head. Cheap enough on lavapipe to train for a few hundred
+ * steps in seconds; the evaluate stage's "classifier trained on real images" (paper Table 4).
+ */
+export class ConvClassifier extends Module {
+  readonly conv1: Conv2d;
+  readonly conv2: Conv2d;
+  readonly head: Linear;
+
+  constructor(channels: number, size: number, classes: number, rng: Rng, width = 16) {
+    super();
+    const pad = { top: 1, bottom: 1, left: 1, right: 1 };
+    this.conv1 = this.child(
+      "conv1",
+      new Conv2d(channels, width, 3, rng.fork("conv1"), {
+        stride: 2,
+        padding: pad,
+      }),
+    );
+    this.conv2 = this.child(
+      "conv2",
+      new Conv2d(width, 2 * width, 3, rng.fork("conv2"), {
+        stride: 2,
+        padding: pad,
+      }),
+    );
+    const half = (s: number) => Math.floor((s - 1) / 2) + 1; // a stride-2 3×3 conv, padding 1
+    const side = half(half(size));
+    this.head = this.child("head", new Linear(2 * width * side * side, classes, rng.fork("head")));
+  }
+
+  /** x [N, C, S, S] → logits [N, classes]. */
+  forward(x: Tensor): Tensor {
+    const h = relu(this.conv2.forward(relu(this.conv1.forward(x))));
+    return this.head.forward(reshape(h, [h.shape[0], -1]));
+  }
+}

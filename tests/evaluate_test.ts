@@ -1,0 +1,277 @@
+// The evaluate stage end to end on tiny data: a few dozen MNIST images, a tiny untrained tokenizer
+// exported through the real writers, a real 2-step pretraining of a 2-block ViT on its codes, then
+// evaluate with tiny budgets over two arms. Checks report.json's keys and values, the figures,
+// skip on rerun, and that bad inputs are refused in one line before any work. Plus the report and
+// figure helpers on their own.
+
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import "./util.ts";
+import { parseOptions, UsageError } from "../lib/cli/args.ts";
+import { curvePanels, greyPatches, imageTable, stageCurves } from "../lib/io/figures.ts";
+import {
+  markdownTable,
+  measurement,
+  reportProblems,
+  REQUIRED_REPORT_KEYS,
+} from "../lib/io/report.ts";
+import { runShard, shardCommand } from "../tasks/shard.ts";
+import { beginStage, finishStage } from "../lib/cli/stage.ts";
+import { openShards } from "../lib/data/shards.ts";
+import { writeJsonAtomic } from "../lib/io/atomic.ts";
+import { codeStats, countCodes, writeCodeFrequencyPlot } from "../lib/io/codebook_report.ts";
+import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
+import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
+import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
+import { evaluateAccess, evaluateCommand, runEvaluate } from "../tasks/evaluate.ts";
+
+const root = await Deno.makeTempDir({ prefix: "peco-evaluate-" });
+const quiet = { log: () => {} };
+
+async function shards(name: string, limit: number): Promise<string> {
+  const out = join(root, name);
+  await runShard(
+    parseOptions(shardCommand, [
+      "--input",
+      "mnist",
+      "--out",
+      out,
+      "--limit",
+      `${limit}`,
+      "--quiet",
+    ])!,
+    quiet,
+  );
+  return out;
+}
+
+/**
+ * An export-codebook folder through the real writers (a full export run costs minutes of shader
+ * compiles here): a tiny untrained tokenizer (28² → 7×7 codes, K = 16) saved as the export saves
+ * it, codebook.json with the statistics of its codes, the code histogram, and the stage manifest
+ * (beginStage/finishStage with the shards as input).
+ */
+async function makeExport(name: string, shardDir: string): Promise<string> {
+  const out = join(root, name);
+  const run = await beginStage({
+    name: "export-codebook",
+    out,
+    config: { test: name },
+    inputs: { shards: shardDir },
+    log: () => {},
+  });
+  if (run.status === "skip") return out;
+  const config = resolveVqVaeConfig({
+    imageSize: 28,
+    inChannels: 1,
+    channels: 4,
+    channelMult: [1, 1, 1],
+    numResBlocks: 1,
+    groups: 2,
+    codeDim: 4,
+    codebookSize: K,
+    quantizer: { init: "random" },
+  });
+  const tok = Tokenizer.fromModel(new VqVae(config, 3), {
+    image: { channels: 1, size: 28, mean: [0.5], std: [0.5] },
+    provenance: { test: true },
+  });
+  await tok.save(join(out, TOKENIZER_FILE));
+  const set = await openShards(shardDir);
+  const counts: Record<string, Float64Array> = {};
+  for (const split of ["train", "val"]) {
+    const b = await set.splits[split].readRange(0, set.splits[split].count);
+    const ids = tok.encodePixels(b.pixels, b.count);
+    countCodes(await ids.read(), counts[split] = new Float64Array(K));
+    ids.dispose();
+  }
+  tok.dispose();
+  const splits = Object.fromEntries(Object.entries(counts).map(([k, c]) => [k, codeStats(c)]));
+  await writeJsonAtomic(join(out, "codebook.json"), { codebookSize: K, grid: [7, 7], splits });
+  await Deno.mkdir(join(out, "figures"));
+  await writeCodeFrequencyPlot(join(out, "figures", "code_histogram.png"), counts);
+  await finishStage(run, { summary: {} });
+  return out;
+}
+
+const K = 16;
+const shardDir = await shards("shard", 40);
+const exportDir = await makeExport("export", shardDir);
+const pretrainDir = join(root, "pretrain");
+await runPretrain(
+  parseOptions(pretrainCommand, [
+    ...["--shards", shardDir, "--tokenizer", exportDir, "--out", pretrainDir, "--dim", "16"],
+    ...["--depth", "2", "--heads", "2", "--limit", "8", "--batch", "4", "--steps", "2"],
+    ...["--log-every", "1", "--ckpt-every", "2", "--eval-images", "5", "--quiet"],
+  ])!,
+  quiet,
+);
+
+function options(out: string, flags: string[] = []) {
+  return parseOptions(evaluateCommand, [
+    ...["--shards", shardDir, "--export", `${exportDir},${exportDir}`, "--pretrain", pretrainDir],
+    ...["--labels", "λ=1,copy", "--curves", `${exportDir},${shardDir}`, "--out", out],
+    ...["--finetune-steps", "3", "--finetune-batch", "4", "--finetune-warmup", "1"],
+    ...["--probe-train", "12", "--probe-epochs", "2", "--probe-batch", "8", "--eval-images", "7"],
+    ...["--classifier-steps", "2", "--classifier-batch", "4", "--classifier-width", "4"],
+    ...["--figure-images", "2"],
+    ...["--mask-ratios", "0.2,0.6", "--batch", "8", "--quiet"],
+    ...flags,
+  ])!;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then(() => true, () => false);
+}
+
+Deno.test("evaluate writes report.json with every key finite, report.md and the figures", async () => {
+  const out = join(root, "evaluate");
+  const lines: string[] = [];
+  const result = await runEvaluate(options(out), { log: (l) => lines.push(l) });
+  assert.equal(result.status, "done");
+  const report = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
+  assert.deepEqual(reportProblems(report), []);
+  for (const key of REQUIRED_REPORT_KEYS) {
+    const m = report[key];
+    assert.ok(Number.isFinite(m.value), `${key} = ${m.value}`);
+    assert.ok(m.split === "val" || m.split === "train", `${key} split ${m.split}`);
+    assert.match(m.run.sha256, /^[0-9a-f]{64}$/, key);
+    assert.ok([exportDir, pretrainDir].includes(m.run.dir), `${key} run ${m.run.dir}`);
+  }
+  for (const key of ["codewords.linear_probe_acc", "finetune.pretrained_acc", "linear_probe.acc"]) {
+    assert.ok(report[key].value >= 0 && report[key].value <= 1, `${key} is an accuracy`);
+  }
+  assert.ok(report["tokenizer.psnr"].value > 0 && report["tokenizer.ssim"].value <= 1);
+  assert.equal(report["finetune.pretrained_acc"].run.dir, pretrainDir);
+  assert.equal(report["tokenizer.usage"].run.dir, exportDir);
+  // Two arms: the second has the tokenizer measures only; every arm lists its figures.
+  assert.equal(report.arms.length, 2);
+  assert.deepEqual(report.arms.map((a: { label: string }) => a.label), ["λ=1", "copy"]);
+  assert.ok(Number.isFinite(report.arms[1].metrics["codewords.linear_probe_acc"].value));
+  assert.equal(report.arms[1].metrics["finetune.pretrained_acc"], undefined);
+  const figures = [
+    report.arms[0].figures.masked_prediction,
+    report.arms[0].figures.code_histogram,
+    report.arms[1].figures.code_histogram,
+    report.figures.finetune,
+    ...report.figures.curves.filter((c: { file: string | null }) => c.file).map((
+      c: { file: string },
+    ) => c.file),
+  ];
+  assert.equal(figures.length, 5, `figures ${figures}`);
+  for (const f of figures) assert.ok(await exists(join(out, f)), `${f} exists`);
+  // The shard folder has no metrics: listed, not plotted; the tokenizer and pretrain runs plotted.
+  const curves = report.figures.curves as { stage: string; file: string | null }[];
+  assert.deepEqual(curves.map((c) => [c.stage, c.file !== null]), [
+    ["export-codebook", false],
+    ["shard", false],
+    ["pretrain", true],
+  ]);
+  const md = await Deno.readTextFile(join(out, "report.md"));
+  for (const heading of ["Codeword semantics (paper Table 4)", "Fine-tuning (paper Table 1)"]) {
+    assert.ok(md.includes(heading), heading);
+  }
+  assert.ok(md.includes("| λ=1 |") && md.includes("| ViT from scratch |"));
+  // One line per finished measurement.
+  for (const what of ["real-image classifier", "codeword probe", "linear probes", "fine-tune"]) {
+    assert.ok(lines.some((l) => l.includes(what)), `a line for ${what}`);
+  }
+  const manifest = JSON.parse(await Deno.readTextFile(join(out, "manifest.json")));
+  assert.ok(manifest.files["report.json"] && manifest.files["report.md"]);
+  assert.equal(manifest.inputs["export.1"].dir, exportDir);
+  // Up to date: skipped.
+  assert.equal((await runEvaluate(options(out), quiet)).status, "skip");
+  // Least privilege: exactly the inputs and --out.
+  const access = evaluateAccess(options(out));
+  assert.deepEqual(access.write, [out]);
+  assert.deepEqual(
+    new Set(access.read),
+    new Set([shardDir, out, exportDir, pretrainDir]),
+  );
+});
+
+Deno.test("evaluate refuses bad inputs in one line before any work", async () => {
+  const out = join(root, "bad");
+  const refuse = async (
+    flags: string[],
+    pattern: RegExp,
+    kind: new (m: string) => Error = Error,
+  ) => {
+    await assert.rejects(() => runEvaluate(options(out, flags), quiet), (error: Error) => {
+      assert.ok(error instanceof kind, `${error}`);
+      assert.match(error.message, pattern);
+      assert.ok(!error.message.includes("\n"), "one line");
+      return true;
+    });
+    assert.ok(!(await exists(out)), "nothing written");
+  };
+  await refuse(
+    ["--export", `${exportDir},${join(root, "missing")}`],
+    /peco: evaluate: --export .*missing: no manifest\.json/,
+  );
+  await refuse(["--labels", "a,b,c"], /--labels names 3 arm\(s\) but --export lists 2/, UsageError);
+  await refuse(
+    ["--pretrain", `${pretrainDir},${pretrainDir},${pretrainDir}`],
+    /--pretrain lists 3 folders for 2 --export arm/,
+    UsageError,
+  );
+  // An export made from other shards than --shards.
+  const other = await shards("other", 30);
+  await refuse(
+    ["--shards", other],
+    /peco: evaluate: --export .* was made from other shards .* than --shards/,
+  );
+  // A folder of another stage given as --pretrain.
+  await refuse(
+    ["--pretrain", exportDir],
+    /--pretrain .* holds a export-codebook run, not pretrain/,
+  );
+  await refuse(
+    ["--mask-ratios", "0.5,1.5"],
+    /--mask-ratios must be numbers in \(0, 1\)/,
+    UsageError,
+  );
+});
+
+Deno.test("report and figure helpers", () => {
+  assert.equal(
+    markdownTable(["a", "b"], [["x|y", 1], [null, 2.5]]),
+    "| a | b |\n| :--- | ---: |\n| x\\|y | 1 |\n| – | 2.5 |",
+  );
+  assert.throws(() => markdownTable(["a"], [["x", 1]]), /a table row has 2 cells, the header 1/);
+  const run = { dir: "/x", sha256: "0".repeat(64) };
+  const complete = Object.fromEntries(
+    REQUIRED_REPORT_KEYS.map((k) => [k, measurement(0.5, "val", run)]),
+  );
+  assert.deepEqual(reportProblems(complete), []);
+  const broken = { ...complete, "tokenizer.psnr": undefined, extra: { v: NaN } };
+  assert.deepEqual(reportProblems(broken), ['missing "tokenizer.psnr"', "extra.v is NaN"]);
+  assert.throws(() => measurement(Infinity, "val", run), /measurement on val of \/x is Infinity/);
+
+  const records = [
+    { step: 1, loss: 5, pixel: 3, usage: 0.1, psnr: 12, lr: 1e-3, phase: "a" },
+    { step: 2, loss: 0.2, pixel: 0.1, usage: 0.4, psnr: 15, lr: 2e-3, phase: "b" },
+  ];
+  assert.deepEqual(curvePanels(records), [
+    { title: "LOSS", keys: ["loss", "pixel"], logY: true },
+    { title: "ACCURACY / USAGE", keys: ["usage"], logY: false },
+    { title: "RECONSTRUCTION", keys: ["psnr"], logY: false },
+  ]);
+  const fig = stageCurves(records, "T", { width: 200, height: 150 })!;
+  assert.equal(fig.image.width, 3 * 200 + 2 * 8);
+  assert.equal(stageCurves([{ step: 1, lr: 1 }], "T"), null);
+
+  // 1 image 1×4×4, 2×2 patches: patches 1 and 2 greyed.
+  const grey = greyPatches(
+    { data: new Array(16).fill(1), shape: [1, 1, 4, 4] },
+    [0, 1, 1, 0],
+    2,
+    0.5,
+  );
+  assert.deepEqual(Array.from(grey.data), [1, 1, .5, .5, 1, 1, .5, .5, .5, .5, 1, 1, .5, .5, 1, 1]);
+  const cell = { pixels: new Uint8Array(9).fill(7), channels: 1, height: 3, width: 3 };
+  const table = imageTable([[cell, cell]], ["A", "BB"], { scale: 2, gap: 1 });
+  assert.equal(table.channels, 3);
+  assert.ok(table.width >= 2 * 6 + 3 && table.height === 7 + 2 + 6 + 1);
+  assert.throws(() => imageTable([[cell]], ["A", "B"]), /image table needs rows of 2 cells/);
+});
