@@ -5,6 +5,7 @@
 // It is `deno task pipeline` with a built-in config: reruns skip what is up to date, an
 // interrupted run resumes, every stage runs sandboxed.
 
+import { REQUIRED_REPORT_KEYS } from "../lib/io/report.ts";
 import { join, resolve } from "node:path";
 import { type Parsed, parseOrExit, runTask } from "../lib/cli/args.ts";
 import type { PipelineResult } from "../lib/cli/pipeline.ts";
@@ -27,18 +28,8 @@ export const demoCommand = {
 
 export type DemoOptions = Parsed<typeof demoCommand.options>;
 
-/** The keys of report.json shown as the headline (issue 7's required keys). */
-export const HEADLINE_KEYS = [
-  "tokenizer.psnr",
-  "tokenizer.usage",
-  "tokenizer.perplexity",
-  "codewords.linear_probe_acc",
-  "reconstruction.classifier_acc",
-  "pretrain.masked_acc",
-  "finetune.pretrained_acc",
-  "finetune.scratch_acc",
-  "linear_probe.acc",
-] as const;
+/** The keys of report.json shown as the headline: the ones every report must hold. */
+export const HEADLINE_KEYS = REQUIRED_REPORT_KEYS;
 
 /** A report.json entry: a number, or an object holding one as `value` (with split and run). */
 function lookup(report: Record<string, unknown>, key: string): unknown {

@@ -23,15 +23,18 @@
 // pretrain and --curves folders and --out; writes only --out.
 
 import { basename, join, resolve } from "node:path";
-import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
+import { type Parsed, UsageError } from "../lib/cli/args.ts";
 import { type MetricRecord, METRICS_FILE, readMetrics } from "../lib/cli/metrics.ts";
-import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
+import { type StageAccess } from "../lib/cli/permissions.ts";
+import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import {
   beginStage,
+  failer,
   finishStage,
   FORCE_OPTION,
   MANIFEST_FILE,
+  type StageResult,
   type StageRun,
 } from "../lib/cli/stage.ts";
 import { augmentViews, identityAugmentations, uploadPixels } from "../lib/data/augment.ts";
@@ -171,15 +174,9 @@ export const evaluateCommand = {
 
 export type EvaluateOptions = Parsed<typeof evaluateCommand.options>;
 
-export interface EvaluateResult {
-  status: "skip" | "done" | "stopped";
-  out: string;
-  summary: Record<string, unknown>;
-}
+export type EvaluateResult = StageResult;
 
-function fail(what: string): never {
-  throw new Error(`peco: ${STAGE}: ${what}`);
-}
+const fail: (what: string) => never = failer(STAGE);
 
 function list(value: string | undefined): string[] {
   return (value ?? "").split(",").map((s) => s.trim());
@@ -1574,23 +1571,17 @@ function reportMarkdown(
 
 // ---- command line -----------------------------------------------------------------------------
 
-async function main(): Promise<void> {
-  const options = parseOrExit(evaluateCommand);
-  await runTask(evaluateCommand.usage, async () => {
-    if (isLauncher()) {
-      checkOptions(options);
-      Deno.exit(await runSandboxed(import.meta.url, Deno.args, evaluateAccess(options)));
-    }
-    const { status, out, summary } = await runEvaluate(options);
-    const p = (v: unknown) => typeof v === "number" ? `${pct(v)}%` : "–";
-    console.log(
-      `${STAGE}: ${status}: fine-tuning pretrained ${p(summary.finetune_pretrained_acc)} vs ` +
-        `scratch ${p(summary.finetune_scratch_acc)}; codeword probe ${
-          p(summary.codeword_probe_acc)
-        }; ` +
-        `PSNR ${fixed(summary.psnr as number)} dB in ${out}`,
-    );
+if (import.meta.main) {
+  await stageMain(import.meta.url, evaluateCommand, {
+    check: checkOptions,
+    access: evaluateAccess,
+    run: (options) => runEvaluate(options),
+    describe: ({ status, out, summary }) => {
+      const p = (v: unknown) => typeof v === "number" ? `${pct(v)}%` : "–";
+      return `${STAGE}: ${status}: fine-tuning pretrained ` +
+        `${p(summary.finetune_pretrained_acc)} vs scratch ${p(summary.finetune_scratch_acc)}; ` +
+        `codeword probe ${p(summary.codeword_probe_acc)}; ` +
+        `PSNR ${fixed(summary.psnr as number)} dB in ${out}`;
+    },
   });
 }
-
-if (import.meta.main) await main();

@@ -18,15 +18,18 @@
 // only --out.
 
 import { join, resolve } from "node:path";
-import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
-import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
+import { type Parsed, UsageError } from "../lib/cli/args.ts";
+import { type StageAccess } from "../lib/cli/permissions.ts";
+import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import {
   beginStage,
+  failer,
   finishStage,
   FORCE_OPTION,
   readStageManifest,
   type StageManifest,
+  type StageResult,
   type StageRun,
 } from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
@@ -99,15 +102,9 @@ export const exportCodebookCommand = {
 
 export type ExportCodebookOptions = Parsed<typeof exportCodebookCommand.options>;
 
-export interface ExportCodebookResult {
-  status: "skip" | "done" | "stopped";
-  out: string;
-  summary: Record<string, unknown>;
-}
+export type ExportCodebookResult = StageResult;
 
-function fail(what: string): never {
-  throw new Error(`peco: ${STAGE}: ${what}`);
-}
+const fail: (what: string) => never = failer(STAGE);
 
 function checkOptions(o: ExportCodebookOptions): void {
   const int = (name: keyof ExportCodebookOptions, v: number | undefined, min: number) => {
@@ -490,20 +487,17 @@ async function imagePixels(
 
 // ---- command line ---------------------------------------------------------------------------
 
-async function main(): Promise<void> {
-  const options = parseOrExit(exportCodebookCommand);
-  await runTask(exportCodebookCommand.usage, async () => {
-    if (isLauncher()) {
-      checkOptions(options);
-      Deno.exit(await runSandboxed(import.meta.url, Deno.args, exportCodebookAccess(options)));
-    }
-    const { status, out, summary } = await runExportCodebook(options);
-    const splits = summary.splits as Record<string, { usage: number; perplexity: number }>;
-    const text = Object.entries(splits).map(([n, s]) =>
-      `${n} usage ${s.usage.toFixed(3)} perplexity ${s.perplexity.toFixed(1)}`
-    ).join(", ");
-    console.log(`${STAGE}: ${status}: ${text}; dead codes ${summary.dead_everywhere} in ${out}`);
+if (import.meta.main) {
+  await stageMain(import.meta.url, exportCodebookCommand, {
+    check: checkOptions,
+    access: exportCodebookAccess,
+    run: (options) => runExportCodebook(options),
+    describe: ({ status, out, summary }) => {
+      const splits = summary.splits as Record<string, { usage: number; perplexity: number }>;
+      const text = Object.entries(splits).map(([n, s]) =>
+        `${n} usage ${s.usage.toFixed(3)} perplexity ${s.perplexity.toFixed(1)}`
+      ).join(", ");
+      return `${STAGE}: ${status}: ${text}; dead codes ${summary.dead_everywhere} in ${out}`;
+    },
   });
 }
-
-if (import.meta.main) await main();

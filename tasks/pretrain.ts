@@ -28,11 +28,19 @@
 // task re-runs itself reading only the two input folders and --out and writing only --out.
 
 import { join, resolve } from "node:path";
-import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
+import { checkInteger, type Parsed, UsageError } from "../lib/cli/args.ts";
 import { METRICS_FILE, MetricsWriter } from "../lib/cli/metrics.ts";
-import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
+import { type StageAccess } from "../lib/cli/permissions.ts";
+import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
-import { beginStage, finishStage, FORCE_OPTION, MANIFEST_FILE } from "../lib/cli/stage.ts";
+import {
+  beginStage,
+  failer,
+  finishStage,
+  FORCE_OPTION,
+  MANIFEST_FILE,
+  type StageResult,
+} from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../lib/data/token_shards.ts";
 import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
@@ -181,21 +189,9 @@ export interface PretrainConfig {
   eval: { images: number; logEvery: number; ckptEvery: number };
 }
 
-export interface PretrainResult {
-  status: "skip" | "done" | "stopped";
-  out: string;
-  summary: Record<string, unknown>;
-}
+export type PretrainResult = StageResult;
 
-function fail(what: string): never {
-  throw new Error(`peco: ${STAGE}: ${what}`);
-}
-
-function positiveInt(name: string, v: number | undefined, zeroOk = false): void {
-  if (v !== undefined && (!Number.isInteger(v) || v < (zeroOk ? 0 : 1))) {
-    throw new UsageError(`--${name} must be an integer ≥ ${zeroOk ? 0 : 1}, got ${v}`);
-  }
-}
+const fail: (what: string) => never = failer(STAGE);
 
 /** Checks the numbers and combinations of the command line (usage errors, exit 2). */
 function checkOptions(o: PretrainOptions): void {
@@ -216,9 +212,9 @@ function checkOptions(o: PretrainOptions): void {
       "mask-patches",
       "min-block",
     ] as const
-  ) positiveInt(name, o[name]);
-  positiveInt("warmup", o.warmup, true);
-  positiveInt("seed", o.seed, true);
+  ) checkInteger(name, o[name]);
+  checkInteger("warmup", o.warmup, 0);
+  checkInteger("seed", o.seed, 0);
   if (o["ckpt-every"] % o["log-every"] !== 0) {
     throw new UsageError(
       `--ckpt-every ${o["ckpt-every"]} must be a multiple of --log-every ${o["log-every"]} ` +
@@ -713,21 +709,18 @@ async function buildHeldOut(
 
 // ---- command line ---------------------------------------------------------------------------
 
-async function main(): Promise<void> {
-  const options = parseOrExit(pretrainCommand);
-  await runTask(pretrainCommand.usage, async () => {
-    if (isLauncher()) {
-      checkOptions(options);
-      Deno.exit(await runSandboxed(import.meta.url, Deno.args, pretrainAccess(options)));
-    }
-    const { status, out, summary } = await runPretrain(options);
-    const f = (v: unknown, d = 3) => typeof v === "number" ? v.toFixed(d) : String(v);
-    console.log(
-      `${STAGE}: ${status}: loss ${f(summary.loss)} (ln K = ${f(summary.ln_k)}), held-out masked ` +
+if (import.meta.main) {
+  await stageMain(import.meta.url, pretrainCommand, {
+    check: checkOptions,
+    access: pretrainAccess,
+    run: (options) => runPretrain(options),
+    describe: ({ status, out, summary }) => {
+      const f = (v: unknown, d = 3) => typeof v === "number" ? v.toFixed(d) : String(v);
+      return `${STAGE}: ${status}: loss ${f(summary.loss)} (ln K = ${
+        f(summary.ln_k)
+      }), held-out masked ` +
         `accuracy ${f(summary.eval_accuracy)} vs most-frequent-code baseline ` +
-        `${f(summary.baseline_accuracy)} in ${out}`,
-    );
+        `${f(summary.baseline_accuracy)} in ${out}`;
+    },
   });
 }
-
-if (import.meta.main) await main();

@@ -17,8 +17,9 @@
 // Least privilege as tasks/shard.ts: reads the shards and --out, writes only --out.
 
 import { join, resolve } from "node:path";
-import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
-import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
+import { type Parsed, UsageError } from "../lib/cli/args.ts";
+import { type StageAccess } from "../lib/cli/permissions.ts";
+import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { METRICS_FILE, MetricsWriter } from "../lib/cli/metrics.ts";
 import { beginStage, finishStage, FORCE_OPTION, type StageRun } from "../lib/cli/stage.ts";
@@ -509,20 +510,17 @@ async function train(
 
 // ---- command line ---------------------------------------------------------------------------
 
-async function main(): Promise<void> {
-  const options = parseOrExit(trainPerceptualCommand);
-  await runTask(trainPerceptualCommand.usage, async () => {
-    if (isLauncher()) {
-      Deno.exit(await runSandboxed(import.meta.url, Deno.args, trainPerceptualAccess(options)));
-    }
-    const { status, out, summary } = await runTrainPerceptual(options);
-    const knn = summary.knnAccuracy;
-    console.log(
-      `${STAGE}: ${status === "skip" ? "up to date" : "done"}: ${join(out, ENCODER_FILE)}; ` +
+if (import.meta.main) {
+  await stageMain(import.meta.url, trainPerceptualCommand, {
+    access: trainPerceptualAccess,
+    run: (options) => runTrainPerceptual(options),
+    describe: ({ status, out, summary }) => {
+      const knn = summary.knnAccuracy;
+      return `${STAGE}: ${status === "skip" ? "up to date" : "done"}: ${
+        join(out, ENCODER_FILE)
+      }; ` +
         `k-NN accuracy ${typeof knn === "number" ? `${(100 * knn).toFixed(1)}%` : "n/a"}; ` +
-        `training ${Number(summary.trainSeconds ?? 0).toFixed(1)} s`,
-    );
+        `training ${Number(summary.trainSeconds ?? 0).toFixed(1)} s`;
+    },
   });
 }
-
-if (import.meta.main) await main();

@@ -22,17 +22,20 @@
 // task re-runs itself reading only its inputs and --out and writing only --out.
 
 import { join, resolve } from "node:path";
-import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
+import { checkInteger, type Parsed, UsageError } from "../lib/cli/args.ts";
 import { MetricsWriter } from "../lib/cli/metrics.ts";
 import { METRICS_FILE } from "../lib/cli/metrics.ts";
-import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
+import { type StageAccess } from "../lib/cli/permissions.ts";
+import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import {
   beginStage,
+  failer,
   finishStage,
   FORCE_OPTION,
   MANIFEST_FILE,
   stageFingerprint,
+  type StageResult,
 } from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
@@ -172,35 +175,23 @@ export interface TrainTokenizerConfig {
   eval: { images: number; psnrImages: number; logEvery: number; ckptEvery: number };
 }
 
-export interface TrainTokenizerResult {
-  status: "skip" | "done" | "stopped";
-  out: string;
-  summary: Record<string, unknown>;
-}
+export type TrainTokenizerResult = StageResult;
 
-function fail(what: string): never {
-  throw new Error(`peco: ${STAGE}: ${what}`);
-}
-
-function positiveInt(name: string, v: number | undefined, zeroOk = false): void {
-  if (v !== undefined && (!Number.isInteger(v) || v < (zeroOk ? 0 : 1))) {
-    throw new UsageError(`--${name} must be an integer ≥ ${zeroOk ? 0 : 1}, got ${v}`);
-  }
-}
+const fail: (what: string) => never = failer(STAGE);
 
 /** Checks the numbers of the command line (usage errors, exit 2). */
 function checkOptions(o: TrainTokenizerOptions): void {
   for (const name of ["steps", "batch", "limit", "eval-images", "psnr-images"] as const) {
-    positiveInt(name, o[name]);
+    checkInteger(name, o[name]);
   }
-  for (const name of ["log-every", "ckpt-every", "stop-at"] as const) positiveInt(name, o[name]);
-  positiveInt("disc-start", o["disc-start"], true);
+  for (const name of ["log-every", "ckpt-every", "stop-at"] as const) checkInteger(name, o[name]);
+  checkInteger("disc-start", o["disc-start"], 0);
   const dw = o["disc-weight"];
   if (dw !== undefined && !(dw >= 0 && Number.isFinite(dw))) {
     throw new UsageError(`--disc-weight must be ≥ 0, got ${dw}`);
   }
-  positiveInt("warmup", o.warmup, true);
-  positiveInt("seed", o.seed, true);
+  checkInteger("warmup", o.warmup, 0);
+  checkInteger("seed", o.seed, 0);
   if (o["ckpt-every"] % o["log-every"] !== 0) {
     throw new UsageError(
       `--ckpt-every ${o["ckpt-every"]} must be a multiple of --log-every ${o["log-every"]} ` +
@@ -742,20 +733,15 @@ async function train(
 
 // ---- command line ---------------------------------------------------------------------------
 
-async function main(): Promise<void> {
-  const options = parseOrExit(trainTokenizerCommand);
-  await runTask(trainTokenizerCommand.usage, async () => {
-    if (isLauncher()) {
-      checkOptions(options);
-      Deno.exit(await runSandboxed(import.meta.url, Deno.args, trainTokenizerAccess(options)));
-    }
-    const { status, out, summary } = await runTrainTokenizer(options);
-    const f = (v: unknown, d = 2) => typeof v === "number" ? v.toFixed(d) : String(v);
-    console.log(
-      `${STAGE}: ${status}: held-out PSNR ${f(summary.psnr)} dB, codebook usage ` +
-        `${f(summary.usage, 3)}, perplexity ${f(summary.perplexity, 1)} in ${out}`,
-    );
+if (import.meta.main) {
+  await stageMain(import.meta.url, trainTokenizerCommand, {
+    check: checkOptions,
+    access: trainTokenizerAccess,
+    run: (options) => runTrainTokenizer(options),
+    describe: ({ status, out, summary }) => {
+      const f = (v: unknown, d = 2) => typeof v === "number" ? v.toFixed(d) : String(v);
+      return `${STAGE}: ${status}: held-out PSNR ${f(summary.psnr)} dB, codebook usage ` +
+        `${f(summary.usage, 3)}, perplexity ${f(summary.perplexity, 1)} in ${out}`;
+    },
   });
 }
-
-if (import.meta.main) await main();

@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { mnistShards, tinyTokenizer } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions, UsageError } from "../lib/cli/args.ts";
 import { curvePanels, greyPatches, imageTable, stageCurves } from "../lib/io/figures.ts";
@@ -15,35 +16,18 @@ import {
   reportProblems,
   REQUIRED_REPORT_KEYS,
 } from "../lib/io/report.ts";
-import { runShard, shardCommand } from "../tasks/shard.ts";
 import { beginStage, finishStage } from "../lib/cli/stage.ts";
 import { openShards } from "../lib/data/shards.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
 import { codeStats, countCodes, writeCodeFrequencyPlot } from "../lib/io/codebook_report.ts";
-import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
-import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
+import { TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
 import { evaluateAccess, evaluateCommand, runEvaluate } from "../tasks/evaluate.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-evaluate-" });
 const quiet = { log: () => {} };
 
-async function shards(name: string, limit: number): Promise<string> {
-  const out = join(root, name);
-  await runShard(
-    parseOptions(shardCommand, [
-      "--input",
-      "mnist",
-      "--out",
-      out,
-      "--limit",
-      `${limit}`,
-      "--quiet",
-    ])!,
-    quiet,
-  );
-  return out;
-}
+const shards = (name: string, limit: number) => mnistShards(root, name, limit);
 
 /**
  * An export-codebook folder through the real writers (a full export run costs minutes of shader
@@ -61,21 +45,7 @@ async function makeExport(name: string, shardDir: string): Promise<string> {
     log: () => {},
   });
   if (run.status === "skip") return out;
-  const config = resolveVqVaeConfig({
-    imageSize: 28,
-    inChannels: 1,
-    channels: 4,
-    channelMult: [1, 1, 1],
-    numResBlocks: 1,
-    groups: 2,
-    codeDim: 4,
-    codebookSize: K,
-    quantizer: { init: "random" },
-  });
-  const tok = Tokenizer.fromModel(new VqVae(config, 3), {
-    image: { channels: 1, size: 28, mean: [0.5], std: [0.5] },
-    provenance: { test: true },
-  });
+  const tok = tinyTokenizer(K);
   await tok.save(join(out, TOKENIZER_FILE));
   const set = await openShards(shardDir);
   const counts: Record<string, Float64Array> = {};

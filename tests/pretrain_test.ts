@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { mnistShards, tinyTokenizer } from "./stage_fixtures.ts";
 import { assertClose } from "./util.ts";
 import { parseOptions } from "../lib/cli/args.ts";
 import { readMetrics } from "../lib/cli/metrics.ts";
@@ -17,8 +18,7 @@ import {
 import { sha256File } from "../lib/io/hash.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import { BeitClassifier, readBeitMeta } from "../lib/models/beit.ts";
-import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
-import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
+import { TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { noGrad, tensor } from "../lib/tensor/mod.ts";
 import {
   CodeHistogram,
@@ -27,7 +27,6 @@ import {
   maskSpec,
   mostFrequent,
 } from "../lib/train/mim.ts";
-import { runShard, shardCommand } from "../tasks/shard.ts";
 import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-pretrain-" });
@@ -35,20 +34,7 @@ globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: t
 const quiet = { log: () => {} };
 const K = 16;
 
-async function shards(name: string, limit: number): Promise<string> {
-  const out = join(root, name);
-  const o = parseOptions(shardCommand, [
-    "--input",
-    "mnist",
-    "--out",
-    out,
-    "--limit",
-    String(limit),
-    "--quiet",
-  ])!;
-  await runShard(o, quiet);
-  return out;
-}
+const shards = (name: string, limit: number) => mnistShards(root, name, limit);
 
 /**
  * An export-codebook folder made through the real writers: a tiny untrained tokenizer (28² → 7×7
@@ -58,21 +44,7 @@ async function makeExport(name: string, shardDir: string): Promise<string> {
   const dir = join(root, name);
   const tokens = join(dir, "tokens");
   await Deno.mkdir(tokens, { recursive: true });
-  const config = resolveVqVaeConfig({
-    imageSize: 28,
-    inChannels: 1,
-    channels: 4,
-    channelMult: [1, 1, 1],
-    numResBlocks: 1,
-    groups: 2,
-    codeDim: 4,
-    codebookSize: K,
-    quantizer: { init: "random" },
-  });
-  const tok = Tokenizer.fromModel(new VqVae(config, 3), {
-    image: { channels: 1, size: 28, mean: [0.5], std: [0.5] },
-    provenance: { test: true },
-  });
+  const tok = tinyTokenizer(K);
   await tok.save(join(dir, TOKENIZER_FILE));
   const set = await openShards(shardDir);
   const geometry = { grid: [7, 7] as [number, number], codebookSize: K };

@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { mnistShards } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions } from "../lib/cli/args.ts";
 import { readMetrics } from "../lib/cli/metrics.ts";
@@ -19,28 +20,13 @@ import {
   hingeDiscriminatorLoss,
   PatchDiscriminator,
 } from "../lib/models/discriminator.ts";
-import { runShard, shardCommand } from "../tasks/shard.ts";
 import { runTrainTokenizer, trainTokenizerCommand } from "../tasks/train_tokenizer.ts";
 import { assertClose } from "./util.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-train-tokenizer-" });
 const quiet = { log: () => {} };
 
-async function shards(name: string, extra: string[] = []): Promise<string> {
-  const out = join(root, name);
-  const o = parseOptions(shardCommand, [
-    "--input",
-    "mnist",
-    "--out",
-    out,
-    "--limit",
-    "16",
-    "--quiet",
-    ...extra,
-  ])!;
-  await runShard(o, quiet);
-  return out;
-}
+const shards = (name: string, extra: string[] = []) => mnistShards(root, name, 16, extra);
 
 const mnist = await shards("mnist");
 

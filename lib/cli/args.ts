@@ -35,6 +35,13 @@ export class UsageError extends Error {
   override name = "UsageError";
 }
 
+/** Usage error unless `v` (when given) is an integer ≥ min: `--name must be an integer ≥ min`. */
+export function checkInteger(name: string, v: number | undefined, min = 1): void {
+  if (v !== undefined && (!Number.isSafeInteger(v) || v < min)) {
+    throw new UsageError(`--${name} must be an integer ≥ ${min}, got ${v}`);
+  }
+}
+
 export function helpText<S extends OptionSpecs>(command: Command<S>): string {
   const rows = Object.entries(command.options).map(([name, spec]) => {
     const flag = `${spec.short ? `-${spec.short}, ` : ""}--${name}${

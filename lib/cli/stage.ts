@@ -83,6 +83,13 @@ interface StageCommon {
   inputs: Record<string, StageInput>;
 }
 
+/** What a stage's run function returns to the command line, the pipeline and tests. */
+export interface StageResult {
+  status: "skip" | "done" | "stopped";
+  out: string;
+  summary: Record<string, unknown>;
+}
+
 export interface StageSkip extends StageCommon {
   status: "skip";
   manifest: StageManifest;
@@ -139,7 +146,8 @@ export function stageFingerprint(
 
 // ---- reading folders ------------------------------------------------------------------------
 
-function failer(stage: string) {
+/** A throw-helper for one stage: `fail("what")` throws "peco: <stage>: what". */
+export function failer(stage: string) {
   return (what: string): never => {
     throw new Error(`peco: ${stage}: ${what}`);
   };
