@@ -37,9 +37,9 @@ import {
   beginStage,
   failer,
   finishStage,
-  FORCE_OPTION,
   MANIFEST_FILE,
   type StageResult,
+  trainingRunOptions,
 } from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../lib/data/token_shards.ts";
@@ -153,22 +153,7 @@ export const pretrainCommand = {
       default: 256,
       help: "held-out images of the fixed masked evaluation set",
     },
-    "log-every": {
-      type: "number",
-      default: 50,
-      help: "metrics + held-out evaluation every N steps",
-    },
-    "ckpt-every": {
-      type: "number",
-      default: 200,
-      help: "checkpoint every N steps (a multiple of --log-every)",
-    },
-    "stop-at": {
-      type: "number",
-      help: "stop after the checkpoint at this step, as if killed (tests resuming)",
-    },
-    quiet: { type: "boolean", help: "no progress bar" },
-    force: { type: "boolean", help: FORCE_OPTION.help },
+    ...trainingRunOptions(50, 200),
   },
 } as const;
 

@@ -32,10 +32,10 @@ import {
   beginStage,
   failer,
   finishStage,
-  FORCE_OPTION,
   MANIFEST_FILE,
   stageFingerprint,
   type StageResult,
+  trainingRunOptions,
 } from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
@@ -139,18 +139,7 @@ export const trainTokenizerCommand = {
       help: "held-out images for codebook usage and perplexity",
     },
     "psnr-images": { type: "number", default: 64, help: "fixed held-out batch for PSNR" },
-    "log-every": { type: "number", default: 60, help: "metrics every N steps" },
-    "ckpt-every": {
-      type: "number",
-      default: 120,
-      help: "checkpoint + grid every N steps (a multiple of --log-every)",
-    },
-    "stop-at": {
-      type: "number",
-      help: "stop after the checkpoint at this step, as if killed (tests resuming)",
-    },
-    quiet: { type: "boolean", help: "no progress bar" },
-    force: { type: "boolean", help: FORCE_OPTION.help },
+    ...trainingRunOptions(60, 120, "checkpoint + grid"),
   },
 } as const;
 

@@ -38,6 +38,27 @@ export const FORCE_OPTION: OptionSpec = {
   help: "replace an output folder that holds another run (finished or not) of this stage",
 };
 
+/**
+ * The options every training stage shares: when to log, when to checkpoint, a simulated kill for
+ * resume tests, no progress bar, and --force. `what` names what is written at checkpoints.
+ */
+export function trainingRunOptions(logEvery: number, ckptEvery: number, what = "checkpoint") {
+  return {
+    "log-every": { type: "number", default: logEvery, help: "metrics every N steps" },
+    "ckpt-every": {
+      type: "number",
+      default: ckptEvery,
+      help: `${what} every N steps (a multiple of --log-every)`,
+    },
+    "stop-at": {
+      type: "number",
+      help: "stop after the checkpoint at this step, as if killed (tests resuming)",
+    },
+    quiet: { type: "boolean", help: "no progress bar" },
+    force: { type: "boolean", help: FORCE_OPTION.help },
+  } as const;
+}
+
 export interface StageSpec {
   name: string;
   out: string;
