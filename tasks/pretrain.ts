@@ -29,7 +29,7 @@
 
 import { join, resolve } from "node:path";
 import { checkInteger, type Parsed, UsageError } from "../lib/cli/args.ts";
-import { METRICS_FILE, MetricsWriter } from "../lib/cli/metrics.ts";
+import { METRICS_FILE, MetricsWriter, readStepMeans } from "../lib/cli/metrics.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
@@ -562,14 +562,7 @@ async function train(
         continue;
       }
       // Every step's numbers since the last log are read: a NaN at any of them stops the run.
-      const values = await readAll(pending.flat());
-      pending.forEach((ts) => ts.forEach((x) => x.dispose()));
-      const means: Record<string, number> = {};
-      termNames.forEach((name, i) => {
-        let s = 0;
-        for (let j = 0; j < pending.length; j++) s += values[j * termNames.length + i][0];
-        means[name] = s / pending.length;
-      });
+      const means = await readStepMeans(pending, termNames);
       pending = [];
       guard.check(done, { loss: means.loss, grad_norm: means.grad_norm });
       const seconds = (performance.now() - intervalStart) / 1000;
