@@ -1,5 +1,8 @@
 // `deno task bench [-- --json] [--quick] [--filter NAME]`: every benchmark case of the engine.
 // Prints a table, or with --json one JSON object per line: {name, ms, gflops | items_per_s, ...}.
+// With --profile every case is followed by its GPU time per kernel (timestamp queries), most
+// expensive first: where a step's time goes. Profiling adds overhead per dispatch, so a profiled
+// case's ms is not its speed.
 
 import { parseOrExit } from "../lib/cli/args.ts";
 import { gpu, initGpuOrExit } from "../lib/gpu/device.ts";
@@ -12,10 +15,12 @@ const options = parseOrExit({
     json: { type: "boolean", help: "one JSON object per line instead of a table" },
     quick: { type: "boolean", help: "skip the heavy cases" },
     filter: { type: "string", help: "run only cases whose name contains this text" },
+    profile: { type: "boolean", help: "print each case's GPU time per kernel (slower runs)" },
+    top: { type: "number", default: 15, help: "kernels listed per case with --profile" },
   },
 });
 
-await initGpuOrExit();
+await initGpuOrExit({ profile: options.profile });
 const files = [
   "engine",
   "matmul",
@@ -44,6 +49,7 @@ for (const c of cases) {
   if (options.filter && !c.name.includes(options.filter)) continue;
   if (options.quick && c.slow) continue;
   gpu().pool.resetPeak();
+  gpu().profiler?.reset();
   const result = await c.run();
   result.adapter = info.description;
   // Peak GPU memory of this case: buffers and textures the pool held at once.
@@ -51,6 +57,31 @@ for (const c of cases) {
   results.push(result);
   if (options.json) console.log(JSON.stringify(result));
   else console.log(formatRow(result));
+  if (gpu().profiler) await printProfile(c.name, options.json, options.top);
+}
+
+/** The case's GPU time per kernel (warm-up and timed iterations together). */
+async function printProfile(name: string, json: boolean | undefined, top: number) {
+  const profiler = gpu().profiler!;
+  await gpu().recorder.sync();
+  await profiler.collect();
+  const rows = profiler.table();
+  const total = rows.reduce((s, r) => s + r.ms, 0);
+  if (json) {
+    console.log(JSON.stringify({ name, profile: rows, total_ms: total }));
+    return;
+  }
+  for (const r of rows.slice(0, top)) {
+    console.log(
+      `    ${r.name.padEnd(40)} ${(100 * r.ms / total).toFixed(1).padStart(5)}%  ` +
+        `${r.ms.toFixed(1).padStart(9)} ms  ${String(r.dispatches).padStart(7)} dispatches  ` +
+        `${(1e3 * r.ms / r.dispatches).toFixed(1).padStart(8)} µs each`,
+    );
+  }
+  const rest = rows.slice(top).reduce((s, r) => s + r.ms, 0);
+  console.log(
+    `    (${rows.length - Math.min(top, rows.length)} more kernels: ${rest.toFixed(1)} ms)`,
+  );
 }
 
 function formatRow(r: BenchResult): string {

@@ -3,6 +3,7 @@
 
 import { BufferPool } from "./pool.ts";
 import { PipelineCache } from "./pipelines.ts";
+import { KernelProfiler } from "./profiler.ts";
 import { Recorder } from "./recorder.ts";
 
 export interface AdapterInfo {
@@ -42,6 +43,8 @@ export class Gpu {
   readonly pool: BufferPool;
   readonly pipelines: PipelineCache;
   readonly recorder: Recorder;
+  /** Per-kernel timestamps: only when opened with `initGpu({ profile: true })`. */
+  readonly profiler: KernelProfiler | null;
   /** First asynchronous device error (validation, out-of-memory, loss); thrown at the next sync. */
   pendingError: GpuError | null = null;
 
@@ -57,6 +60,7 @@ export class Gpu {
       (error) => this.pendingError ??= error,
     );
     this.pipelines = new PipelineCache(device);
+    this.profiler = device.features.has("timestamp-query") ? new KernelProfiler(device) : null;
     this.recorder = new Recorder(this);
     device.addEventListener("uncapturederror", (event) => {
       const error = (event as GPUUncapturedErrorEvent).error;
@@ -86,9 +90,17 @@ export class Gpu {
 let current: Promise<Gpu> | null = null;
 let ready: Gpu | null = null;
 
-/** Opens (once) and returns the process's GPU. */
-export function initGpu(): Promise<Gpu> {
-  current ??= openGpu().then((gpu) => (ready = gpu));
+export interface GpuOptions {
+  /**
+   * Time every dispatch with timestamp queries (`gpu().profiler`; bench/profile.ts). Throws when
+   * the adapter has no "timestamp-query" feature.
+   */
+  profile?: boolean;
+}
+
+/** Opens (once) and returns the process's GPU; the first call's options count. */
+export function initGpu(options: GpuOptions = {}): Promise<Gpu> {
+  current ??= openGpu(options).then((gpu) => (ready = gpu));
   return current;
 }
 
@@ -98,13 +110,22 @@ export function gpu(): Gpu {
   return ready;
 }
 
-async function openGpu(): Promise<Gpu> {
+async function openGpu({ profile = false }: GpuOptions): Promise<Gpu> {
   if (!("gpu" in navigator) || !navigator.gpu) throw new GpuError(NO_ADAPTER_MESSAGE);
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new GpuError(NO_ADAPTER_MESSAGE);
   const limits: Record<string, number> = {};
   for (const name of REQUESTED_LIMITS) limits[name] = adapter.limits[name];
-  const device = await adapter.requestDevice({ requiredLimits: limits, label: "peco" });
+  if (profile && !adapter.features.has("timestamp-query")) {
+    throw new GpuError(
+      `peco: profiling needs the "timestamp-query" feature, which this adapter lacks`,
+    );
+  }
+  const device = await adapter.requestDevice({
+    requiredLimits: limits,
+    requiredFeatures: profile ? ["timestamp-query"] : [],
+    label: "peco",
+  });
   const all: Record<string, number> = {};
   for (const name in device.limits) all[name] = device.limits[name as keyof GPUSupportedLimits];
   const raw = adapter.info;
@@ -121,9 +142,9 @@ async function openGpu(): Promise<Gpu> {
 }
 
 /** Exits the process with one clear line when the GPU cannot be opened (for task entry points). */
-export async function initGpuOrExit(): Promise<Gpu> {
+export async function initGpuOrExit(options: GpuOptions = {}): Promise<Gpu> {
   try {
-    return await initGpu();
+    return await initGpu(options);
   } catch (error) {
     console.error(error instanceof Error ? error.message : String(error));
     Deno.exit(3);

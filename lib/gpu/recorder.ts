@@ -81,8 +81,11 @@ export class Recorder {
       );
     }
     const compiled = this.gpu.pipelines.get(kernel, constants);
-    if (this.arenaUsed + this.slot > ARENA_BYTES) this.flush();
-    const pass = this.beginPass();
+    const profiler = this.gpu.profiler;
+    if (this.arenaUsed + this.slot > ARENA_BYTES || profiler?.full) this.flush();
+    // Profiling: every dispatch in a pass of its own, between two timestamps.
+    if (profiler) this.endPass();
+    const pass = this.beginPass(profiler?.timestampWrites(kernel.name));
     pass.setPipeline(compiled.pipeline);
     let key = compiled.layoutKey;
     for (let i = 0; i < buffers.length; i++) {
@@ -129,6 +132,7 @@ export class Recorder {
     }
     const [x, y = 1, z = 1] = workgroups;
     pass.dispatchWorkgroups(x, y, z);
+    if (profiler) this.endPass();
     this.lastLabel = kernel.name;
     this.dispatches++;
   }
@@ -165,6 +169,7 @@ export class Recorder {
       this.gpu.device.queue.writeBuffer(this.arena, 0, this.arenaWords, 0, this.arenaUsed / 4);
       this.arenaUsed = 0;
     }
+    this.gpu.profiler?.resolve(this.encoder);
     this.gpu.device.queue.submit([this.encoder.finish()]);
     this.encoder = null;
     for (const buffer of this.staging) buffer.destroy();
@@ -218,8 +223,10 @@ export class Recorder {
     return this.encoder ??= this.gpu.device.createCommandEncoder({ label: "step" });
   }
 
-  private beginPass(): GPUComputePassEncoder {
-    return this.pass ??= this.ensureEncoder().beginComputePass();
+  private beginPass(timestampWrites?: GPUComputePassTimestampWrites): GPUComputePassEncoder {
+    return this.pass ??= this.ensureEncoder().beginComputePass(
+      timestampWrites ? { timestampWrites } : undefined,
+    );
   }
 
   private endPass(): void {
