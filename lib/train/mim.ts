@@ -63,7 +63,9 @@ const BEIT_TRAIN = {
  * are BEiT's recipe (batch 2048 and lr 1.5e-3 scale down linearly to a GPU host's batch 256).
  */
 export const PRETRAIN_TRAIN_PRESETS: Record<BeitPresetName, PretrainTrainConfig> = {
-  mnist: { ...BEIT_TRAIN, steps: 300, batch: 32, lr: 1e-3, warmupSteps: 20, augment: "none" },
+  // lr 2e-3: on MNIST tokens it lowers the held-out MIM loss at every step against 1e-3 (5.04 vs
+  // 5.25 at step 150) and its 600-step model fine-tunes to 37% vs 27% from scratch in 150 steps.
+  mnist: { ...BEIT_TRAIN, steps: 300, batch: 32, lr: 2e-3, warmupSteps: 20, augment: "none" },
   tiny: {
     ...BEIT_TRAIN,
     steps: 100_000,
