@@ -41,7 +41,7 @@ async function trainThroughput(name: string, s: Setup, slow = false) {
   const x = keep(uniform([s.batch, s.channels, s.size, s.size], 7, -1, 1));
   let step = 0;
   // The first call runs the k-means initialisation: a warmup call. The slow case times that one
-  // call only (over 20 minutes per step on a 2-core lavapipe): its figure is an upper bound that
+  // call only (two calls took over 20 minutes on a 2-core lavapipe): its figure is an upper bound that
   // includes the k-means initialisation and the shaders' compilation.
   const ms = await timeSteps(
     () => tokenizerStep(ctx, x, step++),
