@@ -41,8 +41,8 @@ async function trainThroughput(name: string, s: Setup, slow = false) {
   const x = keep(uniform([s.batch, s.channels, s.size, s.size], 7, -1, 1));
   let step = 0;
   // The first call runs the k-means initialisation: a warmup call. The slow case times that one
-  // call only (two calls took over 20 minutes on a 2-core lavapipe): its figure is an upper bound that
-  // includes the k-means initialisation and the shaders' compilation.
+  // call only (two calls took over 20 minutes on a 2-core lavapipe): its figure is an upper bound
+  // that includes the k-means initialisation and the shaders' compilation.
   const ms = await timeSteps(
     () => tokenizerStep(ctx, x, step++),
     slow ? { warmup: 0, minIters: 1, minMs: 0 } : { warmup: 2, minIters: 3, minMs: 3000 },
