@@ -9,8 +9,9 @@ import { REQUIRED_REPORT_KEYS } from "../lib/io/report.ts";
 import { join, resolve } from "node:path";
 import { type Parsed, parseOrExit, runTask } from "../lib/cli/args.ts";
 import type { PipelineResult } from "../lib/cli/pipeline.ts";
-import { checkConfig, launch } from "./pipeline.ts";
-import demoConfig from "../configs/demo.json" with { type: "json" };
+import type { PipelineConfig } from "../lib/cli/pipeline_config.ts";
+import { checkConfig, launch, LAUNCH_FLAGS, launchFlags, type LaunchOptions } from "./pipeline.ts";
+import fullConfig from "../configs/demo.json" with { type: "json" };
 import quickConfig from "../configs/demo-quick.json" with { type: "json" };
 
 export const demoCommand = {
@@ -20,9 +21,7 @@ export const demoCommand = {
   options: {
     quick: { type: "boolean", help: "small budgets (≤ 10 min on a 2-core CPU)" },
     out: { type: "string", help: "run folder (default: runs/demo, or runs/demo-quick)" },
-    quiet: { type: "boolean", help: "one line per stage and the summary table only" },
-    json: { type: "boolean", help: "one JSON event per line on stdout" },
-    "dry-run": { type: "boolean", help: "print each stage's command and permissions; run nothing" },
+    ...LAUNCH_FLAGS,
   },
 } as const;
 
@@ -80,24 +79,30 @@ export async function printHeadline(result: PipelineResult, json: boolean): Prom
   else console.log(lines.join("\n"));
 }
 
+/** The demo's built-in config: configs/demo.json, or configs/demo-quick.json with `quick`. */
+export function demoConfig(quick: boolean | undefined): Promise<PipelineConfig> {
+  return quick
+    ? checkConfig(quickConfig, "configs/demo-quick.json")
+    : checkConfig(fullConfig, "configs/demo.json");
+}
+
+/** Runs the chain, prints the report's headline when it got there, exits with the chain's code. */
+export async function launchAndReport(o: LaunchOptions): Promise<void> {
+  const result = await launch(o);
+  if (!result) return;
+  await printHeadline(result, o.json ?? false);
+  Deno.exit(result.code);
+}
+
 export async function main(argv = Deno.args): Promise<void> {
   const options = parseOrExit(demoCommand, argv);
   await runTask(demoCommand.usage, async () => {
-    const config = await checkConfig(
-      options.quick ? quickConfig : demoConfig,
-      options.quick ? "configs/demo-quick.json" : "configs/demo.json",
-    );
-    const out = resolve(options.out ?? config.out!);
-    const result = await launch({
+    const config = await demoConfig(options.quick);
+    await launchAndReport({
       config,
-      out,
-      quiet: options.quiet,
-      json: options.json,
-      dryRun: options["dry-run"],
+      out: resolve(options.out ?? config.out!),
+      ...launchFlags(options),
     });
-    if (!result) return;
-    await printHeadline(result, options.json ?? false);
-    Deno.exit(result.code);
   });
 }
 

@@ -15,10 +15,8 @@ import { resolve } from "node:path";
 import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
 import type { Arm } from "../lib/cli/pipeline.ts";
 import { readConfig } from "../lib/cli/pipeline_config.ts";
-import { checkConfig, launch, schemas } from "./pipeline.ts";
-import { printHeadline } from "./demo.ts";
-import demoConfig from "../configs/demo.json" with { type: "json" };
-import quickConfig from "../configs/demo-quick.json" with { type: "json" };
+import { LAUNCH_FLAGS, launchFlags, schemas } from "./pipeline.ts";
+import { demoConfig, launchAndReport } from "./demo.ts";
 
 export const experimentCommand = {
   usage: "deno task experiment",
@@ -32,9 +30,7 @@ export const experimentCommand = {
       type: "string",
       help: "run folder (default: runs/experiment, or runs/experiment-quick)",
     },
-    quiet: { type: "boolean", help: "one line per stage and the summary table only" },
-    json: { type: "boolean", help: "one JSON event per line on stdout" },
-    "dry-run": { type: "boolean", help: "print each stage's command and permissions; run nothing" },
+    ...LAUNCH_FLAGS,
   },
 } as const;
 
@@ -71,10 +67,7 @@ export async function main(argv = Deno.args): Promise<void> {
     const lambdas = parseLambdas(options.lambdas);
     const config = options.config
       ? await readConfig(options.config, await schemas())
-      : await checkConfig(
-        options.quick ? quickConfig : demoConfig,
-        options.quick ? "configs/demo-quick.json" : "configs/demo.json",
-      );
+      : await demoConfig(options.quick);
     // Each arm's λ (and perceptual "none" for λ = 0) overrides the config's train-tokenizer.
     const perceptual = String(config.stages["train-tokenizer"]?.perceptual ?? "builtin");
     const out = options.out ??
@@ -83,17 +76,12 @@ export async function main(argv = Deno.args): Promise<void> {
         : options.quick
         ? "runs/experiment-quick"
         : "runs/experiment");
-    const result = await launch({
+    await launchAndReport({
       config,
       out: resolve(out),
       arms: lambdaArms(lambdas, perceptual),
-      quiet: options.quiet,
-      json: options.json,
-      dryRun: options["dry-run"],
+      ...launchFlags(options),
     });
-    if (!result) return;
-    await printHeadline(result, options.json ?? false);
-    Deno.exit(result.code);
   });
 }
 

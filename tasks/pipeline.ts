@@ -89,6 +89,18 @@ export const STAGES: StageRegistry = {
   },
 };
 
+/** The launcher flags of every chain command (pipeline, demo, experiment). */
+export const LAUNCH_FLAGS = {
+  quiet: { type: "boolean", help: "one line per stage and the summary table only" },
+  json: { type: "boolean", help: "one JSON event per line on stdout (start/skip/done/fail…)" },
+  "dry-run": { type: "boolean", help: "print each stage's command and permissions; run nothing" },
+} as const;
+
+/** LaunchOptions' flags from a command line parsed with LAUNCH_FLAGS. */
+export function launchFlags(o: { quiet?: boolean; json?: boolean; "dry-run"?: boolean }) {
+  return { quiet: o.quiet, json: o.json, dryRun: o["dry-run"] };
+}
+
 export const pipelineCommand = {
   usage: "deno task pipeline",
   summary: "Runs the whole chain (shard → … → evaluate) with the settings of a JSON config.\n" +
@@ -99,9 +111,7 @@ export const pipelineCommand = {
       type: "string",
       help: "the run's folder (default: the config's \"out\", runs/pipeline)",
     },
-    quiet: { type: "boolean", help: "one line per stage and the summary table only" },
-    json: { type: "boolean", help: "one JSON event per line on stdout (start/skip/done/fail…)" },
-    "dry-run": { type: "boolean", help: "print each stage's command and permissions; run nothing" },
+    ...LAUNCH_FLAGS,
   },
 } as const;
 
@@ -147,9 +157,7 @@ export async function main(argv = Deno.args): Promise<void> {
     const result = await launch({
       config,
       out: options.out ?? config.out ?? "runs/pipeline",
-      quiet: options.quiet,
-      json: options.json,
-      dryRun: options["dry-run"],
+      ...launchFlags(options),
     });
     if (result) Deno.exit(result.code);
   });
