@@ -92,7 +92,7 @@ let ready: Gpu | null = null;
 
 export interface GpuOptions {
   /**
-   * Time every dispatch with timestamp queries (`gpu().profiler`; bench/profile.ts). Throws when
+   * Time every dispatch with timestamp queries (`gpu().profiler`; `bench --profile`). Throws when
    * the adapter has no "timestamp-query" feature.
    */
   profile?: boolean;
