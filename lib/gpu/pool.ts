@@ -35,7 +35,9 @@ export const bufferIds = new WeakMap<GPUBuffer, number>();
 /** Stable small ids for the views of pooled textures: bind-group cache keys. */
 export const textureViewIds = new WeakMap<GPUTextureView, number>();
 
-const TEXTURE_USAGE = GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING;
+// Filled by a compute pass (storage writes) or straight from a buffer (copies).
+const TEXTURE_USAGE = GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING |
+  GPUTextureUsage.COPY_DST;
 
 /** A pooled rgba32float texture (16 bytes a texel) with its one view. */
 export interface PooledTexture {

@@ -143,6 +143,26 @@ export class Recorder {
     this.ensureEncoder().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
   }
 
+  /**
+   * Copies rows of rgba32float texels from a buffer into a texture's top-left corner (ends the
+   * current compute pass): `height` rows of `width` texels, `bytesPerRow` apart from `srcOffset`.
+   */
+  copyToTexture(
+    src: GPUBuffer,
+    srcOffset: number,
+    bytesPerRow: number,
+    dst: GPUTexture,
+    width: number,
+    height: number,
+  ): void {
+    this.endPass();
+    this.ensureEncoder().copyBufferToTexture(
+      { buffer: src, offset: srcOffset, bytesPerRow },
+      { texture: dst },
+      [width, height],
+    );
+  }
+
   /** Records a host → GPU copy in order with the work recorded so far. */
   upload(dst: GPUBuffer, data: ArrayBufferView, dstOffset = 0): void {
     const bytes = Math.ceil(data.byteLength / 4) * 4;

@@ -5,12 +5,18 @@
 //
 // Texture variants (`tex16x16`, `tex8x8`, for software adapters): storage-buffer loads are the
 // bottleneck on lavapipe (~25-30 cycles per lane and float) while a textureLoad of an rgba32float
-// texel costs ~10 cycles for 4 floats. So the op first packs op(A) and op(B) into zero-padded
-// rgba32float textures (A: texel (k/4, z·Mp + m) holds op(A)[z, m, k..k+3]; B: texel (n/4, z·Kp + k)
-// holds op(B)[z, k, n..n+3]), then a kernel with a TM × TN block of C per invocation reads them
-// without bounds checks and writes C with bounds-checked stores. The textures come from the pool
-// and go back to it at the end of the call. Shapes whose textures would exceed
-// maxTextureDimension2D run the best buffer variant instead.
+// texel costs ~10 cycles for 4 floats. So the op first puts op(A) and op(B) into rgba32float
+// textures, then a kernel with a TM × TN block of C per invocation reads them without bounds checks
+// and writes C with bounds-checked stores. An operand gets into its texture one of two ways:
+// - copied: where its rows are whole multiples of 64 floats (the 256-byte row pitch a buffer →
+//   texture copy needs) the buffer is copied as it is, texel (c/4, r) = x[r, c..c+3] — a memcpy,
+//   ~6× cheaper than a packing kernel, which pays a storage load per float. Transposed storage
+//   stays transposed; the kernel assembles its vec4s from the other axis, which costs nothing on a
+//   SIMD-of-lanes CPU driver (a vec4 is four separate registers there).
+// - packed: otherwise a kernel packs it zero-padded (A: texel (k/4, z·Mp + m) holds
+//   op(A)[z, m, k..k+3]; B: texel (n/4, z·Kp + k) holds op(B)[z, k, n..n+3]).
+// The textures come from the pool and go back to it at the end of the call. Shapes whose textures
+// would exceed maxTextureDimension2D run the best buffer variant instead.
 
 import { gpu } from "../../gpu/device.ts";
 import { MAX_LOOP } from "./reduce.ts";
@@ -68,10 +74,12 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 const TEX_WG = 8;
 
 /**
- * The texture matmul kernel for a tm × tn block per invocation (tn a multiple of 4), generated
- * unrolled: accumulators must stay in SSA registers on lavapipe (see kernels/matmul.wgsl).
+ * The texture matmul kernel for a tm × tn block per invocation (both multiples of 4), generated
+ * unrolled: accumulators must stay in SSA registers on lavapipe (see kernels/matmul.wgsl). `aT`:
+ * A's texture holds op(A) transposed (texel (m/4, z·aRows + k) = op(A)[m..m+3, k]); `bT`: B's holds
+ * op(B) transposed (texel (k/4, z·bRows + n) = op(B)[k..k+3, n]).
  */
-function texSource(tm: number, tn: number): string {
+function texSource(tm: number, tn: number, aT: boolean, bT: boolean): string {
   const tn4 = tn / 4;
   const decl: string[] = [];
   const body: string[] = [];
@@ -79,13 +87,37 @@ function texSource(tm: number, tn: number): string {
   for (let r = 0; r < tm; r++) {
     for (let c = 0; c < tn4; c++) decl.push(`var acc${r}_${c} = vec4f(0.0);`);
   }
-  for (let j = 0; j < 4; j++) {
-    for (let c = 0; c < tn4; c++) {
-      body.push(`let b${j}_${c} = textureLoad(tb, vec2i(i32(n4 + ${c}u), i32(kb + ${j}u)), 0);`);
+  const at = (x: string, y: string) => `textureLoad(ta, vec2i(i32(${x}), i32(${y})), 0)`;
+  const bt = (x: string, y: string) => `textureLoad(tb, vec2i(i32(${x}), i32(${y})), 0)`;
+  // b${j}_${c}: op(B)[k + j, n0 + 4c .. n0 + 4c + 3].
+  if (bT) {
+    for (let n = 0; n < tn; n++) body.push(`let bt${n} = ${bt("k4", `nb + ${n}u`)};`);
+    for (let j = 0; j < 4; j++) {
+      for (let c = 0; c < tn4; c++) {
+        const parts = [0, 1, 2, 3].map((i) => `bt${4 * c + i}[${j}]`).join(", ");
+        body.push(`let b${j}_${c} = vec4f(${parts});`);
+      }
+    }
+  } else {
+    for (let j = 0; j < 4; j++) {
+      for (let c = 0; c < tn4; c++) {
+        body.push(`let b${j}_${c} = ${bt(`n4 + ${c}u`, `kb + ${j}u`)};`);
+      }
+    }
+  }
+  // av: op(A)[m0 + r, k .. k + 3].
+  if (aT) {
+    for (let j = 0; j < 4; j++) {
+      for (let q = 0; q < tm / 4; q++) {
+        body.push(`let at${j}_${q} = ${at(`m4 + ${q}u`, `ka + ${j}u`)};`);
+      }
     }
   }
   for (let r = 0; r < tm; r++) {
-    body.push(`{ let av = textureLoad(ta, vec2i(i32(k4), i32(ma + ${r}u)), 0);`);
+    const av = aT
+      ? `vec4f(${[0, 1, 2, 3].map((j) => `at${j}_${r >> 2}[${r & 3}]`).join(", ")})`
+      : at("k4", `ma + ${r}u`);
+    body.push(`{ let av = ${av};`);
     for (let j = 0; j < 4; j++) {
       for (let c = 0; c < tn4; c++) {
         body.push(`acc${r}_${c} = fma(vec4f(av[${j}]), b${j}_${c}, acc${r}_${c});`);
@@ -99,7 +131,7 @@ function texSource(tm: number, tn: number): string {
     }
   }
   return /* wgsl */ `
-// C[z0 + z] = op(A)·op(B) (+ bias) from packed textures, ${tm} × ${tn} of C per invocation.
+// C[z0 + z] = op(A)·op(B) (+ bias) from textures, ${tm} × ${tn} of C per invocation.
 override BIAS: bool = false;
 struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32 }
 @group(0) @binding(0) var ta: texture_2d<f32>;
@@ -130,11 +162,16 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let m0 = gid.y * ${tm}u;
   if (m0 >= p.M || n4 * 4u >= p.N) { return; }
   let z = p.z0 + gid.z;
-  let ma = gid.z * p.aRows + m0;
-  let kb0 = gid.z * p.bRows;
+  // This matrix's first texture row in A's and B's texture.
+  let za = gid.z * p.aRows;
+  let zb = gid.z * p.bRows;
+  let ma = za + m0;
+  let m4 = m0 / 4u;
+  let nb = zb + n4 * 4u;
   ${decl.join("\n  ")}
   for (var k4 = 0u; k4 < p.K4; k4++) {
-    let kb = kb0 + k4 * 4u;
+    let ka = za + k4 * 4u;
+    let kb = zb + k4 * 4u;
     ${body.join("\n    ")}
   }
   ${store.join("\n  ")}
@@ -144,11 +181,11 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 const TEX_BINDINGS: ("texture" | "read" | "write")[] = ["texture", "texture", "read", "write"];
 const texKernels = new Map<string, Kernel>();
-function texKernel(tm: number, tn: number): Kernel {
-  const name = `matmul_tex${tm}x${tn}`;
+function texKernel(tm: number, tn: number, aT: boolean, bT: boolean): Kernel {
+  const name = `matmul_tex${tm}x${tn}${aT ? "_at" : ""}${bT ? "_bt" : ""}`;
   let kernel = texKernels.get(name);
   if (!kernel) {
-    kernel = defineKernel({ name, source: texSource(tm, tn), bindings: TEX_BINDINGS });
+    kernel = defineKernel({ name, source: texSource(tm, tn, aT, bT), bindings: TEX_BINDINGS });
     texKernels.set(name, kernel);
   }
   return kernel;
@@ -245,29 +282,77 @@ function rankedRegVariants(p: Problem): Variant<MatmulConfig>[] {
   return [...near, ...rest].map((s) => s.v);
 }
 
+/** How one operand reaches its texture (see the texture variants' note at the top). */
+interface OperandTexture {
+  /** Copied from its buffer as stored (else packed by a kernel). */
+  copy: boolean;
+  /** The texture holds op(X) transposed (only copies of transposed storage). */
+  transposed: boolean;
+  /** Texels per texture row. */
+  width: number;
+  /** Texture rows per matrix of the batch. */
+  rows: number;
+  /** Rows past the last matrix that the kernel may read (their results are never stored). */
+  padRows: number;
+  /** The stored matrix's [rows, cols] (cols contiguous). */
+  stored: [number, number];
+}
+
 /** Texture sizes and batch chunking of a tex variant, or null where the textures would not fit. */
 interface TexLayout {
   Mp: number;
   Np: number;
   Kp: number;
-  /** Batch entries per chunk (pack + multiply). */
+  a: OperandTexture;
+  b: OperandTexture;
+  /** Batch entries per chunk (textures filled + one multiply). */
   zc: number;
 }
+
+/** Floats a row must be a multiple of for a buffer → texture copy (256-byte row pitch). */
+const COPY_ROW_FLOATS = 64;
 
 function texLayout(p: Problem, tm: number, tn: number): TexLayout | null {
   if (p.K === 0) return null;
   const max = gpu().limits.maxTextureDimension2D ?? 8192;
   const [Mp, Np, Kp] = [roundUp(p.M, tm), roundUp(p.N, tn), roundUp(p.K, 4)];
-  if (Mp > max || Kp > max || Kp / 4 > max || Np / 4 > max) return null;
-  const zA = p.strideA ? Math.floor(max / Mp) : Infinity;
-  const zB = p.strideB ? Math.floor(max / Kp) : Infinity;
-  return { Mp, Np, Kp, zc: Math.min(p.batch, zA, zB, MAX_GROUPS) };
+  // A copy needs whole 256-byte rows, and K a multiple of 4 (no zero padding to supply).
+  const copyable = (stored: [number, number]) => stored[1] % COPY_ROW_FLOATS === 0 && p.K % 4 === 0;
+  // A packed, or copied as stored [M, K]: texel (k/4, m); copied from [K, M]: texel (m/4, k).
+  const aStored: [number, number] = p.transA ? [p.K, p.M] : [p.M, p.K];
+  const a: OperandTexture = !copyable(aStored)
+    ? { copy: false, transposed: false, width: Kp / 4, rows: Mp, padRows: 0, stored: aStored }
+    : p.transA
+    ? { copy: true, transposed: true, width: Mp / 4, rows: p.K, padRows: 0, stored: aStored }
+    : {
+      copy: true,
+      transposed: false,
+      width: Kp / 4,
+      rows: p.M,
+      padRows: Mp - p.M,
+      stored: aStored,
+    };
+  // B packed, or copied as stored [K, N]: texel (n/4, k); copied from [N, K]: texel (k/4, n).
+  const bStored: [number, number] = p.transB ? [p.N, p.K] : [p.K, p.N];
+  const b: OperandTexture = !copyable(bStored)
+    ? { copy: false, transposed: false, width: Np / 4, rows: Kp, padRows: 0, stored: bStored }
+    : p.transB
+    ? { copy: true, transposed: true, width: Kp / 4, rows: p.N, padRows: Np - p.N, stored: bStored }
+    : { copy: true, transposed: false, width: Np / 4, rows: p.K, padRows: 0, stored: bStored };
+  for (const t of [a, b]) {
+    if (t.width > max || t.rows + t.padRows > max) return null;
+  }
+  const fit = (t: OperandTexture, stride: number) =>
+    stride ? Math.floor((max - t.padRows) / t.rows) : Infinity;
+  const zc = Math.min(p.batch, fit(a, p.strideA), fit(b, p.strideB), MAX_GROUPS);
+  return { Mp, Np, Kp, a, b, zc };
 }
 
 /**
  * Cost of a tex variant on a software adapter, in the units of `rankedRegVariants` (one storage
  * load): the multiply (a texel load ~0.46, which covers its share of the FMAs; scalar stores 1
- * each), plus packing (4 loads and a store per texel) and a fixed cost per extra dispatch.
+ * each), plus filling the textures (packing: 4 loads and a store per texel, spread over the cores;
+ * a copy: ~0.5 per texel on one thread) and a fixed cost per extra dispatch or copy.
  * Calibrated on lavapipe against reg32x32 at 1024³ (~3.5× fewer units).
  */
 function texCost(p: Problem, tm: number, tn: number, cores: number): number | null {
@@ -277,12 +362,13 @@ function texCost(p: Problem, tm: number, tn: number, cores: number): number | nu
   const lanes = p.batch * Math.ceil(p.M / tm) * roundUp(Math.ceil(p.N / tn), TEX_WG);
   const groups = p.batch * Math.ceil(p.M / (tm * TEX_WG)) * Math.ceil(p.N / (tn * TEX_WG));
   const perLane = (L.Kp / 4) * (tm + tn) * 0.46 + tm * tn;
-  const texels = (p.strideA ? p.batch : 1) * L.Mp * (L.Kp / 4) +
-    (p.strideB ? p.batch : 1) * L.Kp * (L.Np / 4);
-  const packGroups = Math.ceil(texels / 64);
   const chunks = Math.ceil(p.batch / L.zc);
-  return (lanes * perLane) / Math.min(groups, cores) +
-    (texels * 4.5) / Math.min(packGroups, cores) + chunks * 2 * TEX_DISPATCH_COST;
+  let fill = 0;
+  for (const [t, stride] of [[L.a, p.strideA], [L.b, p.strideB]] as const) {
+    const texels = (stride ? p.batch : 1) * t.rows * t.width;
+    fill += t.copy ? texels * 0.5 : (texels * 4.5) / Math.min(Math.ceil(texels / 64), cores);
+  }
+  return (lanes * perLane) / Math.min(groups, cores) + fill + chunks * 2 * TEX_DISPATCH_COST;
 }
 /** Fixed cost of one extra dispatch on lavapipe, in storage loads (~50 µs). */
 const TEX_DISPATCH_COST = 4000;
@@ -393,9 +479,9 @@ function launch(
 }
 
 /**
- * Texture variant: packs op(A) and op(B) into pooled textures, chunk by chunk of the batch, and
- * multiplies each chunk with one dispatch. The textures go back to the pool at the end of the call:
- * work recorded later that reuses them is ordered after this op's by the recorder.
+ * Texture variant: fills pooled textures with op(A) and op(B) (copies or packs), chunk by chunk of
+ * the batch, and multiplies each chunk with one dispatch. The textures go back to the pool at the
+ * end of the call: work recorded later that reuses them is ordered after this op's by the recorder.
  */
 function launchTex(
   a: Tensor,
@@ -405,33 +491,56 @@ function launchTex(
   p: Problem,
   tm: number,
   tn: number,
-  { Mp, Np, Kp, zc }: TexLayout,
+  L: TexLayout,
 ): void {
   const { pool, recorder } = gpu();
-  const texA = pool.acquireTexture(Kp / 4, (p.strideA ? zc : 1) * Mp, "matmul A texture");
-  const texB = pool.acquireTexture(Np / 4, (p.strideB ? zc : 1) * Kp, "matmul B texture");
+  const height = (t: OperandTexture, stride: number) => (stride ? L.zc : 1) * t.rows + t.padRows;
+  const texA = pool.acquireTexture(L.a.width, height(L.a, p.strideA), "matmul A texture");
+  const texB = pool.acquireTexture(L.b.width, height(L.b, p.strideB), "matmul B texture");
   try {
-    const kernel = texKernel(tm, tn);
-    for (let z0 = 0; z0 < p.batch; z0 += zc) {
-      const n = Math.min(zc, p.batch - z0);
+    const kernel = texKernel(tm, tn, L.a.transposed, L.b.transposed);
+    for (let z0 = 0; z0 < p.batch; z0 += L.zc) {
+      const n = Math.min(L.zc, p.batch - z0);
       // op(A)[m, k] at m·K + k (k·M + m transposed); op(B)[k, n] at k·N + n (n·K + k transposed).
       if (p.strideA || z0 === 0) {
-        pack(a, texA.view, p.M, p.K, p.transA, p.strideA, z0, n, Mp, Kp);
+        if (L.a.copy) copyIn(a, texA.texture, L.a, p.strideA, z0, n);
+        else pack(a, texA.view, p.M, p.K, p.transA, p.strideA, z0, n, L.Mp, L.Kp);
       }
       if (p.strideB || z0 === 0) {
-        pack(b, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, Kp, Np);
+        if (L.b.copy) copyIn(b, texB.texture, L.b, p.strideB, z0, n);
+        else pack(b, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
       }
       recorder.dispatch(kernel, {
         buffers: [texA.view, texB.view, (bias ?? b).buffer, out.buffer],
-        params: [p.M, p.N, Kp / 4, p.strideA ? Mp : 0, p.strideB ? Kp : 0, z0],
+        params: [p.M, p.N, L.Kp / 4, p.strideA ? L.a.rows : 0, p.strideB ? L.b.rows : 0, z0],
         constants: { BIAS: Number(bias !== null) },
-        workgroups: [Math.ceil(Np / (tn * TEX_WG)), Math.ceil(Mp / (tm * TEX_WG)), n],
+        workgroups: [Math.ceil(L.Np / (tn * TEX_WG)), Math.ceil(L.Mp / (tm * TEX_WG)), n],
       });
     }
   } finally {
     pool.releaseTexture(texA);
     pool.releaseTexture(texB);
   }
+}
+
+/** Copies `batch` stored matrices of x from batch entry z0 (one shared matrix when stride is 0). */
+function copyIn(
+  x: Tensor,
+  texture: GPUTexture,
+  t: OperandTexture,
+  stride: number,
+  z0: number,
+  batch: number,
+): void {
+  const [rows, cols] = t.stored;
+  gpu().recorder.copyToTexture(
+    x.buffer,
+    (stride ? z0 * stride : 0) * 4,
+    cols * 4,
+    texture,
+    cols / 4,
+    (stride ? batch : 1) * rows,
+  );
 }
 
 /**
@@ -669,4 +778,24 @@ function softwareCandidates(p: Problem): Variant<MatmulConfig>[] {
 export function defaultMatmulVariant(a: Shape, b: Shape, options: MatmulOptions = {}): string {
   const [sa, sb] = [{ shape: a, dtype: "f32" }, { shape: b, dtype: "f32" }];
   return defaultVariant(plan("matmul", sa, sb, !!options.transA, !!options.transB).problem).name;
+}
+
+/**
+ * How a texture variant fills its two textures for this product: "copy" or "pack" for a and b,
+ * or null where the variant is not a texture variant or its textures would not fit.
+ */
+export function textureFill(
+  a: Shape,
+  b: Shape,
+  variant: string,
+  options: MatmulOptions = {},
+): { a: "copy" | "pack"; b: "copy" | "pack" } | null {
+  const config = MATMUL_VARIANTS.find((v) => v.name === variant)?.config;
+  if (config?.kind !== "tex") return null;
+  const [sa, sb] = [{ shape: a, dtype: "f32" }, { shape: b, dtype: "f32" }];
+  const { problem } = plan("matmul", sa, sb, !!options.transA, !!options.transB);
+  const layout = texLayout(problem, config.tm, config.tn);
+  if (!layout) return null;
+  const fill = (t: OperandTexture) => t.copy ? "copy" : "pack";
+  return { a: fill(layout.a), b: fill(layout.b) };
 }
