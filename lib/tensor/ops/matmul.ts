@@ -248,6 +248,14 @@ function shapeClass(p: Problem): string {
   return `${flags}|m${log(p.M)}n${log(p.N)}k${log(p.K)}|b${p.batch > 1 ? 1 : 0}`;
 }
 
+/**
+ * Cost of one FMA of a SIMD row (8 lanes at once) in storage-load units, by the size of a lane's
+ * block of C: cheap while the block fits the CPU's registers, several times dearer once it spills
+ * (fitted on lavapipe to batched [50, 50]·[50, 16] products: 8 × 8 blocks ~0.075, 16 × 16 ~0.24,
+ * 32 × 16 and larger ~0.35).
+ */
+const fmaCost = (area: number) => area <= 64 ? 0.075 : area <= 256 ? 0.24 : 0.35;
+
 /** Cost-model units of a register variant (see `rankedRegVariants`). */
 function regCost(p: Problem, v: Variant<MatmulConfig>, cores: number): number {
   if (v.config.kind !== "reg") return Infinity;
@@ -256,14 +264,17 @@ function regCost(p: Problem, v: Variant<MatmulConfig>, cores: number): number {
   const lanes = p.batch * Math.ceil(p.M / tm) * Math.ceil(p.N / tn);
   const groups = p.batch * Math.ceil(p.M / (tm * REG_WG)) * Math.ceil(p.N / (tn * REG_WG));
   const perLane = p.K * (tm * (vecA ? 0.8 : 1) + tn * (vecB ? 0.8 : 1)) + tm * tn;
-  return (lanes * perLane) / Math.min(groups, cores);
+  // Lanes along x (column blocks) share a SIMD row: a partly used row costs a full row's FMAs.
+  const simdRows = p.batch * Math.ceil(p.M / tm) * Math.ceil(Math.ceil(p.N / tn) / REG_WG);
+  const fmas = simdRows * p.K * tm * tn * fmaCost(tm * tn);
+  return (lanes * perLane + fmas) / Math.min(groups, cores);
 }
 
 /**
  * Register variants from most to least promising on a software adapter (lavapipe), by a cost model
  * of what bounds them there: storage loads and stores, each a per-lane loop costing about the same,
- * i.e. lanes·(K·(tm + tn) + tm·tn) with vec4 loads at 0.8 per value, spread over
- * min(workgroups, cores) threads. Blocks within 5% of the best rank smallest first (faster to
+ * i.e. lanes·(K·(tm + tn) + tm·tn) with vec4 loads at 0.8 per value, plus the FMAs of each SIMD
+ * row (see `fmaCost`), spread over min(workgroups, cores) threads. Blocks within 5% of the best rank smallest first (faster to
  * compile).
  */
 function rankedRegVariants(p: Problem): Variant<MatmulConfig>[] {
