@@ -114,6 +114,9 @@ Deno.test("matmul forward: texture variants, forced, on odd shapes, batches and 
         await checkForward(a, b, ta, tb, v.name);
         const batched = operands(7, 13, 9, ta, tb, 3);
         await checkForward(batched.a, batched.b, ta, tb, `${v.name} batch`);
+        // Many row blocks, few column blocks: row blocks run along the SIMD lanes.
+        const tall = operands(45, 20, 9, ta, tb, 2);
+        await checkForward(tall.a, tall.b, ta, tb, `${v.name} tall`);
       }
       await checkForward(input(3, 7, 13), input(13, 9), false, false, `${v.name} shared b`);
       await checkForward(input(3, 13, 7), input(9, 13), true, true, `${v.name} shared b, trans`);

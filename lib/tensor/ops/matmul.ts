@@ -77,9 +77,10 @@ const TEX_WG = 8;
  * The texture matmul kernel for a tm × tn block per invocation (both multiples of 4), generated
  * unrolled: accumulators must stay in SSA registers on lavapipe (see kernels/matmul.wgsl). `aT`:
  * A's texture holds op(A) transposed (texel (m/4, z·aRows + k) = op(A)[m..m+3, k]); `bT`: B's holds
- * op(B) transposed (texel (k/4, z·bRows + n) = op(B)[k..k+3, n]).
+ * op(B) transposed (texel (k/4, z·bRows + n) = op(B)[k..k+3, n]). `laneM`: invocations along x (the
+ * CPU driver's SIMD lanes) take consecutive row blocks rather than column blocks (see `lanesAlongM`).
  */
-function texSource(tm: number, tn: number, aT: boolean, bT: boolean): string {
+function texSource(tm: number, tn: number, aT: boolean, bT: boolean, laneM: boolean): string {
   const tn4 = tn / 4;
   const decl: string[] = [];
   const body: string[] = [];
@@ -158,8 +159,8 @@ fn store4(z: u32, m: u32, n: u32, v: vec4f) {
 
 @compute @workgroup_size(${TEX_WG}, ${TEX_WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let n4 = gid.x * ${tn4}u;
-  let m0 = gid.y * ${tm}u;
+  let n4 = gid.${laneM ? "y" : "x"} * ${tn4}u;
+  let m0 = gid.${laneM ? "x" : "y"} * ${tm}u;
   if (m0 >= p.M || n4 * 4u >= p.N) { return; }
   let z = p.z0 + gid.z;
   // This matrix's first texture row in A's and B's texture.
@@ -181,11 +182,12 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 const TEX_BINDINGS: ("texture" | "read" | "write")[] = ["texture", "texture", "read", "write"];
 const texKernels = new Map<string, Kernel>();
-function texKernel(tm: number, tn: number, aT: boolean, bT: boolean): Kernel {
-  const name = `matmul_tex${tm}x${tn}${aT ? "_at" : ""}${bT ? "_bt" : ""}`;
+function texKernel(tm: number, tn: number, aT: boolean, bT: boolean, laneM: boolean): Kernel {
+  const name = `matmul_tex${tm}x${tn}${aT ? "_at" : ""}${bT ? "_bt" : ""}${laneM ? "_m" : ""}`;
   let kernel = texKernels.get(name);
   if (!kernel) {
-    kernel = defineKernel({ name, source: texSource(tm, tn, aT, bT), bindings: TEX_BINDINGS });
+    const source = texSource(tm, tn, aT, bT, laneM);
+    kernel = defineKernel({ name, source, bindings: TEX_BINDINGS });
     texKernels.set(name, kernel);
   }
   return kernel;
@@ -197,6 +199,17 @@ const packKernel = defineKernel({
 });
 
 const roundUp = (x: number, m: number) => Math.ceil(x / m) * m;
+
+/** Share of the SIMD lanes doing work when `blocks` blocks run along x, 8 lanes to a row. */
+const laneUse = (blocks: number) => blocks / roundUp(blocks, TEX_WG);
+
+/**
+ * Texture kernels run row blocks along x (the SIMD lanes) when that keeps more lanes busy: with
+ * few column blocks (N = 16 at an 8-wide block fills 2 of 8 lanes) rows fill them instead.
+ */
+function lanesAlongM(M: number, N: number, tm: number, tn: number): boolean {
+  return laneUse(Math.ceil(M / tm)) > laneUse(Math.ceil(N / tn));
+}
 
 const reg = (tm: number, tn: number): Variant<MatmulConfig> => ({
   name: `reg${tm}x${tn}`,
@@ -370,7 +383,11 @@ function texCost(p: Problem, tm: number, tn: number, cores: number): number | nu
   const L = texLayout(p, tm, tn);
   if (!L) return null;
   // Lanes run in SIMD rows of 8 along x: a partly used row costs as much as a full one.
-  const lanes = p.batch * Math.ceil(p.M / tm) * roundUp(Math.ceil(p.N / tn), TEX_WG);
+  const [mBlocks, nBlocks] = [Math.ceil(p.M / tm), Math.ceil(p.N / tn)];
+  const lanes = p.batch *
+    (lanesAlongM(p.M, p.N, tm, tn)
+      ? roundUp(mBlocks, TEX_WG) * nBlocks
+      : mBlocks * roundUp(nBlocks, TEX_WG));
   const groups = p.batch * Math.ceil(p.M / (tm * TEX_WG)) * Math.ceil(p.N / (tn * TEX_WG));
   const perLane = (L.Kp / 4) * (tm + tn) * 0.46 + tm * tn;
   const chunks = Math.ceil(p.batch / L.zc);
@@ -509,7 +526,9 @@ function launchTex(
   const texA = pool.acquireTexture(L.a.width, height(L.a, p.strideA), "matmul A texture");
   const texB = pool.acquireTexture(L.b.width, height(L.b, p.strideB), "matmul B texture");
   try {
-    const kernel = texKernel(tm, tn, L.a.transposed, L.b.transposed);
+    const laneM = lanesAlongM(p.M, p.N, tm, tn);
+    const kernel = texKernel(tm, tn, L.a.transposed, L.b.transposed, laneM);
+    const [gm, gn] = [Math.ceil(L.Mp / (tm * TEX_WG)), Math.ceil(L.Np / (tn * TEX_WG))];
     for (let z0 = 0; z0 < p.batch; z0 += L.zc) {
       const n = Math.min(L.zc, p.batch - z0);
       // op(A)[m, k] at m·K + k (k·M + m transposed); op(B)[k, n] at k·N + n (n·K + k transposed).
@@ -525,7 +544,7 @@ function launchTex(
         buffers: [texA.view, texB.view, (bias ?? b).buffer, out.buffer],
         params: [p.M, p.N, L.Kp / 4, p.strideA ? L.a.rows : 0, p.strideB ? L.b.rows : 0, z0],
         constants: { BIAS: Number(bias !== null) },
-        workgroups: [Math.ceil(L.Np / (tn * TEX_WG)), Math.ceil(L.Mp / (tm * TEX_WG)), n],
+        workgroups: laneM ? [gm, gn, n] : [gn, gm, n],
       });
     }
   } finally {
