@@ -1,14 +1,18 @@
 // Attention benchmarks at ViT-B/16 size: batch 2, 197 tokens, 12 heads of 64. The forward counts
 // 4·B·H·T²·D flops (q·kᵀ and p·v); forward + backward counts 3× that (4 more products of the same
-// size in backward).
+// size in backward). The forward case also times one plain matmul of the same FLOPs (a cube of
+// side ∛(flops / 2)) in alternating rounds, so `vs_matmul` compares like with like on a busy host.
 
-import type { BenchCase, BenchResult } from "./harness.ts";
+import { type BenchCase, type BenchResult, gflops, timeSteps } from "./harness.ts";
 import { timeWithCpu } from "./matmul.ts";
 import {
   attention,
   backward,
   full,
+  keep,
+  matmul,
   matmulVariant,
+  normal,
   ones,
   type Tensor,
   tuneMatmul,
@@ -52,12 +56,47 @@ function attentionCase(name: string, withBackward: boolean): BenchCase {
             backward(out, seed);
           }
         }, FWD_FLOPS * (withBackward ? 3 : 1));
-        return { name, ...timing, ...variants };
+        return {
+          name,
+          ...timing,
+          ...variants,
+          ...(withBackward ? {} : await versusMatmul(q, k, v)),
+        };
       } finally {
         zeroGrad([q, k, v]);
         for (const t of [q, k, v, seed]) t.dispose();
       }
     },
+  };
+}
+
+/**
+ * Best-of-rounds rates of the attention forward and of a square matmul of equal FLOPs, timed in
+ * alternation (the host is shared and noisy).
+ */
+async function versusMatmul(q: Tensor, k: Tensor, v: Tensor): Promise<Record<string, number>> {
+  const side = Math.round(Math.cbrt(FWD_FLOPS / 2));
+  await tuneMatmul(side, side, side);
+  const a = keep(normal([side, side], 1));
+  const b = keep(normal([side, side], 2));
+  let attentionMs = Infinity, matmulMs = Infinity;
+  try {
+    for (let round = 0; round < 3; round++) {
+      const options = { warmup: round === 0 ? 2 : 0, minIters: 2, minMs: 300 };
+      attentionMs = Math.min(attentionMs, await timeSteps(() => attention(q, k, v), options));
+      matmulMs = Math.min(matmulMs, await timeSteps(() => matmul(a, b), options));
+    }
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
+  const rate = gflops(FWD_FLOPS, attentionMs);
+  const matmulRate = gflops(2 * side ** 3, matmulMs);
+  return {
+    best_ms: attentionMs,
+    matmul_side: side,
+    matmul_equal_flops_gflops: matmulRate,
+    vs_matmul: rate / matmulRate,
   };
 }
 

@@ -5,13 +5,15 @@
 //   barriers are slow, so this is the fast layout there, and on GPUs for short rows.
 // - `*_wg`: one workgroup per row, strided over it, partial results merged in workgroup memory:
 //   long rows on GPUs.
+// Both compute (log-)softmax(scale · x): attention folds its 1/√d into the softmax this way rather
+// than scaling q with a pass of its own.
 // The forward pass keeps a running (max, Σ exp(x − max)) pair, rescaled whenever the max grows,
 // so it reads x twice (once for the statistics, once to write) instead of three times.
 
 override WG: u32 = 256;
 override LOG: bool = false;
 
-struct Params { outer: u32, len: u32, inner: u32 }
+struct Params { outer: u32, len: u32, inner: u32, scale: f32 }
 
 // Index of element 0 of row r.
 fn row_start(r: u32, len: u32, inner: u32) -> u32 {
@@ -56,11 +58,11 @@ fn softmax_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
   let start = row_start(r, fp.len, fp.inner);
   var stats = EMPTY;
   for (var j = 0u; j < fp.len; j++) {
-    stats = merge(stats, vec2f(x[start + j * fp.inner], 1.0));
+    stats = merge(stats, vec2f(x[start + j * fp.inner] * fp.scale, 1.0));
   }
   for (var j = 0u; j < fp.len; j++) {
     let at = start + j * fp.inner;
-    y[at] = softmax_value(x[at], stats);
+    y[at] = softmax_value(x[at] * fp.scale, stats);
   }
 }
 
@@ -79,7 +81,7 @@ fn softmax_wg(
   var stats = EMPTY;
   if (live) {
     for (var j = t; j < fp.len; j += WG) {
-      stats = merge(stats, vec2f(x[start + j * fp.inner], 1.0));
+      stats = merge(stats, vec2f(x[start + j * fp.inner] * fp.scale, 1.0));
     }
   }
   pairs[t] = stats;
@@ -92,7 +94,7 @@ fn softmax_wg(
   if (live) {
     for (var j = t; j < fp.len; j += WG) {
       let at = start + j * fp.inner;
-      y[at] = softmax_value(x[at], total);
+      y[at] = softmax_value(x[at] * fp.scale, total);
     }
   }
 }
@@ -119,7 +121,7 @@ fn softmax_grad_rows(
   }
   for (var j = 0u; j < bp.len; j++) {
     let at = start + j * bp.inner;
-    bdx[at] = grad_value(by[at], bg[at], total);
+    bdx[at] = grad_value(by[at], bg[at], total) * bp.scale;
   }
 }
 
@@ -151,7 +153,7 @@ fn softmax_grad_wg(
   if (live) {
     for (var j = t; j < bp.len; j += WG) {
       let at = start + j * bp.inner;
-      bdx[at] = grad_value(by[at], bg[at], rowTotal);
+      bdx[at] = grad_value(by[at], bg[at], rowTotal) * bp.scale;
     }
   }
 }

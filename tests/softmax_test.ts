@@ -91,6 +91,32 @@ Deno.test("softmax/logSoftmax backward matches finite differences (last and midd
   }
 });
 
+Deno.test("softmax/logSoftmax of x · scale: forward and backward, both kernel variants", async () => {
+  const shape = [4, 9];
+  const data = randArray(prod(shape), 31);
+  const scaled = (d: number[]) => d.map((v) => v * 0.37);
+  try {
+    for (const variant of ["rows", "workgroup"]) {
+      forceVariant("softmax", variant);
+      for (const [name, , log] of OPS) {
+        const scaledOp = (t: T.Tensor, axis?: number) =>
+          (log ? T.logSoftmax : T.softmax)(t, axis, 0.37);
+        const out = await runOp((t) => scaledOp(t, -1), [{ data, shape }]);
+        assertClose(out.data, softmaxRef(scaled(data), shape, -1, log), {
+          atol: 1e-6,
+          what: `${name} ${variant} scale 0.37`,
+        });
+        await checkGrad((t) => scaledOp(t, -1), (d) => softmaxRef(scaled(d), shape, -1, log), [{
+          data,
+          shape,
+        }]);
+      }
+    }
+  } finally {
+    forceVariant("softmax", null);
+  }
+});
+
 Deno.test("softmax/logSoftmax reject bad input with clear errors", () => {
   T.tidy(() => {
     throws(() => T.softmax(T.zeros([2, 3], "i32")), /peco: softmax: needs f32, got .*i32.*\[2,3\]/);

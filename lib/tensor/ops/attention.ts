@@ -1,6 +1,7 @@
 // Scaled dot-product attention, composed from batched matmul, an optional broadcast bias add and
 // softmax, so autograd flows through the composition (to q, k, v and the bias). The scale is
-// applied to q ([T, D] per head) rather than to the scores ([T, S]): fewer elements when S > D.
+// folded into the softmax (no pass of its own); with a bias, which must stay unscaled, it is applied
+// to q ([T, D] per head) rather than to the scores ([T, S]): fewer elements when S > D.
 // No fused kernel: on lavapipe the two products dominate, and they already run as batched matmuls
 // over B·H without copies (kᵀ is read in place).
 
@@ -44,7 +45,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
       );
     }
   }
+  if (!bias) return matmul(softmax(matmul(q, k, { transB: true }), -1, scale), v);
   const scores = matmul(scale === 1 ? q : mulScalar(q, scale), k, { transB: true });
-  const probs = softmax(bias ? add(scores, bias) : scores, -1);
-  return matmul(probs, v);
+  return matmul(softmax(add(scores, bias), -1), v);
 }

@@ -1,7 +1,7 @@
 // Softmax and log-softmax along any axis (numerically stable), each with its backward rule.
 
 import { gpu } from "../../gpu/device.ts";
-import { grid1d } from "../../gpu/recorder.ts";
+import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
 import { record, Tensor } from "../tensor.ts";
@@ -50,7 +50,7 @@ function perWorkgroup(len: number): boolean {
   return chooseVariant("softmax", "", SOFTMAX_VARIANTS, fallback).config === "workgroup";
 }
 
-function softmaxOp(op: string, x: Tensor, axis: number, log: boolean): Tensor {
+function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: number): Tensor {
   if (x.dtype !== "f32") throw new Error(`peco: ${op}: needs f32, got ${x.describe()}`);
   const a = axis < 0 ? axis + x.rank : axis;
   if (!Number.isInteger(a) || a < 0 || a >= x.rank) {
@@ -60,7 +60,7 @@ function softmaxOp(op: string, x: Tensor, axis: number, log: boolean): Tensor {
   const len = x.shape[a];
   const inner = x.shape.slice(a + 1).reduce((p, d) => p * d, 1);
   const rows = outer * inner;
-  const params = [outer, len, inner];
+  const params = [outer, len, inner, f32bits(scale)];
   const constants = { LOG: Number(log) };
   const launch = (kRows: typeof kernels.rows, kWg: typeof kernels.wg, buffers: GPUBuffer[]) => {
     if (x.size === 0) return;
@@ -81,12 +81,12 @@ function softmaxOp(op: string, x: Tensor, axis: number, log: boolean): Tensor {
   });
 }
 
-/** exp(x − max) / Σ exp(x − max) along `axis`. */
-export function softmax(x: Tensor, axis = -1): Tensor {
-  return softmaxOp("softmax", x, axis, false);
+/** exp(x − max) / Σ exp(x − max) along `axis`, of x · scale (one pass, no scaled copy). */
+export function softmax(x: Tensor, axis = -1, scale = 1): Tensor {
+  return softmaxOp("softmax", x, axis, false, scale);
 }
 
-/** x − max − log Σ exp(x − max) along `axis`. */
-export function logSoftmax(x: Tensor, axis = -1): Tensor {
-  return softmaxOp("logSoftmax", x, axis, true);
+/** x − max − log Σ exp(x − max) along `axis`, of x · scale. */
+export function logSoftmax(x: Tensor, axis = -1, scale = 1): Tensor {
+  return softmaxOp("logSoftmax", x, axis, true, scale);
 }
