@@ -98,7 +98,14 @@ function formatRow(r: BenchResult): string {
     : "";
   const extra = Object.entries(r)
     .filter(([k]) => !["name", "ms", "gflops", "items_per_s", "adapter", "peak_bytes"].includes(k))
-    .map(([k, v]) => `${k}=${typeof v === "number" ? +v.toFixed(3) : v}`)
+    .map(([k, v]) => {
+      const text = typeof v === "number"
+        ? +v.toFixed(3)
+        : typeof v === "object"
+        ? JSON.stringify(v)
+        : v;
+      return `${k}=${text}`;
+    })
     .join(" ");
   const peak = `${((r.peak_bytes as number) / 2 ** 20).toFixed(1)} MiB peak`;
   return `${r.name.padEnd(44)} ${r.ms.toFixed(2).padStart(10)} ms  ${rate.padStart(16)}  ` +
