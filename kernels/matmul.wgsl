@@ -1,6 +1,7 @@
-// Batched matrix multiply: C[z] = op(A[z]) · op(B[z]) (+ bias[n]), where op(X) is X or Xᵀ
-// (TRANS_A / TRANS_B: the operand is stored transposed, so transposes are never copied). A batch
-// stride of 0 broadcasts a rank-2 operand over the batch. Two variants share the loaders below:
+// Batched matrix multiply: C[z] = op(A[z]) · op(B[z]) (+ bias[n], or bias[m] with BIAS_ROW), where
+// op(X) is X or Xᵀ (TRANS_A / TRANS_B: the operand is stored transposed, so transposes are never
+// copied). A batch stride of 0 broadcasts a rank-2 operand over the batch. Two variants share the
+// loaders below:
 //
 // - `matmul_reg`, register-blocked, no workgroup memory: each invocation keeps a TM × 4·TN4 block
 //   of C in registers (TM in 4..32 by 4, TN4 in 1..8). On lavapipe (Mesa 22's CPU Vulkan driver)
@@ -31,6 +32,7 @@ override TRANS_B: bool = false;
 override VEC_A: bool = false;
 override VEC_B: bool = false;
 override BIAS: bool = false;
+override BIAS_ROW: bool = false;
 
 struct Params {
   M: u32,
@@ -85,10 +87,12 @@ fn load_b4(base: u32, k: u32, n: u32) -> vec4f {
 fn store4(z: u32, m: u32, n: u32, v: vec4f) {
   if (m >= p.M) { return; }
   let row = (z * p.M + m) * p.N;
-  store1(row, n, v.x);
-  store1(row, n + 1u, v.y);
-  store1(row, n + 2u, v.z);
-  store1(row, n + 3u, v.w);
+  var w = v;
+  if (BIAS_ROW) { w += vec4f(bias[m]); }
+  store1(row, n, w.x);
+  store1(row, n + 1u, w.y);
+  store1(row, n + 2u, w.z);
+  store1(row, n + 3u, w.w);
 }
 
 fn store1(row: u32, n: u32, v: f32) {

@@ -180,6 +180,42 @@ Deno.test("texture matmul: operands with 64-float rows are copied, not packed, i
   }
 });
 
+Deno.test("matmulRowBias adds bias[m] to every row, on buffer and texture variants", async () => {
+  try {
+    for (const name of ["reg4x4", "reg16x16", "tiled64", "tex8x8"]) {
+      forceVariant("matmul", name);
+      for (
+        const [a, b, tb] of [[input(37, 20), input(2, 9, 20), true], [
+          input(7, 64),
+          input(64, 65),
+          false,
+        ]] as const
+      ) {
+        const bias = input(a.shape[0]);
+        const out = await runOp((x, y, z) => T.matmulRowBias(x, y, z, { transB: tb }), [
+          a,
+          b,
+          bias,
+        ]);
+        const ref = matmulRef(a, b, false, tb);
+        const [M, N] = ref.shape.slice(-2);
+        const want = ref.data.map((v, i) => v + bias.data[Math.floor(i / N) % M]);
+        assertClose(out.data, want, {
+          atol: 1e-5,
+          rtol: 1e-4,
+          what: `${name} row bias [${a.shape}]·[${b.shape}]`,
+        });
+      }
+    }
+  } finally {
+    forceVariant("matmul", null);
+  }
+  throws(
+    () => T.matmulRowBias(T.zeros([3, 4]), T.zeros([4, 5]), T.zeros([5])),
+    /row bias .* 3 values/,
+  );
+});
+
 Deno.test("linear with a forced texture variant: bias added, gradients match", async () => {
   try {
     for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {

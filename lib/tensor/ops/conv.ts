@@ -6,8 +6,7 @@ import { defineKernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
-import { matmul } from "./matmul.ts";
-import { add } from "./elementwise.ts";
+import { matmul, matmulRowBias } from "./matmul.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
 
 /** Workgroup size of the elementwise-style kernels (copy, weight re-layout, windows). */
@@ -354,14 +353,15 @@ const IM2COL_MAX_BYTES = 96 * 1024 * 1024;
  */
 const IM2COL_MAX_K = 16384;
 /**
- * Forward size rule (CPU time with lavapipe on 2 cores, uniform-buffer weights): at stride 1 the
- * implicit GEMM wins up to a reduction C·kh·kw of 288, ties at 576 and loses at 1152 (where one
- * 16-channel weight block no longer fits a 64 KiB uniform slot), so the matmul takes over from 768;
+ * Forward size rule (lavapipe on 2 cores, uniform-buffer weights, texture matmul fed by buffer →
+ * texture copies): at stride 1 the implicit GEMM wins up to a reduction C·kh·kw of 288 (68 vs 114
+ * ms at N=16, 32², C=O=32) and loses from 576 (240 vs 183 ms at C=O=64; 163 vs 66 ms at 1152, N=8,
+ * 16²), so the matmul takes over from 576;
  * it also takes every stride > 1 (the implicit GEMM computes the stride-1 result). The weight
  * gradient takes dYᵀ·cols wherever im2col is allowed: the weight-gradient kernel is slower at every
  * size measured but a single output channel.
  */
-const IM2COL_MIN_K = 768;
+const IM2COL_MIN_K = 576;
 /**
  * Fewer output channels than this leave the matmul's tiles mostly empty: the forward and the weight
  * gradient are slower.
@@ -439,15 +439,12 @@ function forwardIm2col(
       cols.dispose();
       return { out, cols: null };
     };
-    // Per image W [O, K] · cols_bᵀ: the product comes out in NCHW order.
-    const p = hout * wout;
-    const y = matmul(weight.view([o, c * kh * kw]), cols.view([n, p, c * kh * kw]), {
-      transB: true,
-    }); // [N, O, P]
-    if (!bias) return done(y.view([n, o, hout, wout]));
-    const out = add(y, bias.view([1, o, 1]));
-    y.dispose();
-    return done(out.view([n, o, hout, wout]));
+    // Per image W [O, K] · cols_bᵀ (+ bias per row O): the product comes out in NCHW order.
+    const [w2, cols3] = [weight.view([o, c * kh * kw]), cols.view([n, hout * wout, c * kh * kw])];
+    const y = bias
+      ? matmulRowBias(w2, cols3, bias, { transB: true })
+      : matmul(w2, cols3, { transB: true }); // [N, O, P]
+    return done(y.view([n, o, hout, wout]));
   });
 }
 

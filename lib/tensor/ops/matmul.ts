@@ -134,6 +134,7 @@ function texSource(tm: number, tn: number, aT: boolean, bT: boolean, laneM: bool
   return /* wgsl */ `
 // C[z0 + z] = op(A)·op(B) (+ bias) from textures, ${tm} × ${tn} of C per invocation.
 override BIAS: bool = false;
+override BIAS_ROW: bool = false;
 struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32 }
 @group(0) @binding(0) var ta: texture_2d<f32>;
 @group(0) @binding(1) var tb: texture_2d<f32>;
@@ -144,6 +145,7 @@ struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32 }
 fn store4(z: u32, m: u32, n: u32, v: vec4f) {
   if (m >= p.M || n >= p.N) { return; }
   var o = v;
+  if (BIAS_ROW) { o += vec4f(bias[m]); }
   if (BIAS) {
     o.x += bias[n];
     if (n + 1u < p.N) { o.y += bias[n + 1u]; }
@@ -444,11 +446,23 @@ function variantFor(p: Problem): Variant<MatmulConfig> {
   return chooseVariant("matmul", shapeClass(p), MATMUL_VARIANTS, defaultVariant(p));
 }
 
+/** A bias added to every column of C (one value per n) or, with `perRow`, to every row (per m). */
+interface Bias {
+  tensor: Tensor;
+  perRow: boolean;
+}
+
+/** The kernels' override constants for a bias. */
+const biasConstants = (bias: Bias | null) => ({
+  BIAS: Number(bias !== null && !bias.perRow),
+  BIAS_ROW: Number(bias?.perRow ?? false),
+});
+
 /** Records the kernel launch(es) of one problem into `out` (no autograd). */
 function launch(
   a: Tensor,
   b: Tensor,
-  bias: Tensor | null,
+  bias: Bias | null,
   out: Tensor,
   p: Problem,
   variant = variantFor(p),
@@ -473,7 +487,7 @@ function launch(
   const constants: Record<string, number> = {
     TRANS_A: Number(p.transA),
     TRANS_B: Number(p.transB),
-    BIAS: Number(bias !== null),
+    ...biasConstants(bias),
   };
   let gx: number, gy: number;
   if (cfg.kind === "tiled") {
@@ -494,7 +508,7 @@ function launch(
   if (gx > MAX_GROUPS || gy > MAX_GROUPS) {
     throw new Error(`peco: matmul: ${p.M}×${p.N} output is too large for one dispatch`);
   }
-  const buffers = [a.buffer, a.buffer, b.buffer, b.buffer, (bias ?? b).buffer, out.buffer];
+  const buffers = [a.buffer, a.buffer, b.buffer, b.buffer, (bias?.tensor ?? b).buffer, out.buffer];
   for (let z0 = 0; z0 < p.batch; z0 += MAX_GROUPS) {
     const gz = Math.min(MAX_GROUPS, p.batch - z0);
     gpu().recorder.dispatch(cfg.kind === "tiled" ? kernels.tiled : kernels.reg, {
@@ -514,7 +528,7 @@ function launch(
 function launchTex(
   a: Tensor,
   b: Tensor,
-  bias: Tensor | null,
+  bias: Bias | null,
   out: Tensor,
   p: Problem,
   tm: number,
@@ -541,9 +555,9 @@ function launchTex(
         else pack(b, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
       }
       recorder.dispatch(kernel, {
-        buffers: [texA.view, texB.view, (bias ?? b).buffer, out.buffer],
+        buffers: [texA.view, texB.view, (bias?.tensor ?? b).buffer, out.buffer],
         params: [p.M, p.N, L.Kp / 4, p.strideA ? L.a.rows : 0, p.strideB ? L.b.rows : 0, z0],
-        constants: { BIAS: Number(bias !== null) },
+        constants: biasConstants(bias),
         workgroups: laneM ? [gm, gn, n] : [gn, gm, n],
       });
     }
@@ -718,6 +732,27 @@ export function matmul(a: Tensor, b: Tensor, options: MatmulOptions = {}): Tenso
   });
 }
 
+/**
+ * op(a) · op(b) + bias[m] on every row m of each product (no autograd): bias [M]. The row bias is
+ * added as C is stored (a convolution's per-channel bias, with channels as rows).
+ */
+export function matmulRowBias(
+  a: Tensor,
+  b: Tensor,
+  bias: Tensor,
+  options: MatmulOptions = {},
+): Tensor {
+  const { problem, outShape } = plan("matmul", a, b, !!options.transA, !!options.transB);
+  if (bias.dtype !== "f32" || bias.size !== problem.M) {
+    throw new Error(
+      `peco: matmul: row bias ${bias.describe()} must be f32 with ${problem.M} values`,
+    );
+  }
+  const out = new Tensor(outShape, "f32");
+  launch(a, b, { tensor: bias, perRow: true }, out, problem);
+  return out;
+}
+
 /** x [..., in] · weightᵀ (+ bias): weight [out, in], bias [out] → [..., out] (PyTorch Linear). */
 export function linear(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
   if (weight.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== weight.shape[1]) {
@@ -733,7 +768,7 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
   const rows = x.size / inF;
   const { problem } = plan("linear", { shape: [rows, inF], dtype: x.dtype }, weight, false, true);
   const out = new Tensor([...x.shape.slice(0, -1), outF], "f32");
-  launch(x, weight, bias, out, problem);
+  launch(x, weight, bias && { tensor: bias, perRow: false }, out, problem);
   const inputs = bias ? [x, weight, bias] : [x, weight];
   return record("linear", out, inputs, (g) => {
     const flat = (t: Tensor) => t.view([rows, t.shape[t.rank - 1]]);
