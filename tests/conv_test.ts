@@ -172,6 +172,18 @@ const im2colCases: ConvCase[] = [
   },
   { name: "odd 1x1 s2 C=3 O=9", xs: [2, 3, 7, 9], ws: [9, 3, 1, 1], stride: 2, padding: 0 },
   { name: "odd 1x1 p1 C=7 O=5", xs: [1, 7, 5, 3], ws: [5, 7, 1, 1], stride: 1, padding: 1 },
+  // C a multiple of 4: im2col reads the input from a texture of 1024-float rows (the first two
+  // fit in a partial row, the last two fill one row and part of the next).
+  {
+    name: "C=4 3x3 s2 asym {1,0,2,0} (texture)",
+    xs: [3, 4, 9, 7],
+    ws: [7, 4, 3, 3],
+    stride: 2,
+    padding: { top: 1, bottom: 0, left: 2, right: 0 },
+  },
+  { name: "C=12 1x1 s2 (texture)", xs: [1, 12, 7, 9], ws: [9, 12, 1, 1], stride: 2, padding: 0 },
+  { name: "C=8 4x4 p1 (texture)", xs: [2, 8, 9, 11], ws: [5, 8, 4, 4], stride: 1, padding: 1 },
+  { name: "C=8 3x3 p1 (texture)", xs: [2, 8, 9, 11], ws: [6, 8, 3, 3], stride: 1, padding: 1 },
 ];
 
 for (const tc of im2colCases) {
@@ -181,7 +193,8 @@ for (const tc of im2colCases) {
   );
 }
 
-for (const tc of [...gradCases, ...im2colCases.slice(-3)]) {
+// The odd-shaped cases above (storage-buffer im2col) and the last texture case.
+for (const tc of [...gradCases, ...im2colCases.slice(-7, -4), ...im2colCases.slice(-1)]) {
   Deno.test(
     `conv2d im2col ${tc.name}: backward matches finite differences`,
     () => withLowering("im2col", () => checkBackward(tc)),

@@ -144,8 +144,9 @@ export class Recorder {
   }
 
   /**
-   * Copies rows of rgba32float texels from a buffer into a texture's top-left corner (ends the
-   * current compute pass): `height` rows of `width` texels, `bytesPerRow` apart from `srcOffset`.
+   * Copies rows of rgba32float texels from a buffer into a texture from its row `originY`, column 0
+   * (ends the current compute pass): `height` rows of `width` texels, `bytesPerRow` apart from
+   * `srcOffset`.
    */
   copyToTexture(
     src: GPUBuffer,
@@ -154,11 +155,12 @@ export class Recorder {
     dst: GPUTexture,
     width: number,
     height: number,
+    originY = 0,
   ): void {
     this.endPass();
     this.ensureEncoder().copyBufferToTexture(
       { buffer: src, offset: srcOffset, bytesPerRow },
-      { texture: dst },
+      { texture: dst, origin: [0, originY] },
       [width, height],
     );
   }

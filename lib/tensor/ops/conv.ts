@@ -2,7 +2,8 @@
 // nearest upsampling. See kernels/conv.wgsl for the kernels and why they look the way they do.
 
 import { gpu } from "../../gpu/device.ts";
-import { defineKernel } from "../../gpu/pipelines.ts";
+import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
+import type { PooledTexture } from "../../gpu/pool.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
@@ -353,15 +354,16 @@ const IM2COL_MAX_BYTES = 96 * 1024 * 1024;
  */
 const IM2COL_MAX_K = 16384;
 /**
- * Forward size rule (lavapipe on 2 cores, uniform-buffer weights, texture matmul fed by buffer →
- * texture copies): at stride 1 the implicit GEMM wins up to a reduction C·kh·kw of 288 (68 vs 114
- * ms at N=16, 32², C=O=32) and loses from 576 (240 vs 183 ms at C=O=64; 163 vs 66 ms at 1152, N=8,
- * 16²), so the matmul takes over from 576;
+ * Forward size rule (lavapipe on 2 cores, uniform-buffer weights, im2col read from a texture,
+ * texture matmul fed by buffer → texture copies): at stride 1 the implicit GEMM wins up to a
+ * reduction C·kh·kw of 288 (52 vs 59 ms at N=16, 32², C=O=32; a tie at O=64) and loses from 432
+ * (23 vs 21 ms at N=8, 16², C=O=48; 240 vs 103 ms at 576, N=16, 32², C=O=64), so the matmul takes
+ * over from 432;
  * it also takes every stride > 1 (the implicit GEMM computes the stride-1 result). The weight
  * gradient takes dYᵀ·cols wherever im2col is allowed: the weight-gradient kernel is slower at every
  * size measured but a single output channel.
  */
-const IM2COL_MIN_K = 576;
+const IM2COL_MIN_K = 432;
 /**
  * Fewer output channels than this leave the matmul's tiles mostly empty: the forward and the weight
  * gradient are slower.
@@ -398,25 +400,139 @@ function forwardByIm2col(g: Geometry): boolean {
   return g.stride > 1 || g.c * g.kh * g.kw >= IM2COL_MIN_K;
 }
 
+/**
+ * im2col from a texture, for software adapters: the input is copied (a memcpy) into a texture of
+ * flat rows of 1024 floats, texel t = x[4t .. 4t+3] at (t mod 256, ⌊t / 256⌋), because a texel
+ * fetch costs a fraction of a storage load there. Each invocation writes the 4·kh·kw values of one
+ * window for 4 channels, contiguous in cols, as vec4 stores. The kernel is generated per kernel size,
+ * unrolled, so that every tap's position is a constant.
+ */
+const TEX_ROW_TEXELS = 256;
+function im2colTexSource(kh: number, kw: number): string {
+  const taps = kh * kw;
+  const lines: string[] = [];
+  for (let ky = 0; ky < kh; ky++) {
+    lines.push(`let iy${ky} = y0 + ${ky}; let oky${ky} = iy${ky} >= 0 && iy${ky} < i32(p.h);`);
+  }
+  for (let kx = 0; kx < kw; kx++) {
+    lines.push(`let ix${kx} = x0 + ${kx}; let okx${kx} = ix${kx} >= 0 && ix${kx} < i32(p.w);`);
+  }
+  const value = (q: number) => {
+    const [ci, tap] = [Math.floor(q / taps), q % taps];
+    const [ky, kx] = [Math.floor(tap / kw), tap % kw];
+    return `tap(base + ${ci} * plane + iy${ky} * i32(p.w) + ix${kx}, oky${ky} && okx${kx})`;
+  };
+  for (let j = 0; j < taps; j++) {
+    const vals = [0, 1, 2, 3].map((e) => value(4 * j + e)).join(", ");
+    lines.push(`cols[first + ${j}u] = vec4f(${vals});`);
+  }
+  return /* wgsl */ `
+// cols[r, k] (see conv_im2col) for ${kh} × ${kw} windows, 4 channels per invocation, from a texture.
+struct Params {
+  total: u32, c: u32, h: u32, w: u32, hout: u32, wout: u32, stride: u32, top: u32, left: u32,
+}
+@group(0) @binding(0) var src: texture_2d<f32>;
+@group(0) @binding(1) var<storage, read_write> cols: array<vec4f>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+// x at flat index f, or 0 where ok is false (the padding).
+fn tap(f: i32, ok: bool) -> f32 {
+  let u = u32(max(f, 0));
+  let t = u >> 2u;
+  let v = textureLoad(src, vec2i(i32(t % ${TEX_ROW_TEXELS}u), i32(t / ${TEX_ROW_TEXELS}u)), 0);
+  let e = u & 3u;
+  let x = select(select(v.x, v.y, e == 1u), select(v.z, v.w, e == 3u), e >= 2u);
+  return select(0.0, x, ok);
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * ${WG}u;
+  if (i >= p.total) { return; }
+  let groups = p.c / 4u;
+  let c0 = (i % groups) * 4u;
+  let r = i / groups;
+  let ox = r % p.wout;
+  let t = r / p.wout;
+  let oy = t % p.hout;
+  let b = t / p.hout;
+  let y0 = i32(oy * p.stride) - i32(p.top);
+  let x0 = i32(ox * p.stride) - i32(p.left);
+  let plane = i32(p.h * p.w);
+  let base = i32(b * p.c + c0) * plane;
+  let first = ((r * p.c + c0) / 4u) * ${taps}u;
+  ${lines.join("\n  ")}
+}
+`;
+}
+
+const im2colTexKernels = new Map<string, Kernel>();
+function im2colTexKernel(kh: number, kw: number): Kernel {
+  const name = `conv_im2col_tex${kh}x${kw}`;
+  let kernel = im2colTexKernels.get(name);
+  if (!kernel) {
+    kernel = defineKernel({
+      name,
+      source: im2colTexSource(kh, kw),
+      bindings: ["texture", "write"],
+    });
+    im2colTexKernels.set(name, kernel);
+  }
+  return kernel;
+}
+
+/** Whether x [N, C, H, W] takes the texture im2col: 4-channel groups, and a texture that fits. */
+function im2colByTexture(g: Geometry): boolean {
+  const texRows = Math.ceil((g.n * g.c * g.h * g.w) / (4 * TEX_ROW_TEXELS));
+  return gpu().info.software && g.c % 4 === 0 &&
+    texRows <= (gpu().limits.maxTextureDimension2D ?? 8192);
+}
+
+/** Copies x into a pooled texture of flat 1024-float rows (see im2colTexSource). */
+function flatTexture(x: Tensor): PooledTexture {
+  const { pool, recorder } = gpu();
+  const rowFloats = 4 * TEX_ROW_TEXELS;
+  const full = Math.floor(x.size / rowFloats);
+  const rest = x.size - full * rowFloats;
+  const texture = pool.acquireTexture(TEX_ROW_TEXELS, full + (rest ? 1 : 0), "im2col input");
+  if (full) {
+    recorder.copyToTexture(x.buffer, 0, rowFloats * 4, texture.texture, TEX_ROW_TEXELS, full);
+  }
+  if (rest) {
+    recorder.copyToTexture(
+      x.buffer,
+      full * rowFloats * 4,
+      rowFloats * 4,
+      texture.texture,
+      rest / 4,
+      1,
+      full,
+    );
+  }
+  return texture;
+}
+
 /** x [N, C, H, W] → cols [N·Hout·Wout, C·kh·kw] (no autograd). */
 function im2col(x: Tensor, g: Geometry): Tensor {
   const rows = g.n * g.hout * g.wout;
   const cols = new Tensor([rows, g.c * g.kh * g.kw], "f32");
+  const geometry = [g.c, g.h, g.w];
+  const window = [g.hout, g.wout, g.stride, g.pad.top, g.pad.left];
+  if (im2colByTexture(g)) {
+    const texture = flatTexture(x);
+    const total = (rows * g.c) / 4;
+    gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw), {
+      buffers: [texture.view, cols.buffer],
+      params: [total, ...geometry, ...window],
+      workgroups: grid1d(total, WG),
+    });
+    // Work runs in recording order: later users of the texture come after this dispatch.
+    gpu().pool.releaseTexture(texture);
+    return cols;
+  }
   gpu().recorder.dispatch(kernels.im2col, {
     buffers: [x.buffer, cols.buffer],
-    params: [
-      rows * g.c,
-      g.c,
-      g.h,
-      g.w,
-      g.kh,
-      g.kw,
-      g.hout,
-      g.wout,
-      g.stride,
-      g.pad.top,
-      g.pad.left,
-    ],
+    params: [rows * g.c, ...geometry, g.kh, g.kw, ...window],
     constants: { WG },
     workgroups: grid1d(rows * g.c, WG),
   });
