@@ -136,7 +136,7 @@ Deno.test("matmul forward: texture variants, forced, on odd shapes, batches and 
   }
 });
 
-Deno.test("texture matmul: operands with 64-float rows are copied, not packed, in every layout", async () => {
+Deno.test("texture matmul: operands whose rows are whole texels are copied, in every layout", async () => {
   const expectFill = (a: number[], b: number[], ta: boolean, tb: boolean, want: string) => {
     const fill = T.textureFill(a, b, "tex8x8", { transA: ta, transB: tb });
     const got = fill ? `${fill.a}/${fill.b}` : "none";
@@ -146,34 +146,30 @@ Deno.test("texture matmul: operands with 64-float rows are copied, not packed, i
     for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {
       forceVariant("matmul", v.name);
       for (const [ta, tb] of TRANS) {
-        // Contiguous dims of 64 (copied) beside odd ones (M = 37, N = 9: copied only where they
-        // are not the contiguous dim); K = 64 or 12 keeps K a multiple of 4.
-        const whole = operands(37, 64, 9, ta, tb);
+        // K = 12: an operand is copied where its contiguous dim is a multiple of 4 (K, or M = 20 /
+        // N = 8 below), packed where it is odd (M = 37, N = 9).
+        const odd = operands(37, 12, 9, ta, tb);
         expectFill(
-          whole.a.shape,
-          whole.b.shape,
+          odd.a.shape,
+          odd.b.shape,
           ta,
           tb,
           `${ta ? "pack" : "copy"}/${tb ? "copy" : "pack"}`,
         );
-        await checkForward(whole.a, whole.b, ta, tb, `${v.name} copy K`);
-        const outer = operands(64, 12, 128, ta, tb, 3);
-        expectFill(
-          outer.a.shape,
-          outer.b.shape,
-          ta,
-          tb,
-          `${ta ? "copy" : "pack"}/${tb ? "pack" : "copy"}`,
-        );
-        await checkForward(outer.a, outer.b, ta, tb, `${v.name} copy M/N batch`);
+        await checkForward(odd.a, odd.b, ta, tb, `${v.name} copy K`);
+        const whole = operands(20, 12, 8, ta, tb, 3);
+        expectFill(whole.a.shape, whole.b.shape, ta, tb, "copy/copy");
+        await checkForward(whole.a, whole.b, ta, tb, `${v.name} copy all, batch`);
       }
-      // K not a multiple of 4 falls back to packing; shared operands; chunks of the batch (300 ×
-      // 60 copied rows exceed a 16384-row texture).
+      // K not a multiple of 4 packs both; shared operands; chunks of the batch (b's 300 packed
+      // 64-row matrices exceed 16384 texture rows; a is copied chunk by chunk from an offset);
+      // matrices that are not whole texture rows.
       expectFill([13, 64], [13, 64], true, false, "pack/pack");
       await checkForward(input(13, 64), input(13, 64), true, false, `${v.name} K=13`);
       await checkForward(input(3, 37, 64), input(64, 64), false, false, `${v.name} shared b`);
       await checkForward(input(37, 64), input(3, 64, 64), false, false, `${v.name} shared a`);
       await checkForward(input(300, 60, 64), input(300, 64, 5), false, false, `${v.name} chunks`);
+      await checkForward(input(5, 7, 20), input(5, 20, 12), false, false, `${v.name} partial rows`);
     }
   } finally {
     forceVariant("matmul", null);

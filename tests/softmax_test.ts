@@ -50,6 +50,8 @@ Deno.test("softmax/logSoftmax forward: every axis of [3,5,7], a size-1 axis, def
   const data = randArray(prod(shape), 1, -3, 3);
   for (const axis of [0, 1, 2, -1, -3]) await checkForward(shape, axis, data);
   await checkForward([4, 1, 3], 1, randArray(12, 2), "size-1 axis");
+  // Contiguous rows and a size that is whole texels: read from a texture on software adapters.
+  await checkForward([3, 4, 13], -1, randArray(156, 4, -3, 3), "texture-read rows");
   const out = await runOp((t) => T.softmax(t), [{ data, shape }]);
   assertClose(out.data, softmaxRef(data, shape, -1, false), { what: "default axis" });
 });

@@ -3,11 +3,10 @@
 
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
-import type { PooledTexture } from "../../gpu/pool.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
-import { matmul, matmulRowBias } from "./matmul.ts";
+import { copyFlat, FLAT_TEXELS, matmul, matmulRowBias } from "./matmul.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
 
 /** Workgroup size of the elementwise-style kernels (copy, weight re-layout, windows). */
@@ -407,7 +406,7 @@ function forwardByIm2col(g: Geometry): boolean {
  * window for 4 channels, contiguous in cols, as vec4 stores. The kernel is generated per kernel size,
  * unrolled, so that every tap's position is a constant.
  */
-const TEX_ROW_TEXELS = 256;
+const flatRows = (floats: number) => Math.ceil(floats / (4 * FLAT_TEXELS));
 function im2colTexSource(kh: number, kw: number): string {
   const taps = kh * kw;
   const lines: string[] = [];
@@ -439,7 +438,7 @@ struct Params {
 fn tap(f: i32, ok: bool) -> f32 {
   let u = u32(max(f, 0));
   let t = u >> 2u;
-  let v = textureLoad(src, vec2i(i32(t % ${TEX_ROW_TEXELS}u), i32(t / ${TEX_ROW_TEXELS}u)), 0);
+  let v = textureLoad(src, vec2i(i32(t % ${FLAT_TEXELS}u), i32(t / ${FLAT_TEXELS}u)), 0);
   let e = u & 3u;
   let x = select(select(v.x, v.y, e == 1u), select(v.z, v.w, e == 3u), e >= 2u);
   return select(0.0, x, ok);
@@ -483,33 +482,8 @@ function im2colTexKernel(kh: number, kw: number): Kernel {
 
 /** Whether x [N, C, H, W] takes the texture im2col: 4-channel groups, and a texture that fits. */
 function im2colByTexture(g: Geometry): boolean {
-  const texRows = Math.ceil((g.n * g.c * g.h * g.w) / (4 * TEX_ROW_TEXELS));
   return gpu().info.software && g.c % 4 === 0 &&
-    texRows <= (gpu().limits.maxTextureDimension2D ?? 8192);
-}
-
-/** Copies x into a pooled texture of flat 1024-float rows (see im2colTexSource). */
-function flatTexture(x: Tensor): PooledTexture {
-  const { pool, recorder } = gpu();
-  const rowFloats = 4 * TEX_ROW_TEXELS;
-  const full = Math.floor(x.size / rowFloats);
-  const rest = x.size - full * rowFloats;
-  const texture = pool.acquireTexture(TEX_ROW_TEXELS, full + (rest ? 1 : 0), "im2col input");
-  if (full) {
-    recorder.copyToTexture(x.buffer, 0, rowFloats * 4, texture.texture, TEX_ROW_TEXELS, full);
-  }
-  if (rest) {
-    recorder.copyToTexture(
-      x.buffer,
-      full * rowFloats * 4,
-      rowFloats * 4,
-      texture.texture,
-      rest / 4,
-      1,
-      full,
-    );
-  }
-  return texture;
+    flatRows(g.n * g.c * g.h * g.w) <= (gpu().limits.maxTextureDimension2D ?? 8192);
 }
 
 /** x [N, C, H, W] → cols [N·Hout·Wout, C·kh·kw] (no autograd). */
@@ -519,7 +493,8 @@ function im2col(x: Tensor, g: Geometry): Tensor {
   const geometry = [g.c, g.h, g.w];
   const window = [g.hout, g.wout, g.stride, g.pad.top, g.pad.left];
   if (im2colByTexture(g)) {
-    const texture = flatTexture(x);
+    const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(x.size), "im2col input");
+    copyFlat(x, 0, x.size, texture);
     const total = (rows * g.c) / 4;
     gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw), {
       buffers: [texture.view, cols.buffer],

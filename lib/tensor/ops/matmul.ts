@@ -8,11 +8,12 @@
 // texel costs ~10 cycles for 4 floats. So the op first puts op(A) and op(B) into rgba32float
 // textures, then a kernel with a TM × TN block of C per invocation reads them without bounds checks
 // and writes C with bounds-checked stores. An operand gets into its texture one of two ways:
-// - copied: where its rows are whole multiples of 64 floats (the 256-byte row pitch a buffer →
-//   texture copy needs) the buffer is copied as it is, texel (c/4, r) = x[r, c..c+3] — a memcpy,
-//   ~6× cheaper than a packing kernel, which pays a storage load per float. Transposed storage
-//   stays transposed; the kernel assembles its vec4s from the other axis, which costs nothing on a
-//   SIMD-of-lanes CPU driver (a vec4 is four separate registers there).
+// - copied: where its contiguous dim is a multiple of 4 (and so is K), its matrices are copied as
+//   they are stored, as flat rows of 1024 floats (texel t = x[4t .. 4t+3] at (t mod 256, ⌊t/256⌋))
+//   — a memcpy, many times cheaper than a packing kernel, which pays a storage load per float. The
+//   kernel addresses texels by index; transposed storage stays transposed and the kernel
+//   assembles its vec4s from the other axis, which costs nothing on a SIMD-of-lanes CPU driver (a
+//   vec4 is four separate registers there).
 // - packed: otherwise a kernel packs it zero-padded (A: texel (k/4, z·Mp + m) holds
 //   op(A)[z, m, k..k+3]; B: texel (n/4, z·Kp + k) holds op(B)[z, k, n..n+3]).
 // The textures come from the pool and go back to it at the end of the call. Shapes whose textures
@@ -21,6 +22,7 @@
 import { gpu } from "../../gpu/device.ts";
 import { MAX_LOOP } from "./reduce.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
+import type { PooledTexture } from "../../gpu/pool.ts";
 import { chooseVariant, tune, type TuneResult, type Variant } from "../../gpu/autotune.ts";
 import { record, type Shape, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
@@ -74,15 +76,26 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 const TEX_WG = 8;
 
 /**
- * The texture matmul kernel for a tm × tn block per invocation (both multiples of 4), generated
- * unrolled: accumulators must stay in SSA registers on lavapipe (see kernels/matmul.wgsl). `aT`:
- * A's texture holds op(A) transposed (texel (m/4, z·aRows + k) = op(A)[m..m+3, k]); `bT`: B's holds
- * op(B) transposed (texel (k/4, z·bRows + n) = op(B)[k..k+3, n]). `laneM`: invocations along x (the
- * CPU driver's SIMD lanes) take consecutive row blocks rather than column blocks (see `lanesAlongM`).
+ * How an operand reaches the kernel: "pack" (a packed texture, 2-D coordinates), "flat" (copied
+ * flat, texel index; A stored [M, K] or B stored [K, N]), "flatT" (copied flat from transposed
+ * storage: A stored [K, M], B stored [N, K]).
  */
-function texSource(tm: number, tn: number, aT: boolean, bT: boolean, laneM: boolean): string {
+type TexFill = "pack" | "flat" | "flatT";
+
+/** Texels per row of a flat texture (1024 floats: a 4 KiB row pitch, as copies need 256-byte). */
+export const FLAT_TEXELS = 256;
+
+/**
+ * The texture matmul kernel for a tm × tn block per invocation (both multiples of 4), generated
+ * unrolled: accumulators must stay in SSA registers on lavapipe (see kernels/matmul.wgsl). `a`, `b`:
+ * how each operand's texture is laid out (see TexFill); for flat ones aRows / bRows are texels per
+ * matrix and aPitch / bPitch texels per stored row. `laneM`: invocations along x (the CPU driver's
+ * SIMD lanes) take consecutive row blocks rather than column blocks (see `lanesAlongM`).
+ */
+function texSource(tm: number, tn: number, a: TexFill, b: TexFill, laneM: boolean): string {
   const tn4 = tn / 4;
   const decl: string[] = [];
+  const pre: string[] = [];
   const body: string[] = [];
   const store: string[] = [];
   for (let r = 0; r < tm; r++) {
@@ -91,33 +104,46 @@ function texSource(tm: number, tn: number, aT: boolean, bT: boolean, laneM: bool
   const at = (x: string, y: string) => `textureLoad(ta, vec2i(i32(${x}), i32(${y})), 0)`;
   const bt = (x: string, y: string) => `textureLoad(tb, vec2i(i32(${x}), i32(${y})), 0)`;
   // b${j}_${c}: op(B)[k + j, n0 + 4c .. n0 + 4c + 3].
-  if (bT) {
-    for (let n = 0; n < tn; n++) body.push(`let bt${n} = ${bt("k4", `nb + ${n}u`)};`);
+  if (b === "flatT") {
+    for (let n = 0; n < tn; n++) pre.push(`let bn${n} = zb + (n4 * 4u + ${n}u) * p.bPitch;`);
+    for (let n = 0; n < tn; n++) body.push(`let bt${n} = flat(tb, bn${n} + k4);`);
     for (let j = 0; j < 4; j++) {
       for (let c = 0; c < tn4; c++) {
         const parts = [0, 1, 2, 3].map((i) => `bt${4 * c + i}[${j}]`).join(", ");
         body.push(`let b${j}_${c} = vec4f(${parts});`);
       }
     }
+  } else if (b === "flat") {
+    body.push("let bk = zb + n4 + k4 * 4u * p.bPitch;");
+    for (let j = 0; j < 4; j++) {
+      for (let c = 0; c < tn4; c++) {
+        body.push(`let b${j}_${c} = flat(tb, bk + ${j}u * p.bPitch + ${c}u);`);
+      }
+    }
   } else {
     for (let j = 0; j < 4; j++) {
       for (let c = 0; c < tn4; c++) {
-        body.push(`let b${j}_${c} = ${bt(`n4 + ${c}u`, `kb + ${j}u`)};`);
+        body.push(`let b${j}_${c} = ${bt(`n4 + ${c}u`, `zb + k4 * 4u + ${j}u`)};`);
       }
     }
   }
   // av: op(A)[m0 + r, k .. k + 3].
-  if (aT) {
+  if (a === "flatT") {
+    body.push("let ak = za + m0 / 4u + k4 * 4u * p.aPitch;");
     for (let j = 0; j < 4; j++) {
       for (let q = 0; q < tm / 4; q++) {
-        body.push(`let at${j}_${q} = ${at(`m4 + ${q}u`, `ka + ${j}u`)};`);
+        body.push(`let at${j}_${q} = flat(ta, ak + ${j}u * p.aPitch + ${q}u);`);
       }
     }
+  } else if (a === "flat") {
+    for (let r = 0; r < tm; r++) pre.push(`let ar${r} = za + (m0 + ${r}u) * p.aPitch;`);
   }
   for (let r = 0; r < tm; r++) {
-    const av = aT
+    const av = a === "flatT"
       ? `vec4f(${[0, 1, 2, 3].map((j) => `at${j}_${r >> 2}[${r & 3}]`).join(", ")})`
-      : at("k4", `ma + ${r}u`);
+      : a === "flat"
+      ? `flat(ta, ar${r} + k4)`
+      : at("k4", `za + m0 + ${r}u`);
     body.push(`{ let av = ${av};`);
     for (let j = 0; j < 4; j++) {
       for (let c = 0; c < tn4; c++) {
@@ -135,12 +161,17 @@ function texSource(tm: number, tn: number, aT: boolean, bT: boolean, laneM: bool
 // C[z0 + z] = op(A)·op(B) (+ bias) from textures, ${tm} × ${tn} of C per invocation.
 override BIAS: bool = false;
 override BIAS_ROW: bool = false;
-struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32 }
+struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch: u32, bPitch: u32 }
 @group(0) @binding(0) var ta: texture_2d<f32>;
 @group(0) @binding(1) var tb: texture_2d<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
+
+// Texel t of a flat texture.
+fn flat(t: texture_2d<f32>, i: u32) -> vec4f {
+  return textureLoad(t, vec2i(i32(i % ${FLAT_TEXELS}u), i32(i / ${FLAT_TEXELS}u)), 0);
+}
 
 fn store4(z: u32, m: u32, n: u32, v: vec4f) {
   if (m >= p.M || n >= p.N) { return; }
@@ -165,16 +196,11 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let m0 = gid.${laneM ? "x" : "y"} * ${tm}u;
   if (m0 >= p.M || n4 * 4u >= p.N) { return; }
   let z = p.z0 + gid.z;
-  // This matrix's first texture row in A's and B's texture.
+  // Where this matrix starts in A's and B's texture (a row, or a texel index when flat).
   let za = gid.z * p.aRows;
   let zb = gid.z * p.bRows;
-  let ma = za + m0;
-  let m4 = m0 / 4u;
-  let nb = zb + n4 * 4u;
-  ${decl.join("\n  ")}
+  ${[...pre, ...decl].join("\n  ")}
   for (var k4 = 0u; k4 < p.K4; k4++) {
-    let ka = za + k4 * 4u;
-    let kb = zb + k4 * 4u;
     ${body.join("\n    ")}
   }
   ${store.join("\n  ")}
@@ -184,11 +210,12 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 const TEX_BINDINGS: ("texture" | "read" | "write")[] = ["texture", "texture", "read", "write"];
 const texKernels = new Map<string, Kernel>();
-function texKernel(tm: number, tn: number, aT: boolean, bT: boolean, laneM: boolean): Kernel {
-  const name = `matmul_tex${tm}x${tn}${aT ? "_at" : ""}${bT ? "_bt" : ""}${laneM ? "_m" : ""}`;
+function texKernel(tm: number, tn: number, a: TexFill, b: TexFill, laneM: boolean): Kernel {
+  const suffix = (x: string, fill: TexFill) => fill === "pack" ? "" : `_${x}${fill.toLowerCase()}`;
+  const name = `matmul_tex${tm}x${tn}${suffix("a", a)}${suffix("b", b)}${laneM ? "_m" : ""}`;
   let kernel = texKernels.get(name);
   if (!kernel) {
-    const source = texSource(tm, tn, aT, bT, laneM);
+    const source = texSource(tm, tn, a, b, laneM);
     kernel = defineKernel({ name, source, bindings: TEX_BINDINGS });
     texKernels.set(name, kernel);
   }
@@ -310,16 +337,15 @@ function rankedRegVariants(p: Problem): Variant<MatmulConfig>[] {
 
 /** How one operand reaches its texture (see the texture variants' note at the top). */
 interface OperandTexture {
-  /** Copied from its buffer as stored (else packed by a kernel). */
-  copy: boolean;
-  /** The texture holds op(X) transposed (only copies of transposed storage). */
-  transposed: boolean;
+  fill: TexFill;
   /** Texels per texture row. */
   width: number;
-  /** Texture rows per matrix of the batch. */
+  /** Texture rows one matrix of the batch takes (flat: floats / 1024, rounded up). */
+  height: (matrices: number) => number;
+  /** The kernel's aRows / bRows: texture rows per matrix (packed) or texels per matrix (flat). */
   rows: number;
-  /** Rows past the last matrix that the kernel may read (their results are never stored). */
-  padRows: number;
+  /** The kernel's aPitch / bPitch: texels per stored row (flat only). */
+  pitch: number;
   /** The stored matrix's [rows, cols] (cols contiguous). */
   stored: [number, number];
 }
@@ -335,41 +361,47 @@ interface TexLayout {
   zc: number;
 }
 
-/** Floats a row must be a multiple of for a buffer → texture copy (256-byte row pitch). */
-const COPY_ROW_FLOATS = 64;
+/**
+ * One operand's texture: copied flat where its contiguous dim (and K) is a multiple of 4, else
+ * packed as `packed` [texels per row, rows per matrix]. `transposed`: A stored [K, M] or B [N, K].
+ */
+function operandTexture(
+  stored: [number, number],
+  K: number,
+  transposed: boolean,
+  packed: [number, number],
+): OperandTexture {
+  const floats = stored[0] * stored[1];
+  if (stored[1] % 4 === 0 && K % 4 === 0) {
+    return {
+      fill: transposed ? "flatT" : "flat",
+      width: FLAT_TEXELS,
+      height: (n) => Math.ceil((n * floats) / (4 * FLAT_TEXELS)),
+      rows: floats / 4,
+      pitch: stored[1] / 4,
+      stored,
+    };
+  }
+  const [width, rows] = packed;
+  return { fill: "pack", width, height: (n) => n * rows, rows, pitch: 0, stored };
+}
 
 function texLayout(p: Problem, tm: number, tn: number): TexLayout | null {
   if (p.K === 0) return null;
   const max = gpu().limits.maxTextureDimension2D ?? 8192;
   const [Mp, Np, Kp] = [roundUp(p.M, tm), roundUp(p.N, tn), roundUp(p.K, 4)];
-  // A copy needs whole 256-byte rows, and K a multiple of 4 (no zero padding to supply).
-  const copyable = (stored: [number, number]) => stored[1] % COPY_ROW_FLOATS === 0 && p.K % 4 === 0;
-  // A packed, or copied as stored [M, K]: texel (k/4, m); copied from [K, M]: texel (m/4, k).
-  const aStored: [number, number] = p.transA ? [p.K, p.M] : [p.M, p.K];
-  const a: OperandTexture = !copyable(aStored)
-    ? { copy: false, transposed: false, width: Kp / 4, rows: Mp, padRows: 0, stored: aStored }
-    : p.transA
-    ? { copy: true, transposed: true, width: Mp / 4, rows: p.K, padRows: 0, stored: aStored }
-    : {
-      copy: true,
-      transposed: false,
-      width: Kp / 4,
-      rows: p.M,
-      padRows: Mp - p.M,
-      stored: aStored,
-    };
-  // B packed, or copied as stored [K, N]: texel (n/4, k); copied from [N, K]: texel (k/4, n).
-  const bStored: [number, number] = p.transB ? [p.N, p.K] : [p.K, p.N];
-  const b: OperandTexture = !copyable(bStored)
-    ? { copy: false, transposed: false, width: Np / 4, rows: Kp, padRows: 0, stored: bStored }
-    : p.transB
-    ? { copy: true, transposed: true, width: Kp / 4, rows: p.N, padRows: Np - p.N, stored: bStored }
-    : { copy: true, transposed: false, width: Np / 4, rows: p.K, padRows: 0, stored: bStored };
-  for (const t of [a, b]) {
-    if (t.width > max || t.rows + t.padRows > max) return null;
-  }
-  const fit = (t: OperandTexture, stride: number) =>
-    stride ? Math.floor((max - t.padRows) / t.rows) : Infinity;
+  // A is stored [M, K] ([K, M] with transA), B [K, N] ([N, K] with transB); packed, their textures
+  // hold op(A) [Mp, Kp] and op(B) [Kp, Np].
+  const a = operandTexture(p.transA ? [p.K, p.M] : [p.M, p.K], p.K, p.transA, [Kp / 4, Mp]);
+  const b = operandTexture(p.transB ? [p.N, p.K] : [p.K, p.N], p.K, p.transB, [Np / 4, Kp]);
+  if (a.width > max || b.width > max || a.height(1) > max || b.height(1) > max) return null;
+  // Matrices per chunk: as many as the texture's rows hold.
+  const fit = (t: OperandTexture, stride: number) => {
+    if (!stride) return Infinity;
+    let n = Math.max(1, Math.floor(max / t.height(1)));
+    while (n > 1 && t.height(n) > max) n--;
+    return n;
+  };
   const zc = Math.min(p.batch, fit(a, p.strideA), fit(b, p.strideB), MAX_GROUPS);
   return { Mp, Np, Kp, a, b, zc };
 }
@@ -395,8 +427,10 @@ function texCost(p: Problem, tm: number, tn: number, cores: number): number | nu
   const chunks = Math.ceil(p.batch / L.zc);
   let fill = 0;
   for (const [t, stride] of [[L.a, p.strideA], [L.b, p.strideB]] as const) {
-    const texels = (stride ? p.batch : 1) * t.rows * t.width;
-    fill += t.copy ? texels * 0.5 : (texels * 4.5) / Math.min(Math.ceil(texels / 64), cores);
+    const texels = t.height(stride ? p.batch : 1) * t.width;
+    fill += t.fill === "pack"
+      ? (texels * 4.5) / Math.min(Math.ceil(texels / 64), cores)
+      : texels * 0.5;
   }
   return (lanes * perLane) / Math.min(groups, cores) + fill + chunks * 2 * TEX_DISPATCH_COST;
 }
@@ -536,27 +570,38 @@ function launchTex(
   L: TexLayout,
 ): void {
   const { pool, recorder } = gpu();
-  const height = (t: OperandTexture, stride: number) => (stride ? L.zc : 1) * t.rows + t.padRows;
+  const height = (t: OperandTexture, stride: number) => t.height(stride ? L.zc : 1);
   const texA = pool.acquireTexture(L.a.width, height(L.a, p.strideA), "matmul A texture");
   const texB = pool.acquireTexture(L.b.width, height(L.b, p.strideB), "matmul B texture");
   try {
     const laneM = lanesAlongM(p.M, p.N, tm, tn);
-    const kernel = texKernel(tm, tn, L.a.transposed, L.b.transposed, laneM);
+    const kernel = texKernel(tm, tn, L.a.fill, L.b.fill, laneM);
     const [gm, gn] = [Math.ceil(L.Mp / (tm * TEX_WG)), Math.ceil(L.Np / (tn * TEX_WG))];
     for (let z0 = 0; z0 < p.batch; z0 += L.zc) {
       const n = Math.min(L.zc, p.batch - z0);
       // op(A)[m, k] at m·K + k (k·M + m transposed); op(B)[k, n] at k·N + n (n·K + k transposed).
       if (p.strideA || z0 === 0) {
-        if (L.a.copy) copyIn(a, texA.texture, L.a, p.strideA, z0, n);
-        else pack(a, texA.view, p.M, p.K, p.transA, p.strideA, z0, n, L.Mp, L.Kp);
+        if (L.a.fill !== "pack") {
+          copyFlat(a, p.strideA * z0, L.a.rows * 4 * (p.strideA ? n : 1), texA);
+        } else pack(a, texA.view, p.M, p.K, p.transA, p.strideA, z0, n, L.Mp, L.Kp);
       }
       if (p.strideB || z0 === 0) {
-        if (L.b.copy) copyIn(b, texB.texture, L.b, p.strideB, z0, n);
-        else pack(b, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
+        if (L.b.fill !== "pack") {
+          copyFlat(b, p.strideB * z0, L.b.rows * 4 * (p.strideB ? n : 1), texB);
+        } else pack(b, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
       }
       recorder.dispatch(kernel, {
         buffers: [texA.view, texB.view, (bias?.tensor ?? b).buffer, out.buffer],
-        params: [p.M, p.N, L.Kp / 4, p.strideA ? L.a.rows : 0, p.strideB ? L.b.rows : 0, z0],
+        params: [
+          p.M,
+          p.N,
+          L.Kp / 4,
+          p.strideA ? L.a.rows : 0,
+          p.strideB ? L.b.rows : 0,
+          z0,
+          L.a.pitch,
+          L.b.pitch,
+        ],
         constants: biasConstants(bias),
         workgroups: laneM ? [gm, gn, n] : [gn, gm, n],
       });
@@ -567,24 +612,21 @@ function launchTex(
   }
 }
 
-/** Copies `batch` stored matrices of x from batch entry z0 (one shared matrix when stride is 0). */
-function copyIn(
-  x: Tensor,
-  texture: GPUTexture,
-  t: OperandTexture,
-  stride: number,
-  z0: number,
-  batch: number,
-): void {
-  const [rows, cols] = t.stored;
-  gpu().recorder.copyToTexture(
-    x.buffer,
-    (stride ? z0 * stride : 0) * 4,
-    cols * 4,
-    texture,
-    cols / 4,
-    (stride ? batch : 1) * rows,
-  );
+/**
+ * Copies `count` floats of x from float `first` (both multiples of 4) into a flat texture: rows of
+ * 1024 floats, texel t at (t mod 256, ⌊t / 256⌋), the last row partly filled.
+ */
+export function copyFlat(x: Tensor, first: number, count: number, texture: PooledTexture): void {
+  const recorder = gpu().recorder;
+  const rowFloats = 4 * FLAT_TEXELS;
+  const full = Math.floor(count / rowFloats);
+  const rest = count - full * rowFloats;
+  const pitch = rowFloats * 4;
+  if (full) recorder.copyToTexture(x.buffer, first * 4, pitch, texture.texture, FLAT_TEXELS, full);
+  if (rest) {
+    const offset = (first + full * rowFloats) * 4;
+    recorder.copyToTexture(x.buffer, offset, pitch, texture.texture, rest / 4, 1, full);
+  }
 }
 
 /**
@@ -861,6 +903,6 @@ export function textureFill(
   const { problem } = plan("matmul", sa, sb, !!options.transA, !!options.transB);
   const layout = texLayout(problem, config.tm, config.tn);
   if (!layout) return null;
-  const fill = (t: OperandTexture) => t.copy ? "copy" : "pack";
+  const fill = (t: OperandTexture) => t.fill === "pack" ? "pack" : "copy";
   return { a: fill(layout.a), b: fill(layout.b) };
 }

@@ -5,6 +5,7 @@ import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
 import { record, Tensor } from "../tensor.ts";
+import { copyFlat, FLAT_TEXELS } from "./matmul.ts";
 import source from "../../../kernels/softmax.wgsl" with { type: "text" };
 
 const WG = 256;
@@ -21,6 +22,12 @@ const kernels = {
     source,
     entry: "softmax_wg",
     bindings: ["read", "write"],
+  }),
+  rowsTex: defineKernel({
+    name: "softmax_rows_tex",
+    source,
+    entry: "softmax_rows_tex",
+    bindings: ["texture", "write"],
   }),
   gradRows: defineKernel({
     name: "softmax_grad_rows",
@@ -73,12 +80,33 @@ function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: num
     });
   };
   const out = new Tensor(x.shape, "f32");
-  launch(kernels.rows, kernels.wg, [x.buffer, out.buffer]);
+  if (x.size > 0 && inner === 1 && byTexture(x.size) && !perWorkgroup(len)) {
+    // Contiguous rows on a software adapter: x is read from a flat texture (a memcpy away).
+    const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(x.size), "softmax input");
+    copyFlat(x, 0, x.size, texture);
+    gpu().recorder.dispatch(kernels.rowsTex, {
+      buffers: [texture.view, out.buffer],
+      params,
+      constants,
+      workgroups: grid1d(rows, WG),
+    });
+    gpu().pool.releaseTexture(texture);
+  } else {
+    launch(kernels.rows, kernels.wg, [x.buffer, out.buffer]);
+  }
   return record(op, out, [x], (g) => {
     const gx = new Tensor(x.shape, "f32");
     launch(kernels.gradRows, kernels.gradWg, [out.buffer, g.buffer, gx.buffer]);
     return [gx];
   });
+}
+
+const flatRows = (floats: number) => Math.ceil(floats / (4 * FLAT_TEXELS));
+
+/** Whether a tensor of `size` floats is read from a flat texture: software adapters, where it fits. */
+function byTexture(size: number): boolean {
+  return gpu().info.software && size % 4 === 0 &&
+    flatRows(size) <= (gpu().limits.maxTextureDimension2D ?? 8192);
 }
 
 /** exp(x − max) / Σ exp(x − max) along `axis`, of x · scale (one pass, no scaled copy). */
