@@ -66,17 +66,10 @@ fn softmax_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
   }
 }
 
-// softmax_rows reading x from a flat texture (software adapters, rows contiguous: inner = 1): texel
-// t = x[4t .. 4t+3] at (t mod 256, ⌊t / 256⌋), copied from x's buffer by the host. On lavapipe a
-// texel fetch costs less than half of a storage load, and x is read twice.
+// softmax_rows reading x from a flat texture (software adapters, rows contiguous: inner = 1; the
+// host appends flat_value from lib/tensor/ops/flat.ts). On lavapipe a texel fetch costs less than
+// half of a storage load, and x is read twice.
 @group(0) @binding(0) var xt: texture_2d<f32>;
-
-fn x_flat(f: u32) -> f32 {
-  let t = f >> 2u;
-  let v = textureLoad(xt, vec2i(i32(t % 256u), i32(t / 256u)), 0);
-  let e = f & 3u;
-  return select(select(v.x, v.y, e == 1u), select(v.z, v.w, e == 3u), e >= 2u);
-}
 
 @compute @workgroup_size(WG)
 fn softmax_rows_tex(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -85,10 +78,10 @@ fn softmax_rows_tex(@builtin(global_invocation_id) gid: vec3u, @builtin(num_work
   let start = r * fp.len;
   var stats = EMPTY;
   for (var j = 0u; j < fp.len; j++) {
-    stats = merge(stats, vec2f(x_flat(start + j) * fp.scale, 1.0));
+    stats = merge(stats, vec2f(flat_value(xt, start + j) * fp.scale, 1.0));
   }
   for (var j = 0u; j < fp.len; j++) {
-    y[start + j] = softmax_value(x_flat(start + j) * fp.scale, stats);
+    y[start + j] = softmax_value(flat_value(xt, start + j) * fp.scale, stats);
   }
 }
 

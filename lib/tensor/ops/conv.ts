@@ -6,7 +6,8 @@ import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
-import { copyFlat, FLAT_TEXELS, matmul, matmulRowBias } from "./matmul.ts";
+import { matmul, matmulRowBias } from "./matmul.ts";
+import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
 
 /** Workgroup size of the elementwise-style kernels (copy, weight re-layout, windows). */
@@ -400,13 +401,11 @@ function forwardByIm2col(g: Geometry): boolean {
 }
 
 /**
- * im2col from a texture, for software adapters: the input is copied (a memcpy) into a texture of
- * flat rows of 1024 floats, texel t = x[4t .. 4t+3] at (t mod 256, ⌊t / 256⌋), because a texel
- * fetch costs a fraction of a storage load there. Each invocation writes the 4·kh·kw values of one
+ * im2col from a texture, for software adapters: the input is read from a flat texture (see
+ * flat.ts). Each invocation writes the 4·kh·kw values of one
  * window for 4 channels, contiguous in cols, as vec4 stores. The kernel is generated per kernel size,
  * unrolled, so that every tap's position is a constant.
  */
-const flatRows = (floats: number) => Math.ceil(floats / (4 * FLAT_TEXELS));
 function im2colTexSource(kh: number, kw: number): string {
   const taps = kh * kw;
   const lines: string[] = [];
@@ -434,14 +433,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> cols: array<vec4f>;
 @group(0) @binding(2) var<uniform> p: Params;
 
+${FLAT_WGSL}
 // x at flat index f, or 0 where ok is false (the padding).
 fn tap(f: i32, ok: bool) -> f32 {
-  let u = u32(max(f, 0));
-  let t = u >> 2u;
-  let v = textureLoad(src, vec2i(i32(t % ${FLAT_TEXELS}u), i32(t / ${FLAT_TEXELS}u)), 0);
-  let e = u & 3u;
-  let x = select(select(v.x, v.y, e == 1u), select(v.z, v.w, e == 3u), e >= 2u);
-  return select(0.0, x, ok);
+  return select(0.0, flat_value(src, u32(max(f, 0))), ok);
 }
 
 @compute @workgroup_size(${WG})
@@ -482,8 +477,7 @@ function im2colTexKernel(kh: number, kw: number): Kernel {
 
 /** Whether x [N, C, H, W] takes the texture im2col: 4-channel groups, and a texture that fits. */
 function im2colByTexture(g: Geometry): boolean {
-  return gpu().info.software && g.c % 4 === 0 &&
-    flatRows(g.n * g.c * g.h * g.w) <= (gpu().limits.maxTextureDimension2D ?? 8192);
+  return gpu().info.software && g.c % 4 === 0 && fitsFlat(g.n * g.c * g.h * g.w);
 }
 
 /** x [N, C, H, W] → cols [N·Hout·Wout, C·kh·kw] (no autograd). */
@@ -493,16 +487,17 @@ function im2col(x: Tensor, g: Geometry): Tensor {
   const geometry = [g.c, g.h, g.w];
   const window = [g.hout, g.wout, g.stride, g.pad.top, g.pad.left];
   if (im2colByTexture(g)) {
-    const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(x.size), "im2col input");
-    copyFlat(x, 0, x.size, texture);
     const total = (rows * g.c) / 4;
-    gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw), {
-      buffers: [texture.view, cols.buffer],
-      params: [total, ...geometry, ...window],
-      workgroups: grid1d(total, WG),
-    });
-    // Work runs in recording order: later users of the texture come after this dispatch.
-    gpu().pool.releaseTexture(texture);
+    withFlatTexture(
+      x,
+      "im2col input",
+      (view) =>
+        gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw), {
+          buffers: [view, cols.buffer],
+          params: [total, ...geometry, ...window],
+          workgroups: grid1d(total, WG),
+        }),
+    );
     return cols;
   }
   gpu().recorder.dispatch(kernels.im2col, {

@@ -22,7 +22,7 @@
 import { gpu } from "../../gpu/device.ts";
 import { MAX_LOOP } from "./reduce.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
-import type { PooledTexture } from "../../gpu/pool.ts";
+import { copyFlat, FLAT_TEXELS, FLAT_WGSL, flatRows } from "./flat.ts";
 import { chooseVariant, tune, type TuneResult, type Variant } from "../../gpu/autotune.ts";
 import { record, type Shape, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
@@ -82,9 +82,6 @@ const TEX_WG = 8;
  */
 type TexFill = "pack" | "flat" | "flatT";
 
-/** Texels per row of a flat texture (1024 floats: a 4 KiB row pitch, as copies need 256-byte). */
-export const FLAT_TEXELS = 256;
-
 /**
  * The texture matmul kernel for a tm × tn block per invocation (both multiples of 4), generated
  * unrolled: accumulators must stay in SSA registers on lavapipe (see kernels/matmul.wgsl). `a`, `b`:
@@ -106,7 +103,7 @@ function texSource(tm: number, tn: number, a: TexFill, b: TexFill, laneM: boolea
   // b${j}_${c}: op(B)[k + j, n0 + 4c .. n0 + 4c + 3].
   if (b === "flatT") {
     for (let n = 0; n < tn; n++) pre.push(`let bn${n} = zb + (n4 * 4u + ${n}u) * p.bPitch;`);
-    for (let n = 0; n < tn; n++) body.push(`let bt${n} = flat(tb, bn${n} + k4);`);
+    for (let n = 0; n < tn; n++) body.push(`let bt${n} = flat_texel(tb, bn${n} + k4);`);
     for (let j = 0; j < 4; j++) {
       for (let c = 0; c < tn4; c++) {
         const parts = [0, 1, 2, 3].map((i) => `bt${4 * c + i}[${j}]`).join(", ");
@@ -117,7 +114,7 @@ function texSource(tm: number, tn: number, a: TexFill, b: TexFill, laneM: boolea
     body.push("let bk = zb + n4 + k4 * 4u * p.bPitch;");
     for (let j = 0; j < 4; j++) {
       for (let c = 0; c < tn4; c++) {
-        body.push(`let b${j}_${c} = flat(tb, bk + ${j}u * p.bPitch + ${c}u);`);
+        body.push(`let b${j}_${c} = flat_texel(tb, bk + ${j}u * p.bPitch + ${c}u);`);
       }
     }
   } else {
@@ -132,7 +129,7 @@ function texSource(tm: number, tn: number, a: TexFill, b: TexFill, laneM: boolea
     body.push("let ak = za + m0 / 4u + k4 * 4u * p.aPitch;");
     for (let j = 0; j < 4; j++) {
       for (let q = 0; q < tm / 4; q++) {
-        body.push(`let at${j}_${q} = flat(ta, ak + ${j}u * p.aPitch + ${q}u);`);
+        body.push(`let at${j}_${q} = flat_texel(ta, ak + ${j}u * p.aPitch + ${q}u);`);
       }
     }
   } else if (a === "flat") {
@@ -142,7 +139,7 @@ function texSource(tm: number, tn: number, a: TexFill, b: TexFill, laneM: boolea
     const av = a === "flatT"
       ? `vec4f(${[0, 1, 2, 3].map((j) => `at${j}_${r >> 2}[${r & 3}]`).join(", ")})`
       : a === "flat"
-      ? `flat(ta, ar${r} + k4)`
+      ? `flat_texel(ta, ar${r} + k4)`
       : at("k4", `za + m0 + ${r}u`);
     body.push(`{ let av = ${av};`);
     for (let j = 0; j < 4; j++) {
@@ -168,11 +165,7 @@ struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-// Texel t of a flat texture.
-fn flat(t: texture_2d<f32>, i: u32) -> vec4f {
-  return textureLoad(t, vec2i(i32(i % ${FLAT_TEXELS}u), i32(i / ${FLAT_TEXELS}u)), 0);
-}
-
+${FLAT_WGSL}
 fn store4(z: u32, m: u32, n: u32, v: vec4f) {
   if (m >= p.M || n >= p.N) { return; }
   var o = v;
@@ -376,7 +369,7 @@ function operandTexture(
     return {
       fill: transposed ? "flatT" : "flat",
       width: FLAT_TEXELS,
-      height: (n) => Math.ceil((n * floats) / (4 * FLAT_TEXELS)),
+      height: (n) => flatRows(n * floats),
       rows: floats / 4,
       pitch: stored[1] / 4,
       stored,
@@ -609,23 +602,6 @@ function launchTex(
   } finally {
     pool.releaseTexture(texA);
     pool.releaseTexture(texB);
-  }
-}
-
-/**
- * Copies `count` floats of x from float `first` (both multiples of 4) into a flat texture: rows of
- * 1024 floats, texel t at (t mod 256, ⌊t / 256⌋), the last row partly filled.
- */
-export function copyFlat(x: Tensor, first: number, count: number, texture: PooledTexture): void {
-  const recorder = gpu().recorder;
-  const rowFloats = 4 * FLAT_TEXELS;
-  const full = Math.floor(count / rowFloats);
-  const rest = count - full * rowFloats;
-  const pitch = rowFloats * 4;
-  if (full) recorder.copyToTexture(x.buffer, first * 4, pitch, texture.texture, FLAT_TEXELS, full);
-  if (rest) {
-    const offset = (first + full * rowFloats) * 4;
-    recorder.copyToTexture(x.buffer, offset, pitch, texture.texture, rest / 4, 1, full);
   }
 }
 

@@ -5,8 +5,11 @@ import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
 import { record, Tensor } from "../tensor.ts";
-import { copyFlat, FLAT_TEXELS } from "./matmul.ts";
-import source from "../../../kernels/softmax.wgsl" with { type: "text" };
+import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
+import wgsl from "../../../kernels/softmax.wgsl" with { type: "text" };
+
+// softmax_rows_tex reads through flat.ts's WGSL helpers.
+const source = wgsl + FLAT_WGSL;
 
 const WG = 256;
 
@@ -80,17 +83,15 @@ function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: num
     });
   };
   const out = new Tensor(x.shape, "f32");
-  if (x.size > 0 && inner === 1 && byTexture(x.size) && !perWorkgroup(len)) {
+  if (x.size > 0 && inner === 1 && gpu().info.software && fitsFlat(x.size) && !perWorkgroup(len)) {
     // Contiguous rows on a software adapter: x is read from a flat texture (a memcpy away).
-    const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(x.size), "softmax input");
-    copyFlat(x, 0, x.size, texture);
-    gpu().recorder.dispatch(kernels.rowsTex, {
-      buffers: [texture.view, out.buffer],
-      params,
-      constants,
-      workgroups: grid1d(rows, WG),
-    });
-    gpu().pool.releaseTexture(texture);
+    withFlatTexture(x, "softmax input", (view) =>
+      gpu().recorder.dispatch(kernels.rowsTex, {
+        buffers: [view, out.buffer],
+        params,
+        constants,
+        workgroups: grid1d(rows, WG),
+      }));
   } else {
     launch(kernels.rows, kernels.wg, [x.buffer, out.buffer]);
   }
@@ -99,14 +100,6 @@ function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: num
     launch(kernels.gradRows, kernels.gradWg, [out.buffer, g.buffer, gx.buffer]);
     return [gx];
   });
-}
-
-const flatRows = (floats: number) => Math.ceil(floats / (4 * FLAT_TEXELS));
-
-/** Whether a tensor of `size` floats is read from a flat texture: software adapters, where it fits. */
-function byTexture(size: number): boolean {
-  return gpu().info.software && size % 4 === 0 &&
-    flatRows(size) <= (gpu().limits.maxTextureDimension2D ?? 8192);
 }
 
 /** exp(x − max) / Σ exp(x − max) along `axis`, of x · scale (one pass, no scaled copy). */
