@@ -355,15 +355,15 @@ const IM2COL_MAX_BYTES = 96 * 1024 * 1024;
 const IM2COL_MAX_K = 16384;
 /**
  * Forward size rule (lavapipe on 2 cores, uniform-buffer weights, im2col read from a texture,
- * texture matmul fed by buffer → texture copies): at stride 1 the implicit GEMM wins up to a
- * reduction C·kh·kw of 288 (52 vs 59 ms at N=16, 32², C=O=32; a tie at O=64) and loses from 432
- * (23 vs 21 ms at N=8, 16², C=O=48; 240 vs 103 ms at 576, N=16, 32², C=O=64), so the matmul takes
- * over from 432;
- * it also takes every stride > 1 (the implicit GEMM computes the stride-1 result). The weight
- * gradient takes dYᵀ·cols wherever im2col is allowed: the weight-gradient kernel is slower at every
- * size measured but a single output channel.
+ * texture matmul fed by flat buffer → texture copies; CPU ms per forward, batch 8 unless noted): at
+ * stride 1 the implicit GEMM wins at a reduction C·kh·kw of 9 (3.1 vs 6.1 ms at 28², O=16) and 72
+ * (8.8 vs 9.8, C=8, O=16, 28²) and loses from 144 (28.3 vs 18.1 at C=16, O=32, 28²; 40.5 vs 36.0
+ * at N=16, 32², C=O=16; 4.3 vs 2.6 at 288, 7², C=O=32; 420 vs 186 at 576, N=16, 32², C=O=64), so
+ * the matmul takes over from 144; it also takes every stride > 1 (the implicit GEMM computes the
+ * stride-1 result). The weight gradient takes dYᵀ·cols wherever im2col is allowed: the
+ * weight-gradient kernel is slower at every size measured but a single output channel.
  */
-const IM2COL_MIN_K = 432;
+const IM2COL_MIN_K = 144;
 /**
  * Fewer output channels than this leave the matmul's tiles mostly empty: the forward and the weight
  * gradient are slower.
