@@ -64,8 +64,8 @@ for (const c of cases) {
 
 /**
  * The case's GPU time per kernel (warm-up and timed iterations together), and how much of the
- * case's wall time no kernel's timestamps cover (host work, driver work between passes; on lavapipe
- * also work of texture-fed kernels that lands outside their own pass).
+ * case's wall time no kernel's timestamps cover (host work, driver work between passes, and on
+ * lavapipe some kernels' own work: see README, "Profiling").
  */
 async function printProfile(name: string, caseMs: number, json: boolean | undefined, top: number) {
   const profiler = gpu().profiler!;

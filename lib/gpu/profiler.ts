@@ -2,9 +2,9 @@
 // recorder gives every dispatch its own compute pass whose begin and end timestamps land in a query
 // set; each submit resolves the set into a readback buffer, and `collect` maps those and sums the
 // time by kernel name. One pass per dispatch adds a little overhead per dispatch, so read the
-// table's shares, not its absolute total, as the profile of a normal run. On lavapipe, work of the
-// texture-fed matmuls largely lands outside their passes' timestamps (bench/main.ts prints the
-// uncovered share of a case's wall time): their rows are lower bounds there.
+// table's shares, not its absolute total, as the profile of a normal run. On lavapipe the timestamps can
+// miss work (bench/main.ts prints the share of a case's wall time they do not cover; README,
+// "Profiling", has the figures): where they disagree with the wall clock, trust the wall clock.
 
 /** Timestamps per batch: two per dispatch; the recorder submits when the set is full. */
 const QUERIES = 4096;

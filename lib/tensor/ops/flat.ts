@@ -51,6 +51,13 @@ export function copyFlat(x: Tensor, first: number, count: number, texture: Poole
   }
 }
 
+/** A pooled flat texture holding all of x (x.size a multiple of 4); release it to the pool. */
+export function acquireFlat(x: Tensor, label: string): PooledTexture {
+  const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(x.size), label);
+  copyFlat(x, 0, x.size, texture);
+  return texture;
+}
+
 /**
  * Records `use` with all of x in a pooled flat texture (x.size a multiple of 4). The texture goes
  * back to the pool afterwards: work recorded later that reuses it runs after this.
@@ -60,9 +67,8 @@ export function withFlatTexture(
   label: string,
   use: (view: GPUTextureView) => void,
 ): void {
-  const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(x.size), label);
+  const texture = acquireFlat(x, label);
   try {
-    copyFlat(x, 0, x.size, texture);
     use(texture.view);
   } finally {
     gpu().pool.releaseTexture(texture);

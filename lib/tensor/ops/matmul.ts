@@ -22,7 +22,8 @@
 import { gpu } from "../../gpu/device.ts";
 import { MAX_LOOP } from "./reduce.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
-import { copyFlat, fitsFlat, FLAT_TEXELS, FLAT_WGSL, flatRows, withFlatTexture } from "./flat.ts";
+import type { PooledTexture } from "../../gpu/pool.ts";
+import { acquireFlat, copyFlat, fitsFlat, FLAT_TEXELS, FLAT_WGSL, flatRows } from "./flat.ts";
 import { chooseVariant, tune, type TuneResult, type Variant } from "../../gpu/autotune.ts";
 import { record, type Shape, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
@@ -585,6 +586,12 @@ function launchTex(
   const height = (t: OperandTexture, stride: number) => t.height(stride ? L.zc : 1);
   const texA = pool.acquireTexture(L.a.width, height(L.a, p.strideA), "matmul A texture");
   const texB = pool.acquireTexture(L.b.width, height(L.b, p.strideB), "matmul B texture");
+  // An operand that is packed is read from a flat copy of it where one fits (once for all chunks).
+  const packFrom = (x: Tensor, t: OperandTexture) =>
+    t.fill === "pack" && gpu().info.software && fitsFlat(x.size)
+      ? acquireFlat(x, "matmul pack input")
+      : null;
+  const [flatA, flatB] = [packFrom(a, L.a), packFrom(b, L.b)];
   try {
     const laneM = lanesAlongM(p.M, p.N, tm, tn);
     const kernel = texKernel(tm, tn, L.a.fill, L.b.fill, laneM);
@@ -595,12 +602,12 @@ function launchTex(
       if (p.strideA || z0 === 0) {
         if (L.a.fill !== "pack") {
           copyFlat(a, p.strideA * z0, L.a.rows * 4 * (p.strideA ? n : 1), texA);
-        } else pack(a, texA.view, p.M, p.K, p.transA, p.strideA, z0, n, L.Mp, L.Kp);
+        } else pack(a, flatA, texA.view, p.M, p.K, p.transA, p.strideA, z0, n, L.Mp, L.Kp);
       }
       if (p.strideB || z0 === 0) {
         if (L.b.fill !== "pack") {
           copyFlat(b, p.strideB * z0, L.b.rows * 4 * (p.strideB ? n : 1), texB);
-        } else pack(b, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
+        } else pack(b, flatB, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
       }
       recorder.dispatch(kernel, {
         buffers: [texA.view, texB.view, (bias?.tensor ?? b).buffer, out.buffer],
@@ -619,17 +626,18 @@ function launchTex(
       });
     }
   } finally {
-    pool.releaseTexture(texA);
-    pool.releaseTexture(texB);
+    for (const t of [texA, texB, flatA, flatB]) if (t) pool.releaseTexture(t);
   }
 }
 
 /**
  * Packs op(X) [rows, cols] (of `batch` matrices `stride` apart, from batch z0; one shared matrix
- * when stride is 0) into texels of 4 consecutive columns, zero-padded to [paddedRows, paddedCols].
+ * when stride is 0) into texels of 4 consecutive columns, zero-padded to [paddedRows, paddedCols],
+ * reading x from `flat` (a flat texture copy of it) when given, else from its buffer.
  */
 function pack(
   x: Tensor,
+  flat: PooledTexture | null,
   texture: GPUTextureView,
   rows: number,
   cols: number,
@@ -641,27 +649,21 @@ function pack(
   paddedCols: number,
 ): void {
   const height = (stride ? batch : 1) * paddedRows;
-  const record = (kernel: Kernel, source: GPUBuffer | GPUTextureView) =>
-    gpu().recorder.dispatch(kernel, {
-      buffers: [source, texture],
-      params: [
-        rows,
-        cols,
-        trans ? 1 : cols,
-        trans ? rows : 1,
-        stride,
-        stride ? z0 : 0,
-        paddedRows,
-        paddedCols / 4,
-        height,
-      ],
-      workgroups: [Math.ceil(paddedCols / 4 / 8), Math.ceil(height / 8)],
-    });
-  if (gpu().info.software && fitsFlat(x.size)) {
-    withFlatTexture(x, "matmul pack input", (view) => record(packKernels.flat, view));
-  } else {
-    record(packKernels.buffer, x.buffer);
-  }
+  gpu().recorder.dispatch(flat ? packKernels.flat : packKernels.buffer, {
+    buffers: [flat ? flat.view : x.buffer, texture],
+    params: [
+      rows,
+      cols,
+      trans ? 1 : cols,
+      trans ? rows : 1,
+      stride,
+      stride ? z0 : 0,
+      paddedRows,
+      paddedCols / 4,
+      height,
+    ],
+    workgroups: [Math.ceil(paddedCols / 4 / 8), Math.ceil(height / 8)],
+  });
 }
 
 export interface MatmulOptions {
