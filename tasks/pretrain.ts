@@ -247,9 +247,11 @@ async function openInputs(o: PretrainOptions) {
   const exportDir = resolve(o.tokenizer);
   try {
     await Deno.stat(join(exportDir, MANIFEST_FILE));
-  } catch {
+  } catch (error) {
     fail(
-      `--tokenizer ${exportDir} has no ${MANIFEST_FILE} (not a finished export-codebook folder)`,
+      error instanceof Deno.errors.NotFound
+        ? `--tokenizer ${exportDir} has no ${MANIFEST_FILE} (not a finished export-codebook folder)`
+        : `--tokenizer ${exportDir}: cannot read ${MANIFEST_FILE} (${(error as Error).message})`,
     );
   }
   const { channels, height, width } = shards.manifest.image;
@@ -301,8 +303,12 @@ async function openInputs(o: PretrainOptions) {
     const path = join(exportDir, TOKENIZER_FILE);
     try {
       await Deno.stat(path);
-    } catch {
-      fail(`--tokenizer ${exportDir} has no ${TOKENIZER_FILE}`);
+    } catch (error) {
+      fail(
+        error instanceof Deno.errors.NotFound
+          ? `--tokenizer ${exportDir} has no ${TOKENIZER_FILE}`
+          : `--tokenizer ${exportDir}: cannot read ${TOKENIZER_FILE} (${(error as Error).message})`,
+      );
     }
     await initGpu();
     try {
