@@ -102,6 +102,7 @@ import { ssimPerImage } from "../lib/train/ssim.ts";
 import {
   type ArmPaths,
   armPaths,
+  checkEvaluateData,
   checkEvaluateOptions,
   evaluateCommand,
   type EvaluateOptions,
@@ -308,6 +309,8 @@ async function openInputs(o: EvaluateOptions, paths: ArmPaths[]): Promise<Inputs
   for (const split of ["train", "val"]) {
     if (!shards.splits[split]?.count) fail(`--shards ${dir} has no "${split}" images`);
   }
+  const data = checkEvaluateData(o, shards.splits.train.count);
+  if (data.length) fail(`--shards ${dir}: ${data[0].message}`);
   if (!shards.manifest.labelled || shards.manifest.classes.length < 2) {
     fail(`--shards ${dir} is not labelled with ≥ 2 classes: nothing to classify`);
   }

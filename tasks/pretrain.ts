@@ -70,6 +70,7 @@ import { AdamW, clipGradNorm, paramGroups, warmupCosine } from "../lib/optim/mod
 import { Rng } from "../lib/tensor/init.ts";
 import { backward, readAll, type Tensor, tensor, tidy } from "../lib/tensor/mod.ts";
 import {
+  checkPretrainData,
   checkPretrainOptions,
   checkPretrainTokenCounts,
   pretrainCommand,
@@ -140,6 +141,8 @@ async function openInputs(o: PretrainOptions) {
   for (const split of ["train", "val"]) {
     if (!shards.splits[split]?.count) fail(`--shards ${shards.dir} has no "${split}" images`);
   }
+  const data = checkPretrainData(o, shards.splits.train.count);
+  if (data.length) fail(`--shards ${shards.dir}: ${data[0].message}`);
   const exportDir = resolve(o.tokenizer);
   try {
     await Deno.stat(join(exportDir, MANIFEST_FILE));

@@ -78,6 +78,7 @@ import {
 } from "../lib/tensor/mod.ts";
 import { meanPsnr, perImageMse } from "../lib/train/psnr.ts";
 import {
+  checkTrainTokenizerData,
   checkTrainTokenizerImages,
   checkTrainTokenizerOptions,
   trainTokenizerCommand,
@@ -139,7 +140,10 @@ async function openInputs(o: TrainTokenizerOptions) {
   for (const split of ["train", "val"]) {
     if (!shards.splits[split]?.count) fail(`--shards ${shards.dir} has no "${split}" images`);
   }
-  const problems = checkTrainTokenizerImages(o, { height, width });
+  const problems = [
+    ...checkTrainTokenizerImages(o, { height, width }),
+    ...checkTrainTokenizerData(o, shards.splits.train.count),
+  ];
   if (problems.length) fail(`--shards ${shards.dir}: ${problems[0].message}`);
   return { shards, image: { channels, size: height } };
 }

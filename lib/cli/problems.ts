@@ -65,6 +65,19 @@ export class Problems {
     }
   }
 
+  /**
+   * A training loader draws whole batches: `--name` must not exceed the images it draws from
+   * (`images`, null when not known yet; `what` says which).
+   */
+  batchFits(name: string, batch: number, images: number | null, what = "training images"): void {
+    if (images !== null && batch > images) {
+      this.add(
+        name,
+        `--${name} ${batch} is more than the ${images} ${what}: no batch can be drawn`,
+      );
+    }
+  }
+
   /** Runs `check`, turning what it throws (a one-line rule of a library) into a problem. */
   catching(options: string | string[], check: () => void, strip = /^peco: [\w-]+: /): void {
     try {

@@ -183,3 +183,11 @@ export function checkEvaluateOptions(o: EvaluateOptions): Problem[] {
   p.list.push(...parseArms(o).problems);
   return p.list;
 }
+
+/** The rules between the options and the number of training images (null: not known yet). */
+export function checkEvaluateData(o: EvaluateOptions, train: number | null): Problem[] {
+  const p = new Problems();
+  p.batchFits("finetune-batch", o["finetune-batch"], train);
+  p.batchFits("classifier-batch", o["classifier-batch"], train);
+  return p.list;
+}

@@ -230,3 +230,12 @@ export function checkPretrainTokenCounts(
   }
   return p.list;
 }
+
+/** The rule between the options and the number of training images (null: not known yet). */
+export function checkPretrainData(o: PretrainOptions, train: number | null): Problem[] {
+  const p = new Problems();
+  const batch = o.batch ?? PRETRAIN_TRAIN_PRESETS[o.preset as BeitPresetName].batch;
+  const images = train === null ? null : Math.min(train, o.limit ?? Infinity);
+  p.batchFits(o.batch === undefined ? "preset" : "batch", batch, images);
+  return p.list;
+}

