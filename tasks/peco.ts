@@ -12,6 +12,7 @@
 // those paths (lib/cli/sandbox_worker.ts).
 
 import { parseOrExit, runTask } from "../lib/cli/args.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
 import { runSandboxed, SANDBOX_SUBCOMMAND, type StageAccess } from "../lib/cli/permissions.ts";
 import { inWorker, runStageInWorker, serveStageRequest } from "../lib/cli/sandbox_worker.ts";
 import { STAGES } from "./pipeline.ts";
@@ -44,9 +45,10 @@ export function subcommands(): string[] {
 
 async function runStage(stage: string, args: string[]): Promise<void> {
   const def = STAGES[stage];
-  const { command, access } = await def.load();
+  const { command, access, check } = await def.load();
   const options = parseOrExit({ ...command, usage: `peco ${stage}` }, args);
   await runTask(`peco ${stage}`, async () => {
+    failOnProblems(check(options)); // every problem at once, before the sandbox starts
     Deno.exit(await runSandboxed(def.script, args, access(options)));
   });
 }

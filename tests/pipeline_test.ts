@@ -75,7 +75,7 @@ Deno.test("config errors name the key", async () => {
   const bad = await checkConfig({ stages: { shard: { channels: 2 } } }, "x.json");
   await assert.rejects(
     prepareSteps(chainSteps(bad, "/tmp/x", ALL), STAGES),
-    /^Error: peco: pipeline: step shard \(shard\): --channels must be 1 or 3, got 2$/,
+    /^Error: peco: pipeline: step shard \(shard\): config\.stages\.shard\.channels: --channels must be 1 or 3, got 2$/,
   );
   await assert.rejects(
     checkConfig({ stages: { evaluate: { "finetune-stepz": 1 } } }, "configs/mine.json"),

@@ -66,14 +66,15 @@ export class Problems {
   }
 
   /**
-   * A training loader draws whole batches: `--name` must not exceed the images it draws from
-   * (`images`, null when not known yet; `what` says which).
+   * A training loader draws whole batches: `--name` must not exceed the training images it draws
+   * from (null when not known yet); `preset` marks a batch size that is the preset's default.
    */
-  batchFits(name: string, batch: number, images: number | null, what = "training images"): void {
+  batchFits(name: string, batch: number, images: number | null, preset = false): void {
     if (images !== null && batch > images) {
       this.add(
         name,
-        `--${name} ${batch} is more than the ${images} ${what}: no batch can be drawn`,
+        `--${name} ${batch}${preset ? " (the preset's)" : ""} is more than the ${images} ` +
+          `training images: no batch can be drawn`,
       );
     }
   }

@@ -236,6 +236,6 @@ export function checkPretrainData(o: PretrainOptions, train: number | null): Pro
   const p = new Problems();
   const batch = o.batch ?? PRETRAIN_TRAIN_PRESETS[o.preset as BeitPresetName].batch;
   const images = train === null ? null : Math.min(train, o.limit ?? Infinity);
-  p.batchFits(o.batch === undefined ? "preset" : "batch", batch, images);
+  p.batchFits("batch", batch, images, o.batch === undefined);
   return p.list;
 }

@@ -144,6 +144,6 @@ export function checkTrainTokenizerData(o: TrainTokenizerOptions, train: number 
   const p = new Problems();
   const batch = o.batch ?? tokenizerPreset(o.preset).train.batch;
   const images = train === null ? null : Math.min(train, o.limit ?? Infinity);
-  p.batchFits(o.batch === undefined ? "preset" : "batch", batch, images);
+  p.batchFits("batch", batch, images, o.batch === undefined);
   return p.list;
 }
