@@ -79,6 +79,7 @@ import {
 import { meanPsnr, perImageMse } from "../lib/train/psnr.ts";
 import {
   checkTrainTokenizerData,
+  checkTrainTokenizerFiles,
   checkTrainTokenizerImages,
   checkTrainTokenizerOptions,
   trainTokenizerCommand,
@@ -152,6 +153,8 @@ async function openInputs(o: TrainTokenizerOptions) {
 async function perceptualWeights(o: TrainTokenizerOptions) {
   if (!(PERCEPTUAL_KINDS as readonly string[]).includes(o.perceptual)) return null;
   const path = resolve(o["perceptual-weights"]!);
+  const problems = checkTrainTokenizerFiles(o);
+  if (problems.length) fail(problems[0].message);
   try {
     return await sha256File(path);
   } catch (error) {

@@ -210,6 +210,16 @@ Deno.test("input rules are checked against what the earlier stages' options impl
   );
   assert.ok(!(await exists(join(tmp, "p"))) && !(await exists(join(tmp, "t"))));
 
+  // A perceptual network's input size; its weights file, which exists before any stage runs.
+  const weights = join(tmp, "vit.safetensors");
+  const vit = config({ "train-tokenizer": { perceptual: "vit-b", "perceptual-weights": weights } });
+  assert.deepEqual(await lines(vit), [
+    `config.stages.train-tokenizer.perceptual-weights: --perceptual-weights ${weights}: cannot ` +
+    `read (No such file or directory (os error 2): stat '${weights}')`,
+    "config.stages.train-tokenizer.perceptual: --perceptual vit-b takes 224×224 images, the " +
+    "shards hold 28×28 (as the shard options imply: 28×28 images, 1 channel, 200 training " +
+    "images)",
+  ]);
   // The ViT's patch grid against the tokenizer's token grid, and the mask budget against it.
   assert.deepEqual(
     await lines(config({ pretrain: { "patch-size": 7 }, "train-tokenizer": {} })),

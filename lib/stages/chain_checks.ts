@@ -2,7 +2,8 @@
 // runs (tasks/pipeline.ts). The inputs do not exist yet, so each rule is applied to what the
 // earlier stages' options imply: the shard options give the image size and channels (--size,
 // --channels, MNIST's or a folder's defaults) and, for MNIST, the images per split; a tokenizer's
-// preset gives its token grid. Each rule is the very function the stage applies to its real
+// preset gives its token grid. Files the options name that exist already (a perceptual network's
+// weights) are checked as they are. Each rule is the very function the stage applies to its real
 // inputs at its start (lib/stages/*_options.ts). A rule whose inputs the options do not imply
 // (an image folder's number of images, an IDX file's size) is listed as deferred: the stage
 // checks it when it starts.
@@ -18,6 +19,7 @@ import {
 } from "./train_perceptual_options.ts";
 import {
   checkTrainTokenizerData,
+  checkTrainTokenizerFiles,
   checkTrainTokenizerImages,
   tokenGridSide,
   type TrainTokenizerOptions,
@@ -58,7 +60,8 @@ export function checkImpliedInputs(steps: PreparedStep[], known: StepProblem[]):
   const report = (step: PreparedStep, found: Problem[], note = implied) => {
     for (const problem of found) {
       if (seen.has(`${step.id}\n${problem.message}`)) continue;
-      problems.push({ step, problem: { ...problem, message: `${problem.message} (${note})` } });
+      const message = note ? `${problem.message} (${note})` : problem.message;
+      problems.push({ step, problem: { ...problem, message } });
     }
   };
   const later = (step: PreparedStep, rule: string, until: string) =>
@@ -87,6 +90,7 @@ export function checkImpliedInputs(steps: PreparedStep[], known: StepProblem[]):
       }
     } else if (step.stage === "train-tokenizer") {
       const o = step.options as TrainTokenizerOptions;
+      report(step, checkTrainTokenizerFiles(o), ""); // files that exist already: checked as they are
       if (size === null) later(step, "the image size vs the preset's downsample factor", noSize);
       else report(step, checkTrainTokenizerImages(o, { height: size, width: size }));
       if (counts.train === null) later(step, "--batch vs the training images", noCount);

@@ -1,10 +1,11 @@
 // The train-tokenizer stage's options (tasks/train_tokenizer.ts) and their full check, shared by
 // the stage's start and the pipeline's up-front check (lib/cli/pipeline.ts).
 
+import { resolve } from "node:path";
 import type { Parsed } from "../cli/args.ts";
 import { type Problem, Problems } from "../cli/problems.ts";
 import { trainingRunOptions } from "../cli/stage.ts";
-import { PERCEPTUAL_KINDS, VGG16_MIN_SIZE } from "../models/perceptual/mod.ts";
+import { PERCEPTUAL_KINDS, VGG16_MIN_SIZE, VIT_B_DEFAULT } from "../models/perceptual/mod.ts";
 import { TOKENIZER_PRESET_NAMES, tokenizerPreset } from "../models/tokenizer_config.ts";
 import { downsampleFactor } from "../models/vqvae.ts";
 
@@ -136,6 +137,15 @@ export function checkTrainTokenizerImages(
         `the shards hold ${height}×${width}`,
     );
   }
+  // The ViT-B's position embedding fixes its input size: the tokenizer feeds it the images as
+  // they are.
+  const vit = VIT_B_DEFAULT.imageSize;
+  if (o.perceptual === "vit-b" && (height !== vit || width !== vit)) {
+    p.add(
+      "perceptual",
+      `--perceptual vit-b takes ${vit}×${vit} images, the shards hold ${height}×${width}`,
+    );
+  }
   return p.list;
 }
 
@@ -145,5 +155,28 @@ export function checkTrainTokenizerData(o: TrainTokenizerOptions, train: number 
   const batch = o.batch ?? tokenizerPreset(o.preset).train.batch;
   const images = train === null ? null : Math.min(train, o.limit ?? Infinity);
   p.batchFits("batch", batch, images, o.batch === undefined);
+  return p.list;
+}
+
+/**
+ * The files the options name that exist before any stage runs (--perceptual-weights): each must
+ * be a readable file. The stage checks it at its start, the pipeline before the first stage.
+ */
+export function checkTrainTokenizerFiles(o: TrainTokenizerOptions): Problem[] {
+  const p = new Problems();
+  const weights = o["perceptual-weights"];
+  if (weights !== undefined) {
+    const path = resolve(weights);
+    try {
+      if (!Deno.statSync(path).isFile) {
+        p.add("perceptual-weights", `--perceptual-weights ${path} is not a file`);
+      }
+    } catch (error) {
+      p.add(
+        "perceptual-weights",
+        `--perceptual-weights ${path}: cannot read (${(error as Error).message})`,
+      );
+    }
+  }
   return p.list;
 }
