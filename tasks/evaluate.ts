@@ -103,6 +103,7 @@ import {
   type ArmPaths,
   armPaths,
   checkEvaluateData,
+  checkEvaluateLabels,
   checkEvaluateOptions,
   evaluateCommand,
   type EvaluateOptions,
@@ -311,9 +312,8 @@ async function openInputs(o: EvaluateOptions, paths: ArmPaths[]): Promise<Inputs
   }
   const data = checkEvaluateData(o, shards.splits.train.count);
   if (data.length) fail(`--shards ${dir}: ${data[0].message}`);
-  if (!shards.manifest.labelled || shards.manifest.classes.length < 2) {
-    fail(`--shards ${dir} is not labelled with ≥ 2 classes: nothing to classify`);
-  }
+  const labels = checkEvaluateLabels(shards.manifest.labelled, shards.manifest.classes.length);
+  if (labels.length) fail(`--shards ${dir}: ${labels[0].message}`);
   const shardsRef = await stageFolder("--shards", dir, "shard");
   const arms: Arm[] = [];
   for (const [i, p] of paths.entries()) arms.push(await openArm(p, i, shards, shardsRef));

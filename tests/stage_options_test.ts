@@ -250,6 +250,14 @@ Deno.test("input rules are checked against what the earlier stages' options impl
   );
   const idx = await checkChain({ config: config({ shard: { input: "idx:a.gz" } }), out: "/tmp/x" });
   assert.ok(idx.deferred.some((d) => d.startsWith("tokenizer: the image size vs the preset's")));
+  assert.ok(
+    folder.deferred.some((d) => d.startsWith("evaluate: labelled shards with ≥ 2 classes")),
+  );
+  // An IDX input without its labels file makes unlabelled shards: nothing to evaluate.
+  assert.deepEqual(problemLines(idx.problems), [
+    "config.stages.evaluate: the shards are not labelled with ≥ 2 classes: nothing to classify " +
+    "(the shard stage's --input idx:a.gz)",
+  ]);
   await Deno.remove(tmp, { recursive: true });
 });
 

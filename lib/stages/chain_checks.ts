@@ -12,7 +12,7 @@ import { resolve } from "node:path";
 import type { PreparedStep, StepProblem } from "../cli/pipeline.ts";
 import type { Problem } from "../cli/problems.ts";
 import { tokenizerPreset } from "../models/tokenizer_config.ts";
-import { shardCounts, shardGeometry, type ShardOptions } from "./shard_options.ts";
+import { shardCounts, shardGeometry, shardLabels, type ShardOptions } from "./shard_options.ts";
 import {
   checkTrainPerceptualImages,
   type TrainPerceptualOptions,
@@ -31,7 +31,11 @@ import {
   type PretrainOptions,
   resolvePretrainGeometry,
 } from "./pretrain_options.ts";
-import { checkEvaluateData, type EvaluateOptions } from "./evaluate_options.ts";
+import {
+  checkEvaluateData,
+  checkEvaluateLabels,
+  type EvaluateOptions,
+} from "./evaluate_options.ts";
 
 export interface ImpliedCheck {
   problems: StepProblem[];
@@ -68,6 +72,7 @@ export function checkImpliedInputs(steps: PreparedStep[], known: StepProblem[]):
     deferred.push(`${step.id}: ${rule} (${until})`);
   const noSize = "the image size is known once shard has read the input";
   const noCount = "the number of images is known once shard has read the input";
+  const noClasses = "a folder's classes are known once shard has read it";
   const byOut = (dir: unknown) => steps.find((s) => s.out === resolve(String(dir)));
 
   for (const step of steps) {
@@ -138,6 +143,12 @@ export function checkImpliedInputs(steps: PreparedStep[], known: StepProblem[]):
       }
     } else if (step.stage === "evaluate") {
       const o = step.options as EvaluateOptions;
+      const labels = shardLabels(shardOptions);
+      if (labels === null) later(step, "labelled shards with ≥ 2 classes", noClasses);
+      else {
+        const found = checkEvaluateLabels(labels.labelled, labels.classes);
+        report(step, found, `the shard stage's --input ${shardOptions.input}`);
+      }
       if (counts.train === null) {
         later(step, "the fine-tuning and classifier batches vs the training images", noCount);
       } else report(step, checkEvaluateData(o, counts.train));

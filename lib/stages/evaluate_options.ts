@@ -191,3 +191,15 @@ export function checkEvaluateData(o: EvaluateOptions, train: number | null): Pro
   p.batchFits("classifier-batch", o["classifier-batch"], train);
   return p.list;
 }
+
+/**
+ * Every measure classifies: the shards must carry labels of at least two classes (`classes`:
+ * null when only the shards tell).
+ */
+export function checkEvaluateLabels(labelled: boolean, classes: number | null): Problem[] {
+  const p = new Problems();
+  if (!labelled || (classes !== null && classes < 2)) {
+    p.add([], "the shards are not labelled with ≥ 2 classes: nothing to classify");
+  }
+  return p.list;
+}

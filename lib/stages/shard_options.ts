@@ -112,3 +112,15 @@ export function shardCounts(o: ShardOptions): { train: number | null; val: numbe
   const limit = o.limit ?? Infinity;
   return { train: Math.min(limit, MNIST_COUNTS.train), val: Math.min(limit, MNIST_COUNTS.val) };
 }
+
+/**
+ * Whether the shards will carry labels, as far as the options tell: MNIST's ten classes; an IDX
+ * input with or without its labels file; null for a folder (class sub-folders or flat).
+ */
+export function shardLabels(o: ShardOptions): { labelled: boolean; classes: number | null } | null {
+  if (o.input === "mnist") return { labelled: true, classes: 10 };
+  if (o.input.startsWith("idx:")) {
+    return { labelled: o.input.slice(4).split(",").length > 1, classes: null };
+  }
+  return null;
+}
