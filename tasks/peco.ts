@@ -14,6 +14,7 @@
 // (Worker sandboxes included) without compiling.
 
 import { parseOrExit, runTask } from "../lib/cli/args.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
 import {
   emulateBinary,
   runSandboxed,
@@ -51,9 +52,10 @@ export function subcommands(): string[] {
 
 async function runStage(stage: string, args: string[]): Promise<void> {
   const def = STAGES[stage];
-  const { command, access } = await def.load();
+  const { command, access, check } = await def.load();
   const options = parseOrExit({ ...command, usage: `peco ${stage}` }, args);
   await runTask(`peco ${stage}`, async () => {
+    failOnProblems(check(options)); // every problem at once, before the sandbox starts
     Deno.exit(await runSandboxed(def.script, args, access(options)));
   });
 }

@@ -76,7 +76,7 @@ Deno.test("config errors name the key", async () => {
   const bad = await checkConfig({ stages: { shard: { channels: 2 } } }, "x.json");
   await assert.rejects(
     prepareSteps(chainSteps(bad, "/tmp/x", ALL), STAGES),
-    /^Error: peco: pipeline: step shard \(shard\): --channels must be 1 or 3, got 2$/,
+    /^Error: peco: pipeline: step shard \(shard\): config\.stages\.shard\.channels: --channels must be 1 or 3, got 2$/,
   );
   await assert.rejects(
     checkConfig({ stages: { evaluate: { "finetune-stepz": 1 } } }, "configs/mine.json"),
@@ -254,6 +254,10 @@ function tinyConfig(tokenizer: Record<string, number | string> = {}) {
         "psnr-images": 4,
         ...tokenizer,
       },
+      // Batches the 24 training images hold: the killed pipeline below runs the whole chain, whose
+      // config is checked in full before its first stage starts.
+      pretrain: { batch: 4 },
+      evaluate: { "finetune-batch": 4, "classifier-batch": 4 },
     },
     estimates: { shard: 1, "train-tokenizer": 10 },
   }, "tiny.json");
