@@ -49,8 +49,6 @@ export interface PairedEstimate {
   seedVariance: number | null;
   /** The part of `imageVariance` the seed spread does not already hold; null with one seed. */
   sharedImageVariance: number | null;
-  /** Degrees of freedom of the t quantile (Welch–Satterthwaite); null with one seed. */
-  df: number | null;
 }
 
 export interface BootstrapOptions {
@@ -63,6 +61,8 @@ export interface BootstrapOptions {
 }
 
 const MIN_RESAMPLES = 200;
+/** The 97.5% quantile of the standard normal. */
+const NORMAL_975 = 1.959963984540054;
 
 function fail(label: string, what: string): never {
   throw new Error(`peco: ${label}: ${what}`);
@@ -112,7 +112,7 @@ function checkFinite(values: ArrayLike<number>, label: string, what: string): vo
  * With one seed the interval is the percentile interval of those replicates. With two or more,
  * the variance of the mean difference is the spread of the seed differences (s²/S) plus what the
  * shared image draw adds beyond it (bootstrap variance less the residual noise s² already holds),
- * and the interval is mean ± t·√variance with Welch–Satterthwaite degrees of freedom
+ * and the interval's half-width adds in quadrature t(S − 1)·√(seed part) and 1.96·√(image part)
  * (docs/statistics.md).
  */
 export function pairedBootstrap(
@@ -151,23 +151,24 @@ export function pairedBootstrap(
       ci95: percentileInterval(replicates.joint),
       seedVariance: null,
       sharedImageVariance: null,
-      df: null,
     };
   }
 
-  const { seedVariance, sharedImageVariance, df } = varianceComponents(
+  const { seedVariance, sharedImageVariance } = varianceComponents(
     differences,
     seedMeans,
     imageVariance,
   );
-  const variance = seedVariance + sharedImageVariance;
-  const half = variance > 0 ? studentTQuantile(0.975, df) * Math.sqrt(variance) : 0;
+  // Each part's 95% half-width with its own quantile, added in quadrature: the seed part rests on
+  // S − 1 degrees of freedom (Student's t), the shared-image part on n images (normal).
+  const seedHalf = studentTQuantile(0.975, S - 1) * Math.sqrt(seedVariance);
+  const imageHalf = NORMAL_975 * Math.sqrt(sharedImageVariance);
+  const half = Math.hypot(seedHalf, imageHalf);
   return {
     ...base,
     ci95: [difference - half, difference + half],
     seedVariance,
     sharedImageVariance,
-    df,
   };
 }
 
@@ -250,13 +251,12 @@ function resampleImages(
  * - shared by seeds, the bootstrap's image variance less MS_residual/(S·n), the residual noise it
  *   also holds and the seed spread already counts (leaving σ²_image/n, what the shared image draw
  *   adds); floored at 0.
- * The degrees of freedom are Welch–Satterthwaite's for the sum.
  */
 function varianceComponents(
   differences: Float64Array,
   seedMeans: Float64Array,
   imageVariance: number,
-): { seedVariance: number; sharedImageVariance: number; df: number } {
+): { seedVariance: number; sharedImageVariance: number } {
   const S = seedMeans.length;
   const n = differences.length / S;
   const grand = mean(seedMeans);
@@ -274,14 +274,7 @@ function varianceComponents(
   }
   const residualTerm = residualSquares / ((S - 1) * (n - 1)) / (S * n);
   const sharedImageVariance = Math.max(0, imageVariance - residualTerm);
-  const variance = seedVariance + sharedImageVariance;
-  // Each estimate contributes term²/(its df); the bootstrap variance counts as n − 1 df.
-  const spread = seedVariance ** 2 / (S - 1) +
-    (sharedImageVariance > 0
-      ? imageVariance ** 2 / (n - 1) + residualTerm ** 2 / ((S - 1) * (n - 1))
-      : 0);
-  const df = spread > 0 ? variance ** 2 / spread : Infinity;
-  return { seedVariance, sharedImageVariance, df };
+  return { seedVariance, sharedImageVariance };
 }
 
 function mean(values: Float64Array): number {
@@ -371,8 +364,8 @@ export function describeClaim(claim: Claim, scale = 1, digits = 2): string {
 // ---- Student's t quantile -------------------------------------------------------------------
 
 /**
- * The p quantile (p in (0.5, 1)) of Student's t with `df` > 0 degrees of freedom (any real df, as
- * Welch–Satterthwaite gives), by bisection on the CDF; df above 10⁶ is taken as 10⁶ (within 3e-6
+ * The p quantile (p in (0.5, 1)) of Student's t with `df` > 0 degrees of freedom (any real df), by
+ * bisection on the CDF; df above 10⁶ is taken as 10⁶ (within 3e-6
  * of the normal quantile).
  */
 export function studentTQuantile(p: number, df: number): number {
