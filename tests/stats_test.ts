@@ -272,6 +272,7 @@ Deno.test("stats: bad input gets a one-line error naming the problem", () => {
       }),
     oneLine(/^peco: claim "mim beats scratch": seed 0 candidate\[0\] is Infinity/),
   );
+  throws(() => pairedBootstrap([two], { seed: 0.5 }), oneLine(/seed 0\.5 is not an integer/));
   throws(() => meanSd([]), oneLine(/no values/));
   throws(
     () => meanSd([1, NaN], "top-1 over seeds"),

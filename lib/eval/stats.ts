@@ -124,6 +124,7 @@ export function pairedBootstrap(
   if (!Number.isInteger(resamples) || resamples < MIN_RESAMPLES) {
     fail(label, `resamples must be an integer ≥ ${MIN_RESAMPLES}, got ${resamples}`);
   }
+  if (!Number.isSafeInteger(options.seed)) fail(label, `seed ${options.seed} is not an integer`);
   const differences = perImageDifferences(seeds, label);
   const S = seeds.length;
   const n = differences.length / S;
