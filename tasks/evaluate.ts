@@ -1459,12 +1459,12 @@ async function reportBlocks(
   const text = (text: string): Block => ({ kind: "text", text });
   const chart = (c: WrittenChart): Block => ({ kind: "chart", ...c });
   /** A bar per arm of one measure (charts of the arm comparison). */
-  const armBars = (key: string, title: string, yTitle: string) =>
+  const armBars = (key: string, title: string, yTitle: string, fraction = false) =>
     barChart(
       `arms_${key.replace(/\W+/g, "_")}`,
       title,
       arms.map((a) => ({ group: a.label, values: [v(a, key)].filter((x) => x !== null) })),
-      { yTitle },
+      { yTitle, fraction },
     );
   const blocks: Block[] = [
     heading(1, "PeCo evaluation"),
@@ -1511,8 +1511,13 @@ async function reportBlocks(
     // The arms side by side (the λ comparison of `deno task experiment`).
     for (
       const c of [
-        armBars("codewords.linear_probe_acc", "Linear probe on codewords", "top-1 accuracy"),
-        armBars("reconstruction.classifier_acc", "Classification of reconstructions", "accuracy"),
+        armBars("codewords.linear_probe_acc", "Linear probe on codewords", "top-1 accuracy", true),
+        armBars(
+          "reconstruction.classifier_acc",
+          "Classification of reconstructions",
+          "accuracy",
+          true,
+        ),
         armBars("tokenizer.psnr", "Reconstruction PSNR", "PSNR (dB)"),
         armBars("tokenizer.perplexity", "Codebook perplexity", "perplexity"),
       ]
@@ -1544,13 +1549,13 @@ async function reportBlocks(
         align: ["l", "l", "r"],
       },
     );
-    const top1 = barChart("finetune_top1", "Fine-tuning: held-out top-1", [
+    const top1 = barChart("finetune_top1", "Fine-tuning top-1: pretrained vs scratch", [
       { group: "scratch", values: extra.scratch === null ? [] : [extra.scratch] },
       ...pretrained.map((a) => ({
         group: a.label,
         values: [v(a, "finetune.pretrained_acc")].filter((x) => x !== null),
       })),
-    ], { yTitle: "top-1 accuracy" });
+    ], { yTitle: "held-out top-1 accuracy", fraction: true });
     blocks.push(chart(await saveChart(ctx, top1)), ...extra.finetune.map(chart));
     blocks.push(
       heading(2, "Frozen ViT: linear probes and masked prediction"),

@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { mnistShards, tinyTokenizer } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions, UsageError } from "../lib/cli/args.ts";
@@ -19,6 +20,7 @@ import { codeStats, countCodes } from "../lib/report/codebook.ts";
 import { TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
 import { evaluateAccess, evaluateCommand, runEvaluate } from "../tasks/evaluate.ts";
+import { runBrowserCheck } from "../tools/browser_check.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-evaluate-" });
 const quiet = { log: () => {} };
@@ -169,6 +171,30 @@ Deno.test("evaluate writes report.json with every key finite, report.md, report.
     new Set(access.read),
     new Set([shardDir, out, exportDir, pretrainDir]),
   );
+});
+
+/** Where the suite keeps what a person looks at after it (gitignored). */
+const ARTEFACTS = fileURLToPath(new URL("../runs/test-artefacts", import.meta.url));
+
+Deno.test("report.html opens in headless Chromium: no console error, every chart drawn", async () => {
+  const out = join(root, "evaluate");
+  // The report of the test above (made again if that test did not run).
+  await runEvaluate(options(out), quiet);
+  await Deno.mkdir(ARTEFACTS, { recursive: true });
+  const screenshot = join(ARTEFACTS, "evaluate_report_html.png");
+  const check = await runBrowserCheck(join(out, "report.html"), { screenshot });
+  assert.deepEqual(check.problems, []);
+  assert.deepEqual(check.errors, []);
+  const report = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
+  const svgs = [
+    ...report.figures.finetune,
+    ...report.figures.curves.flatMap((c: { files: string[] }) => c.files),
+  ];
+  assert.ok(check.charts.length >= svgs.length + 5, `${check.charts.length} charts`);
+  for (const c of check.charts) assert.ok(c.marks > 0, `${c.id} has marks`);
+  assert.ok(check.images.length >= 1 && check.images.every((i) => i.loaded));
+  assert.equal(check.tables, 5);
+  assert.ok((await Deno.stat(screenshot)).size > 10_000, `screenshot ${screenshot}`);
 });
 
 Deno.test("evaluate refuses bad inputs in one line before any work", async () => {

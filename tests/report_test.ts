@@ -19,6 +19,7 @@ import {
 } from "../lib/report/charts.ts";
 import { fileReader, toHtml } from "../lib/report/document.ts";
 import { imageGrid } from "../lib/report/images.ts";
+import { runBrowserCheck } from "../tools/browser_check.ts";
 
 /** What an SVG of vega shows: texts of each role and the items of each kind of mark. */
 interface SvgSummary {
@@ -32,7 +33,9 @@ interface SvgSummary {
 }
 
 function summarise(svg: string): SvgSummary {
-  const groups = [...svg.matchAll(/<g class="mark-(?!group)(\w+) role-([\w-]+)[^"]*"[^>]*>(.*?)<\/g>/gs)];
+  const groups = [
+    ...svg.matchAll(/<g class="mark-(?!group)(\w+) role-([\w-]+)[^"]*"[^>]*>(.*?)<\/g>/gs),
+  ];
   const texts = (role: string) =>
     groups.filter((g) => g[2] === role).flatMap((g) =>
       [...g[3].matchAll(/<text[^>]*>([^<]*)<\/text>/g)].map((t) => t[1])
@@ -205,5 +208,31 @@ Deno.test("report.html is one page: the tables, charts inline, images as data UR
     ),
     /no\.png/,
   );
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("the browser check reports console errors, charts without marks and broken images", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "peco-browser-" });
+  const chart = stageCurveCharts(RECORDS, "c", "pretrain")[0];
+  const good = await toHtml("ok", [
+    { kind: "chart", id: chart.id, title: chart.title, file: "c.svg", svg: await renderSvg(chart) },
+  ], fileReader(dir));
+  await Deno.writeTextFile(join(dir, "good.html"), good);
+  const ok = await runBrowserCheck(join(dir, "good.html"), { screenshot: join(dir, "good.png") });
+  assert.deepEqual(ok.problems, []);
+  assert.deepEqual(ok.charts, [{ id: "chart-c_loss", title: "pretrain: losses", marks: 2 + 5 }]);
+  assert.ok((await Deno.stat(join(dir, "good.png"))).size > 1000, "a screenshot");
+  await Deno.writeTextFile(
+    join(dir, "bad.html"),
+    `<!DOCTYPE html><html><body><figure class="chart" id="chart-empty"><svg></svg></figure>` +
+      `<img alt="gone" src="missing.png"><script>console.error("boom"); undefinedCall();</script>` +
+      `</body></html>`,
+  );
+  const bad = await runBrowserCheck(join(dir, "bad.html"));
+  assert.ok(bad.problems.includes("chart chart-empty has no marks"), bad.problems.join("; "));
+  assert.ok(bad.problems.includes('image "gone" did not load'), bad.problems.join("; "));
+  assert.ok(bad.problems.some((p) => p.includes("boom")), bad.problems.join("; "));
+  assert.ok(bad.problems.some((p) => p.includes("undefinedCall")), bad.problems.join("; "));
+  assert.ok(bad.problems.some((p) => p.includes("missing.png")), bad.problems.join("; "));
   await Deno.remove(dir, { recursive: true });
 });

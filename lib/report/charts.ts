@@ -92,6 +92,13 @@ function spansDecades(values: readonly number[], decades: number): boolean {
 
 // ---- chart builders -------------------------------------------------------------------------
 
+/** A y encoding's scale and axis: log, [0, 1] in percent, or fitted to the data. */
+function yScale({ logY = false, fraction = false }: { logY?: boolean; fraction?: boolean }) {
+  if (logY) return { scale: { type: "log" } };
+  if (fraction) return { scale: { domain: [0, 1] }, axis: { format: ".0%" } };
+  return { scale: { zero: false } };
+}
+
 export interface LinePoint {
   x: number;
   y: number;
@@ -106,7 +113,15 @@ export function lineChart(
   id: string,
   title: string,
   points: readonly LinePoint[],
-  { xTitle, yTitle, logY = false }: { xTitle: string; yTitle: string; logY?: boolean },
+  { xTitle, yTitle, logY = false, fraction = false, integerX = false }: {
+    xTitle: string;
+    yTitle: string;
+    logY?: boolean;
+    /** Values in [0, 1]: the axis spans [0, 1], in percent. */
+    fraction?: boolean;
+    /** x is a count (step, rank, block): integer ticks only. */
+    integerX?: boolean;
+  },
 ): Chart {
   const finite = points.filter((p) =>
     Number.isFinite(p.x) && Number.isFinite(p.y) && (!logY || p.y > 0)
@@ -120,12 +135,17 @@ export function lineChart(
     data: { values: finite.map((p) => ({ ...p })) },
     mark: { type: "line", point: { size: 18 }, strokeWidth: 1.5 },
     encoding: {
-      x: { field: "x", type: "quantitative", title: xTitle },
+      x: {
+        field: "x",
+        type: "quantitative",
+        title: xTitle,
+        ...(integerX ? { axis: { tickMinStep: 1, format: "d" } } : {}),
+      },
       y: {
         field: "y",
         type: "quantitative",
         title: yTitle,
-        scale: logY ? { type: "log" } : { zero: false },
+        ...yScale({ logY, fraction }),
       },
       color: { field: "series", type: "nominal", title: "series", sort: null },
       ...(splits.size > 1
@@ -162,6 +182,8 @@ export function stageCurveCharts(
       xTitle: "step",
       yTitle: KIND_TITLES[g.kind].axis + (g.logY ? " (log)" : ""),
       logY: g.logY,
+      fraction: g.kind === "fraction",
+      integerX: true,
     });
   });
 }
@@ -183,10 +205,13 @@ export function finetuneCharts(runs: readonly FinetuneRun[]): Chart[] {
     lineChart("finetune_loss", "Fine-tuning: training loss", pick("loss"), {
       xTitle: "step",
       yTitle: "loss",
+      integerX: true,
     }),
-    lineChart("finetune_accuracy", "Fine-tuning: held-out top-1", pick("val_acc"), {
+    lineChart("finetune_accuracy", "Fine-tuning: held-out top-1 by step", pick("val_acc"), {
       xTitle: "step",
       yTitle: "top-1 accuracy",
+      fraction: true,
+      integerX: true,
     }),
   ];
 }
@@ -201,6 +226,8 @@ export function probeChart(
   return lineChart("probe_per_block", "Linear probe per block (frozen ViT)", points, {
     xTitle: "block",
     yTitle: "held-out top-1 accuracy",
+    fraction: true,
+    integerX: true,
   });
 }
 
@@ -221,6 +248,7 @@ export function codeFrequencyChart(
     xTitle: "code rank",
     yTitle: `share of tokens${logY ? " (log)" : ""}`,
     logY,
+    integerX: true,
   });
 }
 
@@ -239,7 +267,12 @@ export function barChart(
   id: string,
   title: string,
   bars: readonly Bar[],
-  { yTitle, xTitle = "" }: { yTitle: string; xTitle?: string },
+  { yTitle, xTitle = "", fraction = false }: {
+    yTitle: string;
+    xTitle?: string;
+    /** Values in [0, 1] (accuracies): the axis spans [0, 1], in percent. */
+    fraction?: boolean;
+  },
 ): Chart {
   const kept = bars.map((b) => ({ ...b, values: b.values.filter(Number.isFinite) }))
     .filter((b) => b.values.length);
@@ -256,7 +289,12 @@ export function barChart(
     mark: { type: "bar", width: { band: 0.6 } },
     encoding: {
       x,
-      y: { field: "value", type: "quantitative", title: yTitle },
+      y: {
+        field: "value",
+        type: "quantitative",
+        title: yTitle,
+        ...(fraction ? yScale({ fraction }) : {}),
+      },
       color: { field: "group", type: "nominal", legend: null, sort: null },
       tooltip: [
         { field: "group", title: xTitle || "group" },
