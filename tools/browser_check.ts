@@ -203,16 +203,13 @@ export async function checkPage(
     const load = new Promise<void>((ok) => loaded = ok);
     cdp.onEvent = (m) => {
       if (m.sessionId !== sessionId) return;
-      const p = m.params as Record<string, any>; // deno-lint-ignore-line no-explicit-any
+      const p = (m.params ?? {}) as EventParams;
       if (m.method === "Page.loadEventFired") loaded();
       else if (m.method === "Runtime.exceptionThrown") {
-        errors.push(p.exceptionDetails?.exception?.description ?? p.exceptionDetails?.text);
-      } else if (m.method === "Runtime.consoleAPICalled" && /error|assert/.test(p.type)) {
-        errors.push(
-          p.args.map((a: { value?: unknown; description?: string }) => a.value ?? a.description)
-            .join(" "),
-        );
-      } else if (m.method === "Log.entryAdded" && p.entry.level === "error") {
+        errors.push(p.exceptionDetails?.exception?.description ?? p.exceptionDetails?.text ?? "");
+      } else if (m.method === "Runtime.consoleAPICalled" && /error|assert/.test(p.type ?? "")) {
+        errors.push((p.args ?? []).map((a) => a.value ?? a.description).join(" "));
+      } else if (m.method === "Log.entryAdded" && p.entry?.level === "error") {
         errors.push(`${p.entry.text}${p.entry.url ? ` (${p.entry.url})` : ""}`);
       }
     };
