@@ -1620,15 +1620,13 @@ async function reportBlocks(
             "cropped around the token's cell (outlined in red):",
         ),
         {
-          kind: "table",
-          header: ["Code", "Kind", `${a.figures.patchSplit} occurrences`, "Patches"],
-          rows: a.figures.patches.map((p) => [
-            p.code,
-            p.kind === "top" ? "most frequent" : p.kind ?? "–",
-            p.occurrences,
-            { image: p.file, alt: `patches of code ${p.code}` },
-          ]),
-          align: ["r", "l", "r", "l"],
+          kind: "gallery",
+          items: a.figures.patches.map((p) => ({
+            file: p.file,
+            alt: `patches of code ${p.code}`,
+            caption: `code ${p.code} (${p.kind === "top" ? "most frequent" : p.kind ?? "–"}, ` +
+              `${p.occurrences ?? "–"} occurrences)`,
+          })),
         },
       );
     }

@@ -151,6 +151,11 @@ Deno.test("fine-tuning, probe and code-frequency charts", async () => {
   assert.deepEqual(codes.axisTitles, ["code rank", "share of tokens (log)"]);
   assert.deepEqual(codes.legendLabels, ["train", "val"]);
   assert.deepEqual([codes.lines, codes.points], [2, 4 + 2]);
+  // Hundreds of codes: the line alone, no symbol per code.
+  const many = await render(codeFrequencyChart("codes", "Code frequency", {
+    train: Array.from({ length: 300 }, (_, i) => i + 1),
+  }));
+  assert.deepEqual([many.lines, many.points], [1, 0]);
 });
 
 Deno.test("arm comparison bars: a bar per arm, per-seed points where there are several", async () => {

@@ -22,6 +22,8 @@ export interface Chart {
 }
 
 const WIDTH = 360;
+/** Points per line up to which each point is marked. */
+const MARKED_POINTS = 60;
 const HEIGHT = 220;
 
 // ---- kinds of metrics -----------------------------------------------------------------------
@@ -127,13 +129,17 @@ export function lineChart(
     Number.isFinite(p.x) && Number.isFinite(p.y) && (!logY || p.y > 0)
   );
   const splits = new Set(finite.map((p) => p.split).filter((s) => s));
+  // Each point marked while a line has few; beyond, the line alone (thousands of symbols of a
+  // code-frequency chart would only weigh the page down).
+  const lines = new Set(finite.map((p) => `${p.series} ${p.split ?? ""}`)).size;
+  const marked = finite.length <= MARKED_POINTS * Math.max(1, lines);
   const spec = {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     title,
     width: WIDTH,
     height: HEIGHT,
     data: { values: finite.map((p) => ({ ...p })) },
-    mark: { type: "line", point: { size: 18 }, strokeWidth: 1.5 },
+    mark: { type: "line", point: marked ? { size: 18 } : false, strokeWidth: 1.5 },
     encoding: {
       x: {
         field: "x",
@@ -149,7 +155,16 @@ export function lineChart(
       },
       color: { field: "series", type: "nominal", title: "series", sort: null },
       ...(splits.size > 1
-        ? { strokeDash: { field: "split", type: "nominal", title: "split", sort: null } }
+        ? {
+          strokeDash: {
+            field: "split",
+            type: "nominal",
+            title: "split",
+            sort: null,
+            // Dashes, not the points' circles, show which line is which split.
+            legend: { symbolType: "stroke", symbolStrokeColor: "#555", symbolStrokeWidth: 1.5 },
+          },
+        }
         : {}),
       // One line per series and split.
       detail: { field: "split", type: "nominal" },

@@ -22,6 +22,8 @@ export type Block =
   }
   /** A rendered chart: its SVG text and the .svg file it was written to. */
   | { kind: "chart"; id: string; title: string; file: string; svg: string }
+  /** Images with a caption each (markdown: a table of them; HTML: cards side by side). */
+  | { kind: "gallery"; items: readonly { file: string; alt: string; caption: string }[] }
   /** An image grid (PNG) whose column headings are text here, aligned with its cells in HTML. */
   | {
     kind: "grid";
@@ -102,6 +104,12 @@ export function toMarkdown(blocks: readonly Block[]): string {
         return markdownImage(b.title, b.file);
       case "grid":
         return `${b.caption} Columns: ${b.columns.join(" | ")}.\n\n${markdownImage(b.alt, b.file)}`;
+      case "gallery":
+        return markdownTable(
+          ["", ""],
+          b.items.map((i) => [i.caption, { image: i.file, alt: i.alt }]),
+          ["l", "l"],
+        );
     }
   });
   return parts.join("\n\n") + "\n";
@@ -130,6 +138,8 @@ code { background: #f3f3f3; padding: 0 .2em; border-radius: 3px; }
 .charts { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 figure { margin: .5em 0 1em; } figcaption { color: #555; max-width: 60em; }
 img.pixels { image-rendering: pixelated; display: block; }
+.gallery { display: flex; flex-wrap: wrap; gap: .8em; }
+.gallery figure { margin: 0; font-size: 12px; }
 .grid-columns { display: grid; font-size: 11px; text-align: center; white-space: nowrap; }
 `;
 
@@ -209,7 +219,16 @@ export async function toHtml(
     if (b.kind === "heading") out.push(`<h${b.level}>${inline(b.text)}</h${b.level}>`);
     else if (b.kind === "text") out.push(`<p>${inline(b.text)}</p>`);
     else if (b.kind === "table") out.push(await htmlTable(b, read));
-    else out.push(await htmlGrid(b, read));
+    else if (b.kind === "gallery") {
+      const cards: string[] = [];
+      for (const i of b.items) {
+        cards.push(
+          `<figure><img class="pixels" alt="${escapeHtml(i.alt)}" src="${await read(i.file)}">` +
+            `<figcaption>${inline(i.caption)}</figcaption></figure>`,
+        );
+      }
+      out.push(`<div class="gallery">\n${cards.join("\n")}\n</div>`);
+    } else out.push(await htmlGrid(b, read));
   }
   flush();
   return `<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n` +
