@@ -162,7 +162,12 @@ export function lineChart(
             title: "split",
             sort: null,
             // Dashes, not the points' circles, show which line is which split.
-            legend: { symbolType: "stroke", symbolStrokeColor: "#555", symbolStrokeWidth: 1.5 },
+            legend: {
+              symbolType: "stroke",
+              symbolStrokeWidth: 1.5,
+              symbolSize: 400,
+              encode: { symbols: { update: { stroke: { value: "#555" } } } },
+            },
           },
         }
         : {}),
