@@ -258,8 +258,5 @@ Deno.test("every stage's sandbox: Deno refuses what its launcher did not grant",
     });
   }
   await assert.rejects(Deno.stat(join(root, "leak-shard")), Deno.errors.NotFound);
-});
-
-globalThis.addEventListener("unload", () => {
-  Deno.removeSync(root, { recursive: true });
+  await Deno.remove(root, { recursive: true }); // the last test of this file
 });
