@@ -10,7 +10,9 @@ import {
   orientedSource,
   probeImage,
 } from "../lib/data/decode.ts";
+import { decodeJpegWasm, definesHuffmanTables } from "../lib/data/jpeg_wasm.ts";
 import { fitImage, planFit, type ResizePolicy } from "../lib/data/resize.ts";
+import jpeg from "jpeg-js";
 import {
   exifWithOrientation,
   IMAGE_FIXTURE_DIR,
@@ -150,6 +152,37 @@ Deno.test("EXIF orientation of a JPEG is applied: markers land where viewers sho
   assert.deepEqual([three.width, three.height], [w, h]);
   assert.ok(mean(three, w - 4, h - 4) > 230, "white marker at the bottom-right");
   assert.ok(Math.abs(mean(three, 0, h - 4) - 128) < 12, "grey marker at the bottom-left");
+});
+
+Deno.test("mozjpeg (WebAssembly) decodes the JPEG fixtures as jpeg-js does, to 2 levels", () => {
+  for (const name of ["rgb.jpg", "grey.jpg", "progressive.jpg", "exif3.jpg", "exif6.jpg"]) {
+    const bytes = fixture(`decode/${name}`);
+    const fast = decodeJpegWasm(bytes, probeImage(bytes).components);
+    assert.ok(fast, `${name}: mozjpeg declined a clean file`);
+    // Both as stored (EXIF orientation is applied later, by decode.ts, for either decoder).
+    const slow = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true });
+    assert.deepEqual([fast.width, fast.height], [slow.width, slow.height], name);
+    let worst = 0;
+    for (let i = 0; i < slow.data.length; i++) {
+      worst = Math.max(worst, Math.abs(fast.data[i] - slow.data[i]));
+    }
+    assert.ok(worst <= 2, `${name}: decoders differ by ${worst} levels`);
+  }
+});
+
+Deno.test("mozjpeg declines what it would decode leniently; jpeg-js then rejects it", () => {
+  // libjpeg would fill a truncated scan with grey and use default Huffman tables for a file that
+  // has none: both files must still be rejects, with jpeg-js's reason.
+  for (const name of ["bad/truncated.jpg", "bad/corrupt.jpg"]) {
+    const bytes = fixture(name);
+    assert.equal(decodeJpegWasm(bytes, 3), null, name);
+  }
+  assert.equal(definesHuffmanTables(fixture("bad/corrupt.jpg")), false);
+  assert.equal(definesHuffmanTables(fixture("decode/rgb.jpg")), true);
+  // Four components (CMYK/YCCK) always go to jpeg-js, which converts them to RGB.
+  assert.equal(decodeJpegWasm(fixture("decode/rgb.jpg"), 4), null);
+  // After libjpeg's fatal error the decoder starts afresh: a clean file decodes again.
+  assert.ok(decodeJpegWasm(fixture("decode/rgb.jpg"), 3));
 });
 
 Deno.test("exifOrientation reads big-endian TIFF and ignores malformed EXIF", () => {
