@@ -27,7 +27,7 @@ import { Progress } from "../lib/cli/progress.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
 import { DEFAULT_MAX_PIXELS } from "../lib/data/decode.ts";
-import { defaultWorkers, ItemPool, workerReadPaths } from "../lib/data/item_pool.ts";
+import { defaultWorkers, ItemPool, moduleReadPaths } from "../lib/data/item_pool.ts";
 import { RESIZE_POLICIES, type ResizePolicy } from "../lib/data/resize.ts";
 import {
   MANIFEST_FILE,
@@ -170,7 +170,7 @@ export function resolveOptions(o: ShardOptions): { spec: InputSpec; out: string 
  */
 export function shardAccess(o: ShardOptions): StageAccess {
   const { spec, out } = resolveOptions(o);
-  return { read: [...inputReadPaths(spec), out, ...workerReadPaths()], write: [out] };
+  return { read: [...inputReadPaths(spec), out, ...moduleReadPaths()], write: [out] };
 }
 
 // ---- output folder state ------------------------------------------------------------------

@@ -18,7 +18,7 @@ import {
 import { type PipelineConfig, validateConfig } from "../lib/cli/pipeline_config.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { sandboxedCommand } from "../lib/cli/permissions.ts";
-import { workerReadPaths } from "../lib/data/item_pool.ts";
+import { moduleReadPaths } from "../lib/data/item_pool.ts";
 import { checkConfig, schemas, STAGES } from "../tasks/pipeline.ts";
 import { lambdaArms, parseLambdas } from "../tasks/experiment.ts";
 import demoConfig from "../configs/demo.json" with { type: "json" };
@@ -220,7 +220,7 @@ Deno.test("a sandboxed stage cannot read outside its inputs", async () => {
       "max-pixels": 1e6,
     });
     // (Plus the folder of the decoding workers' modules, lib/data/item_pool.ts.)
-    assert.deepEqual(granted, { read: [allowed, out, ...workerReadPaths()], write: [out] });
+    assert.deepEqual(granted, { read: [allowed, out, ...moduleReadPaths()], write: [out] });
     const args = ["--input", secret, "--out", out, "--size", "4", "--quiet"];
     const child = await output(
       sandboxedCommand(STAGES.shard.script, args, granted, { stdout: "piped", stderr: "piped" }),
@@ -236,7 +236,7 @@ Deno.test("a sandboxed stage cannot read outside its inputs", async () => {
     const ok = await output(
       workerSandbox(
         STAGES.shard.script,
-        { read: [secret, out, ...workerReadPaths()], write: [out] },
+        { read: [secret, out, ...moduleReadPaths()], write: [out] },
         args,
       ),
     );

@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { parseOptions } from "../lib/cli/args.ts";
 import { permissionFlags } from "../lib/cli/permissions.ts";
 import { decodeImage } from "../lib/data/decode.ts";
-import { workerReadPaths } from "../lib/data/item_pool.ts";
+import { moduleReadPaths } from "../lib/data/item_pool.ts";
 import { fitImage } from "../lib/data/resize.ts";
 import { openShards, type ShardManifest, type SplitReader } from "../lib/data/shards.ts";
 import { MNIST_FILES, mnistDataDir } from "../lib/data/sources.ts";
@@ -607,7 +607,7 @@ Deno.test("least privilege: deno task shard works; its sandbox denies access out
   // those flags shows the rest is denied by Deno itself (NotCapable), not by our own checks.
   // (And read its decoding workers' module, which Deno checks when it starts them.)
   const access = shardAccess(options({ input, out }));
-  const [worker] = workerReadPaths();
+  const [worker] = moduleReadPaths();
   assert.deepEqual(access, { read: [input, out, worker], write: [out] });
   const flags = permissionFlags(access);
   assert.deepEqual(flags, [

@@ -1,0 +1,15 @@
+import { photoLikeJpeg } from "../bench/shard.ts";
+import { decodeImage, probeImage } from "../lib/data/decode.ts";
+import { decodeJpegWasm } from "../lib/data/jpeg_wasm.ts";
+import { fitImage } from "../lib/data/resize.ts";
+import { sha256Hex } from "../lib/io/hash.ts";
+import process from "node:process";
+const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+const files = Array.from({ length: 24 }, (_, i) => photoLikeJpeg(i + 1));
+const planes = files.map((f) => decodeImage(f, { channels: 3 }));
+const time = (name: string, f: () => void) => { f(); const c = cpu(); for (let r = 0; r < 3; r++) f(); console.log(name, ((cpu() - c) / (3 * files.length)).toFixed(2), "ms cpu/img"); };
+time("wasm decode", () => { for (const f of files) decodeJpegWasm(f, 3); });
+time("decodeImage (wasm+planes)", () => { for (const f of files) decodeImage(f, { channels: 3 }); });
+time("fitImage 224 crop", () => { for (const p of planes) fitImage(p, 224, "crop"); });
+const outs = planes.map((p) => fitImage(p, 224, "crop"));
+time("sha256", () => { for (const o of outs) sha256Hex(o); });
