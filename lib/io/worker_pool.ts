@@ -1,8 +1,8 @@
 // A pool of module Workers that may read given paths and nothing else, for the CPU-heavy parts of
 // the data path (decoding in the shard stage, shard reads and checks in the loader).
 //
-//   const pool = new WorkerPool<Req, Res>({ module: new URL("./w.ts", import.meta.url),
-//                                          workers: 4, read: [input], name: "decode" });
+//   const pool = new WorkerPool<Req, Res>({ module: workerUrl, workers: 4, read: [input],
+//                                          name: "decode" });
 //   const res = await pool.run(req);     // any worker; replies may come back in any order
 //   pool.close();
 //
