@@ -41,7 +41,8 @@ export interface WorkerPoolOptions {
 
 interface Envelope<T> {
   id: number;
-  body: T;
+  /** Absent in a ping (`warm`), which is answered without calling the handler. */
+  body?: T;
 }
 
 interface ReplyEnvelope<T> {
@@ -90,6 +91,30 @@ export class WorkerPool<Req, Res> {
       this.queue.push({ id: this.nextId++, request, transfer, resolve, reject });
       this.dispatch();
     });
+  }
+
+  /**
+   * Starts every worker and waits until each has loaded its modules and answers (so that timing
+   * or a first batch does not include start-up).
+   */
+  async warm(): Promise<void> {
+    while (this.workers.length < this.options.workers) this.spawn();
+    await Promise.all(this.workers.map((worker) =>
+      new Promise<void>((resolve, reject) => {
+        const id = this.nextId++;
+        const pending: Pending<Req, Res> = {
+          id,
+          request: undefined as Req,
+          transfer: [],
+          resolve: () => resolve(),
+          reject,
+        };
+        const w = this.workers.indexOf(worker);
+        this.busy[w]++;
+        this.inFlight.set(id, { pending, worker: w });
+        worker.postMessage({ id } satisfies Envelope<Req>);
+      })
+    ));
   }
 
   /** Stops the workers; requests still queued or in flight are rejected. */
@@ -181,6 +206,7 @@ export async function serveRequests<Req, Res>(
   const scope = globalThis as any;
   scope.onmessage = async ({ data: { id, body } }: MessageEvent<Envelope<Req>>) => {
     await revoked; // no request is served before
+    if (body === undefined) return scope.postMessage({ id } satisfies ReplyEnvelope<Res>);
     try {
       const { reply, transfer = [] } = await handle(body);
       scope.postMessage({ id, body: reply } satisfies ReplyEnvelope<Res>, transfer);
