@@ -27,7 +27,7 @@ import { type BenchCase, type BenchResult, cpuTimes } from "./harness.ts";
 
 const PHOTO = { width: 500, height: 375 };
 /** Files in the folder; DISTINCT different pictures, each stored PHOTOS / DISTINCT times. */
-const PHOTOS = 192;
+const PHOTOS = 480;
 const DISTINCT = 48;
 
 /**

@@ -43,7 +43,8 @@ import {
 } from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../lib/data/token_shards.ts";
-import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
+import { Loader, memorySource, type RecordSource } from "../lib/data/loader.ts";
+import { moduleReadPaths, workerShardSource } from "../lib/data/shard_reads.ts";
 import {
   augmentViews,
   identityAugmentations,
@@ -228,7 +229,11 @@ function checkOptions(o: PretrainOptions): void {
 /** The paths the sandboxed stage may read and write. */
 export function pretrainAccess(o: PretrainOptions): StageAccess {
   const out = resolve(o.out);
-  return { read: [resolve(o.shards), resolve(o.tokenizer), out], write: [out] };
+  // (And the modules of the shard-reading Workers, while they load: lib/io/worker_pool.ts.)
+  return {
+    read: [resolve(o.shards), resolve(o.tokenizer), out, ...moduleReadPaths()],
+    write: [out],
+  };
 }
 
 const message = (error: unknown) => (error as Error).message.replace(/^peco: /, "");
@@ -410,9 +415,15 @@ function resolveConfig(o: PretrainOptions, inputs: Inputs): PretrainConfig {
   };
 }
 
-/** The training records: the whole train split, or its first `limit` images. */
-async function trainSource(train: SplitReader, limit: number | null): Promise<RecordSource> {
-  if (limit === null || limit >= train.count) return shardSource(train);
+/**
+ * The training records: the whole train split (its shards read and checked by Workers, one per
+ * core: lib/data/shard_reads.ts), or its first `limit` images.
+ */
+async function trainSource(
+  train: SplitReader,
+  limit: number | null,
+): Promise<RecordSource & { close?(): void }> {
+  if (limit === null || limit >= train.count) return workerShardSource(train);
   const b = await train.readRange(0, limit);
   const { channels, height, width } = train;
   return memorySource(b.pixels, b.labels, { channels, height, width, chunkSize: limit });
@@ -475,6 +486,7 @@ async function train(
   let heldOut: HeldOutSet | null = null;
   const stream = { current: null as AsyncGenerator<unknown> | null };
   const metrics = { current: null as MetricsWriter | null };
+  let source: (RecordSource & { close?(): void }) | null = null;
   try {
     let meta: CheckpointMeta | null = null;
     if (run.resumeFrom) meta = await loadCheckpoint(run.checkpoint, state);
@@ -484,7 +496,7 @@ async function train(
     const grid = model.grid;
     const tokensPerImage = grid[0] * grid[1];
     const masking = maskingGenerator(grid, config.mask);
-    const source = await trainSource(shards.splits.train, config.limit);
+    source = await trainSource(shards.splits.train, config.limit);
     const augment = augmentConfig(t.augment);
     const loader = new Loader(source, { batchSize: t.batch, seed, augment, masking });
     const vitView: ViewSpec = {
@@ -635,6 +647,7 @@ async function train(
     return { status: "done", out: run.out, summary };
   } finally {
     await stream.current?.return(undefined);
+    source?.close?.();
     metrics.current?.close();
     heldOut?.dispose();
     histogram.dispose();

