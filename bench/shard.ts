@@ -2,7 +2,7 @@
 // quality 90, made here: there is no photo data set to ship) and on MNIST:
 // - "decode" cases: one thread decoding the JPEGs in memory with jpeg-js and with mozjpeg
 //   (WebAssembly, lib/data/jpeg_wasm.ts) — which decoder is faster, and the single-thread jpeg-js
-//   rate the stage is compared with;
+//   rate the stage is compared with — and the same pictures as RGB PNGs with pngjs (decodeImage);
 // - "shard jpeg" cases: the whole stage (read, decode, resize to 224, shard encoding, sha256,
 //   atomic writes, manifest) with 1 worker and with one per core. Each reports `vs_jpeg_js` (its
 //   rate over the single-thread jpeg-js decode rate of the same run), `cpu_ms_per_image`
@@ -14,6 +14,8 @@
 // sha256 in memory instead and say so in `mode`.
 
 import jpeg from "jpeg-js";
+import { Buffer } from "node:buffer";
+import { PNG } from "pngjs";
 import { join } from "node:path";
 import { parseOptions } from "../lib/cli/args.ts";
 import { decodeImage, probeImage } from "../lib/data/decode.ts";
@@ -95,6 +97,7 @@ function decodeRate(files: Uint8Array[], decode: (bytes: Uint8Array) => unknown,
 
 const decoders: Record<string, (bytes: Uint8Array) => unknown> = {
   "jpeg-js": (bytes) => jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false }),
+  pngjs: (bytes) => decodeImage(bytes, { channels: 3 }),
   "mozjpeg wasm": (bytes) => {
     if (!decodeJpegWasm(bytes, probeImage(bytes).components)) throw new Error("mozjpeg declined");
   },
@@ -111,11 +114,23 @@ function jpegJsBaseline(): Promise<number> {
   return jpegJsRate;
 }
 
+/** The photos as 8-bit RGB PNGs (pngjs, default compression). */
+async function photoPngs(): Promise<Uint8Array[]> {
+  const { files } = await photoFolder();
+  return files.slice(0, 16).map((bytes) => {
+    const { data, width, height } = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true });
+    const png = new PNG({ width, height, colorType: 2 });
+    png.data = Buffer.from(data.buffer, data.byteOffset, data.length);
+    return new Uint8Array(PNG.sync.write(png, { colorType: 2 }));
+  });
+}
+
 function decodeCase(decoder: string): BenchCase {
+  const format = decoder === "pngjs" ? "png" : "jpeg";
   return {
-    name: `shard decode jpeg ${PHOTO.width}×${PHOTO.height}, 1 thread: ${decoder}`,
+    name: `shard decode ${format} ${PHOTO.width}×${PHOTO.height}, 1 thread: ${decoder}`,
     async run() {
-      const { files } = await photoFolder();
+      const files = format === "png" ? await photoPngs() : (await photoFolder()).files;
       const r = decodeRate(files, decoders[decoder]);
       if (decoder === "jpeg-js") jpegJsRate ??= Promise.resolve((r.images * 1000) / r.ms);
       return result(this.name, r.images, r.ms, { cpu_ms_per_image: r.cpu / r.images });
@@ -173,6 +188,7 @@ function stageCase(workers: number, label: string): BenchCase {
 export const cases: BenchCase[] = [
   decodeCase("jpeg-js"),
   decodeCase("mozjpeg wasm"),
+  decodeCase("pngjs"),
   stageCase(1, "1 worker"),
   stageCase(defaultWorkers(), `${defaultWorkers()} workers (all cores)`),
   {
