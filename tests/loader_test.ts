@@ -223,21 +223,26 @@ Deno.test("loader: toGpu uploads packed uint8, renders views from one box, label
   });
 });
 
+/** A shard folder (train split, minimal manifest) of `count` records, `perShard` per shard. */
+async function writeRecords(dir: string, count: number, perShard: number): Promise<void> {
+  const writer = new ShardWriter(dir, "train", DIMS, perShard);
+  for (let r = 0; r < count; r++) {
+    await writer.add(Uint8Array.from({ length: RECORD }, (_, k) => byteOf(r, k)), 1000 + r);
+  }
+  await writer.finish();
+  const manifest = {
+    stage: "shard",
+    image: DIMS,
+    classes: [],
+    splits: { train: { count, classCounts: [], shards: writer.shards } },
+  };
+  await Deno.writeTextFile(`${dir}/${MANIFEST_FILE}`, JSON.stringify(manifest));
+}
+
 Deno.test("loader: streams a shard folder written by ShardWriter through shardSource", async () => {
   const dir = await Deno.makeTempDir({ prefix: "peco-loader-" });
   try {
-    const writer = new ShardWriter(dir, "train", DIMS, 6);
-    for (let r = 0; r < 23; r++) {
-      await writer.add(Uint8Array.from({ length: RECORD }, (_, k) => byteOf(r, k)), 1000 + r);
-    }
-    await writer.finish();
-    const manifest = {
-      stage: "shard",
-      image: DIMS,
-      classes: [],
-      splits: { train: { count: 23, classCounts: [], shards: writer.shards } },
-    };
-    await Deno.writeTextFile(`${dir}/${MANIFEST_FILE}`, JSON.stringify(manifest));
+    await writeRecords(dir, 23, 6);
     const { splits } = await openShards(dir);
     const loader = new Loader(shardSource(splits.train), { ...base, batchSize: 5, window: 2 });
     assert(loader.count === 23, `count ${loader.count}`);
@@ -254,18 +259,7 @@ Deno.test("loader: streams a shard folder written by ShardWriter through shardSo
 Deno.test("loader: shard reads in Workers serve the same batches; a damaged shard is named", async () => {
   const dir = await Deno.makeTempDir({ prefix: "peco-loader-" });
   try {
-    const writer = new ShardWriter(dir, "train", DIMS, 4);
-    for (let r = 0; r < 22; r++) {
-      await writer.add(Uint8Array.from({ length: RECORD }, (_, k) => byteOf(r, k)), 1000 + r);
-    }
-    await writer.finish();
-    const manifest = {
-      stage: "shard",
-      image: DIMS,
-      classes: [],
-      splits: { train: { count: 22, classCounts: [], shards: writer.shards } },
-    };
-    await Deno.writeTextFile(`${dir}/${MANIFEST_FILE}`, JSON.stringify(manifest));
+    await writeRecords(dir, 22, 4);
     const masking = new MaskingGenerator({ height: 2, width: 2 });
     const options = { ...base, batchSize: 3, window: 2, augment: {}, masking };
     const here = new Loader(shardSource((await openShards(dir)).splits.train), options);
