@@ -41,10 +41,14 @@ import {
   type StageResult,
   trainingRunOptions,
 } from "../lib/cli/stage.ts";
-import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
+import { openShards, type ShardSet } from "../lib/data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../lib/data/token_shards.ts";
-import { Loader, memorySource, type RecordSource } from "../lib/data/loader.ts";
-import { moduleReadPaths, workerShardSource } from "../lib/data/shard_reads.ts";
+import { Loader } from "../lib/data/loader.ts";
+import {
+  type ClosableRecordSource,
+  moduleReadPaths,
+  trainingSource,
+} from "../lib/data/shard_reads.ts";
 import {
   augmentViews,
   identityAugmentations,
@@ -415,20 +419,6 @@ function resolveConfig(o: PretrainOptions, inputs: Inputs): PretrainConfig {
   };
 }
 
-/**
- * The training records: the whole train split (its shards read and checked by Workers, one per
- * core: lib/data/shard_reads.ts), or its first `limit` images.
- */
-async function trainSource(
-  train: SplitReader,
-  limit: number | null,
-): Promise<RecordSource & { close?(): void }> {
-  if (limit === null || limit >= train.count) return workerShardSource(train);
-  const b = await train.readRange(0, limit);
-  const { channels, height, width } = train;
-  return memorySource(b.pixels, b.labels, { channels, height, width, chunkSize: limit });
-}
-
 export async function runPretrain(
   o: PretrainOptions,
   { log = (line: string) => console.error(line) } = {},
@@ -486,7 +476,7 @@ async function train(
   let heldOut: HeldOutSet | null = null;
   const stream = { current: null as AsyncGenerator<unknown> | null };
   const metrics = { current: null as MetricsWriter | null };
-  let source: (RecordSource & { close?(): void }) | null = null;
+  let source: ClosableRecordSource | null = null;
   try {
     let meta: CheckpointMeta | null = null;
     if (run.resumeFrom) meta = await loadCheckpoint(run.checkpoint, state);
@@ -496,7 +486,7 @@ async function train(
     const grid = model.grid;
     const tokensPerImage = grid[0] * grid[1];
     const masking = maskingGenerator(grid, config.mask);
-    source = await trainSource(shards.splits.train, config.limit);
+    source = await trainingSource(shards.splits.train, config.limit);
     const augment = augmentConfig(t.augment);
     const loader = new Loader(source, { batchSize: t.batch, seed, augment, masking });
     const vitView: ViewSpec = {
@@ -647,7 +637,7 @@ async function train(
     return { status: "done", out: run.out, summary };
   } finally {
     await stream.current?.return(undefined);
-    source?.close?.();
+    source?.close();
     metrics.current?.close();
     heldOut?.dispose();
     histogram.dispose();

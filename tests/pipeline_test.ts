@@ -114,7 +114,7 @@ Deno.test("the chain wires each stage to the folders before it, with least privi
     "/r/pretrain",
   ]);
   assert.deepEqual(byId.tokenizer.access, {
-    read: ["/r/shard", "/r/tokenizer", "/r/perceptual"],
+    read: ["/r/shard", "/r/tokenizer", "/r/perceptual", ...moduleReadPaths()],
     write: ["/r/tokenizer"],
   });
   assert.equal(byId.evaluate.args.curves, "/r/perceptual,/r/tokenizer,/r/pretrain");

@@ -11,7 +11,7 @@
 //   source.close(); // stops the workers
 
 import { defaultWorkers, moduleReadPaths, WorkerPool } from "../io/worker_pool.ts";
-import type { RecordSource } from "./loader.ts";
+import { memorySource, type RecordSource } from "./loader.ts";
 import type { ShardReadRequest } from "./shard_read_worker.ts";
 import type { ShardFileReader, SplitReader } from "./shards.ts";
 
@@ -49,4 +49,19 @@ export function workerShardSource(
     warm: () => pool.warm(),
     close: () => pool.close(),
   };
+}
+
+/**
+ * A training stage's records: the whole split (shards read by Workers, as above), or its first
+ * `limit` images held in memory (small runs and tests; `close` then does nothing).
+ */
+export async function trainingSource(
+  split: SplitReader,
+  limit: number | null,
+): Promise<ClosableRecordSource> {
+  if (limit === null || limit >= split.count) return workerShardSource(split);
+  const b = await split.readRange(0, limit);
+  const { channels, height, width } = split;
+  const source = memorySource(b.pixels, b.labels, { channels, height, width, chunkSize: limit });
+  return { ...source, warm: () => Promise.resolve(), close: () => {} };
 }
