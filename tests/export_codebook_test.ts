@@ -21,7 +21,7 @@ import {
   PatchSampler,
   rankCodes,
   selectCodes,
-} from "../lib/io/codebook_report.ts";
+} from "../lib/report/codebook.ts";
 import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
 import {
   loadTrainedVqVae,
@@ -428,7 +428,7 @@ Deno.test("export-codebook: end to end, numbers consistent with the token shards
       "tokens/val-00000.tokens",
       "codebook.json",
       "codebook.md",
-      "figures/code_histogram.png",
+      "figures/code_histogram.svg",
       "figures/patches_overview.png",
       ...figures,
     ]
@@ -438,7 +438,7 @@ Deno.test("export-codebook: end to end, numbers consistent with the token shards
   }
   assert.equal(figures.length, 4);
   const md = await Deno.readTextFile(join(exportDir, "codebook.md"));
-  for (const f of [...figures, "figures/code_histogram.png", "figures/patches_overview.png"]) {
+  for (const f of [...figures, "figures/code_histogram.svg", "figures/patches_overview.png"]) {
     assert.ok(md.includes(`(${f})`), `codebook.md links ${f}`);
   }
   // Token shards: every image of each split, labels kept, counts equal codebook.json's.
