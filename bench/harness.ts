@@ -1,6 +1,7 @@
 // Benchmark plumbing: each bench file exports `cases`; main.ts runs them and prints a table or,
 // with --json, one JSON object per line ({name, ms, gflops | items_per_s, ...}).
 
+import process from "node:process";
 import { gpu } from "../lib/gpu/device.ts";
 import { tidy } from "../lib/tensor/mod.ts";
 
@@ -46,4 +47,21 @@ export async function timeSteps(
 
 export function gflops(flops: number, ms: number): number {
   return flops / (ms * 1e6);
+}
+
+/**
+ * CPU time (ms, user + system) of the whole process (every thread, Workers included) and of the
+ * calling (main) thread alone (node:process threadCpuUsage, 10 ms resolution here; null where it
+ * is missing). With Workers, the main thread's share per item bounds the rate more workers can
+ * reach, and the total per item shows what parallel work costs: figures that hold on a busy
+ * machine, where wall time does not.
+ */
+export function cpuTimes(): { process: number; main: number | null } {
+  const { user, system } = process.cpuUsage();
+  const thread = (process as { threadCpuUsage?: () => { user: number; system: number } })
+    .threadCpuUsage?.();
+  return {
+    process: (user + system) / 1000,
+    main: thread ? (thread.user + thread.system) / 1000 : null,
+  };
 }

@@ -40,9 +40,14 @@ import {
   MANIFEST_FILE,
   type StageResult,
 } from "../lib/cli/stage.ts";
-import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
+import { openShards, type ShardSet } from "../lib/data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../lib/data/token_shards.ts";
-import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
+import { Loader } from "../lib/data/loader.ts";
+import {
+  type ClosableRecordSource,
+  moduleReadPaths,
+  trainingSource,
+} from "../lib/data/shard_reads.ts";
 import {
   augmentViews,
   identityAugmentations,
@@ -125,7 +130,11 @@ function checkOptions(o: PretrainOptions): void {
 /** The paths the sandboxed stage may read and write. */
 export function pretrainAccess(o: PretrainOptions): StageAccess {
   const out = resolve(o.out);
-  return { read: [resolve(o.shards), resolve(o.tokenizer), out], write: [out] };
+  // (And the modules of the shard-reading Workers, while they load: lib/io/worker_pool.ts.)
+  return {
+    read: [resolve(o.shards), resolve(o.tokenizer), out, ...moduleReadPaths()],
+    write: [out],
+  };
 }
 
 const message = (error: unknown) => (error as Error).message.replace(/^peco: /, "");
@@ -274,14 +283,6 @@ function resolveConfig(o: PretrainOptions, inputs: Inputs): PretrainConfig {
   };
 }
 
-/** The training records: the whole train split, or its first `limit` images. */
-async function trainSource(train: SplitReader, limit: number | null): Promise<RecordSource> {
-  if (limit === null || limit >= train.count) return shardSource(train);
-  const b = await train.readRange(0, limit);
-  const { channels, height, width } = train;
-  return memorySource(b.pixels, b.labels, { channels, height, width, chunkSize: limit });
-}
-
 export async function runPretrain(
   o: PretrainOptions,
   { log = (line: string) => console.error(line) } = {},
@@ -339,6 +340,7 @@ async function train(
   let heldOut: HeldOutSet | null = null;
   const stream = { current: null as AsyncGenerator<unknown> | null };
   const metrics = { current: null as MetricsWriter | null };
+  let source: ClosableRecordSource | null = null;
   try {
     let meta: CheckpointMeta | null = null;
     if (run.resumeFrom) meta = await loadCheckpoint(run.checkpoint, state);
@@ -348,7 +350,7 @@ async function train(
     const grid = model.grid;
     const tokensPerImage = grid[0] * grid[1];
     const masking = maskingGenerator(grid, config.mask);
-    const source = await trainSource(shards.splits.train, config.limit);
+    source = await trainingSource(shards.splits.train, config.limit);
     const augment = augmentConfig(t.augment);
     const loader = new Loader(source, { batchSize: t.batch, seed, augment, masking });
     const vitView: ViewSpec = {
@@ -499,6 +501,7 @@ async function train(
     return { status: "done", out: run.out, summary };
   } finally {
     await stream.current?.return(undefined);
+    source?.close();
     metrics.current?.close();
     heldOut?.dispose();
     histogram.dispose();

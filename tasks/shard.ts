@@ -27,7 +27,7 @@ import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissio
 import { Progress } from "../lib/cli/progress.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
-import { ImageDecodeError } from "../lib/data/decode.ts";
+import { defaultWorkers, ItemPool, moduleReadPaths } from "../lib/data/item_pool.ts";
 import { type ResizePolicy } from "../lib/data/resize.ts";
 import {
   MANIFEST_FILE,
@@ -46,7 +46,6 @@ import {
   type InputSpec,
   type Item,
   itemName,
-  loadItem,
   openSource,
   planSplits,
   type Source,
@@ -102,10 +101,13 @@ export function resolveOptions(o: ShardOptions): { spec: InputSpec; out: string 
   return shardPaths(o)!;
 }
 
-/** What the stage needs: read its input and its output folder, write its output folder. */
+/**
+ * What the stage needs: read its input and its output folder, write its output folder; and read
+ * its decoding workers' module, which Deno checks when it starts them (lib/data/item_pool.ts).
+ */
 export function shardAccess(o: ShardOptions): StageAccess {
   const { spec, out } = resolveOptions(o);
-  return { read: [...inputReadPaths(spec), out], write: [out] };
+  return { read: [...inputReadPaths(spec), out, ...moduleReadPaths()], write: [out] };
 }
 
 // ---- output folder state ------------------------------------------------------------------
@@ -330,6 +332,8 @@ export async function runShard(
   let done = SPLITS.reduce((n, s) => n + journal!.splits[s].next, 0);
   // The last item is drawn by finish() only (update draws whenever done reaches total).
   const tick = () => ++done < total && progress.update(done);
+  // Decoding runs in workers that may read the input only; results come back in item order.
+  const pool = new ItemPool({ workers: o.workers ?? defaultWorkers(), read: inputReadPaths(spec) });
   try {
     for (const split of SPLITS) {
       const items = plan[split];
@@ -347,22 +351,19 @@ export async function runShard(
         journal!.rejected.push(...pendingRejected.splice(0));
         await writeJsonAtomic(join(out, JOURNAL_FILE), journal);
       };
-      for (let i = p.next; i < items.length; i++) {
-        const item: Item = items[i];
-        let pixels: Uint8Array;
-        try {
-          pixels = await loadItem(item, loadOptions);
-        } catch (error) {
-          if (!(error instanceof ImageDecodeError)) throw error;
+      let i = p.next;
+      for await (const loaded of pool.loadAll(items.slice(p.next), loadOptions)) {
+        const item: Item = items[i++];
+        if (loaded.reason !== undefined) {
           if (config.strict) {
-            throw new StrictFailure(`${itemName(item)}: ${error.message} (--strict)`);
+            throw new StrictFailure(`${itemName(item)}: ${loaded.reason} (--strict)`);
           }
-          pendingRejected.push({ file: itemName(item), reason: error.message });
+          pendingRejected.push({ file: itemName(item), reason: loaded.reason });
           tick();
           continue;
         }
         if (item.label >= 0) pendingCounts[item.label]++;
-        if (await writer.add(pixels, item.label)) await commit(i + 1, false);
+        if (await writer.add(loaded.pixels, item.label)) await commit(i, false);
         tick();
       }
       await writer.finish();
@@ -374,6 +375,8 @@ export async function runShard(
       fail(error.message);
     }
     throw error; // unexpected (I/O, a bug): the journal stays so a rerun resumes
+  } finally {
+    pool.close();
   }
   progress.finish();
 

@@ -32,6 +32,7 @@ import {
   uploadPixels,
 } from "../lib/data/augment.ts";
 import { Loader, shardSource } from "../lib/data/loader.ts";
+import { moduleReadPaths, workerShardSource } from "../lib/data/shard_reads.ts";
 import { openShards, type SplitReader } from "../lib/data/shards.ts";
 import { CheckpointGuard, loadCheckpoint, type TrainingState } from "../lib/io/checkpoint.ts";
 import {
@@ -118,10 +119,13 @@ export function resolveOptions(
   };
 }
 
-/** What the stage needs: read the shards and its output folder, write its output folder. */
+/**
+ * What the stage needs: read the shards and its output folder, write its output folder; and read
+ * the modules of its shard-reading Workers while they load (lib/io/worker_pool.ts).
+ */
 export function trainPerceptualAccess(o: TrainPerceptualOptions): StageAccess {
   const { shards, out } = resolveOptions(o);
-  return { read: [shards, out], write: [out] };
+  return { read: [shards, out, ...moduleReadPaths()], write: [out] };
 }
 
 function fail(what: string): never {
@@ -312,7 +316,9 @@ async function train(
 
   const { train } = data;
   const { channels: C, height: H, width: W } = train;
-  const loader = new Loader(shardSource(train), { batchSize: batch, seed });
+  // Shards read and checked by Workers, one per core (lib/data/shard_reads.ts).
+  const source = workerShardSource(train);
+  const loader = new Loader(source, { batchSize: batch, seed });
   const [vh, vw] = viewSize(config, train);
   const view = { height: vh, width: vw, ...TO_SIGNED(C) };
   log(
@@ -392,6 +398,7 @@ async function train(
   } finally {
     pending.forEach((t) => t.dispose());
     await stream.return(undefined);
+    source.close();
     metrics.close();
   }
   if (step < steps) {

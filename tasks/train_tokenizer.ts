@@ -37,7 +37,8 @@ import {
   type StageResult,
 } from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
-import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
+import { Loader } from "../lib/data/loader.ts";
+import { moduleReadPaths, trainingSource } from "../lib/data/shard_reads.ts";
 import { pixelsToFloat, uploadPixels, type ViewSpec } from "../lib/data/augment.ts";
 import { gpu, initGpu } from "../lib/gpu/device.ts";
 import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/io/checkpoint.ts";
@@ -126,7 +127,8 @@ export function trainTokenizerAccess(o: TrainTokenizerOptions): StageAccess {
   const read = [resolve(o.shards), out];
   if (o["perceptual-weights"]) read.push(resolve(o["perceptual-weights"]));
   if (o["perceptual-dir"]) read.push(resolve(o["perceptual-dir"]));
-  return { read, write: [out] };
+  // (And the modules of the shard-reading Workers, while they load: lib/io/worker_pool.ts.)
+  return { read: [...read, ...moduleReadPaths()], write: [out] };
 }
 
 /** Opens the shards and checks that the preset's architecture fits their images. */
@@ -253,14 +255,6 @@ function resolveConfig(
       ckptEvery: o["ckpt-every"],
     },
   };
-}
-
-/** The training records: the whole train split, or its first `limit` images. */
-async function trainSource(train: SplitReader, limit: number | null): Promise<RecordSource> {
-  if (limit === null || limit >= train.count) return shardSource(train);
-  const b = await train.readRange(0, limit);
-  const { channels, height, width } = train;
-  return memorySource(b.pixels, b.labels, { channels, height, width, chunkSize: limit });
 }
 
 /** The fixed held-out images: the first `count` of the val split, uploaded once per use. */
@@ -445,7 +439,7 @@ async function train(
   const first = meta?.step ?? 0;
   const guard = new CheckpointGuard(STAGE, run.checkpoint, meta?.step ?? null);
   const metrics = await MetricsWriter.open(join(run.out, METRICS_FILE), meta ? first : null);
-  const source = await trainSource(shards.splits.train, config.limit);
+  const source = await trainingSource(shards.splits.train, config.limit);
   const loader = new Loader(source, { batchSize: t.batch, seed });
   const evalSet = await heldOut(shards.splits.val, config.eval.images);
   const psnrCount = Math.min(config.eval.psnrImages, evalSet.n);
@@ -604,6 +598,7 @@ async function train(
   } finally {
     pending.forEach((ts) => ts.forEach((x) => x.dispose()));
     await stream.return(undefined);
+    source.close();
     metrics.close();
     model.dispose();
     optimizer.dispose();

@@ -39,6 +39,7 @@ Deno.test("the compile command fixes the permissions and includes the assets", (
   assert.equal(args.at(-1), ENTRY);
   for (const include of INCLUDES) assert.ok(args.join(" ").includes(`--include ${include}`));
   assert.ok(args.includes("--unstable-worker-options"), "the stage sandbox needs Worker options");
+  assert.ok(args.includes("--unstable-raw-imports"), "the JPEG decoder imports its .wasm as bytes");
   for (const flag of args.filter((a) => a.startsWith("--allow-"))) {
     assert.ok(["--allow-read", "--allow-write", "--allow-run"].includes(flag), flag);
   }

@@ -10,7 +10,9 @@ import {
   orientedSource,
   probeImage,
 } from "../lib/data/decode.ts";
+import { decodeJpegWasm, definesHuffmanTables } from "../lib/data/jpeg_wasm.ts";
 import { fitImage, planFit, type ResizePolicy } from "../lib/data/resize.ts";
+import jpeg from "jpeg-js";
 import {
   exifWithOrientation,
   IMAGE_FIXTURE_DIR,
@@ -150,6 +152,97 @@ Deno.test("EXIF orientation of a JPEG is applied: markers land where viewers sho
   assert.deepEqual([three.width, three.height], [w, h]);
   assert.ok(mean(three, w - 4, h - 4) > 230, "white marker at the bottom-right");
   assert.ok(Math.abs(mean(three, 0, h - 4) - 128) < 12, "grey marker at the bottom-left");
+});
+
+Deno.test("mozjpeg (WebAssembly) decodes the JPEG fixtures as jpeg-js does, to 2 levels", () => {
+  for (const name of ["rgb.jpg", "grey.jpg", "progressive.jpg", "exif3.jpg", "exif6.jpg"]) {
+    const bytes = fixture(`decode/${name}`);
+    const fast = decodeJpegWasm(bytes, probeImage(bytes).components);
+    assert.ok(fast, `${name}: mozjpeg declined a clean file`);
+    // Both as stored (EXIF orientation is applied later, by decode.ts, for either decoder).
+    const slow = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true });
+    assert.deepEqual([fast.width, fast.height], [slow.width, slow.height], name);
+    let worst = 0;
+    for (let i = 0; i < slow.data.length; i++) {
+      worst = Math.max(worst, Math.abs(fast.data[i] - slow.data[i]));
+    }
+    assert.ok(worst <= 2, `${name}: decoders differ by ${worst} levels`);
+  }
+});
+
+Deno.test("mozjpeg declines what it would decode leniently; jpeg-js then rejects it", () => {
+  // libjpeg would fill a truncated scan with grey and use default Huffman tables for a file that
+  // has none: both files must still be rejects, with jpeg-js's reason.
+  for (const name of ["bad/truncated.jpg", "bad/corrupt.jpg"]) {
+    const bytes = fixture(name);
+    assert.equal(decodeJpegWasm(bytes, 3), null, name);
+  }
+  assert.equal(definesHuffmanTables(fixture("bad/corrupt.jpg")), false);
+  assert.equal(definesHuffmanTables(fixture("decode/rgb.jpg")), true);
+  // Four components (CMYK/YCCK) always go to jpeg-js, which converts them to RGB.
+  assert.equal(decodeJpegWasm(fixture("decode/rgb.jpg"), 4), null);
+  // After libjpeg's fatal error the decoder starts afresh: a clean file decodes again.
+  assert.ok(decodeJpegWasm(fixture("decode/rgb.jpg"), 3));
+});
+
+/**
+ * An 8×8 four-component (Adobe CMYK, no transform) baseline JPEG of flat samples, written here
+ * since jpeg-js encodes YCbCr only: one DC coefficient per block (quantiser 1, the standard DC
+ * Huffman table), every AC coefficient zero (an AC table holding only end-of-block).
+ */
+function cmykJpeg(samples: [number, number, number, number]): Uint8Array {
+  const segment = (marker: number, body: number[]) => [
+    0xff,
+    marker,
+    (body.length + 2) >> 8,
+    (body.length + 2) & 255,
+    ...body,
+  ];
+  const adobe = [..."Adobe"].map((c) => c.charCodeAt(0)).concat([0, 100, 0, 0, 0, 0, 0]);
+  const dcBits = [0, 1, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0];
+  const dcCodes = ["00", "010", "011", "100", "101", "110", "1110", "11110", "111110", "1111110"]
+    .concat(["11111110", "111111110"]);
+  let bits = "";
+  for (const v of samples) {
+    const dc = 8 * (v - 128); // the DC coefficient of a flat block, quantiser 1
+    const size = dc === 0 ? 0 : Math.floor(Math.log2(Math.abs(dc))) + 1;
+    const value = dc >= 0 ? dc : dc + (1 << size) - 1;
+    bits += dcCodes[size] + (size ? value.toString(2).padStart(size, "0") : "") + "0"; // + EOB
+  }
+  bits = bits.padEnd(Math.ceil(bits.length / 8) * 8, "1");
+  const scan: number[] = [];
+  for (let i = 0; i < bits.length; i += 8) {
+    const byte = parseInt(bits.slice(i, i + 8), 2);
+    scan.push(...(byte === 0xff ? [0xff, 0] : [byte]));
+  }
+  return new Uint8Array([
+    0xff,
+    0xd8,
+    ...segment(0xee, adobe),
+    ...segment(0xdb, [0, ...new Array(64).fill(1)]),
+    ...segment(0xc0, [8, 0, 8, 0, 8, 4, 1, 0x11, 0, 2, 0x11, 0, 3, 0x11, 0, 4, 0x11, 0]),
+    ...segment(0xc4, [0x00, ...dcBits, ...dcCodes.map((_, i) => i)]),
+    ...segment(0xc4, [0x10, 1, ...new Array(15).fill(0), 0]),
+    ...segment(0xda, [4, 1, 0, 2, 0, 3, 0, 4, 0, 0, 63, 0]),
+    ...scan,
+    0xff,
+    0xd9,
+  ]);
+}
+
+Deno.test("CMYK JPEG: goes to jpeg-js (mozjpeg does not convert it), decodes to its RGB", () => {
+  const bytes = cmykJpeg([40, 120, 200, 230]);
+  const info = probeImage(bytes);
+  assert.deepEqual([info.components, info.width, info.height, info.grey], [4, 8, 8, false]);
+  assert.equal(decodeJpegWasm(bytes, info.components), null);
+  const slow = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false });
+  const d = decodeImage(bytes, { channels: 3 });
+  for (let c = 0; c < 3; c++) {
+    const plane = d.data.subarray(c * 64, (c + 1) * 64);
+    assert.ok(plane.every((v, i) => v === slow.data[3 * i + c]), `channel ${c} as jpeg-js`);
+  }
+  // Not a grey or constant image: the four samples made distinct RGB channels.
+  assert.ok(new Set([d.data[0], d.data[64], d.data[128]]).size > 1, `${d.data[0]},${d.data[64]}`);
 });
 
 Deno.test("exifOrientation reads big-endian TIFF and ignores malformed EXIF", () => {

@@ -9,6 +9,7 @@ import {
 } from "../lib/data/loader.ts";
 import { MaskingGenerator } from "../lib/data/masking.ts";
 import { MANIFEST_FILE, openShards, ShardWriter } from "../lib/data/shards.ts";
+import { workerShardSource } from "../lib/data/shard_reads.ts";
 import { tidy } from "../lib/tensor/mod.ts";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -222,21 +223,26 @@ Deno.test("loader: toGpu uploads packed uint8, renders views from one box, label
   });
 });
 
+/** A shard folder (train split, minimal manifest) of `count` records, `perShard` per shard. */
+async function writeRecords(dir: string, count: number, perShard: number): Promise<void> {
+  const writer = new ShardWriter(dir, "train", DIMS, perShard);
+  for (let r = 0; r < count; r++) {
+    await writer.add(Uint8Array.from({ length: RECORD }, (_, k) => byteOf(r, k)), 1000 + r);
+  }
+  await writer.finish();
+  const manifest = {
+    stage: "shard",
+    image: DIMS,
+    classes: [],
+    splits: { train: { count, classCounts: [], shards: writer.shards } },
+  };
+  await Deno.writeTextFile(`${dir}/${MANIFEST_FILE}`, JSON.stringify(manifest));
+}
+
 Deno.test("loader: streams a shard folder written by ShardWriter through shardSource", async () => {
   const dir = await Deno.makeTempDir({ prefix: "peco-loader-" });
   try {
-    const writer = new ShardWriter(dir, "train", DIMS, 6);
-    for (let r = 0; r < 23; r++) {
-      await writer.add(Uint8Array.from({ length: RECORD }, (_, k) => byteOf(r, k)), 1000 + r);
-    }
-    await writer.finish();
-    const manifest = {
-      stage: "shard",
-      image: DIMS,
-      classes: [],
-      splits: { train: { count: 23, classCounts: [], shards: writer.shards } },
-    };
-    await Deno.writeTextFile(`${dir}/${MANIFEST_FILE}`, JSON.stringify(manifest));
+    await writeRecords(dir, 23, 6);
     const { splits } = await openShards(dir);
     const loader = new Loader(shardSource(splits.train), { ...base, batchSize: 5, window: 2 });
     assert(loader.count === 23, `count ${loader.count}`);
@@ -245,6 +251,45 @@ Deno.test("loader: streams a shard folder written by ShardWriter through shardSo
     const served = batches.flatMap((b) => Array.from(b.records)).sort((a, b) => a - b);
     assert(served.length === 23 && served.every((r, i) => r === i), "records of the shards");
     assert(loader.stats.chunkReads === 4, `${loader.stats.chunkReads} shard reads for 4 shards`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("loader: shard reads in Workers serve the same batches; a damaged shard is named", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "peco-loader-" });
+  try {
+    await writeRecords(dir, 22, 4);
+    const masking = new MaskingGenerator({ height: 2, width: 2 });
+    const options = { ...base, batchSize: 3, window: 2, augment: {}, masking };
+    const here = new Loader(shardSource((await openShards(dir)).splits.train), options);
+    const expected = await collect(here.batches({ epochs: 2 }));
+    for (const workers of [1, 3]) {
+      const source = workerShardSource((await openShards(dir)).splits.train, { workers });
+      try {
+        const got = await collect(new Loader(source, options).batches({ epochs: 2 }));
+        assert(
+          JSON.stringify(got) === JSON.stringify(expected),
+          `${workers} workers: same batches`,
+        );
+      } finally {
+        source.close();
+      }
+    }
+    // One flipped byte in shard 2: its first read (in a worker) fails, naming the file.
+    const path = `${dir}/train-00002.shard`;
+    const bytes = await Deno.readFile(path);
+    bytes[40] ^= 1;
+    await Deno.writeFile(path, bytes);
+    const source = workerShardSource((await openShards(dir)).splits.train, { workers: 2 });
+    try {
+      await assertRejects(
+        () => collect(new Loader(source, options).epoch(0)),
+        /^peco: shards: .*train-00002\.shard: sha256 .* does not match the manifest/,
+      );
+    } finally {
+      source.close();
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -18,6 +18,7 @@ import {
 import { type PipelineConfig, validateConfig } from "../lib/cli/pipeline_config.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { sandboxedCommand } from "../lib/cli/permissions.ts";
+import { moduleReadPaths } from "../lib/data/item_pool.ts";
 import { checkConfig, schemas, STAGES } from "../tasks/pipeline.ts";
 import { commandOutput } from "./stage_fixtures.ts";
 import { lambdaArms, parseLambdas } from "../tasks/experiment.ts";
@@ -114,7 +115,7 @@ Deno.test("the chain wires each stage to the folders before it, with least privi
     "/r/pretrain",
   ]);
   assert.deepEqual(byId.tokenizer.access, {
-    read: ["/r/shard", "/r/tokenizer", "/r/perceptual"],
+    read: ["/r/shard", "/r/tokenizer", "/r/perceptual", ...moduleReadPaths()],
     write: ["/r/tokenizer"],
   });
   assert.equal(byId.evaluate.args.curves, "/r/perceptual,/r/tokenizer,/r/pretrain");
@@ -213,7 +214,8 @@ Deno.test("a sandboxed stage cannot read outside its inputs", async () => {
       seed: 0,
       "max-pixels": 1e6,
     });
-    assert.deepEqual(granted, { read: [allowed, out], write: [out] });
+    // (Plus the folder of the decoding workers' modules, lib/data/item_pool.ts.)
+    assert.deepEqual(granted, { read: [allowed, out, ...moduleReadPaths()], write: [out] });
     const args = ["--input", secret, "--out", out, "--size", "4", "--quiet"];
     const child = await commandOutput(
       sandboxedCommand(STAGES.shard.script, args, granted, { stdout: "piped", stderr: "piped" }),
@@ -227,7 +229,11 @@ Deno.test("a sandboxed stage cannot read outside its inputs", async () => {
     await assert.rejects(Deno.stat(join(out, "manifest.json")), Deno.errors.NotFound);
     // … and runs the stage when the input is granted.
     const ok = await commandOutput(
-      workerSandbox(STAGES.shard.script, { read: [secret, out], write: [out] }, args),
+      workerSandbox(
+        STAGES.shard.script,
+        { read: [secret, out, ...moduleReadPaths()], write: [out] },
+        args,
+      ),
     );
     assert.equal(ok.code, 0, ok.text);
     assert.match(ok.text, /^shard: written: /m);

@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { parseOptions } from "../lib/cli/args.ts";
 import { permissionFlags } from "../lib/cli/permissions.ts";
 import { decodeImage } from "../lib/data/decode.ts";
+import { moduleReadPaths } from "../lib/data/item_pool.ts";
 import { fitImage } from "../lib/data/resize.ts";
 import { openShards, type ShardManifest, type SplitReader } from "../lib/data/shards.ts";
 import { MNIST_FILES, mnistDataDir } from "../lib/data/sources.ts";
@@ -155,6 +156,60 @@ Deno.test("class folders: good files in, each bad one rejected with a reason", a
   const expected = good.map(([cls, rel]) => expectedRecord(rel, cls === "cat" ? 0 : 1, 6, 3));
   assert.deepEqual(await contents(set.splits.train), expected.sort());
   await Deno.chmod(join(input, "dog", "locked.png"), 0o644);
+  await Deno.remove(tmp, { recursive: true });
+});
+
+Deno.test("--workers 1, 2 and 3 write the same shard bytes, manifest and rejects", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "peco-shard-" });
+  const input = join(tmp, "in");
+  const files = [
+    "decode/rgb.jpg",
+    "decode/progressive.jpg",
+    "decode/exif6.jpg",
+    "decode/rgb8.png",
+    "decode/palette8.png",
+    "bad/corrupt.jpg",
+    "decode/grey.jpg",
+    "bad/truncated.png",
+    "decode/interlaced.png",
+  ];
+  for (let i = 0; i < 23; i++) {
+    const rel = files[i % files.length];
+    await copyFixture(rel, join(input, `c${i % 3}`, `${i}-${rel.split("/")[1]}`));
+  }
+  // Each run writes the same folder (the manifest records it), read back whole, then removed.
+  const out = join(tmp, "out");
+  const run = async (workers: number) => {
+    const flags = { input, out, size: 7, "per-shard": 4, "val-fraction": 0.25, workers };
+    const { manifest } = await shard(flags);
+    const bytes = new Map<string, Uint8Array>();
+    for (const name of await listing(out)) bytes.set(name, await Deno.readFile(join(out, name)));
+    await Deno.remove(out, { recursive: true });
+    return { manifest, bytes };
+  };
+  const one = await run(1);
+  assert.equal(one.manifest.counts.rejected, 4); // 2 corrupt.jpg + 2 truncated.png
+  assert.ok(one.manifest.splits.train.shards.length >= 3 && one.manifest.splits.val.count > 0);
+  assert.ok(one.bytes.has("manifest.json") && one.bytes.has("val-00000.shard"));
+  for (const workers of [2, 3]) {
+    const many = await run(workers);
+    assert.deepEqual([...many.bytes.keys()], [...one.bytes.keys()]);
+    for (const [name, bytes] of one.bytes) {
+      assert.deepEqual(many.bytes.get(name), bytes, `${name} with ${workers} workers`);
+    }
+  }
+  // --strict stops at the first reject in item order, whichever worker finished first.
+  const strictOut = join(tmp, "strict");
+  const strict = (workers: number) =>
+    shard({ input, out: strictOut, size: 7, "val-fraction": 0, strict: true, workers });
+  const first = await strict(1).then(() => "", (e: Error) => e.message);
+  assert.match(first, /^peco: shard: c\d\/\d+-(corrupt\.jpg|truncated\.png): .* \(--strict\)$/);
+  assert.equal(await strict(3).then(() => "", (e: Error) => e.message), first);
+  assert.deepEqual(await listing(strictOut), ["<missing>"]);
+  await assert.rejects(
+    shard({ input, out: strictOut, workers: 0 }),
+    /--workers must be an integer ≥ 1, got 0/,
+  );
   await Deno.remove(tmp, { recursive: true });
 });
 
@@ -568,10 +623,16 @@ Deno.test("least privilege: deno task shard works; its sandbox denies access out
 
   // The flags the launcher computes grant exactly: read input + out, write out. A probe under
   // those flags shows the rest is denied by Deno itself (NotCapable), not by our own checks.
+  // (And read its decoding workers' module, which Deno checks when it starts them.)
   const access = shardAccess(options({ input, out }));
-  assert.deepEqual(access, { read: [input, out], write: [out] });
+  const [worker] = moduleReadPaths();
+  assert.deepEqual(access, { read: [input, out, worker], write: [out] });
   const flags = permissionFlags(access);
-  assert.deepEqual(flags, ["--no-prompt", `--allow-read=${input},${out}`, `--allow-write=${out}`]);
+  assert.deepEqual(flags, [
+    "--no-prompt",
+    `--allow-read=${input},${out},${worker}`,
+    `--allow-write=${out}`,
+  ]);
   const probe = join(tmp, "probe.ts");
   await Deno.writeTextFile(
     probe,

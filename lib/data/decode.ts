@@ -1,12 +1,17 @@
-// Image decoding for the shard stage: PNG through npm:pngjs, JPEG through npm:jpeg-js, into planar
-// uint8 [C, H, W] with C = 1 or 3.
+// Image decoding for the shard stage: PNG through npm:pngjs, JPEG through mozjpeg as WebAssembly
+// (lib/data/jpeg_wasm.ts) with npm:jpeg-js for what that one must not decode, into planar uint8
+// [C, H, W] with C = 1 or 3.
 //
 // - The header is parsed here first (`probeImage`), independently of the decoders: it recognises
 //   the format from the content (not the file name), reads the size and EXIF orientation, and
 //   enforces the decompression-bomb limit on width × height before any pixel memory is allocated.
 // - PNG: 1/2/4/8/16-bit grey, grey+alpha, RGB, RGBA, palette (with tRNS), interlaced. pngjs
 //   expands everything to 8-bit RGBA (16-bit rounded: v·255/65535). JPEG: baseline and
-//   progressive, grey, YCbCr, CMYK/Adobe (jpeg-js converts to RGB).
+//   progressive, grey, YCbCr, CMYK/Adobe. The faster decoder, mozjpeg, decodes what it can decode
+//   cleanly; CMYK/YCCK files, files without Huffman tables, and any file on which libjpeg warns
+//   (truncated or corrupt data) go to jpeg-js, whose result or reject reason is final. Which
+//   decoder serves a file depends only on its bytes, so a data set always decodes the same way.
+//   The two agree to within a level or two (different IDCT and chroma upsampling rounding).
 // - Alpha is dropped, as PIL's convert("RGB") does (and so torchvision's ImageFolder).
 // - Grey output from colour input uses ITU-R 601-2 luma (PIL's "L": (299R + 587G + 114B)/1000).
 // - EXIF orientation (JPEG APP1; jpeg-js hands back the raw EXIF but does not apply it) is applied,
@@ -15,6 +20,7 @@
 import { Buffer } from "node:buffer";
 import { PNG } from "pngjs";
 import jpeg from "jpeg-js";
+import { decodeJpegWasm } from "./jpeg_wasm.ts";
 
 export type ImageFormat = "png" | "jpeg";
 
@@ -25,6 +31,8 @@ export interface ImageInfo {
   height: number;
   /** True when the file holds grey levels only (PNG colour types 0/4, one-component JPEG). */
   grey: boolean;
+  /** Colour components: JPEG frame components (4 = CMYK/YCCK), PNG samples per pixel. */
+  components: number;
   /** PNG bit depth, or JPEG sample precision. */
   bitDepth: number;
   /** JPEG: progressive (SOF2) or not. */
@@ -90,6 +98,7 @@ function probePng(bytes: Uint8Array): ImageInfo {
   const colorType = bytes[25];
   return {
     format: "png",
+    components: ({ 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 } as Record<number, number>)[colorType] ?? 0,
     width: be32(bytes, 16),
     height: be32(bytes, 20),
     grey: colorType === 0 || colorType === 4,
@@ -152,6 +161,7 @@ function probeJpeg(bytes: Uint8Array): ImageInfo {
         width,
         height,
         grey: bytes[body + 5] === 1,
+        components: bytes[body + 5],
         bitDepth: bytes[body],
         progressive: marker === 0xc2,
         orientation,
@@ -268,6 +278,10 @@ function decodeJpeg(
   info: ImageInfo,
   maxPixels: number,
 ): { data: Uint8Array; stride: number } {
+  const fast = decodeJpegWasm(bytes, info.components);
+  if (fast && fast.width === info.width && fast.height === info.height) {
+    return { data: fast.data, stride: 4 };
+  }
   try {
     const image = jpeg.decode(bytes, {
       useTArray: true,

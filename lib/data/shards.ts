@@ -278,14 +278,20 @@ export class SplitReader {
   }
 
   /** All records of shard k, read in one piece and verified (size, sha256, header). */
-  async readShard(k: number): Promise<ShardBatch> {
+  readShard(k: number): Promise<ShardBatch> {
+    return this.readShardWith(k, readShardFile);
+  }
+
+  /**
+   * readShard with the file read and checked by `read` (e.g. in a worker: lib/data/shard_reads.ts),
+   * which must hash it when asked to `verify` (the first read of each shard).
+   */
+  async readShardWith(k: number, read: ShardFileReader): Promise<ShardBatch> {
     const entry = this.shards[k];
     if (!entry) throw new Error(`peco: shards: "${this.name}" has no shard ${k}`);
-    const bytes = await Deno.readFile(this.path(k));
-    if (!this.verified.has(k)) {
-      this.accept(k, new Sha256().update(bytes).hex(), bytes.length);
-    }
-    checkShardHeader(bytes, this, entry.count, this.path(k));
+    const geometry = { channels: this.channels, height: this.height, width: this.width };
+    const bytes = await read(this.path(k), entry, geometry, !this.verified.has(k));
+    this.verified.add(k);
     const { labelsOffset } = shardLayout(this, entry.count);
     return {
       start: this.shardStarts[k],
@@ -390,6 +396,22 @@ export class SplitReader {
     await readExactly(file, labelsOffset + 4 * offset, lb, this.path(k));
   }
 }
+
+/** Reads a whole shard file and checks it: header, and with `verify` its size and sha256. */
+export type ShardFileReader = (
+  path: string,
+  entry: ShardEntry,
+  geometry: ShardGeometry,
+  verify: boolean,
+) => Promise<Uint8Array>;
+
+/** The ShardFileReader of this thread; errors name the shard. */
+export const readShardFile: ShardFileReader = async (path, entry, geometry, verify) => {
+  const bytes = await Deno.readFile(path);
+  if (verify) checkShardDigest(path, entry, new Sha256().update(bytes).hex(), bytes.length);
+  checkShardHeader(bytes, geometry, entry.count, path);
+  return bytes;
+};
 
 /** Throws, naming the shard, when its size or sha256 differs from its manifest entry. */
 export function checkShardDigest(

@@ -12,9 +12,12 @@ import { dirname, extname, isAbsolute, join, relative, resolve, sep } from "node
 import { fileURLToPath } from "node:url";
 import { sha256Hex } from "../io/hash.ts";
 import { Rng } from "../tensor/init.ts";
-import { decodeImage, greyOf, greyPlanes, ImageDecodeError, type Planes } from "./decode.ts";
+import { greyOf, greyPlanes, type Planes } from "./decode.ts";
+import { loadImageFile, type LoadOptions, readFailure } from "./load_image.ts";
 import type { Rejection } from "./manifest.ts";
-import { fitImage, type ResizePolicy } from "./resize.ts";
+import { fitImage } from "./resize.ts";
+
+export { type LoadOptions, readFailure } from "./load_image.ts";
 
 export const IMAGE_EXTENSIONS = [".png", ".jpg", ".jpeg"];
 export const SPLITS = ["train", "val"] as const;
@@ -251,17 +254,6 @@ async function idxSource(spec: InputSpec & { kind: "mnist" | "idx" }): Promise<S
 }
 
 // ---- folders ----------------------------------------------------------------------------------
-
-/** Why reading a path failed, as a short reason for the manifest. */
-export function readFailure(error: unknown): string {
-  if (error instanceof Deno.errors.NotFound) return "unreadable: no such file (or a dangling link)";
-  if (error instanceof Deno.errors.PermissionDenied) return "unreadable: permission denied";
-  if (error instanceof Deno.errors.NotCapable) {
-    return "unreadable: outside the stage's read permission";
-  }
-  if (error instanceof Deno.errors.IsADirectory) return "unreadable: is a directory";
-  return `unreadable: ${(error as Error).message}`;
-}
 
 interface Walk {
   root: string;
@@ -512,13 +504,6 @@ export function planSplits(
   };
 }
 
-export interface LoadOptions {
-  size: number;
-  channels: 1 | 3;
-  resize: ResizePolicy;
-  maxPixels: number;
-}
-
 /** Display name of an item for the manifest and error messages. */
 export function itemName(item: Item): string {
   return item.kind === "file" ? item.rel : `${item.set.path}#${item.index}`;
@@ -528,20 +513,9 @@ export function itemName(item: Item): string {
  * One item as [channels, size, size] uint8. Throws ImageDecodeError (reason for the manifest)
  * for an unreadable or undecodable file.
  */
-export async function loadItem(item: Item, o: LoadOptions): Promise<Uint8Array> {
-  let planes: Planes;
-  if (item.kind === "file") {
-    let bytes: Uint8Array;
-    try {
-      bytes = await Deno.readFile(item.path);
-    } catch (error) {
-      throw new ImageDecodeError(readFailure(error));
-    }
-    planes = decodeImage(bytes, { channels: o.channels, maxPixels: o.maxPixels });
-  } else {
-    planes = idxPlanes(item.set, item.index, o.channels);
-  }
-  return fitImage(planes, o.size, o.resize);
+export function loadItem(item: Item, o: LoadOptions): Promise<Uint8Array> {
+  if (item.kind === "file") return loadImageFile(item.path, o);
+  return Promise.resolve(fitImage(idxPlanes(item.set, item.index, o.channels), o.size, o.resize));
 }
 
 function idxPlanes(set: IdxImages, index: number, channels: 1 | 3): Planes {

@@ -41,6 +41,10 @@ export const shardCommand = {
       default: DEFAULT_MAX_PIXELS,
       help: "refuse images with more pixels (width × height; decompression-bomb guard)",
     },
+    workers: {
+      type: "number",
+      help: "decoding workers (default: the number of cores); the output does not depend on it",
+    },
     quiet: { type: "boolean", help: "no progress bar" },
   },
 } as const;
@@ -59,7 +63,7 @@ export function shardPaths(o: ShardOptions): { spec: InputSpec; out: string } | 
 /** Every problem of the options (the stage fails on them before reading anything). */
 export function checkShardOptions(o: ShardOptions): Problem[] {
   const p = new Problems();
-  for (const name of ["size", "per-shard", "limit", "max-pixels"] as const) {
+  for (const name of ["size", "per-shard", "limit", "max-pixels", "workers"] as const) {
     p.integer(name, o[name]);
   }
   if (o.channels !== undefined && o.channels !== 1 && o.channels !== 3) {
