@@ -49,6 +49,7 @@ import {
   codeStats,
   countCodes,
   cropPatch,
+  distinctCodes,
   type Patch,
   PatchSampler,
   rankCodes,
@@ -371,6 +372,8 @@ async function writeReport(
   }]));
   let deadEverywhere = 0;
   for (let c = 0; c < k; c++) if (names.every((n) => counts[n][c] === 0)) deadEverywhere++;
+  // Codes equal to a lower-index code can never be chosen: usage counts only distinct ones.
+  const distinct = distinctCodes(await tokenizer.codebook().read(), tokenizer.info.config.codeDim);
   const topCodes = rankCodes(counts.train).slice(0, 20).map((code) => ({
     code,
     counts: Object.fromEntries(names.map((n) => [n, counts[n][code]])),
@@ -431,6 +434,7 @@ async function writeReport(
     codebookSize: k,
     grid,
     downsampleFactor: f,
+    distinctCodes: distinct,
     splits: stats,
     deadEverywhere,
     topCodes,
@@ -443,6 +447,7 @@ async function writeReport(
     codebookSize: k,
     grid,
     downsampleFactor: f,
+    distinctCodes: distinct,
     splits: stats,
     deadEverywhere,
     topCodes: topCodes.slice(0, 10),
@@ -468,6 +473,7 @@ async function writeReport(
   });
   return {
     codebook_size: k,
+    distinct_codes: distinct,
     grid,
     splits: Object.fromEntries(names.map((n) => [n, summaryOf(n)])),
     dead_everywhere: deadEverywhere,

@@ -45,6 +45,7 @@ import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/io/
 import { type TrainingState } from "../lib/io/checkpoint.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
 import { writeImageGrid } from "../lib/io/png.ts";
+import { distinctCodes } from "../lib/io/codebook_report.ts";
 import {
   loadPerceptualNet,
   PERCEPTUAL_KINDS,
@@ -562,12 +563,17 @@ async function train(
         if (mse) mses.push(mse);
       }
       const { perplexity, usage: used } = usage.metrics();
-      const values = await readAll([perplexity, used, ...mses]);
+      const values = await readAll([perplexity, used, model.quantize.codebook, ...mses]);
       perplexity.dispose();
       used.dispose();
-      const all = values.slice(2).flatMap((v) => [...v]).slice(0, psnrCount);
+      const all = values.slice(3).flatMap((v) => [...v]).slice(0, psnrCount);
       // Pixels span 2 in [−1, 1]: the PSNR is that of [0, 1] images.
-      return { psnr: meanPsnr(all, 2), usage: values[1][0], perplexity: values[0][0] };
+      return {
+        psnr: meanPsnr(all, 2),
+        usage: values[1][0],
+        perplexity: values[0][0],
+        distinctCodes: distinctCodes(values[2], m.codeDim),
+      };
     } finally {
       mses.forEach((x) => x.dispose());
       usage.dispose();
@@ -651,6 +657,7 @@ async function train(
         psnr: ev.psnr,
         usage: ev.usage,
         perplexity: ev.perplexity,
+        distinct_codes: ev.distinctCodes,
         lr: optimizer.lr,
         images_per_s: intervalImages / seconds,
         peak_gpu_bytes: gpu().pool.stats.peakAllocated,
@@ -698,6 +705,7 @@ async function train(
     usage: last.usage,
     perplexity: last.perplexity,
     codes_used: Math.round(last.usage * m.codebookSize),
+    distinct_codes: last.distinct_codes,
     loss: last.loss,
     pixel: last.pixel,
     perceptual: last.perceptual,

@@ -102,6 +102,9 @@ Deno.test("train-tokenizer runs end to end and a rerun is skipped", async () => 
     assert.equal(typeof records[1][key], "number", key);
     assert.ok(Number.isFinite(records[1][key] as number), `${key} finite`);
   }
+  // No two codebook rows are equal (k-means seeds and restarts are jittered): 196 encoder
+  // outputs, many of them identical background patches, seed 512 codes.
+  assert.equal(records[1].distinct_codes, 512);
   const usage = records[1].usage as number;
   assert.ok(usage > 0 && usage <= 1, `usage ${usage}`);
   assert.ok((records[1].perplexity as number) >= 1);
