@@ -60,6 +60,13 @@ export class Vgg16 extends Module implements PerceptualNet {
     this.#scaling = lpipsScaling();
   }
 
+  /** Four 2×2 max-pools: sides of at least 16 pixels. */
+  checkInputSize(h: number, w: number): void {
+    if (!(h >= 16 && w >= 16)) {
+      throw new Error(`peco: vgg16: ${h}×${w} images are too small (sides of 16 or more)`);
+    }
+  }
+
   /** x [N, 3, H, W] in [−1, 1] (H, W ≥ 16) → relu1_2 … relu5_3. */
   features(x: Tensor): Tensor[] {
     checkImages(this.kind, x, 16);
