@@ -52,6 +52,7 @@ import {
   type PerceptualKind,
   perceptualLoss,
   type PerceptualModule,
+  summarizeNames,
 } from "../lib/models/perceptual/mod.ts";
 import { loadBuiltinPerceptual } from "../lib/models/moco.ts";
 import {
@@ -104,15 +105,23 @@ export const trainTokenizerCommand = {
     },
     perceptual: {
       type: "string",
-      default: "none",
+      default: "builtin",
       choices: PERCEPTUAL_CHOICES,
-      help: "perceptual network (builtin: the train-perceptual stage's)",
+      help: "perceptual network (builtin: the train-perceptual stage's; as the pipeline)",
     },
     "perceptual-weights": {
       type: "string",
       help: "safetensors state dict of --perceptual vgg16|resnet50|vit-b",
     },
-    "perceptual-dir": { type: "string", help: "train-perceptual output folder (builtin)" },
+    "perceptual-prefix": {
+      type: "string",
+      help: "load only the weights under this name prefix (MoCo v3: module.base_encoder.)",
+    },
+    "perceptual-dir": {
+      type: "string",
+      default: "runs/perceptual",
+      help: "train-perceptual output folder (builtin)",
+    },
     lambda: { type: "number", default: 1, help: "weight λ of the perceptual loss" },
     "pixel-loss": { type: "string", choices: ["l1", "l2"], help: "pixel loss (default: preset)" },
     quantizer: {
@@ -157,6 +166,8 @@ export interface TrainTokenizerConfig {
     kind: string;
     lambda: number;
     weights: { sha256: string; bytes: number } | null;
+    /** The name prefix the weights were loaded from (--perceptual-prefix). */
+    prefix?: string;
     /** The loss sees both images average-pooled by this factor (the builtin net's view size). */
     pool?: number;
   };
@@ -194,11 +205,10 @@ function checkOptions(o: TrainTokenizerOptions): void {
   if (external && !o["perceptual-weights"]) {
     throw new UsageError(`--perceptual ${o.perceptual} needs --perceptual-weights FILE`);
   }
-  if (!external && o["perceptual-weights"]) {
-    throw new UsageError(`--perceptual-weights is only for --perceptual vgg16|resnet50|vit-b`);
-  }
-  if (o.perceptual === "builtin" && !o["perceptual-dir"]) {
-    throw new UsageError(`--perceptual builtin needs --perceptual-dir (train-perceptual output)`);
+  for (const name of ["perceptual-weights", "perceptual-prefix"] as const) {
+    if (!external && o[name] !== undefined) {
+      throw new UsageError(`--${name} is only for --perceptual vgg16|resnet50|vit-b`);
+    }
   }
 }
 
@@ -207,7 +217,7 @@ export function trainTokenizerAccess(o: TrainTokenizerOptions): StageAccess {
   const out = resolve(o.out);
   const read = [resolve(o.shards), out];
   if (o["perceptual-weights"]) read.push(resolve(o["perceptual-weights"]));
-  if (o["perceptual-dir"]) read.push(resolve(o["perceptual-dir"]));
+  if (o.perceptual === "builtin") read.push(resolve(o["perceptual-dir"]));
   return { read, write: [out] };
 }
 
@@ -244,24 +254,52 @@ async function perceptualWeights(o: TrainTokenizerOptions) {
   }
 }
 
-/** Loads and checks the perceptual network (null for none). */
-async function openPerceptual(o: TrainTokenizerOptions): Promise<PerceptualModule | null> {
+/**
+ * Loads and checks the perceptual network (null for none), and that images of `size` pooled by
+ * `pool` fit it; logs what an external file held (architecture, names set aside).
+ */
+async function openPerceptual(
+  o: TrainTokenizerOptions,
+  size: number,
+  pool: number,
+  log: (line: string) => void,
+): Promise<PerceptualModule | null> {
   if (o.perceptual === "none") return null;
+  let net: PerceptualModule;
   if (o.perceptual === "builtin") {
     // The train-perceptual stage's folder is also a stage input: its manifest hash is part of the
     // fingerprint, so a retrained network makes this run out of date.
     try {
-      return await loadBuiltinPerceptual(resolve(o["perceptual-dir"]!));
+      net = await loadBuiltinPerceptual(resolve(o["perceptual-dir"]));
     } catch (error) {
       return fail(`--perceptual-dir: ${(error as Error).message.replace(/^peco: /, "")}`);
     }
+  } else {
+    const path = resolve(o["perceptual-weights"]!);
+    const prefix = o["perceptual-prefix"] ?? "";
+    try {
+      const loaded = await loadPerceptualNet(o.perceptual as PerceptualKind, path, { prefix });
+      net = loaded.net;
+      log(
+        `${STAGE}: --perceptual ${o.perceptual}: ${JSON.stringify(loaded.config)} from ${path}` +
+          (loaded.ignored.length
+            ? `; set aside ${loaded.ignored.length}: ${summarizeNames(loaded.ignored, prefix)}`
+            : ""),
+      );
+    } catch (error) {
+      return fail(`--perceptual-weights: ${(error as Error).message.replace(/^peco: /, "")}`);
+    }
   }
-  const path = resolve(o["perceptual-weights"]!);
   try {
-    return (await loadPerceptualNet(o.perceptual as PerceptualKind, path)).net;
+    net.checkInputSize?.(size / pool, size / pool);
   } catch (error) {
-    return fail(`--perceptual-weights: ${(error as Error).message.replace(/^peco: /, "")}`);
+    net.dispose();
+    return fail(
+      `--perceptual ${o.perceptual}: ${(error as Error).message.replace(/^peco: /, "")} ` +
+        `(the --shards images${pool > 1 ? ` pooled by ${pool}` : ""})`,
+    );
   }
+  return net;
 }
 
 /**
@@ -273,7 +311,7 @@ async function perceptualPool(o: TrainTokenizerOptions, imageSize: number): Prom
   if (o.perceptual !== "builtin") return 1;
   try {
     const manifest = JSON.parse(
-      await Deno.readTextFile(join(resolve(o["perceptual-dir"]!), MANIFEST_FILE)),
+      await Deno.readTextFile(join(resolve(o["perceptual-dir"]), MANIFEST_FILE)),
     );
     const view = manifest?.summary?.viewSize?.[0];
     if (Number.isInteger(view) && view > 0 && view < imageSize && imageSize % view === 0) {
@@ -326,7 +364,13 @@ function resolveConfig(
     train,
     seed: o.seed,
     limit: o.limit ?? null,
-    perceptual: { kind: o.perceptual, lambda, weights, ...(pool > 1 ? { pool } : {}) },
+    perceptual: {
+      kind: o.perceptual,
+      lambda,
+      weights,
+      ...(o["perceptual-prefix"] ? { prefix: o["perceptual-prefix"] } : {}),
+      ...(pool > 1 ? { pool } : {}),
+    },
     disc,
     eval: {
       images: o["eval-images"],
@@ -417,7 +461,7 @@ export async function runTrainTokenizer(
   const pool = await perceptualPool(o, image.size);
   const config = resolveConfig(o, preset, image, weights, pool);
   const inputs: Record<string, string> = { shards: shards.dir };
-  if (o.perceptual === "builtin") inputs.perceptual = resolve(o["perceptual-dir"]!);
+  if (o.perceptual === "builtin") inputs.perceptual = resolve(o["perceptual-dir"]);
   const stage = { name: STAGE, out: o.out, config, inputs, force: o.force ?? false, log };
   if (!stage.force && await upToDate(o.out, config, inputs)) {
     const run = await beginStage(stage);
@@ -427,7 +471,7 @@ export async function runTrainTokenizer(
     throw new Error(`peco: ${STAGE}: ${run.out} changed while it was checked; run again`);
   }
   await initGpu();
-  const net = await openPerceptual(o);
+  const net = await openPerceptual(o, image.size, pool, log);
   try {
     const run = await beginStage(stage);
     if (run.status === "skip") {

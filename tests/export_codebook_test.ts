@@ -74,6 +74,8 @@ await runTrainTokenizer(
     "1",
     "--ckpt-every",
     "2",
+    "--perceptual",
+    "none",
     "--eval-images",
     "4",
     "--psnr-images",
