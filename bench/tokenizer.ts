@@ -13,7 +13,7 @@ import { VqVae } from "../lib/models/vqvae.ts";
 import { Adam } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
 import { keep, uniform } from "../lib/tensor/mod.ts";
-import { tokenizerStep, type TokenizerStepContext } from "../tasks/train_tokenizer.ts";
+import { tokenizerStep, type TokenizerStepContext } from "../lib/train/tokenizer_step.ts";
 
 interface Setup {
   preset: "mnist" | "paper";

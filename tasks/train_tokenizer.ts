@@ -15,7 +15,8 @@
 // Options for ablations: `--quantizer plain` (codebook learned by the codebook loss instead of EMA
 // updates) and the adversarial term of paper Table 10 (`--disc-weight 0.4 --disc-start STEP`): a
 // patch discriminator (lib/models/discriminator.ts, hinge loss, its own Adam) trained from
-// --disc-start on, its state in the checkpoint. An up-to-date output folder is recognised before
+// --disc-start on, its state in the checkpoint; the generator's term is weighted adaptively as in
+// taming's VQGAN (lib/train/adversarial.ts). The step itself is lib/train/tokenizer_step.ts. An up-to-date output folder is recognised before
 // the GPU is opened, so a skipped stage costs only reading the manifests.
 //
 // Least privilege (lib/cli/permissions.ts): started with --allow-read and --allow-run=deno, the
@@ -50,17 +51,11 @@ import {
   loadPerceptualNet,
   PERCEPTUAL_KINDS,
   type PerceptualKind,
-  perceptualLoss,
   type PerceptualModule,
   summarizeNames,
 } from "../lib/models/perceptual/mod.ts";
 import { loadBuiltinPerceptual } from "../lib/models/moco.ts";
-import {
-  discriminatorLayersFor,
-  generatorAdversarialLoss,
-  hingeDiscriminatorLoss,
-  PatchDiscriminator,
-} from "../lib/models/discriminator.ts";
+import { discriminatorLayersFor, PatchDiscriminator } from "../lib/models/discriminator.ts";
 import { CodeUsage, type QuantizerKind } from "../lib/models/quantizer.ts";
 import {
   TOKENIZER_PRESET_NAMES,
@@ -68,22 +63,14 @@ import {
   tokenizerPreset,
 } from "../lib/models/tokenizer_config.ts";
 import { downsampleFactor, resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
-import { Adam, clipGradNorm, warmupCosine } from "../lib/optim/mod.ts";
-import {
-  add,
-  avgPool2d,
-  backward,
-  concat,
-  l1Loss,
-  mean,
-  mseLoss,
-  mulScalar,
-  noGrad,
-  readAll,
-  type Tensor,
-  tidy,
-} from "../lib/tensor/mod.ts";
+import { Adam, warmupCosine } from "../lib/optim/mod.ts";
+import { noGrad, readAll, type Tensor, tidy } from "../lib/tensor/mod.ts";
 import { meanPsnr, perImageMse } from "../lib/train/psnr.ts";
+import {
+  tokenizerStep,
+  type TokenizerStepContext,
+  tokenizerStepTerms,
+} from "../lib/train/tokenizer_step.ts";
 
 const STAGE = "train-tokenizer";
 const PERCEPTUAL_CHOICES = ["none", "builtin", ...PERCEPTUAL_KINDS] as const;
@@ -131,7 +118,8 @@ export const trainTokenizerCommand = {
     },
     "disc-weight": {
       type: "number",
-      help: "weight of the adversarial term, 0 = off (paper: 0.4; default: preset)",
+      help:
+        "adversarial weight, times taming's adaptive weight; 0 = off (paper: 0.4; default: preset)",
     },
     "disc-start": {
       type: "number",
@@ -415,22 +403,6 @@ async function heldOut(val: SplitReader, count: number) {
   };
 }
 
-/** The perceptual network's input: grey repeated to RGB, average-pooled by `pool`. */
-function perceptualInput(x: Tensor, pool: number): Tensor {
-  const y = x.shape[1] === 3 ? x : concat([x, x, x], 1);
-  return pool > 1 ? avgPool2d(y, pool) : y;
-}
-
-/** Runs `fn` with the module's parameters frozen (no weight gradients recorded). */
-function frozen<T>(params: Tensor[], fn: () => T): T {
-  params.forEach((p) => p.requiresGrad = false);
-  try {
-    return fn();
-  } finally {
-    params.forEach((p) => p.requiresGrad = true);
-  }
-}
-
 /**
  * True when --out holds a finished run of exactly this config and inputs: decided from the
  * manifests alone, so that a skipped stage never opens the GPU (beginStage then confirms it).
@@ -481,57 +453,6 @@ export async function runTrainTokenizer(
   } finally {
     net?.dispose();
   }
-}
-
-/** What one training step needs (the stage and bench/tokenizer.ts share it). */
-export interface TokenizerStepContext {
-  model: VqVae;
-  optimizer: Adam;
-  train: Pick<TokenizerPreset["train"], "pixelLoss" | "clipNorm">;
-  perceptual: { net: PerceptualModule; lambda: number; pool: number } | null;
-  adversarial: { disc: PatchDiscriminator; optimizer: Adam; weight: number; start: number } | null;
-}
-
-/**
- * One training step on images x [B, C, H, W] in [−1, 1] (call it inside `tidy`): the VQ-VAE's
- * loss, backward, clipping and Adam step, then the discriminator's step when the adversarial term
- * is on. Returns the scalars of the metrics, in the order of the stage's term names: loss, pixel,
- * commitment, perceptual, grad_norm [, g_adv, d_loss, logits_real, logits_fake].
- */
-export function tokenizerStep(c: TokenizerStepContext, x: Tensor, step: number): Tensor[] {
-  const { model, optimizer, perceptual: p, adversarial: a } = c;
-  const out = model.forward(x);
-  const xhat = out.reconstruction;
-  const pixel = c.train.pixelLoss === "l1" ? l1Loss(xhat, x) : mseLoss(xhat, x);
-  const zero = () => mulScalar(pixel.detach(), 0);
-  let loss = add(pixel, out.loss);
-  let percep = zero();
-  if (p) {
-    percep = perceptualLoss(p.net, perceptualInput(x, p.pool), perceptualInput(xhat, p.pool));
-    loss = add(loss, mulScalar(percep, p.lambda));
-  }
-  const advOn = a !== null && step >= a.start;
-  let gAdv = zero();
-  if (advOn) {
-    // The generator's term: gradients reach x̂ through the discriminator, not its weights.
-    gAdv = frozen(a.disc.parameters(), () => generatorAdversarialLoss(a.disc.forward(xhat)));
-    loss = add(loss, mulScalar(gAdv, a.weight));
-  }
-  backward(loss);
-  const norm = clipGradNorm(model.parameters(), c.train.clipNorm);
-  optimizer.step();
-  optimizer.zeroGrad();
-  const terms = [loss, pixel, out.commitment, percep, norm];
-  if (!a) return terms;
-  if (!advOn) return [...terms, gAdv, zero(), zero(), zero()];
-  // The discriminator's step (hinge loss) on the real images and the detached x̂.
-  const real = a.disc.forward(x);
-  const fake = a.disc.forward(xhat.detach());
-  const dLoss = hingeDiscriminatorLoss(real, fake);
-  backward(dLoss);
-  a.optimizer.step();
-  a.optimizer.zeroGrad();
-  return [...terms, gAdv, dLoss, mean(real.detach()), mean(fake.detach())];
 }
 
 async function train(
@@ -652,16 +573,7 @@ async function train(
     epoch: Math.floor(first / loader.stepsPerEpoch),
     step: first % loader.stepsPerEpoch,
   });
-  const termNames = [
-    "loss",
-    "pixel",
-    "commitment",
-    "perceptual",
-    "grad_norm",
-    // The adversarial terms (only with a discriminator): the generator's −mean D(x̂), the
-    // discriminator's hinge loss and its mean logits on real and reconstructed images.
-    ...(disc ? ["g_adv", "d_loss", "logits_real", "logits_fake"] : []),
-  ];
+  const termNames = tokenizerStepTerms(disc !== null);
   const ctx: TokenizerStepContext = {
     model,
     optimizer,
@@ -754,7 +666,7 @@ async function train(
     pixel: last.pixel,
     perceptual: last.perceptual,
     commitment: last.commitment,
-    ...(disc ? { g_adv: last.g_adv, d_loss: last.d_loss } : {}),
+    ...(disc ? { g_adv: last.g_adv, d_weight: last.d_weight, d_loss: last.d_loss } : {}),
     peak_gpu_bytes: gpu().pool.stats.peakAllocated,
     eval_images: evalSet.n,
     psnr_images: psnrCount,

@@ -428,8 +428,10 @@ Deno.test("train-tokenizer: adversarial term + plain quantizer train and resume 
   const records = await readMetrics(join(parts, "metrics.jsonl"));
   assert.deepEqual(records.map((r) => r.step), [1, 2, 3]);
   assert.equal(records[0].d_loss, 0, "no discriminator before --disc-start");
+  assert.equal(records[0].d_weight, 0, "no adversarial term before --disc-start");
+  assert.ok((records[1].d_weight as number) > 0, `adaptive weight ${records[1].d_weight}`);
   for (const r of records.slice(1)) {
-    for (const key of ["g_adv", "d_loss", "logits_real", "logits_fake"]) {
+    for (const key of ["g_adv", "d_weight", "d_loss", "logits_real", "logits_fake"]) {
       assert.ok(Number.isFinite(r[key] as number), `${key} at step ${r.step}`);
     }
     assert.ok((r.d_loss as number) > 0, `d_loss ${r.d_loss}`);
