@@ -14,6 +14,7 @@ import {
   type PerceptualKind,
   summarizeNames,
 } from "../lib/models/perceptual/load.ts";
+import { VIT_B_DEFAULT } from "../lib/models/perceptual/vit.ts";
 import { randArray } from "./util.ts";
 
 const NAMES = "fixtures/perceptual/names";
@@ -83,15 +84,8 @@ const CASES: Case[] = [
     kind: "vit-b",
     list: "vit_base_patch16_224",
     ignored: "head.* (2)",
-    config: {
-      imageSize: 224,
-      patchSize: 16,
-      dim: 768,
-      depth: 12,
-      heads: 12,
-      mlpRatio: 4,
-      taps: [3, 6, 9, 12],
-    },
+    // ViT-B/16 at 224², as VIT_B_DEFAULT: every field read from the shapes.
+    config: { ...VIT_B_DEFAULT },
     taps: [[1, 768, 4, 4], [1, 768, 4, 4], [1, 768, 4, 4], [1, 768, 4, 4]],
   },
   {

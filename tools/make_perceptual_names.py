@@ -130,7 +130,7 @@ def main():
     path = os.path.join(os.path.dirname(out_dir.rstrip("/")) or ".", "pos_embed_resample.json")
     with open(path, "w") as f:
         json.dump({"source": f"torch {torch.__version__} F.interpolate bicubic antialias",
-                   "cases": resample_cases()}, f)
+                   "cases": resample_cases()}, f, indent=2)  # as `deno fmt` writes it
         f.write("\n")
     print(f"{path}: resampling references")
 
