@@ -4,9 +4,12 @@
 //   deno task train-tokenizer --shards runs/shard --out runs/tokenizer
 //   deno task train-tokenizer --shards runs/shard --out runs/tok-vgg --perceptual vgg16 \
 //     --perceptual-weights vgg16.safetensors --lambda 1
+//   deno task train-tokenizer --shards runs/photos --out runs/tok-moco --perceptual vit-b \
+//     --perceptual-weights moco_v3.safetensors --perceptual-prefix module.base_encoder.
 //
 // Everything is checked before training starts: the shards manifest, the image size against the
-// downsample factor, the perceptual weights (names and shapes). The output folder (--out) holds
+// downsample factor and the perceptual network's input, the perceptual weights (names and shapes;
+// lib/models/perceptual/load.ts). The output folder (--out) holds
 // checkpoint.safetensors (atomic, every --ckpt-every steps and at the end), metrics.jsonl (every
 // --log-every steps: each loss term, held-out PSNR, codebook usage and perplexity, lr, images/s,
 // peak GPU memory), grids/step_NNNNNN.png (held-out input | reconstruction, at every checkpoint)

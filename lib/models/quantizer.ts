@@ -1,7 +1,8 @@
 // Vector quantizer of the tokenizer (REFERENCE.md §1): nearest code per spatial position,
 // straight-through estimator, commitment loss, and a codebook learned either by EMA updates
 // (default: decay γ, Laplace smoothing, k-means initialisation, dead-code restart) or by gradient
-// through a codebook loss (the "plain" VQ-VAE quantizer, for ablations).
+// through a codebook loss (the "plain" VQ-VAE quantizer, for ablations). Codes seeded or restarted
+// from encoder outputs are perturbed slightly (`jitter`), so that no two codes are ever equal.
 //
 // Every codebook update runs on the GPU inside the step; the host never reads anything back
 // except `restore()` after a checkpoint load (one read of the `initted` flag). The state dict
