@@ -101,6 +101,7 @@ export async function main(argv = Deno.args): Promise<void> {
     await launchAndReport({
       config,
       out: resolve(options.out ?? config.out!),
+      source: options.quick ? "configs/demo-quick.json" : "configs/demo.json",
       ...launchFlags(options),
     });
   });

@@ -23,7 +23,7 @@
 // pretrain and --curves folders and --out; writes only --out.
 
 import { basename, join, resolve } from "node:path";
-import { type Parsed, UsageError } from "../lib/cli/args.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
 import { type MetricRecord, METRICS_FILE, readMetrics } from "../lib/cli/metrics.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
@@ -32,7 +32,6 @@ import {
   beginStage,
   failer,
   finishStage,
-  FORCE_OPTION,
   MANIFEST_FILE,
   type StageResult,
   type StageRun,
@@ -100,180 +99,33 @@ import {
 import { extractFeatures, trainLinearProbe } from "../lib/train/probe.ts";
 import { meanPsnr, perImageMse } from "../lib/train/psnr.ts";
 import { ssimPerImage } from "../lib/train/ssim.ts";
+import {
+  type ArmPaths,
+  armPaths,
+  checkEvaluateData,
+  checkEvaluateLabels,
+  checkEvaluateOptions,
+  evaluateCommand,
+  type EvaluateOptions,
+  finetuneWarmup,
+  maskRatios,
+  nonEmpty,
+} from "../lib/stages/evaluate_options.ts";
 
 const STAGE = "evaluate";
 const FIGURES = "figures";
 /** The real-image classifier's input: (x/255 − 0.5) / 0.5. */
 const HALF = { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] };
 
-export const evaluateCommand = {
-  usage: "deno task evaluate",
-  summary:
-    "Measures fine-tuning, linear probes, codeword semantics and reconstruction quality of\n" +
-    "tokenizer / pretrain runs on the held-out split; writes figures, report.md and report.json.\n" +
-    "Runs sandboxed: reads only the shards, the export / pretrain / curves folders and --out;\n" +
-    "writes only --out.",
-  options: {
-    shards: { type: "string", default: "runs/shard", help: "shard folder (deno task shard)" },
-    export: {
-      type: "string",
-      default: "runs/export",
-      help: "export-codebook folder(s), comma-separated, one per arm (the first is the main arm)",
-    },
-    pretrain: {
-      type: "string",
-      default: "runs/pretrain",
-      help: 'pretrain folder(s) of the arms in the same order ("" for none)',
-    },
-    labels: {
-      type: "string",
-      help: "arm names, comma-separated (default: the export folder names)",
-    },
-    curves: {
-      type: "string",
-      default: "",
-      help: "more stage folders whose metrics.jsonl to plot, comma-separated",
-    },
-    out: { type: "string", default: "runs/evaluate", help: "output folder" },
-    "finetune-steps": { type: "number", default: 150, help: "fine-tuning steps (both runs)" },
-    "finetune-batch": { type: "number", default: 32, help: "fine-tuning batch size" },
-    "finetune-lr": { type: "number", default: 2e-3, help: "fine-tuning peak lr (the head's)" },
-    "finetune-warmup": { type: "number", default: 15, help: "fine-tuning warmup steps" },
-    "layer-decay": { type: "number", default: 0.75, help: "layer-wise lr decay of fine-tuning" },
-    "label-smoothing": { type: "number", default: 0.1, help: "fine-tuning label smoothing" },
-    "drop-path": { type: "number", default: 0.1, help: "fine-tuning stochastic depth rate" },
-    "weight-decay": { type: "number", default: 0.05, help: "fine-tuning AdamW weight decay" },
-    "probe-train": { type: "number", default: 1500, help: "training images of every linear probe" },
-    "probe-epochs": { type: "number", default: 60, help: "linear probe epochs" },
-    "probe-batch": { type: "number", default: 256, help: "linear probe mini-batch" },
-    "probe-lr": { type: "number", default: 1e-2, help: "linear probe peak lr" },
-    "eval-images": {
-      type: "number",
-      default: 1000,
-      help: "held-out images of every measure (probes, PSNR/SSIM, top-1)",
-    },
-    "classifier-steps": {
-      type: "number",
-      default: 300,
-      help: "training steps of the real-image classifier",
-    },
-    "classifier-batch": { type: "number", default: 32, help: "its batch size" },
-    "classifier-width": {
-      type: "number",
-      default: 16,
-      help: "its width (channels of its first stage)",
-    },
-    "figure-images": { type: "number", default: 4, help: "images in the masked-prediction figure" },
-    "mask-ratios": { type: "string", default: "0.1,0.4,0.6", help: "mask ratios of that figure" },
-    batch: { type: "number", default: 100, help: "images per inference batch" },
-    seed: { type: "number", default: 0, help: "random seed of every measure" },
-    quiet: { type: "boolean", help: "no progress bars" },
-    force: { type: "boolean", help: FORCE_OPTION.help },
-  },
-} as const;
-
-export type EvaluateOptions = Parsed<typeof evaluateCommand.options>;
+export { evaluateCommand, type EvaluateOptions };
 
 export type EvaluateResult = StageResult;
 
 const fail: (what: string) => never = failer(STAGE);
 
-function list(value: string | undefined): string[] {
-  return (value ?? "").split(",").map((s) => s.trim());
-}
-
-function nonEmpty(value: string | undefined): string[] {
-  return list(value).filter((s) => s !== "");
-}
-
-interface ArmPaths {
-  label: string;
-  export: string;
-  pretrain: string | null;
-}
-
-/** The arms of the command line: export i with pretrain i (if any) and label i. */
-function armPaths(o: EvaluateOptions): ArmPaths[] {
-  const exports = list(o.export);
-  if (exports.some((e) => e === "")) {
-    throw new UsageError(`--export has an empty entry: "${o.export}"`);
-  }
-  const pretrains = o.pretrain.trim() === "" ? [] : list(o.pretrain);
-  if (pretrains.length > exports.length) {
-    throw new UsageError(
-      `--pretrain lists ${pretrains.length} folders for ${exports.length} --export arm(s)`,
-    );
-  }
-  const labels = o.labels === undefined ? exports.map((e) => basename(resolve(e))) : list(o.labels);
-  if (labels.length !== exports.length) {
-    throw new UsageError(
-      `--labels names ${labels.length} arm(s) but --export lists ${exports.length}`,
-    );
-  }
-  if (labels.some((l) => l === "") || new Set(labels).size !== labels.length) {
-    throw new UsageError(`--labels must be distinct and non-empty, got "${labels.join(",")}"`);
-  }
-  return exports.map((e, i) => ({
-    label: labels[i],
-    export: resolve(e),
-    pretrain: pretrains[i] ? resolve(pretrains[i]) : null,
-  }));
-}
-
-function maskRatios(o: EvaluateOptions): number[] {
-  const ratios = list(o["mask-ratios"]).map(Number);
-  if (!ratios.length || ratios.some((r) => !(r > 0 && r < 1))) {
-    throw new UsageError(`--mask-ratios must be numbers in (0, 1), got "${o["mask-ratios"]}"`);
-  }
-  return ratios;
-}
-
-/** Checks the numbers and lists of the command line (usage errors, exit 2). */
+/** Checks the options (usage errors, exit 2): every problem at once; the arms' folders. */
 function checkOptions(o: EvaluateOptions): ArmPaths[] {
-  const ints: [string, number, number][] = [
-    ["finetune-steps", o["finetune-steps"], 2],
-    ["finetune-batch", o["finetune-batch"], 1],
-    ["finetune-warmup", o["finetune-warmup"], 0],
-    ["probe-train", o["probe-train"], 10],
-    ["probe-epochs", o["probe-epochs"], 1],
-    ["probe-batch", o["probe-batch"], 1],
-    ["eval-images", o["eval-images"], 1],
-    ["classifier-steps", o["classifier-steps"], 2],
-    ["classifier-batch", o["classifier-batch"], 1],
-    ["classifier-width", o["classifier-width"], 2],
-    ["figure-images", o["figure-images"], 1],
-    ["batch", o.batch, 1],
-    ["seed", o.seed, 0],
-  ];
-  for (const [name, v, min] of ints) {
-    if (!Number.isInteger(v) || v < min) {
-      throw new UsageError(`--${name} must be an integer ≥ ${min}, got ${v}`);
-    }
-  }
-  if (o["finetune-warmup"] >= o["finetune-steps"]) {
-    throw new UsageError(
-      `--finetune-warmup ${o["finetune-warmup"]} must be below --finetune-steps ${
-        o["finetune-steps"]
-      }`,
-    );
-  }
-  const rates: [string, number, number, number][] = [
-    ["finetune-lr", o["finetune-lr"], 0, Infinity],
-    ["probe-lr", o["probe-lr"], 0, Infinity],
-    ["layer-decay", o["layer-decay"], 0, 1],
-  ];
-  for (const [name, v, lo, hi] of rates) {
-    if (!(v > lo && v <= hi)) throw new UsageError(`--${name} must be in (${lo}, ${hi}], got ${v}`);
-  }
-  const unit: [string, number][] = [
-    ["label-smoothing", o["label-smoothing"]],
-    ["drop-path", o["drop-path"]],
-    ["weight-decay", o["weight-decay"]],
-  ];
-  for (const [name, v] of unit) {
-    if (!(v >= 0 && v < 1)) throw new UsageError(`--${name} must be in [0, 1), got ${v}`);
-  }
-  maskRatios(o);
+  failOnProblems(checkEvaluateOptions(o));
   return armPaths(o);
 }
 
@@ -458,9 +310,10 @@ async function openInputs(o: EvaluateOptions, paths: ArmPaths[]): Promise<Inputs
   for (const split of ["train", "val"]) {
     if (!shards.splits[split]?.count) fail(`--shards ${dir} has no "${split}" images`);
   }
-  if (!shards.manifest.labelled || shards.manifest.classes.length < 2) {
-    fail(`--shards ${dir} is not labelled with ≥ 2 classes: nothing to classify`);
-  }
+  const data = checkEvaluateData(o, shards.splits.train.count);
+  if (data.length) fail(`--shards ${dir}: ${data[0].message}`);
+  const labels = checkEvaluateLabels(shards.manifest.labelled, shards.manifest.classes.length);
+  if (labels.length) fail(`--shards ${dir}: ${labels[0].message}`);
   const shardsRef = await stageFolder("--shards", dir, "shard");
   const arms: Arm[] = [];
   for (const [i, p] of paths.entries()) arms.push(await openArm(p, i, shards, shardsRef));
@@ -494,7 +347,7 @@ function resolveConfig(o: EvaluateOptions, inputs: Inputs) {
       steps: o["finetune-steps"],
       batch: o["finetune-batch"],
       lr: o["finetune-lr"],
-      warmupSteps: o["finetune-warmup"],
+      warmupSteps: finetuneWarmup(o),
       layerDecay: o["layer-decay"],
       labelSmoothing: o["label-smoothing"],
       dropPath: o["drop-path"],

@@ -80,6 +80,8 @@ export async function main(argv = Deno.args): Promise<void> {
       config,
       out: resolve(out),
       arms: lambdaArms(lambdas, perceptual),
+      source: options.config ??
+        (options.quick ? "configs/demo-quick.json" : "configs/demo.json"),
       ...launchFlags(options),
     });
   });

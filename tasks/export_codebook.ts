@@ -18,7 +18,7 @@
 // only --out.
 
 import { join, resolve } from "node:path";
-import { type Parsed, UsageError } from "../lib/cli/args.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
@@ -26,7 +26,6 @@ import {
   beginStage,
   failer,
   finishStage,
-  FORCE_OPTION,
   readStageManifest,
   type StageManifest,
   type StageResult,
@@ -62,6 +61,11 @@ import { sha256File } from "../lib/io/hash.ts";
 import { loadTrainedVqVae, Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { type ResolvedVqVaeConfig, resolveVqVaeConfig } from "../lib/models/vqvae.ts";
 import type { Tensor } from "../lib/tensor/tensor.ts";
+import {
+  checkExportCodebookOptions,
+  exportCodebookCommand,
+  type ExportCodebookOptions,
+} from "../lib/stages/export_codebook_options.ts";
 
 const STAGE = "export-codebook";
 /** The train-tokenizer stage's input normalisation: (x/255 − 0.5) / 0.5 (its HALF). */
@@ -69,57 +73,14 @@ const HALF = 0.5;
 const TOKENS_DIR = "tokens";
 const FIGURES_DIR = "figures";
 
-export const exportCodebookCommand = {
-  usage: "deno task export-codebook",
-  summary: "Exports a trained tokenizer (one safetensors file), tokenises the shards into token\n" +
-    "shards, and reports codebook usage with patches per code. Runs sandboxed: reads only the\n" +
-    "tokenizer run, the shards and --out; writes only --out.",
-  options: {
-    tokenizer: {
-      type: "string",
-      default: "runs/tokenizer",
-      help: "train-tokenizer output folder",
-    },
-    shards: { type: "string", default: "runs/shard", help: "shard folder to tokenise" },
-    out: { type: "string", default: "runs/export", help: "output folder" },
-    "patches-codes": {
-      type: "number",
-      default: 16,
-      help: "codes shown as patch grids (half most frequent, half random used codes)",
-    },
-    "patches-per-code": { type: "number", default: 25, help: "patches per code grid" },
-    "patch-margin": {
-      type: "number",
-      help: "pixels of context around a token's cell (default: half the downsample factor)",
-    },
-    batch: { type: "number", default: 64, help: "images per tokenisation batch" },
-    "per-shard": { type: "number", default: 10000, help: "records per token shard" },
-    limit: { type: "number", help: "tokenise only the first N images of each split (quick looks)" },
-    seed: { type: "number", default: 0, help: "seed of the random codes and patches" },
-    quiet: { type: "boolean", help: "no progress bar" },
-    force: { type: "boolean", help: FORCE_OPTION.help },
-  },
-} as const;
-
-export type ExportCodebookOptions = Parsed<typeof exportCodebookCommand.options>;
+export { exportCodebookCommand, type ExportCodebookOptions };
 
 export type ExportCodebookResult = StageResult;
 
 const fail: (what: string) => never = failer(STAGE);
 
 function checkOptions(o: ExportCodebookOptions): void {
-  const int = (name: keyof ExportCodebookOptions, v: number | undefined, min: number) => {
-    if (v !== undefined && (!Number.isInteger(v) || v < min)) {
-      throw new UsageError(`--${name} must be an integer ≥ ${min}, got ${v}`);
-    }
-  };
-  int("patches-codes", o["patches-codes"], 0);
-  int("patches-per-code", o["patches-per-code"], 1);
-  int("patch-margin", o["patch-margin"], 0);
-  int("batch", o.batch, 1);
-  int("limit", o.limit, 1);
-  int("per-shard", o["per-shard"], 1);
-  int("seed", o.seed, 0);
+  failOnProblems(checkExportCodebookOptions(o));
 }
 
 /** The paths the sandboxed stage may read and write. */

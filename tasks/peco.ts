@@ -9,10 +9,18 @@
 // write access to its --out only. Under `deno run` the sandbox is a child `deno run` with exactly
 // those flags; in a compiled binary, whose permissions Deno fixes at compile time, it is the
 // binary itself in its internal `__sandbox` mode, which runs the stage in a Worker limited to
-// those paths (lib/cli/sandbox_worker.ts).
+// those paths (lib/cli/sandbox_worker.ts). `deno task peco …` runs this entry under `deno run`
+// with exactly the binary's permissions and `--as-binary`, so it takes the binary's code paths
+// (Worker sandboxes included) without compiling.
 
 import { parseOrExit, runTask } from "../lib/cli/args.ts";
-import { runSandboxed, SANDBOX_SUBCOMMAND, type StageAccess } from "../lib/cli/permissions.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
+import {
+  emulateBinary,
+  runSandboxed,
+  SANDBOX_SUBCOMMAND,
+  type StageAccess,
+} from "../lib/cli/permissions.ts";
 import { inWorker, runStageInWorker, serveStageRequest } from "../lib/cli/sandbox_worker.ts";
 import { STAGES } from "./pipeline.ts";
 
@@ -44,9 +52,10 @@ export function subcommands(): string[] {
 
 async function runStage(stage: string, args: string[]): Promise<void> {
   const def = STAGES[stage];
-  const { command, access } = await def.load();
+  const { command, access, check } = await def.load();
   const options = parseOrExit({ ...command, usage: `peco ${stage}` }, args);
   await runTask(`peco ${stage}`, async () => {
+    failOnProblems(check(options)); // every problem at once, before the sandbox starts
     Deno.exit(await runSandboxed(def.script, args, access(options)));
   });
 }
@@ -63,8 +72,15 @@ async function sandboxChild(rest: string[]): Promise<void> {
   Deno.exit(await runStageInWorker(new URL(import.meta.url), script, args, access));
 }
 
+/** `peco --as-binary <command> …` under `deno run`: the compiled binary's sandboxes, uncompiled. */
+const AS_BINARY = "--as-binary";
+
 export async function main(argv = Deno.args): Promise<void> {
   const [name, ...rest] = argv;
+  if (name === AS_BINARY) {
+    emulateBinary(new URL(import.meta.url));
+    return await main(rest);
+  }
   if (name === SANDBOX_SUBCOMMAND) return await sandboxChild(rest);
   if (name && name in STAGES) return await runStage(name, rest);
   if (name && name in COMMANDS) return await (await COMMANDS[name]()).main(rest);

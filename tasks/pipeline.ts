@@ -15,15 +15,24 @@ import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.t
 import {
   type Arm,
   chainSteps,
+  checkSteps,
   describeStep,
   type PipelineResult,
-  prepareSteps,
+  problemLines,
   runPipeline,
   type StageRegistry,
   stageSchemas,
+  type StepProblem,
   WIRED,
 } from "../lib/cli/pipeline.ts";
 import { type PipelineConfig, readConfig, validateConfigFile } from "../lib/cli/pipeline_config.ts";
+import { checkShardOptions } from "../lib/stages/shard_options.ts";
+import { checkTrainPerceptualOptions } from "../lib/stages/train_perceptual_options.ts";
+import { checkTrainTokenizerOptions } from "../lib/stages/train_tokenizer_options.ts";
+import { checkExportCodebookOptions } from "../lib/stages/export_codebook_options.ts";
+import { checkPretrainOptions } from "../lib/stages/pretrain_options.ts";
+import { checkEvaluateOptions } from "../lib/stages/evaluate_options.ts";
+import { checkImpliedInputs } from "../lib/stages/chain_checks.ts";
 
 /** Every stage the pipeline can run: its task file, loaded only when used. */
 export const STAGES: StageRegistry = {
@@ -32,7 +41,12 @@ export const STAGES: StageRegistry = {
     script: new URL("./shard.ts", import.meta.url),
     load: async () => {
       const m = await import("./shard.ts");
-      return { command: m.shardCommand, access: m.shardAccess, run: m.runShard };
+      return {
+        command: m.shardCommand,
+        access: m.shardAccess,
+        run: m.runShard,
+        check: checkShardOptions,
+      };
     },
   },
   "train-perceptual": {
@@ -44,6 +58,7 @@ export const STAGES: StageRegistry = {
         command: m.trainPerceptualCommand,
         access: m.trainPerceptualAccess,
         run: m.runTrainPerceptual,
+        check: checkTrainPerceptualOptions,
       };
     },
   },
@@ -56,6 +71,7 @@ export const STAGES: StageRegistry = {
         command: m.trainTokenizerCommand,
         access: m.trainTokenizerAccess,
         run: m.runTrainTokenizer,
+        check: checkTrainTokenizerOptions,
       };
     },
   },
@@ -68,6 +84,7 @@ export const STAGES: StageRegistry = {
         command: m.exportCodebookCommand,
         access: m.exportCodebookAccess,
         run: m.runExportCodebook,
+        check: checkExportCodebookOptions,
       };
     },
   },
@@ -76,7 +93,12 @@ export const STAGES: StageRegistry = {
     script: new URL("./pretrain.ts", import.meta.url),
     load: async () => {
       const m = await import("./pretrain.ts");
-      return { command: m.pretrainCommand, access: m.pretrainAccess, run: m.runPretrain };
+      return {
+        command: m.pretrainCommand,
+        access: m.pretrainAccess,
+        run: m.runPretrain,
+        check: checkPretrainOptions,
+      };
     },
   },
   "evaluate": {
@@ -84,7 +106,12 @@ export const STAGES: StageRegistry = {
     script: new URL("./evaluate.ts", import.meta.url),
     load: async () => {
       const m = await import("./evaluate.ts");
-      return { command: m.evaluateCommand, access: m.evaluateAccess, run: m.runEvaluate };
+      return {
+        command: m.evaluateCommand,
+        access: m.evaluateAccess,
+        run: m.runEvaluate,
+        check: checkEvaluateOptions,
+      };
     },
   },
 };
@@ -134,16 +161,40 @@ export interface LaunchOptions {
   quiet?: boolean;
   json?: boolean;
   dryRun?: boolean;
+  /** The config's file, named in the problem lines. */
+  source?: string;
+}
+
+/**
+ * Every problem of every step before any runs: each stage's own check of its options (the one it
+ * runs at its start), then the rules between a stage's options and its inputs, checked against
+ * what the earlier stages' options imply (or deferred when they imply too little).
+ */
+export async function checkChain(o: Pick<LaunchOptions, "config" | "out" | "arms">) {
+  const chain = chainSteps(o.config, resolve(o.out), Object.keys(STAGES), o.arms);
+  const { steps, problems } = await checkSteps(chain, STAGES);
+  const implied = checkImpliedInputs(steps, problems);
+  // In the order of the steps: the first stage's problems first.
+  const order = (p: StepProblem) => chain.findIndex((s) => s.id === p.step.id);
+  const all = [...problems, ...implied.problems].sort((a, b) => order(a) - order(b));
+  return { steps, problems: all, deferred: implied.deferred };
 }
 
 /** Builds, checks and runs the chain of a validated config. */
 export async function launch(o: LaunchOptions): Promise<PipelineResult | null> {
-  const steps = await prepareSteps(
-    chainSteps(o.config, resolve(o.out), Object.keys(STAGES), o.arms),
-    STAGES,
-  );
+  const { steps, problems, deferred } = await checkChain(o);
+  const where = o.source ? `${o.source}: ` : "";
+  if (problems.length) {
+    const lines = problemLines(problems);
+    for (const line of lines) console.error(`peco: pipeline: ${where}${line}`);
+    throw new Error(
+      `peco: pipeline: ${where}${lines.length} problem${lines.length > 1 ? "s" : ""} in the ` +
+        `config (listed above); no stage was run`,
+    );
+  }
   if (o.dryRun) {
     for (const step of steps) console.log(describeStep(step));
+    for (const line of deferred) console.log(`# checked when the stage starts: ${line}`);
     return null;
   }
   return await runPipeline(steps, { quiet: o.quiet, json: o.json });
@@ -157,6 +208,7 @@ export async function main(argv = Deno.args): Promise<void> {
     const result = await launch({
       config,
       out: options.out ?? config.out ?? "runs/pipeline",
+      source: options.config,
       ...launchFlags(options),
     });
     if (result) Deno.exit(result.code);

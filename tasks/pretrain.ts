@@ -28,7 +28,7 @@
 // task re-runs itself reading only the two input folders and --out and writing only --out.
 
 import { join, resolve } from "node:path";
-import { checkInteger, type Parsed, UsageError } from "../lib/cli/args.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
 import { METRICS_FILE, MetricsWriter, readStepMeans } from "../lib/cli/metrics.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
@@ -39,7 +39,6 @@ import {
   finishStage,
   MANIFEST_FILE,
   type StageResult,
-  trainingRunOptions,
 } from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../lib/data/token_shards.ts";
@@ -61,11 +60,9 @@ import { sha256File } from "../lib/io/hash.ts";
 import {
   Beit,
   BEIT_MODEL_FILE,
-  BEIT_PRESET_NAMES,
   type BeitConfig,
   type BeitImageSpec,
   type BeitPresetName,
-  resolveBeitConfig,
   saveBeit,
 } from "../lib/models/beit.ts";
 import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
@@ -73,7 +70,14 @@ import { AdamW, clipGradNorm, paramGroups, warmupCosine } from "../lib/optim/mod
 import { Rng } from "../lib/tensor/init.ts";
 import { backward, readAll, type Tensor, tensor, tidy } from "../lib/tensor/mod.ts";
 import {
-  AUGMENT_MODES,
+  checkPretrainData,
+  checkPretrainOptions,
+  checkPretrainTokenCounts,
+  pretrainCommand,
+  type PretrainOptions,
+  resolvePretrainGeometry,
+} from "../lib/stages/pretrain_options.ts";
+import {
   augmentConfig,
   type AugmentMode,
   CodeHistogram,
@@ -81,7 +85,6 @@ import {
   maskedPositions,
   maskingGenerator,
   type MaskSpec,
-  maskSpec,
   mimLoss,
   mostFrequent,
   PRETRAIN_TRAIN_PRESETS,
@@ -93,71 +96,7 @@ const TOKENS_DIR = "tokens";
 /** The ViT's input normalisation: [0, 1] → [−1, 1] per channel (as the tokenizer's). */
 const HALF = 0.5;
 
-export const pretrainCommand = {
-  usage: "deno task pretrain",
-  summary: "BEiT-style masked image modelling of the tokenizer's codes (a ViT) into --out.\n" +
-    "Runs sandboxed: reads only --shards, --tokenizer and --out; writes only --out.",
-  options: {
-    shards: { type: "string", default: "runs/shard", help: "shard folder (deno task shard)" },
-    tokenizer: {
-      type: "string",
-      default: "runs/export",
-      help: "export-codebook folder (tokenizer.safetensors, tokens/)",
-    },
-    out: { type: "string", default: "runs/pretrain", help: "output folder" },
-    preset: {
-      type: "string",
-      default: "mnist",
-      choices: BEIT_PRESET_NAMES,
-      help: "ViT size and training defaults (mnist, tiny, small, base)",
-    },
-    "image-size": { type: "number", help: "ViT input side (default: the shards' image size)" },
-    "patch-size": { type: "number", help: "patch side (default: preset)" },
-    dim: { type: "number", help: "width (default: preset)" },
-    depth: { type: "number", help: "blocks (default: preset)" },
-    heads: { type: "number", help: "attention heads (default: preset)" },
-    pos: {
-      type: "string",
-      choices: ["abs", "rel"],
-      help: "position encoding: abs (learned embeddings) or rel (BEiT's shared relative bias); " +
-        "default: preset (mnist abs, others rel)",
-    },
-    "drop-path": { type: "number", help: "stochastic depth rate (default: preset)" },
-    steps: { type: "number", help: "training steps (default: preset)" },
-    batch: { type: "number", help: "batch size (default: preset)" },
-    lr: { type: "number", help: "peak learning rate (default: preset)" },
-    warmup: { type: "number", help: "warmup steps (default: preset, capped at steps/2)" },
-    augment: {
-      type: "string",
-      choices: AUGMENT_MODES,
-      help: "crop/flip/jitter shared by both views: none, crop (mild), beit (default: preset)",
-    },
-    "mask-ratio": {
-      type: "number",
-      help: "share of patches masked per image (default BEiT's 75/196)",
-    },
-    "mask-patches": { type: "number", help: "patches masked per image (instead of --mask-ratio)" },
-    "min-block": {
-      type: "number",
-      help: "smallest mask block (default BEiT's 16/196 of the grid)",
-    },
-    tokens: {
-      type: "boolean",
-      help: "use the export folder's token shards instead of running the tokenizer " +
-        "(only with --augment none)",
-    },
-    seed: { type: "number", default: 0, help: "random seed" },
-    limit: { type: "number", help: "train on the first N training images only (tests)" },
-    "eval-images": {
-      type: "number",
-      default: 256,
-      help: "held-out images of the fixed masked evaluation set",
-    },
-    ...trainingRunOptions(50, 200),
-  },
-} as const;
-
-export type PretrainOptions = Parsed<typeof pretrainCommand.options>;
+export { pretrainCommand, type PretrainOptions };
 
 /** The resolved, fingerprinted config of a run. */
 export interface PretrainConfig {
@@ -178,51 +117,9 @@ export type PretrainResult = StageResult;
 
 const fail: (what: string) => never = failer(STAGE);
 
-/** Checks the numbers and combinations of the command line (usage errors, exit 2). */
+/** Checks the options (usage errors, exit 2): every problem at once. */
 function checkOptions(o: PretrainOptions): void {
-  for (
-    const name of [
-      "steps",
-      "batch",
-      "limit",
-      "eval-images",
-      "log-every",
-      "ckpt-every",
-      "stop-at",
-      "image-size",
-      "patch-size",
-      "dim",
-      "depth",
-      "heads",
-      "mask-patches",
-      "min-block",
-    ] as const
-  ) checkInteger(name, o[name]);
-  checkInteger("warmup", o.warmup, 0);
-  checkInteger("seed", o.seed, 0);
-  if (o["ckpt-every"] % o["log-every"] !== 0) {
-    throw new UsageError(
-      `--ckpt-every ${o["ckpt-every"]} must be a multiple of --log-every ${o["log-every"]} ` +
-        `(a checkpoint is written only after its losses were read and checked)`,
-    );
-  }
-  if (o.lr !== undefined && !(o.lr > 0)) throw new UsageError(`--lr must be > 0, got ${o.lr}`);
-  if (o["mask-ratio"] !== undefined && o["mask-patches"] !== undefined) {
-    throw new UsageError("give --mask-ratio or --mask-patches, not both");
-  }
-  if (o["mask-ratio"] !== undefined && !(o["mask-ratio"] > 0 && o["mask-ratio"] < 1)) {
-    throw new UsageError(`--mask-ratio must be in (0, 1), got ${o["mask-ratio"]}`);
-  }
-  if (o["drop-path"] !== undefined && !(o["drop-path"] >= 0 && o["drop-path"] < 1)) {
-    throw new UsageError(`--drop-path must be in [0, 1), got ${o["drop-path"]}`);
-  }
-  const augment = o.augment ?? PRETRAIN_TRAIN_PRESETS[o.preset as BeitPresetName].augment;
-  if (o.tokens && augment !== "none") {
-    throw new UsageError(
-      `--tokens holds the codes of the stored images only: it needs --augment none ` +
-        `(got ${augment}${o.augment ? "" : ", the preset's default"})`,
-    );
-  }
+  failOnProblems(checkPretrainOptions(o));
 }
 
 /** The paths the sandboxed stage may read and write. */
@@ -244,12 +141,16 @@ async function openInputs(o: PretrainOptions) {
   for (const split of ["train", "val"]) {
     if (!shards.splits[split]?.count) fail(`--shards ${shards.dir} has no "${split}" images`);
   }
+  const data = checkPretrainData(o, shards.splits.train.count);
+  if (data.length) fail(`--shards ${shards.dir}: ${data[0].message}`);
   const exportDir = resolve(o.tokenizer);
   try {
     await Deno.stat(join(exportDir, MANIFEST_FILE));
-  } catch {
+  } catch (error) {
     fail(
-      `--tokenizer ${exportDir} has no ${MANIFEST_FILE} (not a finished export-codebook folder)`,
+      error instanceof Deno.errors.NotFound
+        ? `--tokenizer ${exportDir} has no ${MANIFEST_FILE} (not a finished export-codebook folder)`
+        : `--tokenizer ${exportDir}: cannot read ${MANIFEST_FILE} (${(error as Error).message})`,
     );
   }
   const { channels, height, width } = shards.manifest.image;
@@ -279,20 +180,12 @@ async function openInputs(o: PretrainOptions) {
     }
     // Token shards hold the first images of each split (all of them, or export's --limit):
     // enough for the training images used (--limit) and the held-out set.
-    const needed: Record<string, number> = {
-      train: Math.min(o.limit ?? Infinity, shards.splits.train.count),
-      val: Math.min(o["eval-images"], shards.splits.val.count),
-    };
-    for (const split of ["train", "val"]) {
-      const t = set.splits[split];
-      if (!t || t.count < needed[split]) {
-        fail(
-          `token shards ${dir}: split "${split}" holds ${t?.count ?? 0} records, the run needs ` +
-            `the first ${needed[split]} of --shards' ${shards.splits[split].count}` +
-            (split === "train" && o.limit === undefined ? " (or pass --limit)" : ""),
-        );
-      }
-    }
+    const problems = checkPretrainTokenCounts(
+      o,
+      { train: shards.splits.train.count, val: shards.splits.val.count },
+      { train: set.splits.train?.count ?? 0, val: set.splits.val?.count ?? 0 },
+    );
+    if (problems.length) fail(`token shards ${dir}: ${problems[0].message}`);
     trainTokens = set.splits.train;
     valTokens = set.splits.val;
     tokenGrid = [...set.manifest.grid];
@@ -301,8 +194,12 @@ async function openInputs(o: PretrainOptions) {
     const path = join(exportDir, TOKENIZER_FILE);
     try {
       await Deno.stat(path);
-    } catch {
-      fail(`--tokenizer ${exportDir} has no ${TOKENIZER_FILE}`);
+    } catch (error) {
+      fail(
+        error instanceof Deno.errors.NotFound
+          ? `--tokenizer ${exportDir} has no ${TOKENIZER_FILE}`
+          : `--tokenizer ${exportDir}: cannot read ${TOKENIZER_FILE} (${(error as Error).message})`,
+      );
     }
     await initGpu();
     try {
@@ -340,38 +237,15 @@ type Inputs = Awaited<ReturnType<typeof openInputs>>;
 function resolveConfig(o: PretrainOptions, inputs: Inputs): PretrainConfig {
   const preset = o.preset as BeitPresetName;
   const defaults = PRETRAIN_TRAIN_PRESETS[preset];
-  const imageSize = o["image-size"] ?? inputs.image.size;
-  let model: BeitConfig;
-  try {
-    model = resolveBeitConfig({
-      preset,
-      imageSize,
-      inChannels: inputs.image.channels,
-      vocabSize: inputs.codebookSize,
-      patchSize: o["patch-size"],
-      dim: o.dim,
-      depth: o.depth,
-      heads: o.heads,
-      dropPath: o["drop-path"],
-      relPosBias: o.pos === undefined ? undefined : o.pos === "rel",
-    });
-  } catch (error) {
-    return fail(message(error));
-  }
-  const grid = imageSize / model.patchSize;
-  const [th, tw] = inputs.tokenGrid;
-  if (th !== grid || tw !== grid) {
-    fail(
-      `the tokenizer's token grid ${th}×${tw} (${inputs.exportDir}) ≠ the ViT's patch grid ` +
-        `${grid}×${grid} (image ${imageSize}, patch ${model.patchSize}): choose --image-size / ` +
-        `--patch-size so that image/patch = ${th}`,
-    );
-  }
-  if (o.tokens && imageSize !== inputs.image.size) {
-    fail(
-      `--tokens: the token shards hold codes of ${inputs.image.size}² images; --image-size ${imageSize} would crop differently`,
-    );
-  }
+  const { geometry, problems } = resolvePretrainGeometry(o, {
+    imageSize: inputs.image.size,
+    channels: inputs.image.channels,
+    tokenGrid: inputs.tokenGrid,
+    vocabSize: inputs.codebookSize,
+  });
+  if (!geometry) return fail(`${problems[0].message} (--tokenizer ${inputs.exportDir})`);
+  const { model, mask } = geometry;
+  const imageSize = model.imageSize;
   const steps = o.steps ?? defaults.steps;
   const train: PretrainTrainConfig = {
     ...defaults,
@@ -381,16 +255,6 @@ function resolveConfig(o: PretrainOptions, inputs: Inputs): PretrainConfig {
     warmupSteps: Math.min(o.warmup ?? defaults.warmupSteps, Math.floor(steps / 2)),
     augment: (o.augment as AugmentMode | undefined) ?? defaults.augment,
   };
-  let mask: MaskSpec;
-  try {
-    mask = maskSpec([grid, grid], {
-      ratio: o["mask-ratio"],
-      patches: o["mask-patches"],
-      minBlock: o["min-block"],
-    });
-  } catch (error) {
-    throw new UsageError(message(error).replace(/^mask: /, ""));
-  }
   const c = inputs.image.channels;
   return {
     preset,
@@ -516,7 +380,7 @@ async function train(
         `(min block ${config.mask.minBlock}), targets from ${
           lookup ? "token shards" : "the tokenizer"
         }; ` +
-        `steps ${first}→${t.steps} of ${t.batch}; held-out ${heldOut.images} images`,
+        `steps ${first}→${t.steps}, batch ${t.batch}; held-out ${heldOut.images} images`,
     );
 
     const progress = new Progress({ label: STAGE, total: t.steps, unit: "step", quiet: o.quiet });

@@ -20,14 +20,15 @@
 // a different run (manifest or journal with another key) or foreign files is refused with a
 // one-line error before anything is written.
 
-import { join, resolve } from "node:path";
-import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
+import { join } from "node:path";
+import { parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
 import { isLauncher, runSandboxed, type StageAccess } from "../lib/cli/permissions.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
-import { DEFAULT_MAX_PIXELS, ImageDecodeError } from "../lib/data/decode.ts";
-import { RESIZE_POLICIES, type ResizePolicy } from "../lib/data/resize.ts";
+import { ImageDecodeError } from "../lib/data/decode.ts";
+import { type ResizePolicy } from "../lib/data/resize.ts";
 import {
   MANIFEST_FILE,
   openShards,
@@ -43,56 +44,24 @@ import {
 import {
   inputReadPaths,
   type InputSpec,
-  isInside,
   type Item,
   itemName,
   loadItem,
   openSource,
-  parseInputSpec,
   planSplits,
   type Source,
   type SplitName,
   SPLITS,
 } from "../lib/data/sources.ts";
+import {
+  checkShardOptions,
+  shardCommand,
+  type ShardOptions,
+  shardPaths,
+  VAL_FRACTION_WITH_VAL,
+} from "../lib/stages/shard_options.ts";
 
-export const shardCommand = {
-  usage: "deno task shard",
-  summary: "Ingests images (a folder, MNIST or an IDX pair) into verified binary shards and a " +
-    "manifest.json in --out.\nRuns sandboxed: reads only the input and --out, writes only --out.",
-  options: {
-    input: {
-      type: "string",
-      default: "mnist",
-      help:
-        'image folder (class sub-folders, flat, or train/ val/), "mnist", or idx:IMAGES[,LABELS]',
-    },
-    out: { type: "string", default: "runs/shard", help: "output folder" },
-    size: { type: "number", help: "output size in pixels (default: native for mnist/idx, 224)" },
-    resize: {
-      type: "string",
-      default: "crop",
-      choices: RESIZE_POLICIES,
-      help: "crop: shorter side to --size then centre crop; pad: longer side then black borders",
-    },
-    channels: { type: "number", help: "1 (grey) or 3 (RGB) (default: 1 for mnist/idx, 3)" },
-    "val-fraction": {
-      type: "number",
-      help: "fraction of train held out as val (default 0.1; not for inputs with their own val)",
-    },
-    "per-shard": { type: "number", default: 1024, help: "images per shard" },
-    limit: { type: "number", help: "use at most this many images per split" },
-    seed: { type: "number", default: 0, help: "seed of the val split and of the shard order" },
-    strict: { type: "boolean", help: "fail on the first rejected input instead of skipping it" },
-    "max-pixels": {
-      type: "number",
-      default: DEFAULT_MAX_PIXELS,
-      help: "refuse images with more pixels (width × height; decompression-bomb guard)",
-    },
-    quiet: { type: "boolean", help: "no progress bar" },
-  },
-} as const;
-
-export type ShardOptions = Parsed<typeof shardCommand.options>;
+export { shardCommand, type ShardOptions };
 
 /** The run's resolved configuration (recorded in the manifest). */
 export interface ShardConfig {
@@ -127,36 +96,10 @@ function fail(what: string): never {
   throw new Error(`peco: shard: ${what}`);
 }
 
-function positiveInt(name: string, v: number | undefined): void {
-  if (v !== undefined && (!Number.isSafeInteger(v) || v < 1)) {
-    throw new UsageError(`--${name} must be a positive integer, got ${v}`);
-  }
-}
-
 /** Validates options and resolves paths; the launcher and the stage share it. */
 export function resolveOptions(o: ShardOptions): { spec: InputSpec; out: string } {
-  positiveInt("size", o.size);
-  positiveInt("per-shard", o["per-shard"]);
-  positiveInt("limit", o.limit);
-  positiveInt("max-pixels", o["max-pixels"]);
-  if (o.channels !== undefined && o.channels !== 1 && o.channels !== 3) {
-    throw new UsageError(`--channels must be 1 or 3, got ${o.channels}`);
-  }
-  const f = o["val-fraction"];
-  if (f !== undefined && !(f >= 0 && f < 1)) {
-    throw new UsageError(`--val-fraction must be in [0, 1), got ${f}`);
-  }
-  if (!Number.isSafeInteger(o.seed)) {
-    throw new UsageError(`--seed must be an integer, got ${o.seed}`);
-  }
-  const spec = parseInputSpec(o.input);
-  const out = resolve(o.out);
-  for (const p of inputReadPaths(spec)) {
-    if (isInside(out, p) || isInside(p, out)) {
-      throw new UsageError(`--out ${out} and the input ${p} must not contain one another`);
-    }
-  }
-  return { spec, out };
+  failOnProblems(checkShardOptions(o));
+  return shardPaths(o)!;
 }
 
 /** What the stage needs: read its input and its output folder, write its output folder. */
@@ -267,9 +210,7 @@ async function removeOurs(out: string, names: string[]): Promise<void> {
 function resolveConfig(o: ShardOptions, source: Source, spec: InputSpec, out: string): ShardConfig {
   const native = source.native;
   if (o["val-fraction"] !== undefined && o["val-fraction"] > 0 && source.splits.val) {
-    throw new UsageError(
-      `the input has its own val split; --val-fraction applies only to inputs without one`,
-    );
+    throw new UsageError(VAL_FRACTION_WITH_VAL);
   }
   return {
     input: o.input,

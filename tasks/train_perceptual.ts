@@ -17,12 +17,12 @@
 // Least privilege as tasks/shard.ts: reads the shards and --out, writes only --out.
 
 import { join, resolve } from "node:path";
-import { type Parsed, UsageError } from "../lib/cli/args.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { METRICS_FILE, MetricsWriter } from "../lib/cli/metrics.ts";
-import { beginStage, finishStage, FORCE_OPTION, type StageRun } from "../lib/cli/stage.ts";
+import { beginStage, finishStage, type StageRun } from "../lib/cli/stage.ts";
 import { gpu, initGpu } from "../lib/gpu/device.ts";
 import { fmtBytes } from "../lib/gpu/pool.ts";
 import {
@@ -49,50 +49,16 @@ import {
 import { AdamW, warmupCosine } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
 import { backward, concat, noGrad, readAll, type Tensor, tidy } from "../lib/tensor/mod.ts";
+import {
+  checkTrainPerceptualImages,
+  checkTrainPerceptualOptions,
+  trainPerceptualCommand,
+  type TrainPerceptualOptions,
+} from "../lib/stages/train_perceptual_options.ts";
 
 export const STAGE = "train-perceptual";
 
-export const trainPerceptualCommand = {
-  usage: "deno task train-perceptual",
-  summary: "Trains the built-in perceptual network (small CNN, MoCo v3, no labels) on a shard " +
-    "folder's train split\nand reports a k-NN accuracy of its frozen features on the held-out " +
-    "split. Runs sandboxed: reads --shards and --out, writes only --out.",
-  options: {
-    shards: { type: "string", help: "shard folder (deno task shard) with train and val splits" },
-    out: { type: "string", default: "runs/perceptual", help: "output folder" },
-    steps: { type: "number", default: 120, help: "training steps" },
-    size: {
-      type: "number",
-      help: "render views at size×size (default: half the side for square images up to 32 px, " +
-        "else native)",
-    },
-    batch: { type: "number", default: 64, help: "images per step (each seen in two views)" },
-    lr: { type: "number", default: 2e-3, help: "peak learning rate (AdamW, warmup + cosine)" },
-    "weight-decay": { type: "number", default: 1e-4, help: "AdamW weight decay" },
-    tau: { type: "number", default: 0.2, help: "InfoNCE temperature" },
-    momentum: { type: "number", default: 0.99, help: "base EMA momentum (cosine schedule to 1)" },
-    "crop-min": {
-      type: "number",
-      default: 0.3,
-      help: "smallest crop area (fraction of the image)",
-    },
-    flip: { type: "number", default: 0.5, help: "probability of a horizontal flip" },
-    jitter: { type: "number", default: 0.4, help: "brightness and contrast jitter strength" },
-    seed: { type: "number", default: 0, help: "random seed" },
-    "log-every": { type: "number", default: 10, help: "read the loss back every N steps" },
-    "ckpt-every": {
-      type: "number",
-      default: 50,
-      help: "checkpoint every N steps (a multiple of --log-every)",
-    },
-    "knn-train": { type: "number", default: 5000, help: "train images in the k-NN memory bank" },
-    "knn-val": { type: "number", default: 1000, help: "held-out images classified by k-NN" },
-    force: { type: "boolean", help: FORCE_OPTION.help },
-    quiet: { type: "boolean", help: "no progress bar" },
-  },
-} as const;
-
-export type TrainPerceptualOptions = Parsed<typeof trainPerceptualCommand.options>;
+export { trainPerceptualCommand, type TrainPerceptualOptions };
 
 /** The resolved configuration (the stage fingerprint hashes it). */
 export interface TrainPerceptualConfig {
@@ -117,52 +83,13 @@ export interface TrainPerceptualConfig {
 const KNN_K = 20;
 const KNN_TEMPERATURE = 0.07;
 
-function positiveInt(name: string, v: number): void {
-  if (!Number.isSafeInteger(v) || v < 1) {
-    throw new UsageError(`--${name} must be a positive integer, got ${v}`);
-  }
-}
-
-function inRange(name: string, v: number, lo: number, hi: number): void {
-  if (!(v >= lo && v <= hi)) throw new UsageError(`--${name} must be in [${lo}, ${hi}], got ${v}`);
-}
-
 /** Checks the options and resolves paths and config (no file is opened). */
 export function resolveOptions(
   o: TrainPerceptualOptions,
 ): { shards: string; out: string; config: TrainPerceptualConfig } {
-  if (!o.shards) throw new UsageError("--shards is required (a folder made by deno task shard)");
-  if (o.size !== undefined && (!Number.isSafeInteger(o.size) || o.size < 8)) {
-    throw new UsageError(`--size must be an integer ≥ 8, got ${o.size}`);
-  }
-  for (
-    const name of ["steps", "batch", "log-every", "ckpt-every", "knn-train", "knn-val"] as const
-  ) {
-    positiveInt(name, o[name]);
-  }
-  if (o.batch < 2) throw new UsageError(`--batch must be ≥ 2 (contrastive), got ${o.batch}`);
-  if (o["ckpt-every"] % o["log-every"] !== 0) {
-    throw new UsageError(
-      `--ckpt-every ${o["ckpt-every"]} must be a multiple of --log-every ${o["log-every"]}`,
-    );
-  }
-  if (!(o.lr > 0) || !Number.isFinite(o.lr)) throw new UsageError(`--lr must be > 0, got ${o.lr}`);
-  if (!(o.tau > 0) || !Number.isFinite(o.tau)) {
-    throw new UsageError(`--tau must be > 0, got ${o.tau}`);
-  }
-  inRange("weight-decay", o["weight-decay"], 0, 1);
-  inRange("momentum", o.momentum, 0, 1);
-  inRange("crop-min", o["crop-min"], 0.01, 1);
-  inRange("flip", o.flip, 0, 1);
-  inRange("jitter", o.jitter, 0, 1);
-  if (!Number.isSafeInteger(o.seed)) {
-    throw new UsageError(`--seed must be an integer, got ${o.seed}`);
-  }
-  const shards = resolve(o.shards);
+  failOnProblems(checkTrainPerceptualOptions(o));
+  const shards = resolve(o.shards!);
   const out = resolve(o.out);
-  if (shards === out || out.startsWith(shards + "/") || shards.startsWith(out + "/")) {
-    throw new UsageError(`--out ${out} and --shards ${shards} must not contain one another`);
-  }
   return {
     shards,
     out,
@@ -202,7 +129,7 @@ function fail(what: string): never {
 }
 
 /** The train and val splits, checked before any training starts. */
-async function openData(dir: string, config: TrainPerceptualConfig) {
+async function openData(dir: string, o: TrainPerceptualOptions) {
   const set = await openShards(dir);
   const { train, val } = set.splits;
   if (!train || !val) {
@@ -211,12 +138,9 @@ async function openData(dir: string, config: TrainPerceptualConfig) {
   if (train.channels !== 1 && train.channels !== 3) {
     fail(`${dir}: images have ${train.channels} channels, need 1 or 3`);
   }
-  if (train.height < 8 || train.width < 8) {
-    fail(`${dir}: images ${train.height}×${train.width} are smaller than 8×8`);
-  }
-  if (train.count < config.batch) {
-    fail(`${dir}: the train split has ${train.count} images, fewer than --batch ${config.batch}`);
-  }
+  const images = { height: train.height, width: train.width, train: train.count };
+  const problems = checkTrainPerceptualImages(o, images);
+  if (problems.length) fail(`${dir}: ${problems[0].message}`);
   return { set, train, val, labelled: set.manifest.labelled !== false };
 }
 
@@ -340,7 +264,7 @@ export async function runTrainPerceptual(
 ): Promise<TrainPerceptualResult> {
   const log = hooks.log ?? ((line: string) => console.error(line));
   const { shards, out, config } = resolveOptions(o);
-  const data = await openData(shards, config);
+  const data = await openData(shards, o);
   const run = await beginStage({
     name: STAGE,
     out,

@@ -26,7 +26,7 @@
 // task re-runs itself reading only its inputs and --out and writing only --out.
 
 import { join, resolve } from "node:path";
-import { checkInteger, type Parsed, UsageError } from "../lib/cli/args.ts";
+import { failOnProblems } from "../lib/cli/problems.ts";
 import { MetricsWriter } from "../lib/cli/metrics.ts";
 import { METRICS_FILE, readStepMeans } from "../lib/cli/metrics.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
@@ -39,7 +39,6 @@ import {
   MANIFEST_FILE,
   stageFingerprint,
   type StageResult,
-  trainingRunOptions,
 } from "../lib/cli/stage.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { Loader, memorySource, type RecordSource, shardSource } from "../lib/data/loader.ts";
@@ -60,12 +59,8 @@ import {
 import { loadBuiltinPerceptual } from "../lib/models/moco.ts";
 import { discriminatorLayersFor, PatchDiscriminator } from "../lib/models/discriminator.ts";
 import { CodeUsage, type QuantizerKind } from "../lib/models/quantizer.ts";
-import {
-  TOKENIZER_PRESET_NAMES,
-  type TokenizerPreset,
-  tokenizerPreset,
-} from "../lib/models/tokenizer_config.ts";
-import { downsampleFactor, resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
+import { type TokenizerPreset, tokenizerPreset } from "../lib/models/tokenizer_config.ts";
+import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
 import { Adam, warmupCosine } from "../lib/optim/mod.ts";
 import { noGrad, readAll, type Tensor, tidy } from "../lib/tensor/mod.ts";
 import { meanPsnr, perImageMse } from "../lib/train/psnr.ts";
@@ -74,77 +69,20 @@ import {
   type TokenizerStepContext,
   tokenizerStepTerms,
 } from "../lib/train/tokenizer_step.ts";
+import {
+  checkTrainTokenizerData,
+  checkTrainTokenizerFiles,
+  checkTrainTokenizerImages,
+  checkTrainTokenizerOptions,
+  trainTokenizerCommand,
+  type TrainTokenizerOptions,
+} from "../lib/stages/train_tokenizer_options.ts";
 
 const STAGE = "train-tokenizer";
-const PERCEPTUAL_CHOICES = ["none", "builtin", ...PERCEPTUAL_KINDS] as const;
 /** Images in [−1, 1]: (x/255 − 0.5) / 0.5 per channel. */
 const HALF = [0.5, 0.5, 0.5];
 
-export const trainTokenizerCommand = {
-  usage: "deno task train-tokenizer",
-  summary: "Trains the perceptual tokenizer (VQ-VAE, EMA codebook) on shards into --out.\n" +
-    "Runs sandboxed: reads only the shards, the perceptual network and --out; writes only --out.",
-  options: {
-    shards: { type: "string", default: "runs/shard", help: "shard folder (deno task shard)" },
-    out: { type: "string", default: "runs/tokenizer", help: "output folder" },
-    preset: {
-      type: "string",
-      default: "mnist",
-      choices: TOKENIZER_PRESET_NAMES,
-      help: "architecture and training defaults",
-    },
-    perceptual: {
-      type: "string",
-      default: "builtin",
-      choices: PERCEPTUAL_CHOICES,
-      help: "perceptual network (builtin: the train-perceptual stage's; as the pipeline)",
-    },
-    "perceptual-weights": {
-      type: "string",
-      help: "safetensors state dict of --perceptual vgg16|resnet50|vit-b",
-    },
-    "perceptual-prefix": {
-      type: "string",
-      help: "load only the weights under this name prefix (MoCo v3: module.base_encoder.)",
-    },
-    "perceptual-dir": {
-      type: "string",
-      default: "runs/perceptual",
-      help: "train-perceptual output folder (builtin)",
-    },
-    lambda: { type: "number", default: 1, help: "weight λ of the perceptual loss" },
-    "pixel-loss": { type: "string", choices: ["l1", "l2"], help: "pixel loss (default: preset)" },
-    quantizer: {
-      type: "string",
-      choices: ["ema", "plain"],
-      help: "codebook by EMA updates, or by the codebook loss (plain; default: preset)",
-    },
-    "disc-weight": {
-      type: "number",
-      help:
-        "adversarial weight, times taming's adaptive weight; 0 = off (paper: 0.4; default: preset)",
-    },
-    "disc-start": {
-      type: "number",
-      help: "step at which the discriminator and its term start (default: preset)",
-    },
-    steps: { type: "number", help: "training steps (default: preset)" },
-    batch: { type: "number", help: "batch size (default: preset)" },
-    lr: { type: "number", help: "peak learning rate (default: preset)" },
-    warmup: { type: "number", help: "warmup steps (default: preset, capped at steps/2)" },
-    seed: { type: "number", default: 0, help: "random seed" },
-    limit: { type: "number", help: "train on the first N training images only (tests)" },
-    "eval-images": {
-      type: "number",
-      default: 256,
-      help: "held-out images for codebook usage and perplexity",
-    },
-    "psnr-images": { type: "number", default: 64, help: "fixed held-out batch for PSNR" },
-    ...trainingRunOptions(60, 120, "checkpoint + grid"),
-  },
-} as const;
-
-export type TrainTokenizerOptions = Parsed<typeof trainTokenizerCommand.options>;
+export { trainTokenizerCommand, type TrainTokenizerOptions };
 
 /** The resolved, fingerprinted config of a run (no paths of outputs, no test-only switches). */
 export interface TrainTokenizerConfig {
@@ -171,36 +109,9 @@ export type TrainTokenizerResult = StageResult;
 
 const fail: (what: string) => never = failer(STAGE);
 
-/** Checks the numbers of the command line (usage errors, exit 2). */
+/** Checks the options (usage errors, exit 2): every problem at once. */
 function checkOptions(o: TrainTokenizerOptions): void {
-  for (const name of ["steps", "batch", "limit", "eval-images", "psnr-images"] as const) {
-    checkInteger(name, o[name]);
-  }
-  for (const name of ["log-every", "ckpt-every", "stop-at"] as const) checkInteger(name, o[name]);
-  checkInteger("disc-start", o["disc-start"], 0);
-  const dw = o["disc-weight"];
-  if (dw !== undefined && !(dw >= 0 && Number.isFinite(dw))) {
-    throw new UsageError(`--disc-weight must be ≥ 0, got ${dw}`);
-  }
-  checkInteger("warmup", o.warmup, 0);
-  checkInteger("seed", o.seed, 0);
-  if (o["ckpt-every"] % o["log-every"] !== 0) {
-    throw new UsageError(
-      `--ckpt-every ${o["ckpt-every"]} must be a multiple of --log-every ${o["log-every"]} ` +
-        `(a checkpoint is written only after its losses were read and checked)`,
-    );
-  }
-  if (!(o.lambda >= 0)) throw new UsageError(`--lambda must be ≥ 0, got ${o.lambda}`);
-  if (o.lr !== undefined && !(o.lr > 0)) throw new UsageError(`--lr must be > 0, got ${o.lr}`);
-  const external = (PERCEPTUAL_KINDS as readonly string[]).includes(o.perceptual);
-  if (external && !o["perceptual-weights"]) {
-    throw new UsageError(`--perceptual ${o.perceptual} needs --perceptual-weights FILE`);
-  }
-  for (const name of ["perceptual-weights", "perceptual-prefix"] as const) {
-    if (!external && o[name] !== undefined) {
-      throw new UsageError(`--${name} is only for --perceptual vgg16|resnet50|vit-b`);
-    }
-  }
+  failOnProblems(checkTrainTokenizerOptions(o));
 }
 
 /** The paths the sandboxed stage may read and write. */
@@ -213,7 +124,7 @@ export function trainTokenizerAccess(o: TrainTokenizerOptions): StageAccess {
 }
 
 /** Opens the shards and checks that the preset's architecture fits their images. */
-async function openInputs(o: TrainTokenizerOptions, preset: TokenizerPreset) {
+async function openInputs(o: TrainTokenizerOptions) {
   let shards: ShardSet;
   try {
     shards = await openShards(resolve(o.shards));
@@ -224,13 +135,11 @@ async function openInputs(o: TrainTokenizerOptions, preset: TokenizerPreset) {
   for (const split of ["train", "val"]) {
     if (!shards.splits[split]?.count) fail(`--shards ${shards.dir} has no "${split}" images`);
   }
-  const factor = downsampleFactor(preset.model);
-  if (height !== width || height % factor !== 0) {
-    fail(
-      `--shards ${shards.dir}: images are ${height}×${width}; the "${o.preset}" preset needs ` +
-        `square images whose side is divisible by its downsample factor ${factor}`,
-    );
-  }
+  const problems = [
+    ...checkTrainTokenizerImages(o, { height, width }),
+    ...checkTrainTokenizerData(o, shards.splits.train.count),
+  ];
+  if (problems.length) fail(`--shards ${shards.dir}: ${problems[0].message}`);
   return { shards, image: { channels, size: height } };
 }
 
@@ -238,6 +147,8 @@ async function openInputs(o: TrainTokenizerOptions, preset: TokenizerPreset) {
 async function perceptualWeights(o: TrainTokenizerOptions) {
   if (!(PERCEPTUAL_KINDS as readonly string[]).includes(o.perceptual)) return null;
   const path = resolve(o["perceptual-weights"]!);
+  const problems = checkTrainTokenizerFiles(o);
+  if (problems.length) fail(problems[0].message);
   try {
     return await sha256File(path);
   } catch (error) {
@@ -431,7 +342,7 @@ export async function runTrainTokenizer(
   checkOptions(o);
   const preset = tokenizerPreset(o.preset);
   // Every input is checked before anything is trained or written.
-  const { shards, image } = await openInputs(o, preset);
+  const { shards, image } = await openInputs(o);
   const weights = await perceptualWeights(o);
   const pool = await perceptualPool(o, image.size);
   const config = resolveConfig(o, preset, image, weights, pool);
@@ -508,7 +419,7 @@ async function train(
   log(
     `${STAGE}: ${gpu().info.description}; VQ-VAE ${model.numParameters()} parameters, ` +
       `${m.imageSize}² → ${model.tokenGrid.join("×")} tokens, K = ${m.codebookSize}; ` +
-      `perceptual ${config.perceptual.kind} (λ = ${lambda}); steps ${first}→${t.steps} of ${t.batch}`,
+      `perceptual ${config.perceptual.kind} (λ = ${lambda}); steps ${first}→${t.steps}, batch ${t.batch}`,
   );
 
   /** Held-out PSNR (dB, [0, 1] pixels), codebook usage and perplexity. */

@@ -7,6 +7,8 @@ import { join } from "node:path";
 import { checkEmbedding, compileArgs, ENTRY, INCLUDES } from "../tools/compile.ts";
 import { subcommands } from "../tasks/peco.ts";
 import { STAGES } from "../tasks/pipeline.ts";
+import { BINARY_FLAGS } from "../lib/cli/permissions.ts";
+import { commandOutput } from "./stage_fixtures.ts";
 
 const REPO = new URL("..", import.meta.url).pathname;
 const NOT_STAGES = new Set([
@@ -40,6 +42,7 @@ Deno.test("the compile command fixes the permissions and includes the assets", (
   for (const flag of args.filter((a) => a.startsWith("--allow-"))) {
     assert.ok(["--allow-read", "--allow-write", "--allow-run"].includes(flag), flag);
   }
+  assert.deepEqual(args.slice(1, 1 + BINARY_FLAGS.length), BINARY_FLAGS);
 });
 
 Deno.test("the binary's subcommands map to every stage", async () => {
@@ -71,4 +74,33 @@ Deno.test("the binary's subcommands map to every stage", async () => {
   }).output();
   assert.equal(unknown.code, 2);
   assert.match(new TextDecoder().decode(unknown.stderr), /unknown command "tokenise"/);
+});
+
+Deno.test("deno task peco: the binary's entry with exactly its permissions, sandboxing in Workers", async () => {
+  const config = JSON.parse(await Deno.readTextFile(join(REPO, "deno.json")));
+  assert.equal(
+    config.tasks.peco,
+    ["deno run", ...BINARY_FLAGS, ENTRY, "--as-binary"].join(" "),
+    "the peco task runs the entry as the binary would",
+  );
+  // A stage through it: the child is the entry in its __sandbox mode, which runs the stage in a
+  // Worker and words its last line as runStageHere does.
+  const tmp = await Deno.makeTempDir({ prefix: "peco-as-binary-" });
+  try {
+    const out = join(tmp, "shard");
+    const args = ["task", "-q", "peco", "shard", "--input", join(REPO, "fixtures/images/decode")];
+    const run = await commandOutput(
+      new Deno.Command("deno", {
+        args: [...args, "--out", out, "--size", "8", "--quiet"],
+        cwd: REPO,
+        stdout: "piped",
+        stderr: "piped",
+      }),
+    );
+    assert.equal(run.code, 0, run.text);
+    assert.match(run.text, new RegExp(`^shard: written: ${out}$`, "m"));
+    await Deno.stat(join(out, "manifest.json"));
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
 });

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { mnistShards, tinyTokenizer } from "./stage_fixtures.ts";
+import { mnistShards, tinyExport } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions, UsageError } from "../lib/cli/args.ts";
 import { curvePanels, greyPatches, imageTable, stageCurves } from "../lib/io/figures.ts";
@@ -16,11 +16,6 @@ import {
   reportProblems,
   REQUIRED_REPORT_KEYS,
 } from "../lib/io/report.ts";
-import { beginStage, finishStage } from "../lib/cli/stage.ts";
-import { openShards } from "../lib/data/shards.ts";
-import { writeJsonAtomic } from "../lib/io/atomic.ts";
-import { codeStats, countCodes, writeCodeFrequencyPlot } from "../lib/io/codebook_report.ts";
-import { TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
 import { evaluateAccess, evaluateCommand, runEvaluate } from "../tasks/evaluate.ts";
 
@@ -29,44 +24,9 @@ const quiet = { log: () => {} };
 
 const shards = (name: string, limit: number) => mnistShards(root, name, limit);
 
-/**
- * An export-codebook folder through the real writers (a full export run costs minutes of shader
- * compiles here): a tiny untrained tokenizer (28² → 7×7 codes, K = 16) saved as the export saves
- * it, codebook.json with the statistics of its codes, the code histogram, and the stage manifest
- * (beginStage/finishStage with the shards as input).
- */
-async function makeExport(name: string, shardDir: string): Promise<string> {
-  const out = join(root, name);
-  const run = await beginStage({
-    name: "export-codebook",
-    out,
-    config: { test: name },
-    inputs: { shards: shardDir },
-    log: () => {},
-  });
-  if (run.status === "skip") return out;
-  const tok = tinyTokenizer(K);
-  await tok.save(join(out, TOKENIZER_FILE));
-  const set = await openShards(shardDir);
-  const counts: Record<string, Float64Array> = {};
-  for (const split of ["train", "val"]) {
-    const b = await set.splits[split].readRange(0, set.splits[split].count);
-    const ids = tok.encodePixels(b.pixels, b.count);
-    countCodes(await ids.read(), counts[split] = new Float64Array(K));
-    ids.dispose();
-  }
-  tok.dispose();
-  const splits = Object.fromEntries(Object.entries(counts).map(([k, c]) => [k, codeStats(c)]));
-  await writeJsonAtomic(join(out, "codebook.json"), { codebookSize: K, grid: [7, 7], splits });
-  await Deno.mkdir(join(out, "figures"));
-  await writeCodeFrequencyPlot(join(out, "figures", "code_histogram.png"), counts);
-  await finishStage(run, { summary: {} });
-  return out;
-}
-
 const K = 16;
 const shardDir = await shards("shard", 40);
-const exportDir = await makeExport("export", shardDir);
+const exportDir = await tinyExport(root, "export", shardDir, K);
 const pretrainDir = join(root, "pretrain");
 await runPretrain(
   parseOptions(pretrainCommand, [

@@ -19,6 +19,7 @@ import { type PipelineConfig, validateConfig } from "../lib/cli/pipeline_config.
 import { Progress } from "../lib/cli/progress.ts";
 import { sandboxedCommand } from "../lib/cli/permissions.ts";
 import { checkConfig, schemas, STAGES } from "../tasks/pipeline.ts";
+import { commandOutput } from "./stage_fixtures.ts";
 import { lambdaArms, parseLambdas } from "../tasks/experiment.ts";
 import demoConfig from "../configs/demo.json" with { type: "json" };
 import quickConfig from "../configs/demo-quick.json" with { type: "json" };
@@ -75,7 +76,7 @@ Deno.test("config errors name the key", async () => {
   const bad = await checkConfig({ stages: { shard: { channels: 2 } } }, "x.json");
   await assert.rejects(
     prepareSteps(chainSteps(bad, "/tmp/x", ALL), STAGES),
-    /^Error: peco: pipeline: step shard \(shard\): --channels must be 1 or 3, got 2$/,
+    /^Error: peco: pipeline: step shard \(shard\): config\.stages\.shard\.channels: --channels must be 1 or 3, got 2$/,
   );
   await assert.rejects(
     checkConfig({ stages: { evaluate: { "finetune-stepz": 1 } } }, "configs/mine.json"),
@@ -167,12 +168,6 @@ Deno.test("arguments, progress lines and durations", () => {
 
 // ---- sandboxing ---------------------------------------------------------------------------------
 
-async function output(command: Deno.Command) {
-  const { code, stdout, stderr } = await command.output();
-  const d = new TextDecoder();
-  return { code, text: d.decode(stdout) + d.decode(stderr) };
-}
-
 /** `peco __sandbox`: the compiled binary's child, here under `deno run`. */
 function workerSandbox(script: URL, access: unknown, args: string[]): Deno.Command {
   return new Deno.Command("deno", {
@@ -220,18 +215,18 @@ Deno.test("a sandboxed stage cannot read outside its inputs", async () => {
     });
     assert.deepEqual(granted, { read: [allowed, out], write: [out] });
     const args = ["--input", secret, "--out", out, "--size", "4", "--quiet"];
-    const child = await output(
+    const child = await commandOutput(
       sandboxedCommand(STAGES.shard.script, args, granted, { stdout: "piped", stderr: "piped" }),
     );
     assert.notEqual(child.code, 0, child.text);
     assert.match(child.text, /NotCapable|permission/i);
     // The compiled binary's sandbox (a Worker limited to the same access) denies it too …
-    const worker = await output(workerSandbox(STAGES.shard.script, granted, args));
+    const worker = await commandOutput(workerSandbox(STAGES.shard.script, granted, args));
     assert.equal(worker.code, 1, worker.text);
     assert.match(worker.text, /NotCapable|permission/i);
     await assert.rejects(Deno.stat(join(out, "manifest.json")), Deno.errors.NotFound);
     // … and runs the stage when the input is granted.
-    const ok = await output(
+    const ok = await commandOutput(
       workerSandbox(STAGES.shard.script, { read: [secret, out], write: [out] }, args),
     );
     assert.equal(ok.code, 0, ok.text);
@@ -259,6 +254,10 @@ function tinyConfig(tokenizer: Record<string, number | string> = {}) {
         "psnr-images": 4,
         ...tokenizer,
       },
+      // Batches the 24 training images hold: the killed pipeline below runs the whole chain, whose
+      // config is checked in full before its first stage starts.
+      pretrain: { batch: 4 },
+      evaluate: { "finetune-batch": 4, "classifier-batch": 4 },
     },
     estimates: { shard: 1, "train-tokenizer": 10 },
   }, "tiny.json");

@@ -271,7 +271,7 @@ Deno.test("pretrain refuses bad inputs before training", async () => {
   await refused(
     "grid",
     ["--patch-size", "7"],
-    /peco: pretrain: the tokenizer's token grid 7×7 .* ≠ the ViT's patch grid 4×4/,
+    /^Error: peco: pretrain: the tokenizer's token grid 7×7 ≠ the ViT's patch grid 4×4 .*\(--tokenizer \//,
   );
   // Token shards of another data set (shards of 12 images, not these 16).
   const other = await shards("other", 12);

@@ -102,7 +102,6 @@ Deno.test("class folders: good files in, each bad one rejected with a reason", a
     ["dog/bomb.png", "bad/bomb.png", /^over the pixel limit: 40000×40000/],
   ];
   for (const [to, rel] of bad) await copyFixture(rel, join(input, to));
-  await Deno.mkdir(join(input, "empty"));
   await Deno.writeTextFile(join(input, "cat", "notes.txt"), "not an image");
   await copyFixture("decode/grey8.png", join(input, "stray.png"));
   await Deno.symlink(join(tmp, "nowhere.png"), join(input, "cat", "gone.png")); // unreadable
@@ -116,7 +115,6 @@ Deno.test("class folders: good files in, each bad one rejected with a reason", a
   if (readable) good.push(["dog", "decode/rgba8.png"]);
   else bad.push(["dog/locked.png", "", /^unreadable: permission denied/]);
   const walk: [string, RegExp][] = [
-    ["empty/", /^empty class folder/],
     ["cat/notes.txt", /^not an image file name \(\.txt/],
     ["stray.png", /^not inside a class folder/],
     ["cat/gone.png", /^unreadable: no such file/],
@@ -133,9 +131,9 @@ Deno.test("class folders: good files in, each bad one rejected with a reason", a
     "max-pixels": 3000,
   });
   assert.equal(status, "written");
-  assert.deepEqual(manifest.classes, ["cat", "dog", "empty"]);
+  assert.deepEqual(manifest.classes, ["cat", "dog"]);
   const nDog = good.filter(([c]) => c === "dog").length;
-  assert.deepEqual(manifest.splits.train.classCounts, [4, nDog, 0]);
+  assert.deepEqual(manifest.splits.train.classCounts, [4, nDog]);
   assert.equal(manifest.splits.train.count, good.length);
   assert.equal(manifest.splits.val, undefined);
   assert.deepEqual(manifest.splits.train.shards.map((s) => s.count), [3, 3, good.length - 6]);
@@ -157,6 +155,26 @@ Deno.test("class folders: good files in, each bad one rejected with a reason", a
   const expected = good.map(([cls, rel]) => expectedRecord(rel, cls === "cat" ? 0 : 1, 6, 3));
   assert.deepEqual(await contents(set.splits.train), expected.sort());
   await Deno.chmod(join(input, "dog", "locked.png"), 0o644);
+  await Deno.remove(tmp, { recursive: true });
+});
+
+Deno.test("an empty class folder is refused by name before anything is written", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "peco-shard-" });
+  const input = join(tmp, "in"), out = join(tmp, "out");
+  await copyFixture("decode/grey8.png", join(input, "cat", "grey8.png"));
+  await copyFixture("decode/rgb8.png", join(input, "dog", "rgb8.png"));
+  await Deno.mkdir(join(input, "empty"));
+  // A class folder holding only files that are not images has no example either.
+  await Deno.mkdir(join(input, "notes"));
+  await Deno.writeTextFile(join(input, "notes", "readme.txt"), "not an image");
+  await assert.rejects(
+    shard({ input, out, size: 6, channels: 3, "val-fraction": 0 }),
+    new RegExp(
+      `^Error: peco: shard: input ${input}: class folders empty/, notes/ hold no \\.png, ` +
+        `\\.jpg or \\.jpeg files; add images or remove them$`,
+    ),
+  );
+  assert.deepEqual(await listing(out), ["<missing>"]);
   await Deno.remove(tmp, { recursive: true });
 });
 

@@ -1,9 +1,14 @@
-// Tiny inputs shared by the stage tests: MNIST shards written by the real shard stage, and an
-// untrained tokenizer small enough to run in a test.
+// Tiny inputs shared by the stage tests: MNIST shards written by the real shard stage, an untrained
+// tokenizer small enough to run in a test and an export-codebook folder holding it, and a child
+// process's exit code and output.
 
 import { join } from "node:path";
 import { parseOptions } from "../lib/cli/args.ts";
-import { Tokenizer } from "../lib/models/tokenizer.ts";
+import { beginStage, finishStage } from "../lib/cli/stage.ts";
+import { openShards } from "../lib/data/shards.ts";
+import { writeJsonAtomic } from "../lib/io/atomic.ts";
+import { codeStats, countCodes, writeCodeFrequencyPlot } from "../lib/io/codebook_report.ts";
+import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
 import { runShard, shardCommand } from "../tasks/shard.ts";
 
@@ -46,4 +51,53 @@ export function tinyTokenizer(codebookSize: number, seed = 3): Tokenizer {
     image: { channels: 1, size: 28, mean: [0.5], std: [0.5] },
     provenance: { test: true },
   });
+}
+
+/**
+ * An export-codebook folder root/name through the real writers (a full export run costs minutes
+ * of shader compiles here): a tiny untrained tokenizer (28² → 7×7 codes, K = `codebookSize`) saved
+ * as the export saves it, codebook.json with the statistics of its codes, the code histogram, and
+ * the stage manifest (beginStage/finishStage with the shards as input).
+ */
+export async function tinyExport(
+  root: string,
+  name: string,
+  shardDir: string,
+  codebookSize: number,
+): Promise<string> {
+  const out = join(root, name);
+  const run = await beginStage({
+    name: "export-codebook",
+    out,
+    config: { test: name },
+    inputs: { shards: shardDir },
+    log: () => {},
+  });
+  if (run.status === "skip") return out;
+  const tok = tinyTokenizer(codebookSize);
+  await tok.save(join(out, TOKENIZER_FILE));
+  const set = await openShards(shardDir);
+  const counts: Record<string, Float64Array> = {};
+  for (const split of ["train", "val"]) {
+    const b = await set.splits[split].readRange(0, set.splits[split].count);
+    const ids = tok.encodePixels(b.pixels, b.count);
+    countCodes(await ids.read(), counts[split] = new Float64Array(codebookSize));
+    ids.dispose();
+  }
+  tok.dispose();
+  const splits = Object.fromEntries(Object.entries(counts).map(([k, c]) => [k, codeStats(c)]));
+  await writeJsonAtomic(join(out, "codebook.json"), { codebookSize, grid: [7, 7], splits });
+  await Deno.mkdir(join(out, "figures"));
+  await writeCodeFrequencyPlot(join(out, "figures", "code_histogram.png"), counts);
+  await finishStage(run, { summary: {} });
+  return out;
+}
+
+/** Runs a command to its end: its exit code and its stdout + stderr as text. */
+export async function commandOutput(
+  command: Deno.Command,
+): Promise<{ code: number; text: string }> {
+  const { code, stdout, stderr } = await command.output();
+  const d = new TextDecoder();
+  return { code, text: d.decode(stdout) + d.decode(stderr) };
 }

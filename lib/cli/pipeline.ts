@@ -23,6 +23,7 @@ import { type Command, type OptionSpecs, parseOptions, UsageError } from "./args
 import { exitCode, permissionFlags, sandboxedCommand, type StageAccess } from "./permissions.ts";
 import { formatDuration } from "./progress.ts";
 import type { OptionValue, PipelineConfig, StageSchema } from "./pipeline_config.ts";
+import type { Problem } from "./problems.ts";
 
 // ---- stages and steps -------------------------------------------------------------------------
 
@@ -31,6 +32,12 @@ export interface StageModule {
   command: Command<OptionSpecs>;
   // deno-lint-ignore no-explicit-any
   access(options: any): StageAccess;
+  /**
+   * Every problem of the options: types, ranges and the rules between options that the stage
+   * enforces at its start (the very function it calls there).
+   */
+  // deno-lint-ignore no-explicit-any
+  check(options: any): Problem[];
   /** The stage's run function (run<Stage>), for running it in-process (a Worker). */
   run(
     // deno-lint-ignore no-explicit-any
@@ -57,6 +64,8 @@ export interface PipelineStep {
   args: Record<string, OptionValue>;
   /** Expected seconds (for the ETA only). */
   estimate?: number;
+  /** Where the user set each argument (e.g. "config.stages.pretrain.steps"); absent: wiring. */
+  keys?: Record<string, string>;
 }
 
 export interface PreparedStep extends PipelineStep {
@@ -64,6 +73,38 @@ export interface PreparedStep extends PipelineStep {
   argv: string[];
   access: StageAccess;
   script: URL;
+  /** The options as the stage parses them (its defaults filled in). */
+  options: Record<string, unknown>;
+}
+
+/** A problem of one step, and where to fix it. */
+export interface StepProblem {
+  step: PipelineStep;
+  problem: Problem;
+}
+
+/**
+ * Where to fix a problem: the config key of the first option it names that the user set (the
+ * config's stage section, its seed, an experiment arm), else the stage's section and the option
+ * (at its default), or the step itself for the pipeline's wiring.
+ */
+export function problemKey(step: PipelineStep, problem: Problem): string {
+  const keys = step.keys ?? {};
+  const set = problem.options.find((o) => keys[o] !== undefined);
+  if (set !== undefined) return keys[set];
+  const first = problem.options[0];
+  if (first === undefined) return `config.stages.${step.stage}`;
+  if (first in step.args) return `config.stages.${step.stage} (step ${step.id}, --${first} wired)`;
+  return `config.stages.${step.stage}.${first} (default)`;
+}
+
+/** One line per problem, each naming its config key (repeated lines of several arms once). */
+export function problemLines(problems: StepProblem[]): string[] {
+  return [
+    ...new Set(
+      problems.map(({ step, problem }) => `${problemKey(step, problem)}: ${problem.message}`),
+    ),
+  ];
 }
 
 /** `--key value` pairs; a true boolean is `--key`, a false one is left out. */
@@ -82,37 +123,61 @@ function fail(what: string): never {
 }
 
 /**
- * Checks every step's options against its stage's spec (as the stage will parse them) and
- * computes its permissions, before anything runs.
+ * Checks every step's options with its stage's own check (the one it runs at its start) and
+ * computes its permissions, before anything runs. Returns the steps and every problem of every
+ * step (steps with problems have no permissions and must not run).
  */
-export async function prepareSteps(
+export async function checkSteps(
   steps: PipelineStep[],
   registry: StageRegistry,
-): Promise<PreparedStep[]> {
+): Promise<{ steps: PreparedStep[]; problems: StepProblem[] }> {
   const ids = new Set<string>();
   const prepared: PreparedStep[] = [];
+  const problems: StepProblem[] = [];
   for (const step of steps) {
     if (ids.has(step.id)) fail(`two steps are named "${step.id}"`);
     ids.add(step.id);
     const def = registry[step.stage] ?? fail(`step ${step.id}: unknown stage "${step.stage}"`);
-    const { command, access } = await def.load();
+    const { command, access, check } = await def.load();
     const argv = toArgv(step.args);
+    let options: Record<string, unknown> | null;
     try {
-      const options = parseOptions(command, argv);
-      if (!options) fail(`step ${step.id}: --help is not an option here`);
-      prepared.push({
-        ...step,
-        out: resolve(String(step.args.out)),
-        argv,
-        access: access(options),
-        script: def.script,
-      });
+      options = parseOptions(command, argv);
     } catch (error) {
       if (!(error instanceof UsageError)) throw error;
-      fail(`step ${step.id} (${step.stage}): ${error.message.replace(/ \(see --help\)$/, "")}`);
+      const message = error.message.replace(/ \(see --help\)$/, "");
+      problems.push({ step, problem: { options: [], message } });
+      continue;
     }
+    if (!options) fail(`step ${step.id}: --help is not an option here`);
+    const found = check(options);
+    problems.push(...found.map((problem) => ({ step, problem })));
+    prepared.push({
+      ...step,
+      out: resolve(String(step.args.out)),
+      argv,
+      access: found.length ? { read: [], write: [] } : access(options),
+      script: def.script,
+      options,
+    });
   }
-  return prepared;
+  return { steps: prepared, problems };
+}
+
+/** checkSteps that fails with the first problem (one line naming the step and its key). */
+export async function prepareSteps(
+  steps: PipelineStep[],
+  registry: StageRegistry,
+): Promise<PreparedStep[]> {
+  const checked = await checkSteps(steps, registry);
+  const first = checked.problems[0];
+  if (first) {
+    fail(
+      `step ${first.step.id} (${first.step.stage}): ${problemKey(first.step, first.problem)}: ` +
+        first.problem.message,
+    );
+  }
+  return checked.steps;
 }
 
 /** The schemas the config validator checks against: each stage's options and its wiring. */
@@ -187,12 +252,26 @@ export function chainSteps(
     ? {}
     : { seed: config.seed };
   const steps: PipelineStep[] = [];
-  const add = (stage: string, id: string, args: Record<string, OptionValue>) => {
+  const add = (
+    stage: string,
+    id: string,
+    args: Record<string, OptionValue>,
+    arm?: Arm,
+  ) => {
+    const keys: Record<string, string> = {};
+    for (const key of Object.keys(seeded)) keys[key] = "config.seed";
+    for (const key of Object.keys(section(stage))) keys[key] = `config.stages.${stage}.${key}`;
+    for (const key of Object.keys(arm?.tokenizer ?? {})) {
+      if (!(key in section(stage)) || arm!.tokenizer[key] !== section(stage)[key]) {
+        keys[key] = `arm "${arm!.label}" (--${key} ${arm!.tokenizer[key]})`;
+      }
+    }
     steps.push({
       id,
       stage,
       args: { ...seeded, ...section(stage), ...args, out: dir(id) },
       estimate: config.estimates[stage],
+      keys,
     });
   };
   const has = (stage: string) => available.includes(stage);
@@ -214,7 +293,7 @@ export function chainSteps(
       perceptual: kind(arm),
       ...(kind(arm) === "builtin" ? { "perceptual-dir": dir("perceptual") } : {}),
       ...arm.tokenizer,
-    });
+    }, arm);
   }
   if (!has("export-codebook")) return steps;
   for (const arm of arms) {

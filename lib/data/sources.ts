@@ -370,6 +370,7 @@ async function walkSplit(
     return { classes: null, flat };
   }
   const classes = new Map<string, string[]>();
+  const empty: string[] = [];
   for (const e of entries) {
     if (!e.isDir) {
       walk.rejected.push({ file: relOf(walk, e.path), reason: "not inside a class folder" });
@@ -377,13 +378,17 @@ async function walkSplit(
     }
     const files: string[] = [];
     await collectImages(walk, e.path, files);
-    if (files.length === 0) {
-      walk.rejected.push({
-        file: `${relOf(walk, e.path)}/`,
-        reason: "empty class folder (no .png, .jpg or .jpeg files)",
-      });
-    }
+    if (files.length === 0) empty.push(`${relOf(walk, e.path)}/`);
     classes.set(e.name, files);
+  }
+  // A class without images would be a label no example carries (and shifts every later class's
+  // index if dropped silently): refused, as torchvision's ImageFolder refuses it.
+  if (empty.length) {
+    fail(
+      `input ${walk.root}: class folder${empty.length > 1 ? "s" : ""} ${empty.join(", ")} ` +
+        `hold${empty.length > 1 ? "" : "s"} no .png, .jpg or .jpeg files; add images or ` +
+        `remove ${empty.length > 1 ? "them" : "it"}`,
+    );
   }
   return { classes, flat: [] };
 }

@@ -19,6 +19,9 @@ export interface Vgg16Config {
 export const VGG16_DEFAULT: Vgg16Config = { widths: [64, 128, 256, 512, 512] };
 /** 3×3 convolutions per stage; a 2×2 max-pool sits between stages. */
 const CONVS = [2, 2, 3, 3, 3];
+/** The smallest input side: four 2× max-pools before relu5_3 leave it at least 1 pixel. */
+export const VGG16_MIN_SIZE = 16;
+
 export const VGG16_TAPS = ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"];
 
 /** torchvision's `features` Sequential; only the convolutions hold weights. */
@@ -60,16 +63,18 @@ export class Vgg16 extends Module implements PerceptualNet {
     this.#scaling = lpipsScaling();
   }
 
-  /** Four 2×2 max-pools: sides of at least 16 pixels. */
+  /** Four 2×2 max-pools: sides of at least VGG16_MIN_SIZE pixels. */
   checkInputSize(h: number, w: number): void {
-    if (!(h >= 16 && w >= 16)) {
-      throw new Error(`peco: vgg16: ${h}×${w} images are too small (sides of 16 or more)`);
+    if (!(h >= VGG16_MIN_SIZE && w >= VGG16_MIN_SIZE)) {
+      throw new Error(
+        `peco: vgg16: ${h}×${w} images are too small (sides of ${VGG16_MIN_SIZE} or more)`,
+      );
     }
   }
 
   /** x [N, 3, H, W] in [−1, 1] (H, W ≥ 16) → relu1_2 … relu5_3. */
   features(x: Tensor): Tensor[] {
-    checkImages(this.kind, x, 16);
+    checkImages(this.kind, x, VGG16_MIN_SIZE);
     let h = this.#scaling.apply(x);
     const taps: Tensor[] = [];
     this.stack.stages.forEach((convs, s) => {
