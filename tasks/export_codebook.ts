@@ -8,7 +8,7 @@
 // Writes into --out: tokenizer.safetensors (lib/models/tokenizer.ts), tokens/ (token shards of
 // every split, the shard images as stored — centre crops — with their labels, and their own
 // manifest.json; lib/data/token_shards.ts), codebook.json (usage, perplexity, dead codes per
-// split, top codes, full histograms), figures/code_histogram.png (sorted code frequencies),
+// split, top codes, full histograms), figures/code_histogram.svg (sorted code frequencies),
 // figures/patches_code_<id>.png (paper Figure 3: held-out patches per code, for the most frequent
 // codes and a seeded sample of other used codes), figures/patches_overview.png, codebook.md, and
 // manifest.json last (lib/cli/stage.ts). An interrupted run starts again cleanly; a finished one
@@ -53,10 +53,10 @@ import {
   PatchSampler,
   rankCodes,
   selectCodes,
-  writeCodeFrequencyPlot,
+  writeCodeFrequencyChart,
   writePatchGrid,
   writePatchOverview,
-} from "../lib/io/codebook_report.ts";
+} from "../lib/report/codebook.ts";
 import { sha256File } from "../lib/io/hash.ts";
 import { loadTrainedVqVae, Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { type ResolvedVqVaeConfig, resolveVqVaeConfig } from "../lib/models/vqvae.ts";
@@ -340,8 +340,8 @@ async function writeReport(
     counts: Object.fromEntries(names.map((n) => [n, counts[n][code]])),
   }));
   await Deno.mkdir(join(run.out, FIGURES_DIR), { recursive: true });
-  const histogramFile = `${FIGURES_DIR}/code_histogram.png`;
-  const { logY } = await writeCodeFrequencyPlot(join(run.out, histogramFile), counts);
+  const histogramFile = `${FIGURES_DIR}/code_histogram.svg`;
+  await writeCodeFrequencyChart(join(run.out, histogramFile), counts);
 
   // Figure 3: patches of held-out images per code.
   const patchSplit = names.includes("val") ? "val" : "train";
@@ -372,13 +372,7 @@ async function writeReport(
     );
     const kind = selected.top.includes(code) ? "top" : "random";
     const file = `${FIGURES_DIR}/patches_code_${code}.png`;
-    const share = counts[patchSplit][code] / stats[patchSplit].tokens;
-    await writePatchGrid(
-      join(run.out, file),
-      `CODE ${code} ${kind === "top" ? "TOP" : "RANDOM"} ${(100 * share).toFixed(2)}%`,
-      patches,
-      Math.ceil(Math.sqrt(p.perCode)),
-    );
+    await writePatchGrid(join(run.out, file), patches, Math.ceil(Math.sqrt(p.perCode)));
     figures.push({
       code,
       kind,
@@ -389,7 +383,9 @@ async function writeReport(
     rows.push({ label: `${code}`, patches });
   }
   const overview = `${FIGURES_DIR}/patches_overview.png`;
-  if (rows.length) await writePatchOverview(join(run.out, overview), rows, Math.min(10, p.perCode));
+  const overviewRows = rows.some((r) => r.patches.length)
+    ? await writePatchOverview(join(run.out, overview), rows, Math.min(10, p.perCode))
+    : [];
 
   const json = {
     codebookSize: k,
@@ -414,8 +410,9 @@ async function writeReport(
     topCodes: topCodes.slice(0, 10),
     patchSplit,
     patchMargin: p.margin,
-    histogram: { file: histogramFile, logY },
-    overview: rows.length ? overview : "(none)",
+    histogram: histogramFile,
+    overview: overviewRows.length ? overview : "(none)",
+    overviewRows,
     codes: figures,
     about: {
       tokenizer: `[${TOKENIZER_FILE}](${TOKENIZER_FILE}) (${t.image.channels}×${t.image.size}² ` +

@@ -48,7 +48,7 @@ import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/io/
 import { type TrainingState } from "../lib/io/checkpoint.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
 import { writeImageGrid } from "../lib/io/png.ts";
-import { distinctCodes } from "../lib/io/codebook_report.ts";
+import { distinctCodes } from "../lib/report/codebook.ts";
 import {
   loadPerceptualNet,
   PERCEPTUAL_KINDS,

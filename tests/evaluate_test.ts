@@ -6,18 +6,16 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { mnistShards, tinyExport } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions, UsageError } from "../lib/cli/args.ts";
-import { curvePanels, greyPatches, imageTable, stageCurves } from "../lib/io/figures.ts";
-import {
-  markdownTable,
-  measurement,
-  reportProblems,
-  REQUIRED_REPORT_KEYS,
-} from "../lib/io/report.ts";
+import { greyPatches, imageGrid } from "../lib/report/images.ts";
+import { markdownTable, toMarkdown } from "../lib/report/document.ts";
+import { measurement, reportProblems, REQUIRED_REPORT_KEYS } from "../lib/io/report.ts";
 import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
 import { evaluateAccess, evaluateCommand, runEvaluate } from "../tasks/evaluate.ts";
+import { runBrowserCheck } from "../tools/browser_check.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-evaluate-" });
 const quiet = { log: () => {} };
@@ -54,7 +52,7 @@ async function exists(path: string): Promise<boolean> {
   return await Deno.stat(path).then(() => true, () => false);
 }
 
-Deno.test("evaluate writes report.json with every key finite, report.md and the figures", async () => {
+Deno.test("evaluate writes report.json with every key finite, report.md, report.html and the figures", async () => {
   const out = join(root, "evaluate");
   const lines: string[] = [];
   const result = await runEvaluate(options(out), { log: (l) => lines.push(l) });
@@ -79,35 +77,47 @@ Deno.test("evaluate writes report.json with every key finite, report.md and the 
   assert.deepEqual(report.arms.map((a: { label: string }) => a.label), ["λ=1", "copy"]);
   assert.ok(Number.isFinite(report.arms[1].metrics["codewords.linear_probe_acc"].value));
   assert.equal(report.arms[1].metrics["finetune.pretrained_acc"], undefined);
+  const curves = report.figures.curves as { stage: string; files: string[] }[];
   const figures = [
     report.arms[0].figures.masked_prediction,
     report.arms[0].figures.code_histogram,
     report.arms[1].figures.code_histogram,
-    report.figures.finetune,
-    ...report.figures.curves.filter((c: { file: string | null }) => c.file).map((
-      c: { file: string },
-    ) => c.file),
+    ...report.figures.finetune,
+    ...curves.flatMap((c) => c.files),
   ];
-  assert.equal(figures.length, 5, `figures ${figures}`);
+  // Pretrain's charts: losses and fractions (its top_code id is on neither).
+  assert.equal(figures.length, 7, `figures ${figures}`);
   for (const f of figures) assert.ok(await exists(join(out, f)), `${f} exists`);
-  // The shard folder has no metrics: listed, not plotted; the tokenizer and pretrain runs plotted.
-  const curves = report.figures.curves as { stage: string; file: string | null }[];
-  assert.deepEqual(curves.map((c) => [c.stage, c.file !== null]), [
-    ["export-codebook", false],
-    ["shard", false],
-    ["pretrain", true],
+  // The shard folder has no metrics: listed, not charted; the tokenizer and pretrain runs charted.
+  assert.deepEqual(curves.map((c) => [c.stage, c.files.length]), [
+    ["export-codebook", 0],
+    ["shard", 0],
+    ["pretrain", 2],
   ]);
   const md = await Deno.readTextFile(join(out, "report.md"));
+  const html = await Deno.readTextFile(join(out, "report.html"));
   for (const heading of ["Codeword semantics (paper Table 4)", "Fine-tuning (paper Table 1)"]) {
     assert.ok(md.includes(heading), heading);
+    assert.ok(html.includes(`<h2>${heading}</h2>`), heading);
   }
   assert.ok(md.includes("| λ=1 |") && md.includes("| ViT from scratch |"));
+  assert.ok(html.includes('<td class="l">ViT from scratch</td>'));
+  // Every chart is linked from report.md and inline in report.html; nothing is fetched by it.
+  const svgs = figures.filter((f) => f.endsWith(".svg"));
+  for (const f of svgs) assert.ok(md.includes(`(${f})`), `report.md links ${f}`);
+  const inline = [...html.matchAll(/<figure class="chart"[^>]*><svg /g)].length;
+  const linked = [...md.matchAll(/\]\(figures\/[^)]*\.svg\)/g)].length;
+  assert.equal(inline, linked);
+  assert.ok(inline >= svgs.length + 5, `${inline} charts: arms, top-1 and probe charts too`);
+  assert.doesNotMatch(html, /(src|href)="(https?:|\/\/)|<script/);
+  assert.match(html, /src="data:image\/png;base64,/);
   // One line per finished measurement.
   for (const what of ["real-image classifier", "codeword probe", "linear probes", "fine-tune"]) {
     assert.ok(lines.some((l) => l.includes(what)), `a line for ${what}`);
   }
   const manifest = JSON.parse(await Deno.readTextFile(join(out, "manifest.json")));
   assert.ok(manifest.files["report.json"] && manifest.files["report.md"]);
+  assert.ok(manifest.files["report.html"]);
   assert.equal(manifest.inputs["export.1"].dir, exportDir);
   // Up to date: skipped.
   assert.equal((await runEvaluate(options(out), quiet)).status, "skip");
@@ -118,6 +128,30 @@ Deno.test("evaluate writes report.json with every key finite, report.md and the 
     new Set(access.read),
     new Set([shardDir, out, exportDir, pretrainDir]),
   );
+});
+
+/** Where the suite keeps what a person looks at after it (gitignored). */
+const ARTEFACTS = fileURLToPath(new URL("../runs/test-artefacts", import.meta.url));
+
+Deno.test("report.html opens in headless Chromium: no console error, every chart drawn", async () => {
+  const out = join(root, "evaluate");
+  // The report of the test above (made again if that test did not run).
+  await runEvaluate(options(out), quiet);
+  await Deno.mkdir(ARTEFACTS, { recursive: true });
+  const screenshot = join(ARTEFACTS, "evaluate_report_html.png");
+  const check = await runBrowserCheck(join(out, "report.html"), { screenshot });
+  assert.deepEqual(check.problems, []);
+  assert.deepEqual(check.errors, []);
+  const report = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
+  const svgs = [
+    ...report.figures.finetune,
+    ...report.figures.curves.flatMap((c: { files: string[] }) => c.files),
+  ];
+  assert.ok(check.charts.length >= svgs.length + 5, `${check.charts.length} charts`);
+  for (const c of check.charts) assert.ok(c.marks > 0, `${c.id} has marks`);
+  assert.ok(check.images.length >= 1 && check.images.every((i) => i.loaded));
+  assert.equal(check.tables, 5);
+  assert.ok((await Deno.stat(screenshot)).size > 10_000, `screenshot ${screenshot}`);
 });
 
 Deno.test("evaluate refuses bad inputs in one line before any work", async () => {
@@ -178,19 +212,6 @@ Deno.test("report and figure helpers", () => {
   assert.deepEqual(reportProblems(broken), ['missing "tokenizer.psnr"', "extra.v is NaN"]);
   assert.throws(() => measurement(Infinity, "val", run), /measurement on val of \/x is Infinity/);
 
-  const records = [
-    { step: 1, loss: 5, pixel: 3, usage: 0.1, psnr: 12, lr: 1e-3, phase: "a" },
-    { step: 2, loss: 0.2, pixel: 0.1, usage: 0.4, psnr: 15, lr: 2e-3, phase: "b" },
-  ];
-  assert.deepEqual(curvePanels(records), [
-    { title: "LOSS", keys: ["loss", "pixel"], logY: true },
-    { title: "ACCURACY / USAGE", keys: ["usage"], logY: false },
-    { title: "RECONSTRUCTION", keys: ["psnr"], logY: false },
-  ]);
-  const fig = stageCurves(records, "T", { width: 200, height: 150 })!;
-  assert.equal(fig.image.width, 3 * 200 + 2 * 8);
-  assert.equal(stageCurves([{ step: 1, lr: 1 }], "T"), null);
-
   // 1 image 1×4×4, 2×2 patches: patches 1 and 2 greyed.
   const grey = greyPatches(
     { data: new Array(16).fill(1), shape: [1, 1, 4, 4] },
@@ -199,9 +220,29 @@ Deno.test("report and figure helpers", () => {
     0.5,
   );
   assert.deepEqual(Array.from(grey.data), [1, 1, .5, .5, 1, 1, .5, .5, .5, .5, 1, 1, .5, .5, 1, 1]);
+  // A grid: pictures only, white around; its layout says where the cells are.
   const cell = { pixels: new Uint8Array(9).fill(7), channels: 1, height: 3, width: 3 };
-  const table = imageTable([[cell, cell]], ["A", "BB"], { scale: 2, gap: 1 });
-  assert.equal(table.channels, 3);
-  assert.ok(table.width >= 2 * 6 + 3 && table.height === 7 + 2 + 6 + 1);
-  assert.throws(() => imageTable([[cell]], ["A", "B"]), /image table needs rows of 2 cells/);
+  const { image, layout } = imageGrid([[cell, cell], [cell]], { scale: 2, gap: 1 });
+  assert.deepEqual(layout, { columns: 2, rows: 2, cellWidth: 6, cellHeight: 6, gap: 1 });
+  assert.deepEqual([image.channels, image.width, image.height], [3, 1 + 2 * 7, 1 + 2 * 7]);
+  const px = (k: number, y: number, x: number) => image.pixels[(k * 15 + y) * 15 + x];
+  assert.deepEqual([px(0, 1, 1), px(2, 6, 6), px(1, 0, 0), px(0, 7, 4), px(0, 8, 8)], [
+    7,
+    7,
+    255,
+    255,
+    255,
+  ]);
+  assert.throws(() => imageGrid([[cell], []]), /needs cells in every row/);
+  assert.throws(() => imageGrid([[cell, { ...cell, width: 2 }]]), /cells differ in size/);
+  // Markdown of blocks: a grid's column headings are text beside its image.
+  const md = toMarkdown([
+    { kind: "heading", level: 2, text: "T" },
+    { kind: "grid", file: "g.png", alt: "g", columns: ["a", "b"], layout, caption: "C." },
+    { kind: "table", header: ["x", "img"], rows: [[1, { image: "p.png", alt: "p" }]] },
+  ]);
+  assert.equal(
+    md,
+    "## T\n\nC. Columns: a | b.\n\n![g](g.png)\n\n| x | img |\n| :--- | ---: |\n| 1 | ![p](p.png) |\n",
+  );
 });

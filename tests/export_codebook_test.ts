@@ -22,7 +22,7 @@ import {
   PatchSampler,
   rankCodes,
   selectCodes,
-} from "../lib/io/codebook_report.ts";
+} from "../lib/report/codebook.ts";
 import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
 import {
   loadTrainedVqVae,
@@ -431,7 +431,7 @@ Deno.test("export-codebook: end to end, numbers consistent with the token shards
       "tokens/val-00000.tokens",
       "codebook.json",
       "codebook.md",
-      "figures/code_histogram.png",
+      "figures/code_histogram.svg",
       "figures/patches_overview.png",
       ...figures,
     ]
@@ -447,7 +447,7 @@ Deno.test("export-codebook: end to end, numbers consistent with the token shards
   assert.equal(result.summary.distinct_codes, codebook.distinctCodes);
   const md = await Deno.readTextFile(join(exportDir, "codebook.md"));
   assert.match(md, new RegExp(`Distinct codebook rows: ${codebook.distinctCodes} of`));
-  for (const f of [...figures, "figures/code_histogram.png", "figures/patches_overview.png"]) {
+  for (const f of [...figures, "figures/code_histogram.svg", "figures/patches_overview.png"]) {
     assert.ok(md.includes(`(${f})`), `codebook.md links ${f}`);
   }
   // Token shards: every image of each split, labels kept, counts equal codebook.json's.

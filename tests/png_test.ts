@@ -1,4 +1,4 @@
-// PNG images and grids (decoded back with pngjs and compared with a reference), and the plots.
+// PNG images and grids (decoded back with pngjs and compared with a reference).
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
@@ -14,17 +14,6 @@ import {
   writeImageGrid,
   writePng,
 } from "../lib/io/png.ts";
-import {
-  Canvas,
-  formatTick,
-  histogram,
-  histogramPlot,
-  linePlot,
-  niceTicks,
-  PALETTE,
-  textWidth,
-  writePlot,
-} from "../lib/io/plot.ts";
 import { tensor } from "../lib/tensor/mod.ts";
 
 /** Decodes a PNG into planar [C, H, W] bytes with C = 1 for grey files. */
@@ -175,98 +164,4 @@ Deno.test("bad image shapes and mismatched sets fail clearly", async () => {
     () => encodePng({ pixels: new Uint8Array(5), channels: 1, height: 2, width: 2 }),
     /5 bytes for \[1,2,2\]/,
   );
-});
-
-// ---- plots ----------------------------------------------------------------------------------
-
-Deno.test("the bitmap font draws known glyphs", () => {
-  const canvas = new Canvas(16, 9);
-  canvas.text(1, 1, "1L");
-  const art = Array.from(
-    { length: 7 },
-    (_, r) =>
-      Array.from({ length: 11 }, (_, c) => canvas.pixels[(r + 1) * 16 + c + 1] === 0 ? "#" : ".")
-        .join(""),
-  );
-  assert.deepEqual(art, [
-    "..#...#....",
-    ".##...#....",
-    "..#...#....",
-    "..#...#....",
-    "..#...#....",
-    "..#...#....",
-    ".###..#####",
-  ]);
-  assert.equal(textWidth("1L"), 11);
-});
-
-Deno.test("niceTicks and formatTick give round, readable ticks", () => {
-  assert.deepEqual(niceTicks(0, 1), {
-    ticks: [0, 0.2, 0.4, 0.6, 0.8, 1],
-    step: 0.2,
-  });
-  const { ticks, step } = niceTicks(-3.7, 12.2);
-  assert.equal(step, 5);
-  assert.deepEqual(ticks, [0, 5, 10]);
-  assert.equal(formatTick(0.6000000000000001, 0.2), "0.6");
-  assert.equal(formatTick(1500, 500), "1500");
-  assert.equal(formatTick(2e-4, 1e-4), "2.0e-4");
-  assert.equal(formatTick(-1e-17, 0.5), "0");
-  assert.equal(niceTicks(3, 3).ticks.includes(3), true);
-});
-
-Deno.test("linePlot draws each series in its colour inside the axes", async () => {
-  const x = Array.from({ length: 31 }, (_, i) => i * 10);
-  const loss = x.map((s) => 2 * Math.exp(-s / 100) + 0.05);
-  const image = linePlot(
-    [{ name: "train", x, y: loss }, {
-      name: "val",
-      x,
-      y: loss.map((v, i) => (i === 7 ? NaN : v * 1.2)),
-    }],
-    { title: "Loss", xLabel: "step", yLabel: "loss", width: 301, height: 201, logY: true },
-  );
-  assert.deepEqual([image.channels, image.height, image.width], [3, 201, 301]);
-  const plane = image.height * image.width;
-  const count = (c: readonly number[]) => {
-    let n = 0;
-    for (let i = 0; i < plane; i++) {
-      if (
-        image.pixels[i] === c[0] && image.pixels[plane + i] === c[1] &&
-        image.pixels[2 * plane + i] === c[2]
-      ) n++;
-    }
-    return n;
-  };
-  assert.ok(count(PALETTE[0]) > 150, `train line has ${count(PALETTE[0])} pixels`);
-  assert.ok(count(PALETTE[1]) > 150, `val line has ${count(PALETTE[1])} pixels`);
-  assert.throws(() => linePlot([{ x: [1, 2], y: [1] }]), /has 2 x but 1 y/);
-  await withTempDir(async (dir) => {
-    await writePlot(join(dir, "loss.png"), image);
-    const png = decode(await Deno.readFile(join(dir, "loss.png")));
-    assert.deepEqual([png.channels, png.height, png.width], [3, 201, 301]);
-  });
-});
-
-Deno.test("histogram counts and histogramPlot bars (grouped beyond the plot width)", () => {
-  const values = [0, 0.1, 0.5, 0.99, 1, 2, NaN, -1];
-  const h = histogram(values, 4, [0, 1]);
-  assert.deepEqual(h, { counts: [2, 0, 1, 2], x0: 0, binWidth: 0.25 });
-
-  // One code used 50 times, the others once: the tallest bar reaches the top tick.
-  const counts = new Array(37).fill(1);
-  counts[5] = 50;
-  const img = histogramPlot({ counts }, { width: 201, height: 121, title: "codes" });
-  const plane = img.width * img.height;
-  const barColumns = new Set<number>();
-  for (let i = 0; i < plane; i++) {
-    if (img.pixels[i] === PALETTE[0][0] && img.pixels[plane + i] === PALETTE[0][1]) {
-      barColumns.add(i % img.width);
-    }
-  }
-  assert.ok(barColumns.size > 37, `bars cover ${barColumns.size} columns`);
-  // 1000 bins on a 201-pixel canvas are summed in groups (shown in the y label).
-  const wide = histogramPlot({ counts: new Array(1000).fill(1) }, { width: 201, height: 121 });
-  assert.equal(wide.width, 201);
-  assert.throws(() => histogramPlot({ counts: [] }), /histogram has no bins/);
 });

@@ -12,7 +12,7 @@ import {
   usageMetrics,
   VectorQuantizer,
 } from "../lib/models/quantizer.ts";
-import { distinctCodes } from "../lib/io/codebook_report.ts";
+import { distinctCodes } from "../lib/report/codebook.ts";
 
 // z [B, D, h, w] with odd sizes and a size-1 dim; K = 7 codes.
 const B = 2, D = 3, H = 3, W = 5, K = 7;

@@ -7,7 +7,7 @@ import { parseOptions } from "../lib/cli/args.ts";
 import { beginStage, finishStage } from "../lib/cli/stage.ts";
 import { openShards } from "../lib/data/shards.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
-import { codeStats, countCodes, writeCodeFrequencyPlot } from "../lib/io/codebook_report.ts";
+import { codeStats, countCodes } from "../lib/report/codebook.ts";
 import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
 import { runShard, shardCommand } from "../tasks/shard.ts";
@@ -86,9 +86,12 @@ export async function tinyExport(
   }
   tok.dispose();
   const splits = Object.fromEntries(Object.entries(counts).map(([k, c]) => [k, codeStats(c)]));
-  await writeJsonAtomic(join(out, "codebook.json"), { codebookSize, grid: [7, 7], splits });
-  await Deno.mkdir(join(out, "figures"));
-  await writeCodeFrequencyPlot(join(out, "figures", "code_histogram.png"), counts);
+  await writeJsonAtomic(join(out, "codebook.json"), {
+    codebookSize,
+    grid: [7, 7],
+    splits,
+    counts: Object.fromEntries(Object.entries(counts).map(([k, c]) => [k, Array.from(c)])),
+  });
   await finishStage(run, { summary: {} });
   return out;
 }

@@ -170,7 +170,8 @@ function stageArgs(stage: string, out: string): { args: string[]; deny: string }
             "--pretrain",
             join(root, "pretrain-whole"),
           ],
-          ...["--out", out],
+          ...["--out", out, "--finetune-batch", "8", "--classifier-batch", "8"],
+          ...["--probe-batch", "8", "--probe-train", "12", "--eval-images", "8"],
         ],
         deny: join(root, "pretrain-whole"),
       };

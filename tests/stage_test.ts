@@ -23,7 +23,7 @@ import {
 } from "../lib/cli/metrics.ts";
 import { CheckpointGuard, loadCheckpoint, saveCheckpoint } from "../lib/io/checkpoint.ts";
 import { writeImageGrid } from "../lib/io/png.ts";
-import { linePlot, writePlot } from "../lib/io/plot.ts";
+import { lineChart, writeChart } from "../lib/report/charts.ts";
 import { Linear } from "../lib/nn/layers.ts";
 import { AdamW } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
@@ -237,6 +237,9 @@ const CHECKPOINT_EVERY = 4;
 
 class Killed extends Error {}
 
+/** The toy stage's loss chart axes. */
+const xy = { xTitle: "step", yTitle: "loss" };
+
 /**
  * A training stage written the way the real ones are: begin, restore, train with checked losses,
  * metrics and checkpoints, figures, finish. `killAfter` throws after that step, like a kill.
@@ -300,7 +303,8 @@ async function toyStage(
     const recon = tidy(() => sigmoid(model.forward(x)));
     await writeImageGrid(join(out, "recon.png"), [y.view([5, 1, 1, 2]), recon.view([5, 1, 1, 2])]);
     const curve = series(await readMetrics(join(out, METRICS_FILE)), "loss");
-    await writePlot(join(out, "loss.png"), linePlot([{ name: "loss", ...curve }]));
+    const points = curve.x.map((x, i) => ({ x, y: curve.y[i], series: "loss" }));
+    await writeChart(out, "loss.svg", lineChart("loss", "loss", points, xy));
     const manifest = await finishStage(run, { summary: { loss: curve.y.at(-1) } });
     return { status: run.status, manifest };
   } finally {
@@ -329,7 +333,7 @@ Deno.test("a toy stage killed mid-run resumes to exactly the uninterrupted outpu
     const a = whole.manifest!, b = resumed.manifest!;
     assert.deepEqual(Object.keys(a.files), [
       "checkpoint.safetensors",
-      "loss.png",
+      "loss.svg",
       METRICS_FILE,
       "recon.png",
     ]);

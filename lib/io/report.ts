@@ -1,6 +1,6 @@
 // The evaluate stage's report: report.json (every measurement with the split it was measured on
-// and the run it came from — a stage folder and the sha256 of its manifest.json) and report.md
-// (markdown tables in the paper's layouts, with the figures). Writers are atomic.
+// and the run it came from — a stage folder and the sha256 of its manifest.json), report.md and
+// report.html (made from the same blocks by lib/report/document.ts). Writers are atomic.
 
 import { join } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "./atomic.ts";
@@ -70,56 +70,13 @@ export function reportProblems(report: Record<string, unknown>): string[] {
   return problems;
 }
 
-// ---- markdown -------------------------------------------------------------------------------
-
-export type Cell = string | number | null | undefined;
-
-/** A number as a percentage with one decimal ("97.3"), "–" when missing. */
-export function pct(v: number | null | undefined, digits = 1): string {
-  return typeof v === "number" && Number.isFinite(v) ? (100 * v).toFixed(digits) : "–";
-}
-
-/** A number with fixed decimals, "–" when missing. */
-export function fixed(v: number | null | undefined, digits = 2): string {
-  return typeof v === "number" && Number.isFinite(v) ? v.toFixed(digits) : "–";
-}
-
-function cellText(c: Cell): string {
-  if (c === null || c === undefined) return "–";
-  return String(c).replace(/\|/g, "\\|").replace(/\n/g, " ");
-}
-
 /**
- * A GitHub markdown table. `align` per column: "l" (default for the first column) or "r" (default
- * for the others: numbers).
+ * Writes report.json (validated first: a report with problems is an error), then report.md and
+ * report.html (lib/report/document.ts).
  */
-export function markdownTable(
-  header: readonly string[],
-  rows: readonly (readonly Cell[])[],
-  align?: readonly ("l" | "r")[],
-): string {
-  for (const r of rows) {
-    if (r.length !== header.length) {
-      throw new Error(
-        `peco: report: a table row has ${r.length} cells, the header ${header.length}`,
-      );
-    }
-  }
-  const a = align ?? header.map((_, i) => (i === 0 ? "l" : "r"));
-  const rule = a.map((x) => (x === "r" ? "---:" : ":---"));
-  const line = (cells: readonly Cell[]) => `| ${cells.map(cellText).join(" | ")} |`;
-  return [line(header), `| ${rule.join(" | ")} |`, ...rows.map(line)].join("\n");
-}
-
-/** A markdown image (path relative to the report). */
-export function image(alt: string, path: string): string {
-  return `![${alt.replace(/[[\]]/g, "")}](${path})`;
-}
-
-/** Writes report.json (validated first: a report with problems is an error) and report.md. */
 export async function writeReport(
   dir: string,
-  { json, markdown }: { json: Record<string, unknown>; markdown: string },
+  { json, markdown, html }: { json: Record<string, unknown>; markdown: string; html: string },
 ): Promise<void> {
   const problems = reportProblems(json);
   if (problems.length) {
@@ -130,4 +87,5 @@ export async function writeReport(
     join(dir, "report.md"),
     markdown.endsWith("\n") ? markdown : markdown + "\n",
   );
+  await writeFileAtomic(join(dir, "report.html"), html);
 }

@@ -1,5 +1,5 @@
 // What a codebook learned, for the export-codebook stage: per-split code statistics (usage,
-// perplexity, dead codes, top codes), the sorted code-frequency plot, and the paper's Figure 3 —
+// perplexity, dead codes, top codes), the sorted code-frequency chart, and the paper's Figure 3 —
 // for a sample of codes, the image patches (receptive-field crops) where that code occurs — plus
 // the codebook.md that links it all. Host-side only: the ids come from the token shards.
 //
@@ -7,8 +7,11 @@
 // f the downsample factor; crops show that cell enlarged by a margin of context on every side,
 // with the cell itself outlined.
 
+import { writeFileAtomic } from "../io/atomic.ts";
+import { encodePng } from "../io/png.ts";
 import { Rng } from "../tensor/init.ts";
-import { Canvas, linePlot, PALETTE, type Rgb, textWidth, writePlot } from "./plot.ts";
+import { codeFrequencyChart, renderSvg } from "./charts.ts";
+import { imageGrid } from "./images.ts";
 
 // ---- statistics -----------------------------------------------------------------------------
 
@@ -183,7 +186,7 @@ export interface Patch {
 }
 
 const MID_GREY = 128;
-const CELL_OUTLINE: Rgb = [230, 40, 40];
+const CELL_OUTLINE = [230, 40, 40] as const;
 
 /**
  * The crop of image `pixels` [C, S, S] around cell (row, col) of a downsample-`f` grid, with
@@ -228,96 +231,55 @@ export function cropPatch(
   return { pixels: out, side };
 }
 
-/** Draws an RGB patch onto a canvas at (x, y). */
-function drawPatch(canvas: Canvas, patch: Patch, x: number, y: number): void {
-  const plane = patch.side * patch.side;
-  for (let py = 0; py < patch.side; py++) {
-    for (let px = 0; px < patch.side; px++) {
-      const i = py * patch.side + px;
-      canvas.set(x + px, y + py, [
-        patch.pixels[i],
-        patch.pixels[plane + i],
-        patch.pixels[2 * plane + i],
-      ]);
-    }
-  }
+const GAP = 2;
+
+/** A patch as the planar RGB image it is. */
+function patchImage(p: Patch) {
+  return { pixels: p.pixels, channels: 3, height: p.side, width: p.side };
 }
 
-const GAP = 2;
-const LABEL_H = 7 + 6;
-
-/** One code's patches in a grid of `cols` columns under a title line. */
+/** One code's patches in a grid of `cols` columns (PNG; its title is the report's text). */
 export async function writePatchGrid(
   path: string,
-  title: string,
   patches: readonly Patch[],
   cols: number,
 ): Promise<void> {
   if (patches.length === 0) throw new Error(`peco: writePatchGrid: ${path}: no patches`);
-  const side = patches[0].side;
-  const n = Math.min(cols, patches.length);
-  const rows = Math.ceil(patches.length / n);
-  const width = Math.max(n * (side + GAP) + GAP, textWidth(title) + 8);
-  const canvas = new Canvas(width, LABEL_H + rows * (side + GAP) + GAP);
-  canvas.text(4, 3, title);
+  const rows: ReturnType<typeof patchImage>[][] = [];
   patches.forEach((p, i) => {
-    const x = GAP + (i % n) * (side + GAP);
-    drawPatch(canvas, p, x, LABEL_H + GAP + Math.floor(i / n) * (side + GAP));
+    if (i % cols === 0) rows.push([]);
+    rows.at(-1)!.push(patchImage(p));
   });
-  await writePlot(path, canvas.image());
+  await writeFileAtomic(path, encodePng(imageGrid(rows, { gap: GAP }).image));
 }
 
-/** One row per code: its label, then up to `perRow` of its patches. */
+/**
+ * One row per code, up to `perRow` of its patches (PNG); returns the codes' labels in row order
+ * (codes without patches are left out), which the report prints beside it.
+ */
 export async function writePatchOverview(
   path: string,
   rows: readonly { label: string; patches: readonly Patch[] }[],
   perRow: number,
-): Promise<void> {
+): Promise<string[]> {
   const shown = rows.filter((r) => r.patches.length > 0);
   if (shown.length === 0) throw new Error(`peco: writePatchOverview: ${path}: no patches`);
-  const side = shown[0].patches[0].side;
-  const labelW = Math.max(...shown.map((r) => textWidth(r.label))) + 8;
-  const rowH = Math.max(side, 7) + GAP;
-  const canvas = new Canvas(labelW + perRow * (side + GAP) + GAP, shown.length * rowH + GAP);
-  shown.forEach((r, k) => {
-    const y = GAP + k * rowH;
-    canvas.text(4, y + Math.floor((side - 7) / 2), r.label);
-    r.patches.slice(0, perRow).forEach((p, i) =>
-      drawPatch(canvas, p, labelW + i * (side + GAP), y)
-    );
+  const grid = imageGrid(shown.map((r) => r.patches.slice(0, perRow).map(patchImage)), {
+    gap: GAP,
   });
-  await writePlot(path, canvas.image());
+  await writeFileAtomic(path, encodePng(grid.image));
+  return shown.map((r) => r.label);
 }
 
-// ---- code frequency plot --------------------------------------------------------------------
+// ---- code frequency chart -------------------------------------------------------------------
 
-/**
- * Sorted code frequencies (rank → fraction of tokens) of each split; a log y axis when the
- * frequencies span more than two decades.
- */
-export async function writeCodeFrequencyPlot(
+/** The sorted code frequencies (rank → share of tokens) of each split as an SVG chart. */
+export async function writeCodeFrequencyChart(
   path: string,
   countsBySplit: Record<string, ArrayLike<number>>,
-): Promise<{ logY: boolean }> {
-  let lo = Infinity, hi = 0;
-  const series = Object.entries(countsBySplit).map(([name, counts], k) => {
-    const ranked = rankCodes(counts);
-    const total = ranked.reduce((s, id) => s + counts[id], 0);
-    const y = ranked.map((id) => counts[id] / total);
-    for (const v of y) (lo = Math.min(lo, v)), (hi = Math.max(hi, v));
-    return { name, x: ranked.map((_, i) => i + 1), y, color: PALETTE[k % PALETTE.length] };
-  });
-  const logY = hi / lo > 100;
-  await writePlot(
-    path,
-    linePlot(series, {
-      title: "CODE FREQUENCY, SORTED",
-      xLabel: "CODE RANK",
-      yLabel: "FRACTION OF TOKENS",
-      logY,
-    }),
-  );
-  return { logY };
+): Promise<void> {
+  const chart = codeFrequencyChart("code_frequency", "Code frequency, sorted", countsBySplit);
+  await writeFileAtomic(path, await renderSvg(chart));
 }
 
 // ---- codebook.md ----------------------------------------------------------------------------
@@ -348,8 +310,10 @@ export interface CodebookSummary {
   /** Where the patches come from (the held-out split). */
   patchSplit: string;
   patchMargin: number;
-  histogram: { file: string; logY: boolean };
+  histogram: string;
   overview: string;
+  /** The overview's rows, top to bottom: code labels. */
+  overviewRows: string[];
   codes: CodeFigure[];
   /** Facts about the tokenizer and the run, shown as a list. */
   about: Record<string, string>;
@@ -382,10 +346,9 @@ export function codebookMarkdown(s: CodebookSummary): string {
     `chosen). Perplexity is exp of the ` +
     `entropy of the code distribution: the number of equally used codes it is worth.`,
     ``,
-    `![sorted code frequencies](${s.histogram.file})`,
+    `![sorted code frequencies](${s.histogram})`,
     ``,
-    `Code frequencies sorted by rank${s.histogram.logY ? " (log scale)" : ""}: ` +
-    `[${s.histogram.file}](${s.histogram.file}).`,
+    `Code frequencies sorted by rank: [${s.histogram}](${s.histogram}).`,
     ``,
     `### Most frequent codes`,
     ``,
@@ -405,6 +368,8 @@ export function codebookMarkdown(s: CodebookSummary): string {
     `Figure 3). Overview, one row per code: [${s.overview}](${s.overview}).`,
     ``,
     `![patches per code](${s.overview})`,
+    ``,
+    `Rows of the overview, top to bottom: codes ${s.overviewRows.join(", ")}.`,
     ``,
     `| code | kind | ${s.patchSplit} occurrences | patches | figure |`,
     `|---:|---|---:|---:|---|`,
