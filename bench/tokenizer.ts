@@ -76,44 +76,26 @@ function asked(name: string): boolean {
 
 const PAPER = "tokenizer-224 train paper preset 16× K=8192 b=8";
 
+/** A case of the MNIST preset: 28² grey images, batch 8. */
+function mnistCase(name: string, lambda: number, adversarial = false): BenchCase {
+  return {
+    name,
+    run: () =>
+      trainThroughput(name, {
+        preset: "mnist",
+        size: 28,
+        channels: 1,
+        batch: 8,
+        lambda,
+        adversarial,
+      }),
+  };
+}
+
 export const cases: BenchCase[] = [
-  {
-    name: "tokenizer-mnist train λ=0 b=8",
-    run() {
-      return trainThroughput(this.name, {
-        preset: "mnist",
-        size: 28,
-        channels: 1,
-        batch: 8,
-        lambda: 0,
-      });
-    },
-  },
-  {
-    name: "tokenizer-mnist train λ=1 builtin b=8",
-    run() {
-      return trainThroughput(this.name, {
-        preset: "mnist",
-        size: 28,
-        channels: 1,
-        batch: 8,
-        lambda: 1,
-      });
-    },
-  },
-  {
-    name: "tokenizer-mnist train λ=0 adversarial b=8",
-    run() {
-      return trainThroughput(this.name, {
-        preset: "mnist",
-        size: 28,
-        channels: 1,
-        batch: 8,
-        lambda: 0,
-        adversarial: true,
-      });
-    },
-  },
+  mnistCase("tokenizer-mnist train λ=0 b=8", 0),
+  mnistCase("tokenizer-mnist train λ=1 builtin b=8", 1),
+  mnistCase("tokenizer-mnist train λ=0 adversarial b=8", 0, true),
   ...(asked(PAPER)
     ? [{
       name: PAPER,
