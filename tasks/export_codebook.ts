@@ -48,6 +48,7 @@ import {
   codeStats,
   countCodes,
   cropPatch,
+  distinctCodes,
   type Patch,
   PatchSampler,
   rankCodes,
@@ -332,6 +333,8 @@ async function writeReport(
   }]));
   let deadEverywhere = 0;
   for (let c = 0; c < k; c++) if (names.every((n) => counts[n][c] === 0)) deadEverywhere++;
+  // Codes equal to a lower-index code can never be chosen: usage counts only distinct ones.
+  const distinct = distinctCodes(await tokenizer.codebook().read(), tokenizer.info.config.codeDim);
   const topCodes = rankCodes(counts.train).slice(0, 20).map((code) => ({
     code,
     counts: Object.fromEntries(names.map((n) => [n, counts[n][code]])),
@@ -388,6 +391,7 @@ async function writeReport(
     codebookSize: k,
     grid,
     downsampleFactor: f,
+    distinctCodes: distinct,
     splits: stats,
     deadEverywhere,
     topCodes,
@@ -400,6 +404,7 @@ async function writeReport(
     codebookSize: k,
     grid,
     downsampleFactor: f,
+    distinctCodes: distinct,
     splits: stats,
     deadEverywhere,
     topCodes: topCodes.slice(0, 10),
@@ -426,6 +431,7 @@ async function writeReport(
   });
   return {
     codebook_size: k,
+    distinct_codes: distinct,
     grid,
     splits: Object.fromEntries(names.map((n) => [n, summaryOf(n)])),
     dead_everywhere: deadEverywhere,

@@ -4,9 +4,12 @@
 //   deno task train-tokenizer --shards runs/shard --out runs/tokenizer
 //   deno task train-tokenizer --shards runs/shard --out runs/tok-vgg --perceptual vgg16 \
 //     --perceptual-weights vgg16.safetensors --lambda 1
+//   deno task train-tokenizer --shards runs/photos --out runs/tok-moco --perceptual vit-b \
+//     --perceptual-weights moco_v3.safetensors --perceptual-prefix module.base_encoder.
 //
 // Everything is checked before training starts: the shards manifest, the image size against the
-// downsample factor, the perceptual weights (names and shapes). The output folder (--out) holds
+// downsample factor and the perceptual network's input, the perceptual weights (names and shapes;
+// lib/models/perceptual/load.ts). The output folder (--out) holds
 // checkpoint.safetensors (atomic, every --ckpt-every steps and at the end), metrics.jsonl (every
 // --log-every steps: each loss term, held-out PSNR, codebook usage and perplexity, lr, images/s,
 // peak GPU memory), grids/step_NNNNNN.png (held-out input | reconstruction, at every checkpoint)
@@ -15,7 +18,8 @@
 // Options for ablations: `--quantizer plain` (codebook learned by the codebook loss instead of EMA
 // updates) and the adversarial term of paper Table 10 (`--disc-weight 0.4 --disc-start STEP`): a
 // patch discriminator (lib/models/discriminator.ts, hinge loss, its own Adam) trained from
-// --disc-start on, its state in the checkpoint. An up-to-date output folder is recognised before
+// --disc-start on, its state in the checkpoint; the generator's term is weighted adaptively as in
+// taming's VQGAN (lib/train/adversarial.ts). The step itself is lib/train/tokenizer_step.ts. An up-to-date output folder is recognised before
 // the GPU is opened, so a skipped stage costs only reading the manifests.
 //
 // Least privilege (lib/cli/permissions.ts): started with --allow-read and --allow-run=deno, the
@@ -45,39 +49,27 @@ import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/io/
 import { type TrainingState } from "../lib/io/checkpoint.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
 import { writeImageGrid } from "../lib/io/png.ts";
+import { distinctCodes } from "../lib/report/codebook.ts";
 import {
   loadPerceptualNet,
   PERCEPTUAL_KINDS,
   type PerceptualKind,
-  perceptualLoss,
   type PerceptualModule,
+  summarizeNames,
 } from "../lib/models/perceptual/mod.ts";
 import { loadBuiltinPerceptual } from "../lib/models/moco.ts";
-import {
-  discriminatorLayersFor,
-  generatorAdversarialLoss,
-  hingeDiscriminatorLoss,
-  PatchDiscriminator,
-} from "../lib/models/discriminator.ts";
+import { discriminatorLayersFor, PatchDiscriminator } from "../lib/models/discriminator.ts";
 import { CodeUsage, type QuantizerKind } from "../lib/models/quantizer.ts";
 import { type TokenizerPreset, tokenizerPreset } from "../lib/models/tokenizer_config.ts";
 import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
-import { Adam, clipGradNorm, warmupCosine } from "../lib/optim/mod.ts";
-import {
-  add,
-  avgPool2d,
-  backward,
-  concat,
-  l1Loss,
-  mean,
-  mseLoss,
-  mulScalar,
-  noGrad,
-  readAll,
-  type Tensor,
-  tidy,
-} from "../lib/tensor/mod.ts";
+import { Adam, warmupCosine } from "../lib/optim/mod.ts";
+import { noGrad, readAll, type Tensor, tidy } from "../lib/tensor/mod.ts";
 import { meanPsnr, perImageMse } from "../lib/train/psnr.ts";
+import {
+  tokenizerStep,
+  type TokenizerStepContext,
+  tokenizerStepTerms,
+} from "../lib/train/tokenizer_step.ts";
 import {
   checkTrainTokenizerData,
   checkTrainTokenizerFiles,
@@ -104,6 +96,8 @@ export interface TrainTokenizerConfig {
     kind: string;
     lambda: number;
     weights: { sha256: string; bytes: number } | null;
+    /** The name prefix the weights were loaded from (--perceptual-prefix). */
+    prefix?: string;
     /** The loss sees both images average-pooled by this factor (the builtin net's view size). */
     pool?: number;
   };
@@ -126,7 +120,7 @@ export function trainTokenizerAccess(o: TrainTokenizerOptions): StageAccess {
   const out = resolve(o.out);
   const read = [resolve(o.shards), out];
   if (o["perceptual-weights"]) read.push(resolve(o["perceptual-weights"]));
-  if (o["perceptual-dir"]) read.push(resolve(o["perceptual-dir"]));
+  if (o.perceptual === "builtin") read.push(resolve(o["perceptual-dir"]));
   // (And the modules of the shard-reading Workers, while they load: lib/io/worker_pool.ts.)
   return { read: [...read, ...moduleReadPaths()], write: [out] };
 }
@@ -164,24 +158,52 @@ async function perceptualWeights(o: TrainTokenizerOptions) {
   }
 }
 
-/** Loads and checks the perceptual network (null for none). */
-async function openPerceptual(o: TrainTokenizerOptions): Promise<PerceptualModule | null> {
+/**
+ * Loads and checks the perceptual network (null for none), and that images of `size` pooled by
+ * `pool` fit it; logs what an external file held (architecture, names set aside).
+ */
+async function openPerceptual(
+  o: TrainTokenizerOptions,
+  size: number,
+  pool: number,
+  log: (line: string) => void,
+): Promise<PerceptualModule | null> {
   if (o.perceptual === "none") return null;
+  let net: PerceptualModule;
   if (o.perceptual === "builtin") {
     // The train-perceptual stage's folder is also a stage input: its manifest hash is part of the
     // fingerprint, so a retrained network makes this run out of date.
     try {
-      return await loadBuiltinPerceptual(resolve(o["perceptual-dir"]!));
+      net = await loadBuiltinPerceptual(resolve(o["perceptual-dir"]));
     } catch (error) {
       return fail(`--perceptual-dir: ${(error as Error).message.replace(/^peco: /, "")}`);
     }
+  } else {
+    const path = resolve(o["perceptual-weights"]!);
+    const prefix = o["perceptual-prefix"] ?? "";
+    try {
+      const loaded = await loadPerceptualNet(o.perceptual as PerceptualKind, path, { prefix });
+      net = loaded.net;
+      log(
+        `${STAGE}: --perceptual ${o.perceptual}: ${JSON.stringify(loaded.config)} from ${path}` +
+          (loaded.ignored.length
+            ? `; set aside ${loaded.ignored.length}: ${summarizeNames(loaded.ignored, prefix)}`
+            : ""),
+      );
+    } catch (error) {
+      return fail(`--perceptual-weights: ${(error as Error).message.replace(/^peco: /, "")}`);
+    }
   }
-  const path = resolve(o["perceptual-weights"]!);
   try {
-    return (await loadPerceptualNet(o.perceptual as PerceptualKind, path)).net;
+    net.checkInputSize?.(size / pool, size / pool);
   } catch (error) {
-    return fail(`--perceptual-weights: ${(error as Error).message.replace(/^peco: /, "")}`);
+    net.dispose();
+    return fail(
+      `--perceptual ${o.perceptual}: ${(error as Error).message.replace(/^peco: /, "")} ` +
+        `(the --shards images${pool > 1 ? ` pooled by ${pool}` : ""})`,
+    );
   }
+  return net;
 }
 
 /**
@@ -193,7 +215,7 @@ async function perceptualPool(o: TrainTokenizerOptions, imageSize: number): Prom
   if (o.perceptual !== "builtin") return 1;
   try {
     const manifest = JSON.parse(
-      await Deno.readTextFile(join(resolve(o["perceptual-dir"]!), MANIFEST_FILE)),
+      await Deno.readTextFile(join(resolve(o["perceptual-dir"]), MANIFEST_FILE)),
     );
     const view = manifest?.summary?.viewSize?.[0];
     if (Number.isInteger(view) && view > 0 && view < imageSize && imageSize % view === 0) {
@@ -246,7 +268,13 @@ function resolveConfig(
     train,
     seed: o.seed,
     limit: o.limit ?? null,
-    perceptual: { kind: o.perceptual, lambda, weights, ...(pool > 1 ? { pool } : {}) },
+    perceptual: {
+      kind: o.perceptual,
+      lambda,
+      weights,
+      ...(o["perceptual-prefix"] ? { prefix: o["perceptual-prefix"] } : {}),
+      ...(pool > 1 ? { pool } : {}),
+    },
     disc,
     eval: {
       images: o["eval-images"],
@@ -283,22 +311,6 @@ async function heldOut(val: SplitReader, count: number) {
   };
 }
 
-/** The perceptual network's input: grey repeated to RGB, average-pooled by `pool`. */
-function perceptualInput(x: Tensor, pool: number): Tensor {
-  const y = x.shape[1] === 3 ? x : concat([x, x, x], 1);
-  return pool > 1 ? avgPool2d(y, pool) : y;
-}
-
-/** Runs `fn` with the module's parameters frozen (no weight gradients recorded). */
-function frozen<T>(params: Tensor[], fn: () => T): T {
-  params.forEach((p) => p.requiresGrad = false);
-  try {
-    return fn();
-  } finally {
-    params.forEach((p) => p.requiresGrad = true);
-  }
-}
-
 /**
  * True when --out holds a finished run of exactly this config and inputs: decided from the
  * manifests alone, so that a skipped stage never opens the GPU (beginStage then confirms it).
@@ -329,7 +341,7 @@ export async function runTrainTokenizer(
   const pool = await perceptualPool(o, image.size);
   const config = resolveConfig(o, preset, image, weights, pool);
   const inputs: Record<string, string> = { shards: shards.dir };
-  if (o.perceptual === "builtin") inputs.perceptual = resolve(o["perceptual-dir"]!);
+  if (o.perceptual === "builtin") inputs.perceptual = resolve(o["perceptual-dir"]);
   const stage = { name: STAGE, out: o.out, config, inputs, force: o.force ?? false, log };
   if (!stage.force && await upToDate(o.out, config, inputs)) {
     const run = await beginStage(stage);
@@ -339,7 +351,7 @@ export async function runTrainTokenizer(
     throw new Error(`peco: ${STAGE}: ${run.out} changed while it was checked; run again`);
   }
   await initGpu();
-  const net = await openPerceptual(o);
+  const net = await openPerceptual(o, image.size, pool, log);
   try {
     const run = await beginStage(stage);
     if (run.status === "skip") {
@@ -349,57 +361,6 @@ export async function runTrainTokenizer(
   } finally {
     net?.dispose();
   }
-}
-
-/** What one training step needs (the stage and bench/tokenizer.ts share it). */
-export interface TokenizerStepContext {
-  model: VqVae;
-  optimizer: Adam;
-  train: Pick<TokenizerPreset["train"], "pixelLoss" | "clipNorm">;
-  perceptual: { net: PerceptualModule; lambda: number; pool: number } | null;
-  adversarial: { disc: PatchDiscriminator; optimizer: Adam; weight: number; start: number } | null;
-}
-
-/**
- * One training step on images x [B, C, H, W] in [−1, 1] (call it inside `tidy`): the VQ-VAE's
- * loss, backward, clipping and Adam step, then the discriminator's step when the adversarial term
- * is on. Returns the scalars of the metrics, in the order of the stage's term names: loss, pixel,
- * commitment, perceptual, grad_norm [, g_adv, d_loss, logits_real, logits_fake].
- */
-export function tokenizerStep(c: TokenizerStepContext, x: Tensor, step: number): Tensor[] {
-  const { model, optimizer, perceptual: p, adversarial: a } = c;
-  const out = model.forward(x);
-  const xhat = out.reconstruction;
-  const pixel = c.train.pixelLoss === "l1" ? l1Loss(xhat, x) : mseLoss(xhat, x);
-  const zero = () => mulScalar(pixel.detach(), 0);
-  let loss = add(pixel, out.loss);
-  let percep = zero();
-  if (p) {
-    percep = perceptualLoss(p.net, perceptualInput(x, p.pool), perceptualInput(xhat, p.pool));
-    loss = add(loss, mulScalar(percep, p.lambda));
-  }
-  const advOn = a !== null && step >= a.start;
-  let gAdv = zero();
-  if (advOn) {
-    // The generator's term: gradients reach x̂ through the discriminator, not its weights.
-    gAdv = frozen(a.disc.parameters(), () => generatorAdversarialLoss(a.disc.forward(xhat)));
-    loss = add(loss, mulScalar(gAdv, a.weight));
-  }
-  backward(loss);
-  const norm = clipGradNorm(model.parameters(), c.train.clipNorm);
-  optimizer.step();
-  optimizer.zeroGrad();
-  const terms = [loss, pixel, out.commitment, percep, norm];
-  if (!a) return terms;
-  if (!advOn) return [...terms, gAdv, zero(), zero(), zero()];
-  // The discriminator's step (hinge loss) on the real images and the detached x̂.
-  const real = a.disc.forward(x);
-  const fake = a.disc.forward(xhat.detach());
-  const dLoss = hingeDiscriminatorLoss(real, fake);
-  backward(dLoss);
-  a.optimizer.step();
-  a.optimizer.zeroGrad();
-  return [...terms, gAdv, dLoss, mean(real.detach()), mean(fake.detach())];
 }
 
 async function train(
@@ -475,12 +436,17 @@ async function train(
         if (mse) mses.push(mse);
       }
       const { perplexity, usage: used } = usage.metrics();
-      const values = await readAll([perplexity, used, ...mses]);
+      const values = await readAll([perplexity, used, model.quantize.codebook, ...mses]);
       perplexity.dispose();
       used.dispose();
-      const all = values.slice(2).flatMap((v) => [...v]).slice(0, psnrCount);
+      const all = values.slice(3).flatMap((v) => [...v]).slice(0, psnrCount);
       // Pixels span 2 in [−1, 1]: the PSNR is that of [0, 1] images.
-      return { psnr: meanPsnr(all, 2), usage: values[1][0], perplexity: values[0][0] };
+      return {
+        psnr: meanPsnr(all, 2),
+        usage: values[1][0],
+        perplexity: values[0][0],
+        distinctCodes: distinctCodes(values[2], m.codeDim),
+      };
     } finally {
       mses.forEach((x) => x.dispose());
       usage.dispose();
@@ -515,16 +481,7 @@ async function train(
     epoch: Math.floor(first / loader.stepsPerEpoch),
     step: first % loader.stepsPerEpoch,
   });
-  const termNames = [
-    "loss",
-    "pixel",
-    "commitment",
-    "perceptual",
-    "grad_norm",
-    // The adversarial terms (only with a discriminator): the generator's −mean D(x̂), the
-    // discriminator's hinge loss and its mean logits on real and reconstructed images.
-    ...(disc ? ["g_adv", "d_loss", "logits_real", "logits_fake"] : []),
-  ];
+  const termNames = tokenizerStepTerms(disc !== null);
   const ctx: TokenizerStepContext = {
     model,
     optimizer,
@@ -564,6 +521,7 @@ async function train(
         psnr: ev.psnr,
         usage: ev.usage,
         perplexity: ev.perplexity,
+        distinct_codes: ev.distinctCodes,
         lr: optimizer.lr,
         images_per_s: intervalImages / seconds,
         peak_gpu_bytes: gpu().pool.stats.peakAllocated,
@@ -612,11 +570,12 @@ async function train(
     usage: last.usage,
     perplexity: last.perplexity,
     codes_used: Math.round(last.usage * m.codebookSize),
+    distinct_codes: last.distinct_codes,
     loss: last.loss,
     pixel: last.pixel,
     perceptual: last.perceptual,
     commitment: last.commitment,
-    ...(disc ? { g_adv: last.g_adv, d_loss: last.d_loss } : {}),
+    ...(disc ? { g_adv: last.g_adv, d_weight: last.d_weight, d_loss: last.d_loss } : {}),
     peak_gpu_bytes: gpu().pool.stats.peakAllocated,
     eval_images: evalSet.n,
     psnr_images: psnrCount,

@@ -1,57 +1,14 @@
 import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import { convRef, convVjpRef, type Pad } from "./reference.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
 
-type Pad = { top: number; bottom: number; left: number; right: number };
 interface ConvCase {
   name: string;
   xs: number[];
   ws: number[];
   stride: number;
   padding: number | Pad;
-}
-
-const sides = (p: number | Pad): Pad =>
-  typeof p === "number" ? { top: p, bottom: p, left: p, right: p } : p;
-
-/** float64 direct convolution: x [N,C,H,W], w [O,C,kh,kw], bias [O] | null. */
-function convRef(
-  x: number[],
-  xs: number[],
-  w: number[],
-  ws: number[],
-  bias: number[] | null,
-  stride: number,
-  padding: number | Pad,
-): { data: number[]; shape: number[] } {
-  const [n, c, h, wd] = xs;
-  const [o, , kh, kw] = ws;
-  const p = sides(padding);
-  const ho = Math.floor((h + p.top + p.bottom - kh) / stride) + 1;
-  const wo = Math.floor((wd + p.left + p.right - kw) / stride) + 1;
-  const out: number[] = [];
-  for (let b = 0; b < n; b++) {
-    for (let oc = 0; oc < o; oc++) {
-      for (let oy = 0; oy < ho; oy++) {
-        for (let ox = 0; ox < wo; ox++) {
-          let s = bias ? bias[oc] : 0;
-          for (let ic = 0; ic < c; ic++) {
-            for (let ky = 0; ky < kh; ky++) {
-              const iy = oy * stride + ky - p.top;
-              if (iy < 0 || iy >= h) continue;
-              for (let kx = 0; kx < kw; kx++) {
-                const ix = ox * stride + kx - p.left;
-                if (ix < 0 || ix >= wd) continue;
-                s += w[((oc * c + ic) * kh + ky) * kw + kx] * x[((b * c + ic) * h + iy) * wd + ix];
-              }
-            }
-          }
-          out.push(s);
-        }
-      }
-    }
-  }
-  return { data: out, shape: [n, o, ho, wo] };
 }
 
 const forwardCases: ConvCase[] = [
@@ -234,50 +191,6 @@ Deno.test("conv2d: im2col and direct paths agree (output and all gradients) at a
 });
 
 // ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
-
-/** float64 gradients of Σ seed·conv2d(x, w, b) to x, w and b. */
-function convVjpRef(
-  x: number[],
-  xs: number[],
-  w: number[],
-  ws: number[],
-  seed: number[],
-  stride: number,
-  padding: number | Pad,
-): number[][] {
-  const [n, c, h, wd] = xs;
-  const [o, , kh, kw] = ws;
-  const p = sides(padding);
-  const ho = Math.floor((h + p.top + p.bottom - kh) / stride) + 1;
-  const wo = Math.floor((wd + p.left + p.right - kw) / stride) + 1;
-  const dx = new Array(x.length).fill(0), dw = new Array(w.length).fill(0);
-  const db = new Array(o).fill(0);
-  for (let b = 0; b < n; b++) {
-    for (let oc = 0; oc < o; oc++) {
-      for (let oy = 0; oy < ho; oy++) {
-        for (let ox = 0; ox < wo; ox++) {
-          const g = seed[((b * o + oc) * ho + oy) * wo + ox];
-          db[oc] += g;
-          for (let ic = 0; ic < c; ic++) {
-            for (let ky = 0; ky < kh; ky++) {
-              const iy = oy * stride + ky - p.top;
-              if (iy < 0 || iy >= h) continue;
-              for (let kx = 0; kx < kw; kx++) {
-                const ix = ox * stride + kx - p.left;
-                if (ix < 0 || ix >= wd) continue;
-                const xi = ((b * c + ic) * h + iy) * wd + ix,
-                  wi = ((oc * c + ic) * kh + ky) * kw + kx;
-                dx[xi] += g * w[wi];
-                dw[wi] += g * x[xi];
-              }
-            }
-          }
-        }
-      }
-    }
-  }
-  return [dx, dw, db];
-}
 
 /** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */
 async function checkDirectLarge(tc: ConvCase): Promise<void> {

@@ -121,3 +121,18 @@ Deno.test("a tensor above the adapter's largest binding fails with a clear error
     /GPU out of memory: f32\[\d+\] needs .* above the adapter's largest storage binding/,
   );
 });
+
+Deno.test("backward follows only the inputs that required a gradient when the op ran", async () => {
+  // A weight frozen for one forward pass (as the discriminator under the generator's loss) gets
+  // no gradient from it, even when unfrozen before backward runs.
+  const w = T.tensor([2, 3], [2]);
+  const x = T.tensor([5, 7], [2]);
+  w.requiresGrad = x.requiresGrad = true;
+  w.requiresGrad = false;
+  const y = T.sum(T.mul(w, x));
+  w.requiresGrad = true;
+  T.backward(y);
+  assert.equal(w.grad, null, "the frozen weight got a gradient");
+  assert.deepEqual(Array.from(await x.grad!.toArray()), [2, 3]);
+  [w, x, y, x.grad!].forEach((t) => t.dispose());
+});

@@ -18,6 +18,7 @@ import {
   codeStats,
   countCodes,
   cropPatch,
+  distinctCodes,
   PatchSampler,
   rankCodes,
   selectCodes,
@@ -73,6 +74,8 @@ await runTrainTokenizer(
     "1",
     "--ckpt-every",
     "2",
+    "--perceptual",
+    "none",
     "--eval-images",
     "4",
     "--psnr-images",
@@ -437,7 +440,13 @@ Deno.test("export-codebook: end to end, numbers consistent with the token shards
     assert.ok(await exists(join(exportDir, f)), `${f} exists`);
   }
   assert.equal(figures.length, 4);
+  // Distinct codebook rows, counted from the exported tokenizer's codebook.
+  const { tensors } = await readSafetensors(join(exportDir, TOKENIZER_FILE));
+  const weight = tensors.get("quantize.embedding.weight")!;
+  assert.equal(codebook.distinctCodes, distinctCodes(weight.data as Float32Array, weight.shape[1]));
+  assert.equal(result.summary.distinct_codes, codebook.distinctCodes);
   const md = await Deno.readTextFile(join(exportDir, "codebook.md"));
+  assert.match(md, new RegExp(`Distinct codebook rows: ${codebook.distinctCodes} of`));
   for (const f of [...figures, "figures/code_histogram.svg", "figures/patches_overview.png"]) {
     assert.ok(md.includes(`(${f})`), `codebook.md links ${f}`);
   }

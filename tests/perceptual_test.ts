@@ -14,6 +14,8 @@ import {
 } from "../lib/models/perceptual/load.ts";
 import { perceptualLoss } from "../lib/models/perceptual/loss.ts";
 import type { PerceptualNet } from "../lib/models/perceptual/net.ts";
+import type { VitB } from "../lib/models/perceptual/vit.ts";
+import { bicubicResizeWeights, gridResizeMatrix } from "../lib/models/perceptual/pos_embed.ts";
 
 const DIR = "fixtures/perceptual";
 
@@ -124,6 +126,51 @@ Deno.test("perceptualLoss: float64 value and finite-difference gradient on odd s
   }], { which: [1] });
 });
 
+// ---- position embeddings at other grids, against timm (PyTorch) ------------------------------
+
+Deno.test("vit-b: position embeddings resampled to other grids match timm's bicubic resampling", async () => {
+  const { cases } = JSON.parse(await Deno.readTextFile(join(DIR, "pos_embed_resample.json")));
+  for (const c of cases) {
+    const [gh, gw] = c.to;
+    const g = c.from[0];
+    // On the host: the resize matrix applied to the patch positions, class token kept.
+    const m = gridResizeMatrix(c.from, c.to);
+    const host = [...c.posemb.slice(0, c.dim)];
+    for (let r = 0; r < gh * gw; r++) {
+      for (let d = 0; d < c.dim; d++) {
+        let v = 0;
+        for (let k = 0; k < g * g; k++) v += m[r * g * g + k] * c.posemb[(1 + k) * c.dim + d];
+        host.push(v);
+      }
+    }
+    assertClose(host, c.resampled, { rtol: 1e-5, atol: 1e-6, what: `${c.from} → ${c.to}` });
+    // On the GPU, through a network whose checkpoint grid is c.from (patch 2).
+    const vit = createPerceptualNet("vit-b", {
+      imageSize: 2 * g,
+      patchSize: 2,
+      dim: c.dim,
+      depth: 1,
+      heads: 1,
+      taps: [1],
+    }) as VitB;
+    vit.loadStateDict(new Map([["pos_embed", tensor(c.posemb, [1, 1 + g * g, c.dim])]]), {
+      strict: false,
+    });
+    const pos = tidy(() => vit.positionEmbedding(gh, gw));
+    assert.deepEqual(pos.shape, [1, 1 + gh * gw, c.dim]);
+    assertClose(await pos.read(), c.resampled, { rtol: 1e-5, atol: 1e-6, what: "on the GPU" });
+    if (pos !== vit.posEmbed) pos.dispose();
+    vit.dispose();
+  }
+  // Shrinking 14 → 4 antialiases: every output sample averages several inputs.
+  const w = bicubicResizeWeights(14, 4);
+  for (let i = 0; i < 4; i++) {
+    const row = Array.from(w.subarray(i * 14, i * 14 + 14));
+    assert.ok(row.filter((v) => v !== 0).length > 4, `row ${i}: ${row}`);
+    assert.ok(Math.abs(row.reduce((a, b) => a + b, 0) - 1) < 1e-12);
+  }
+});
+
 // ---- bad input --------------------------------------------------------------------------------
 
 Deno.test("perceptual weights: missing and mismatched tensors give one error naming the file", async () => {
@@ -224,11 +271,13 @@ Deno.test("perceptual networks: bad images and bad configs throw clear errors", 
   const vgg = createPerceptualNet("vgg16", { widths: [2, 2, 2, 2, 2] });
   const small = tensor(randArray(2 * 3 * 8 * 8, 3), [2, 3, 8, 8]);
   const gray = tensor(randArray(16 * 16, 4), [1, 1, 16, 16]);
+  const odd = tensor(randArray(3 * 12 * 12, 5), [1, 3, 12, 12]);
   try {
     assert.throws(
-      () => vit.features(small),
-      /peco: vit-b: input tensor<f32>\[2,3,8,8\] must be 16×16/,
+      () => vit.features(odd),
+      /peco: vit-b: 12×12 images do not split into 8×8 patches \(sides must be multiples of 8\)/,
     );
+    assert.throws(() => vit.checkInputSize!(28, 28), /28×28 images do not split into 8×8/);
     assert.throws(
       () => vit.features(gray),
       /peco: vit-b: input must be f32 \[N, 3, H, W\].*\[1,1,16,16\]/,
@@ -256,6 +305,6 @@ Deno.test("perceptual networks: bad images and bad configs throw clear errors", 
     );
   } finally {
     [vit, vgg].forEach((m) => m.dispose());
-    [small, gray].forEach((t) => t.dispose());
+    [small, gray, odd].forEach((t) => t.dispose());
   }
 });

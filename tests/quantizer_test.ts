@@ -12,6 +12,7 @@ import {
   usageMetrics,
   VectorQuantizer,
 } from "../lib/models/quantizer.ts";
+import { distinctCodes } from "../lib/report/codebook.ts";
 
 // z [B, D, h, w] with odd sizes and a size-1 dim; K = 7 codes.
 const B = 2, D = 3, H = 3, W = 5, K = 7;
@@ -210,6 +211,15 @@ Deno.test("quantizer ema: one training step quantizes with the old codebook, the
   q.dispose();
 });
 
+/**
+ * True when `code` is a row of `rows` moved by the seeding / restart jitter: within 1e-2 of it
+ * (the jitter is 1e-3 of the rows' RMS per element), but not equal to it.
+ */
+function nearARow(rows: number[][], code: number[]): boolean {
+  return rows.some((r) => dist2(r, code) < 1e-4) &&
+    !rows.some((r) => r.every((v, c) => Math.fround(v) === code[c]));
+}
+
 /** The clustered data set: 3 well separated clusters in D = 3, 9 + 11 + 7 rows shuffled. */
 function clusteredRows(): { rows: number[][]; label: number[] } {
   const centers = [[4, 0, 0], [0, 4, -1], [-3, -3, 3]];
@@ -236,8 +246,8 @@ async function checkKmeansState(q: VectorQuantizer, rows: number[][]) {
   for (let k = 0; k < K; k++) {
     const members = rows.filter((_, i) => idx[i] === k);
     if (members.length === 0) {
-      // An empty cluster keeps its centroid: its seed, a row of the data.
-      assert(rows.some((r) => dist2(r, codes[k]) < 1e-10), `empty code ${k} is not a seed row`);
+      // An empty cluster keeps its centroid: its seed, a row of the data plus the jitter.
+      assert(nearARow(rows, codes[k]), `empty code ${k} is not a seed row`);
       continue;
     }
     const centroid = codes[k].map((_, c) => members.reduce((s, r) => s + r[c], 0) / members.length);
@@ -320,7 +330,7 @@ Deno.test("quantizer: dead-code restart replaces exactly the codes with N_k belo
   for (let k = 0; k < K; k++) {
     const code = weight.slice(k * D, k * D + D);
     if (dead[k]) {
-      assert(rows.some((r) => r.every((v, c) => f32(v) === code[c])), `code ${k}: not a row of z`);
+      assert(nearARow(rows, code), `code ${k}: not a row of z plus the jitter`);
       assertEquals(n[k], 1);
       assertEquals(m.slice(k * D, k * D + D), code);
     } else {
@@ -362,7 +372,7 @@ Deno.test("quantizer ema: a training step restarts the codes left dead by the up
   for (let k = 0; k < K; k++) {
     const code = weight.slice(k * D, k * D + D);
     if (dead[k]) {
-      assert(rows.some((r) => r.every((v, c) => Math.fround(v) === code[c])), `code ${k}`);
+      assert(nearARow(rows, code), `code ${k}`);
       assertEquals(n[k], 1);
     } else {
       assertClose(code, ref.e.slice(k * D, k * D + D), { what: `live code ${k}` });
@@ -371,6 +381,43 @@ Deno.test("quantizer ema: a training step restarts the codes left dead by the up
   }
   z.dispose();
   q.dispose();
+});
+
+Deno.test("quantizer ema: seeds and restarts never make two codes equal", async () => {
+  // A batch of 6 rows holding only 2 distinct vectors (one of them all zero), K = 7: the k-means
+  // seeds and every restart draw copies of the same two vectors. Without the jitter the codebook
+  // ends with at most 2 distinct rows of 7.
+  const k = 7, d = 3;
+  const vectors = [[0, 0, 0], [0.5, -1, 2]];
+  const rows = [0, 1, 0, 0, 1, 0].map((i) => vectors[i]);
+  const shape = [1, d, 2, 3];
+  const z = tensor(fromRows(rows, shape), shape);
+  const q = new VectorQuantizer({ codebookSize: k, codeDim: d, decay: 0.5, deadCodeThreshold: 1 });
+  try {
+    for (let step = 1; step <= 4; step++) {
+      tidy(() => {
+        q.forward(z);
+      });
+      const codebook = await q.codebook.toArray();
+      assertEquals(distinctCodes(codebook, d), k, `distinct codes after step ${step}`);
+      // Restarted codes stay next to the vectors they were drawn from.
+      chunk(codebook, d).forEach((code, i) =>
+        assert(vectors.some((v) => dist2(v, code) < 1e-4), `code ${i} ${code}`)
+      );
+    }
+    const n = await q.embedding.clusterSize!.toArray();
+    assert(n.some((v) => v === 1), "some codes were restarted at the last step");
+  } finally {
+    z.dispose();
+    q.dispose();
+  }
+});
+
+Deno.test("distinctCodes counts rows equal by value", () => {
+  assertEquals(distinctCodes([1, 2, 0, 0, 1, 2, -0, 0, 3, 4], 2), 3);
+  assertEquals(distinctCodes([1, 2, 1, 2.5], 2), 2);
+  assertEquals(distinctCodes([], 4), 0);
+  assertThrows(() => distinctCodes([1, 2, 3], 2), /distinctCodes: 3 values are not rows of 2/);
 });
 
 Deno.test("quantizer: lookup turns indices back into z_q", async () => {

@@ -11,6 +11,7 @@ import {
   int64ToInt32,
   parseSafetensors,
   readSafetensors,
+  readSafetensorsWhere,
   serializeSafetensors,
   type TensorRecord,
   toGpu,
@@ -129,15 +130,36 @@ const malformed: [string, string | null, RegExp][] = [
 for (const [name, tensorName, why] of malformed) {
   Deno.test(`malformed fixture ${name}: one clear line naming the file and tensor`, async () => {
     const path = fixture(`${name}.safetensors`);
-    const error = await readSafetensors(path).then(() => null, (e: Error) => e);
-    assert.ok(error instanceof Error, `${name} was accepted`);
-    const message = error.message;
-    assert.ok(message.startsWith(`peco: safetensors ${path}: `), message);
-    if (tensorName) assert.ok(message.includes(`tensor "${tensorName}"`), message);
-    assert.match(message, why);
-    assert.ok(!message.includes("\n"), "one line");
+    // The selective reader validates the whole header the same way, even when it reads nothing.
+    for (const read of [readSafetensors, (p: string) => readSafetensorsWhere(p, () => false)]) {
+      const error = await read(path).then(() => null, (e: Error) => e);
+      assert.ok(error instanceof Error, `${name} was accepted`);
+      const message = error.message;
+      assert.ok(message.startsWith(`peco: safetensors ${path}: `), message);
+      if (tensorName) assert.ok(message.includes(`tensor "${tensorName}"`), message);
+      assert.match(message, why);
+      assert.ok(!message.includes("\n"), "one line");
+    }
   });
 }
+
+Deno.test("readSafetensorsWhere reads the selected tensors only and lists the others", async () => {
+  const path = fixture("f32.safetensors");
+  const all = await readSafetensors(path);
+  const [first, ...rest] = [...all.tensors.keys()];
+  const some = await readSafetensorsWhere(path, (name) => name === first);
+  assert.deepEqual([...some.tensors.keys()], [first]);
+  assertSame(some.tensors.get(first)!.data as Float32Array, [
+    ...(all.tensors.get(first)!.data as Float32Array),
+  ]);
+  assert.deepEqual(some.skipped.map((e) => e.name).sort(), rest.sort());
+  for (const e of some.skipped) assert.deepEqual(e.shape, all.tensors.get(e.name)!.shape);
+  assert.deepEqual(some.metadata, all.metadata);
+  await assert.rejects(
+    readSafetensorsWhere("/nonexistent/x.safetensors", () => true),
+    /peco: safetensors \/nonexistent\/x\.safetensors: /,
+  );
+});
 
 Deno.test("parseSafetensors names the in-memory source; missing file names the path", async () => {
   const bytes = fixtureFiles().get("unknown_dtype.safetensors")!;

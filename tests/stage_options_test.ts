@@ -103,6 +103,12 @@ const RULES: [string, Record<string, OptionValue>, string, string][] = [
     "--perceptual-weights is only for --perceptual vgg16|resnet50|vit-b",
   ],
   [
+    "train-tokenizer",
+    { "perceptual-prefix": "module.base_encoder.", perceptual: "none" },
+    "perceptual-prefix",
+    "--perceptual-prefix is only for --perceptual vgg16|resnet50|vit-b",
+  ],
+  [
     "export-codebook",
     { "patches-per-code": 0 },
     "patches-per-code",
@@ -215,9 +221,9 @@ Deno.test("input rules are checked against what the earlier stages' options impl
   assert.deepEqual(await lines(vit), [
     `config.stages.train-tokenizer.perceptual-weights: --perceptual-weights ${weights}: cannot ` +
     `read (No such file or directory (os error 2): stat '${weights}')`,
-    "config.stages.train-tokenizer.perceptual: --perceptual vit-b takes 224×224 images, the " +
-    "shards hold 28×28 (as the shard options imply: 28×28 images, 1 channel, 200 training " +
-    "images)",
+    "config.stages.train-tokenizer.perceptual: --perceptual vit-b needs image sides that are " +
+    "multiples of its 16-pixel patch, the shards hold 28×28 (as the shard options imply: 28×28 " +
+    "images, 1 channel, 200 training images)",
   ]);
   // The ViT's patch grid against the tokenizer's token grid, and the mask budget against it.
   assert.deepEqual(

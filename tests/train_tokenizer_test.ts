@@ -8,7 +8,15 @@ import { mnistShards } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions } from "../lib/cli/args.ts";
 import { readMetrics } from "../lib/cli/metrics.ts";
-import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
+import {
+  fromGpuAll,
+  readSafetensors,
+  type TensorRecord,
+  writeSafetensors,
+} from "../lib/io/safetensors.ts";
+import { createPerceptualNet, type PerceptualKind } from "../lib/models/perceptual/mod.ts";
+import { chainSteps } from "../lib/cli/pipeline.ts";
+import type { PipelineConfig } from "../lib/cli/pipeline_config.ts";
 import { meanPsnr, perImageMse, psnr } from "../lib/train/psnr.ts";
 import { tensor } from "../lib/tensor/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
@@ -51,6 +59,8 @@ function options(out: string, flags: string[] = [], shardDir = mnist) {
     "--psnr-images",
     "3",
     "--quiet",
+    // The cheapest runs: no perceptual network unless a test asks for one.
+    ...(flags.includes("--perceptual") ? [] : ["--perceptual", "none"]),
     ...flags,
   ])!;
 }
@@ -102,6 +112,9 @@ Deno.test("train-tokenizer runs end to end and a rerun is skipped", async () => 
     assert.equal(typeof records[1][key], "number", key);
     assert.ok(Number.isFinite(records[1][key] as number), `${key} finite`);
   }
+  // No two codebook rows are equal (k-means seeds and restarts are jittered): 196 encoder
+  // outputs, many of them identical background patches, seed 512 codes.
+  assert.equal(records[1].distinct_codes, 512);
   const usage = records[1].usage as number;
   assert.ok(usage > 0 && usage <= 1, `usage ${usage}`);
   assert.ok((records[1].perplexity as number) >= 1);
@@ -138,6 +151,211 @@ Deno.test("train-tokenizer trains with the builtin perceptual network (λ = 1)",
   assert.equal(manifest.inputs.perceptual.stage, "train-perceptual");
   assert.equal(manifest.config.perceptual.lambda, 1);
   assert.equal(manifest.config.perceptual.pool, 2);
+});
+
+// ---- external perceptual networks from files, on 64² RGB photos --------------------------------
+
+/** 64² RGB shards of the decoder fixtures' photos (JPEG and PNG), a quarter held out. */
+async function photoShards(): Promise<string> {
+  const photos = join(root, "photos");
+  await Deno.mkdir(photos, { recursive: true });
+  for (
+    const name of ["rgb.jpg", "progressive.jpg", "exif6.jpg", "rgb8.png", "rgba8.png", "big.png"]
+  ) {
+    await Deno.copyFile(join("fixtures/images/decode", name), join(photos, name));
+  }
+  return await mnistShards(root, "photo-shards", 100, [
+    "--input",
+    photos,
+    "--size",
+    "64",
+    "--channels",
+    "3",
+    "--val-fraction",
+    "0.34",
+  ]);
+}
+
+const f32 = (shape: number[], value = 0.01): TensorRecord => ({
+  dtype: "F32",
+  shape,
+  data: new Float32Array(shape.reduce((a, b) => a * b, 1)).fill(value),
+});
+
+/** A BatchNorm1d's tensors under `name` (MoCo's MLPs), with or without affine parameters. */
+function bn1d(out: Map<string, TensorRecord>, name: string, c: number, affine = true) {
+  if (affine) [out.set(`${name}.weight`, f32([c], 1)), out.set(`${name}.bias`, f32([c], 0))];
+  out.set(`${name}.running_mean`, f32([c], 0));
+  out.set(`${name}.running_var`, f32([c], 1));
+  out.set(`${name}.num_batches_tracked`, {
+    dtype: "I64",
+    shape: [],
+    data: new BigInt64Array([3n]),
+  });
+}
+
+/**
+ * A reduced-width network of `kind` saved as its framework does: torchvision (with the classifier),
+ * or a MoCo v3 training checkpoint (base and momentum encoders, each with the 3-layer projector as
+ * head.N, and the predictor, all under "module.").
+ */
+async function reducedCheckpoint(
+  kind: PerceptualKind,
+  config: Record<string, unknown>,
+  layout: "torchvision" | "moco",
+  file = `${kind}-${layout}`,
+): Promise<string> {
+  const net = createPerceptualNet(kind, config);
+  const records = await fromGpuAll(net.stateDict());
+  net.dispose();
+  const out = new Map<string, TensorRecord>();
+  if (layout === "torchvision") {
+    for (const [name, r] of records) out.set(name, r);
+    if (kind === "vgg16") {
+      for (const [i, shape] of [[0, [16, 8]], [3, [16, 16]], [6, [10, 16]]] as const) {
+        out.set(`classifier.${i}.weight`, f32([...shape]));
+        out.set(`classifier.${i}.bias`, f32([shape[0]]));
+      }
+    } else [out.set("fc.weight", f32([10, 32])), out.set("fc.bias", f32([10]))];
+  } else {
+    const dim = config.dim as number;
+    for (const part of ["base_encoder", "momentum_encoder"]) {
+      const p = `module.${part}`;
+      for (const [name, r] of records) out.set(`${p}.${name}`, r);
+      out.set(`${p}.head.0.weight`, f32([16, dim]));
+      bn1d(out, `${p}.head.1`, 16);
+      out.set(`${p}.head.3.weight`, f32([16, 16]));
+      bn1d(out, `${p}.head.4`, 16);
+      out.set(`${p}.head.6.weight`, f32([8, 16]));
+      bn1d(out, `${p}.head.7`, 8, false);
+    }
+    out.set("module.predictor.0.weight", f32([16, 8]));
+    bn1d(out, "module.predictor.1", 16);
+    out.set("module.predictor.3.weight", f32([8, 16]));
+    bn1d(out, "module.predictor.4", 8, false);
+  }
+  const path = join(root, `${file}.safetensors`);
+  await writeSafetensors(path, out);
+  return path;
+}
+
+const EXTERNAL: { kind: PerceptualKind; config: Record<string, unknown>; moco: boolean }[] = [
+  { kind: "vgg16", config: { widths: [4, 8, 8, 8, 8] }, moco: false },
+  { kind: "resnet50", config: { width: 4, blocks: [1, 1, 1, 1] }, moco: false },
+  // A 64-wide, 2-block ViT at the checkpoint grid 14×14 (224² / 16): run at 64², 4×4 patches.
+  {
+    kind: "vit-b",
+    config: { dim: 64, depth: 2, heads: 1, taps: [1, 2], imageSize: 224, patchSize: 16 },
+    moco: true,
+  },
+];
+
+let photos: string | null = null;
+for (const { kind, config, moco } of EXTERNAL) {
+  Deno.test(`train-tokenizer trains with --perceptual ${kind} from a ${moco ? "MoCo v3" : "torchvision"} file on 64² RGB photos`, async () => {
+    photos ??= await photoShards();
+    const weights = await reducedCheckpoint(kind, config, moco ? "moco" : "torchvision");
+    const out = join(root, `external-${kind}`);
+    const lines: string[] = [];
+    const flags = [
+      "--perceptual",
+      kind,
+      "--perceptual-weights",
+      weights,
+      ...(moco ? ["--perceptual-prefix", "module.base_encoder."] : []),
+      "--batch",
+      "2",
+      "--eval-images",
+      "2",
+      "--psnr-images",
+      "2",
+    ];
+    const result = await runTrainTokenizer(options(out, flags, photos), {
+      log: (l) => lines.push(l),
+    });
+    assert.equal(result.status, "done");
+    const records = await readMetrics(join(out, "metrics.jsonl"));
+    for (const r of records) {
+      const p = r.perceptual as number;
+      assert.ok(Number.isFinite(p) && p > 0, `perceptual loss ${p} at step ${r.step}`);
+    }
+    const manifest = JSON.parse(await Deno.readTextFile(join(out, "manifest.json")));
+    assert.equal(manifest.config.perceptual.kind, kind);
+    assert.equal(manifest.config.model.imageSize, 64);
+    assert.equal(manifest.config.model.inChannels, 3);
+    assert.equal(manifest.config.perceptual.prefix, moco ? "module.base_encoder." : undefined);
+    // What the file held beside the network is listed.
+    const note = lines.find((l) => l.includes(`--perceptual ${kind}:`))!;
+    assert.ok(note, lines.join("\n"));
+    assert.match(
+      note,
+      moco
+        ? /set aside \d+: module\.base_encoder\.head\.\* \(16\), module\.momentum_encoder\.\* \(\d+\), module\.predictor\.\* \(10\)/
+        : kind === "vgg16"
+        ? /set aside 6: classifier\.\* \(6\)/
+        : /set aside 2: fc\.\* \(2\)/,
+    );
+  });
+}
+
+Deno.test("train-tokenizer: --perceptual vit-b refuses images its patches do not tile, before training", async () => {
+  const weights = await reducedCheckpoint("vit-b", EXTERNAL[2].config, "moco");
+  const out = join(root, "vit-28");
+  const flags = ["--perceptual", "vit-b", "--perceptual-weights", weights];
+  await assert.rejects(
+    () =>
+      runTrainTokenizer(
+        options(out, [...flags, "--perceptual-prefix", "module.base_encoder."]),
+        quiet,
+      ),
+    /^Error: peco: train-tokenizer: --shards .*: --perceptual vit-b needs image sides that are multiples of its 16-pixel patch, the shards hold 28×28$/,
+  );
+  assert.ok(!(await exists(out)), "nothing written");
+  // Without the prefix, the MoCo checkpoint's names are listed against the network's.
+  photos ??= await photoShards();
+  await assert.rejects(
+    () => runTrainTokenizer(options(out, flags, photos!), quiet),
+    /--perceptual-weights: VitB\.loadStateDict from .*vit-b-moco\.safetensors: \d+ missing \[cls_token/,
+  );
+  assert.ok(!(await exists(out)), "nothing written");
+  // The file's own patch is checked too: 24-pixel patches do not tile 64² photos.
+  const wide = await reducedCheckpoint(
+    "vit-b",
+    { ...EXTERNAL[2].config, patchSize: 24, imageSize: 48 },
+    "moco",
+    "vit-b-patch24",
+  );
+  await assert.rejects(
+    () =>
+      runTrainTokenizer(
+        options(out, [
+          "--perceptual",
+          "vit-b",
+          "--perceptual-weights",
+          wide,
+          "--perceptual-prefix",
+          "module.base_encoder.",
+        ], photos!),
+        quiet,
+      ),
+    /^Error: peco: train-tokenizer: --perceptual vit-b: vit-b: 64×64 images do not split into 24×24 patches \(sides must be multiples of 24\) \(the --shards images\)$/,
+  );
+  assert.ok(!(await exists(out)), "nothing written");
+});
+
+Deno.test("train-tokenizer and the pipeline default to the builtin perceptual network", () => {
+  const o = parseOptions(trainTokenizerCommand, [])!;
+  assert.equal(o.perceptual, "builtin");
+  assert.equal(o["perceptual-dir"], "runs/perceptual");
+  const steps = chainSteps({ stages: {}, estimates: {} } as unknown as PipelineConfig, "runs/x", [
+    "shard",
+    "train-perceptual",
+    "train-tokenizer",
+  ]);
+  const tokenizer = steps.find((s) => s.stage === "train-tokenizer")!;
+  assert.equal(tokenizer.args.perceptual, o.perceptual);
+  assert.equal(tokenizer.args["perceptual-dir"], "runs/x/perceptual");
+  assert.ok(steps.some((s) => s.stage === "train-perceptual"));
 });
 
 Deno.test("train-tokenizer: a resumed run equals an uninterrupted one", async () => {
@@ -235,8 +453,10 @@ Deno.test("train-tokenizer: adversarial term + plain quantizer train and resume 
   const records = await readMetrics(join(parts, "metrics.jsonl"));
   assert.deepEqual(records.map((r) => r.step), [1, 2, 3]);
   assert.equal(records[0].d_loss, 0, "no discriminator before --disc-start");
+  assert.equal(records[0].d_weight, 0, "no adversarial term before --disc-start");
+  assert.ok((records[1].d_weight as number) > 0, `adaptive weight ${records[1].d_weight}`);
   for (const r of records.slice(1)) {
-    for (const key of ["g_adv", "d_loss", "logits_real", "logits_fake"]) {
+    for (const key of ["g_adv", "d_weight", "d_loss", "logits_real", "logits_fake"]) {
       assert.ok(Number.isFinite(r[key] as number), `${key} at step ${r.step}`);
     }
     assert.ok((r.d_loss as number) > 0, `d_loss ${r.d_loss}`);

@@ -143,41 +143,105 @@ interface Entry {
 
 /** Parses a safetensors file held in memory; `file` names it in error messages. */
 export function parseSafetensors(bytes: Uint8Array, file = "<memory>"): Safetensors {
-  const fail = (what: string): never => {
-    throw new Error(`peco: safetensors ${file}: ${what}`);
-  };
-  if (bytes.length < 8) {
-    fail(`${bytes.length} bytes is too short for the 8-byte header length`);
-  }
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLength = view.getBigUint64(0, true);
-  if (headerLength > BigInt(bytes.length - 8)) {
-    fail(`header length ${headerLength} goes beyond the end of the file (${bytes.length} bytes)`);
-  }
-  const dataStart = 8 + Number(headerLength);
-  let header: unknown;
-  try {
-    const text = new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, dataStart));
-    header = JSON.parse(text);
-  } catch (error) {
-    fail(`header is not valid JSON (${(error as Error).message.split("\n")[0]})`);
-  }
-  if (!isObject(header)) fail("header is not a JSON object");
-  const fields = header as Record<string, unknown>;
-  const dataBytes = bytes.length - dataStart;
-
-  const metadata = parseMetadata(fields[METADATA_KEY], fail);
-  const entries = Object.entries(fields)
-    .filter(([name]) => name !== METADATA_KEY)
-    .map(([name, value]) => parseEntry(name, value, dataBytes, fail));
-  checkCoverage(entries, dataBytes, fail);
-
+  const { entries, metadata, dataStart } = parseHeader(bytes, bytes.length, file);
   const tensors = new Map<string, TensorRecord>();
   for (const e of entries) {
     const raw = bytes.slice(dataStart + e.begin, dataStart + e.end); // a copy: aligned, owned
     tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, raw.buffer) });
   }
   return { tensors, metadata };
+}
+
+/**
+ * The validated header of a safetensors file of `fileBytes` bytes, from `head` (its first bytes,
+ * at least the 8-byte length and the header): entries in file order, metadata, data offset.
+ */
+function parseHeader(head: Uint8Array, fileBytes: number, file: string) {
+  const fail = (what: string): never => {
+    throw new Error(`peco: safetensors ${file}: ${what}`);
+  };
+  if (fileBytes < 8 || head.length < 8) {
+    fail(`${fileBytes} bytes is too short for the 8-byte header length`);
+  }
+  const view = new DataView(head.buffer, head.byteOffset, head.byteLength);
+  const headerLength = view.getBigUint64(0, true);
+  if (headerLength > BigInt(fileBytes - 8)) {
+    fail(`header length ${headerLength} goes beyond the end of the file (${fileBytes} bytes)`);
+  }
+  const dataStart = 8 + Number(headerLength);
+  let header: unknown;
+  try {
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(head.subarray(8, dataStart));
+    header = JSON.parse(text);
+  } catch (error) {
+    fail(`header is not valid JSON (${(error as Error).message.split("\n")[0]})`);
+  }
+  if (!isObject(header)) fail("header is not a JSON object");
+  const fields = header as Record<string, unknown>;
+  const dataBytes = fileBytes - dataStart;
+
+  const metadata = parseMetadata(fields[METADATA_KEY], fail);
+  const entries = Object.entries(fields)
+    .filter(([name]) => name !== METADATA_KEY)
+    .map(([name, value]) => parseEntry(name, value, dataBytes, fail));
+  checkCoverage(entries, dataBytes, fail);
+  return { entries, metadata, dataStart };
+}
+
+/** A file's tensors that `wanted` selects, and the names and shapes of the others (not read). */
+export interface SafetensorsSelection extends Safetensors {
+  skipped: { name: string; dtype: SafeDType; shape: number[] }[];
+}
+
+/**
+ * Reads only the tensors whose names `wanted` accepts, after validating the whole header: a
+ * training checkpoint's other networks (a MoCo momentum encoder, projection heads) are never read
+ * into memory.
+ */
+export async function readSafetensorsWhere(
+  path: string,
+  wanted: (name: string) => boolean,
+): Promise<SafetensorsSelection> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(path, { read: true });
+  } catch (error) {
+    throw new Error(`peco: safetensors ${path}: ${(error as Error).message}`, { cause: error });
+  }
+  try {
+    const size = (await file.stat()).size;
+    const readAt = async (offset: number, length: number) => {
+      const out = new Uint8Array(length);
+      await file.seek(offset, Deno.SeekMode.Start);
+      for (let at = 0; at < length;) {
+        const n = await file.read(out.subarray(at));
+        if (n === null) throw new Error(`peco: safetensors ${path}: unexpected end of file`);
+        at += n;
+      }
+      return out;
+    };
+    const prefix = await readAt(0, Math.min(8, size));
+    let headerBytes = 0;
+    if (prefix.length === 8) {
+      const length = new DataView(prefix.buffer).getBigUint64(0, true);
+      headerBytes = length <= BigInt(size - 8) ? Number(length) : 0;
+    }
+    const head = await readAt(0, Math.min(size, 8 + headerBytes));
+    const { entries, metadata, dataStart } = parseHeader(head, size, path);
+    const tensors = new Map<string, TensorRecord>();
+    const skipped: SafetensorsSelection["skipped"] = [];
+    for (const e of entries) {
+      if (!wanted(e.name)) {
+        skipped.push({ name: e.name, dtype: e.dtype, shape: e.shape });
+        continue;
+      }
+      const raw = await readAt(dataStart + e.begin, e.end - e.begin);
+      tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: decode(e.dtype, raw.buffer) });
+    }
+    return { tensors, metadata, skipped };
+  } finally {
+    file.close();
+  }
 }
 
 function parseMetadata(value: unknown, fail: (what: string) => never): Record<string, string> {

@@ -1,7 +1,8 @@
 // Vector quantizer of the tokenizer (REFERENCE.md §1): nearest code per spatial position,
 // straight-through estimator, commitment loss, and a codebook learned either by EMA updates
 // (default: decay γ, Laplace smoothing, k-means initialisation, dead-code restart) or by gradient
-// through a codebook loss (the "plain" VQ-VAE quantizer, for ablations).
+// through a codebook loss (the "plain" VQ-VAE quantizer, for ablations). Codes seeded or restarted
+// from encoder outputs are perturbed slightly (`jitter`), so that no two codes are ever equal.
 //
 // Every codebook update runs on the GPU inside the step; the host never reads anything back
 // except `restore()` after a checkpoint load (one read of the `initted` flag). The state dict
@@ -24,11 +25,13 @@ import {
   mul,
   mulScalar,
   neg,
+  sqrt,
+  square,
   sub,
 } from "../tensor/ops/elementwise.ts";
 import { mseLoss } from "../tensor/ops/loss.ts";
 import { mean, sum } from "../tensor/ops/reduce.ts";
-import { uniform } from "../tensor/ops/random.ts";
+import { normal as gpuNormal, uniform } from "../tensor/ops/random.ts";
 import { cast, embedding, gather, permute, reshape, scatterAddRows } from "../tensor/ops/shape.ts";
 import { codeStats, MAX_CODES, nearestCode } from "../tensor/ops/vq.ts";
 import { gpu } from "../gpu/device.ts";
@@ -160,6 +163,24 @@ function sampleRows(n: number, count: number, rng: Rng): number[] {
     [pool[i], pool[j]] = [pool[j], pool[i]];
   }
   return pool.slice(0, count);
+}
+
+/** Size of the perturbation of a seeded or restarted code, relative to the rows' RMS. */
+const JITTER = 1e-3;
+/** Its floor, for rows that are all (nearly) zero. */
+const JITTER_FLOOR = 1e-6;
+
+/**
+ * samples + JITTER·rms(rows)·N(0, 1) per element. Codes seeded or restarted from encoder outputs
+ * would otherwise copy them bit for bit, and a batch holds identical vectors (blank background
+ * patches) and, drawn with replacement, the same row twice: of two identical codes only the lower
+ * index can ever be chosen (ties go to the lowest index), so the other is dead by construction.
+ * The perturbation, with a distinct random value per element, makes every new code distinct.
+ */
+function jitter(samples: Tensor, rows: Tensor, seed: number): Tensor {
+  const rms = sqrt(mean(square(rows)));
+  const scale = addScalar(mulScalar(rms, JITTER), JITTER_FLOOR);
+  return add(samples, mul(gpuNormal(samples.shape, seed), scale));
 }
 
 /** The embedding's parameters and EMA statistics, under taming's `quantize.embedding.*` names. */
@@ -299,8 +320,9 @@ export class VectorQuantizer extends Module {
 
   /**
    * Replaces every code whose N_k < deadCodeThreshold by a row of `rows` [N, D] (the current
-   * batch's encoder outputs) drawn at random on the GPU, and resets its statistics to
-   * N_k = threshold, m_k = e_k·N_k. Live codes keep their values bit for bit.
+   * batch's encoder outputs) drawn at random on the GPU plus a small perturbation (`jitter`: no
+   * two codes end up identical), and resets its statistics to N_k = threshold, m_k = e_k·N_k.
+   * Live codes keep their values bit for bit.
    */
   restartDeadCodes(rows: Tensor): void {
     const { codebookSize: k, deadCodeThreshold: threshold } = this.config;
@@ -308,11 +330,13 @@ export class VectorQuantizer extends Module {
     const n = rows.shape[0];
     if (n === 0) return;
     // A fresh seed per step, derived on the host from the step count only: deterministic.
-    const seed = this.rng.fork(`restart.${this.steps}`).next();
+    const draw = this.rng.fork(`restart.${this.steps}`);
+    const seed = draw.next();
+    const noiseSeed = draw.next();
     noGrad(() =>
       tidy(() => {
         const pick = cast(clamp(uniform([k], seed, 0, n), 0, n - 1), "i32");
-        const samples = gather(rows, pick);
+        const samples = jitter(gather(rows, pick), rows, noiseSeed);
         // dead = 1 where N_k < threshold: (threshold − N_k) > 0.
         const dead = positive(affine(state.clusterSize, -1, threshold));
         const deadRows = dead.view([k, 1]);
@@ -325,7 +349,8 @@ export class VectorQuantizer extends Module {
   }
 
   /**
-   * k-means initialisation from `rows` [N, D]: seeds with K random rows, runs `kmeansIters`
+   * k-means initialisation from `rows` [N, D]: seeds with K random rows (perturbed by `jitter`,
+   * so that identical rows give distinct seeds), runs `kmeansIters`
    * Lloyd iterations (an empty cluster keeps its centroid), then sets e_k = centroid,
    * N_k = size of cluster k in the last assignment, m_k = centroid·N_k.
    */
@@ -333,10 +358,12 @@ export class VectorQuantizer extends Module {
     const { codebookSize: k, kmeansIters } = this.config;
     const n = rows.shape[0];
     if (n === 0) throw new Error(`peco: VectorQuantizer.kmeansInit: no vectors to cluster`);
-    const seedRows = sampleRows(n, k, this.rng.fork("kmeans"));
+    const draw = this.rng.fork("kmeans");
+    const seedRows = sampleRows(n, k, draw);
+    const noiseSeed = draw.next();
     noGrad(() =>
       tidy(() => {
-        let centroids = gather(rows, tensor(seedRows, [k], "i32"));
+        let centroids = jitter(gather(rows, tensor(seedRows, [k], "i32")), rows, noiseSeed);
         let counts: Tensor | null = null;
         for (let it = 0; it < kmeansIters; it++) {
           const step = lloydStep(rows, centroids, k);

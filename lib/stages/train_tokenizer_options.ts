@@ -26,15 +26,23 @@ export const trainTokenizerCommand = {
     },
     perceptual: {
       type: "string",
-      default: "none",
+      default: "builtin",
       choices: PERCEPTUAL_CHOICES,
-      help: "perceptual network (builtin: the train-perceptual stage's)",
+      help: "perceptual network (builtin: the train-perceptual stage's; as the pipeline)",
     },
     "perceptual-weights": {
       type: "string",
       help: "safetensors state dict of --perceptual vgg16|resnet50|vit-b",
     },
-    "perceptual-dir": { type: "string", help: "train-perceptual output folder (builtin)" },
+    "perceptual-prefix": {
+      type: "string",
+      help: "load only the weights under this name prefix (MoCo v3: module.base_encoder.)",
+    },
+    "perceptual-dir": {
+      type: "string",
+      default: "runs/perceptual",
+      help: "train-perceptual output folder (builtin)",
+    },
     lambda: { type: "number", default: 1, help: "weight λ of the perceptual loss" },
     "pixel-loss": { type: "string", choices: ["l1", "l2"], help: "pixel loss (default: preset)" },
     quantizer: {
@@ -44,7 +52,8 @@ export const trainTokenizerCommand = {
     },
     "disc-weight": {
       type: "number",
-      help: "weight of the adversarial term, 0 = off (paper: 0.4; default: preset)",
+      help:
+        "adversarial weight, times taming's adaptive weight; 0 = off (paper: 0.4; default: preset)",
     },
     "disc-start": {
       type: "number",
@@ -92,17 +101,10 @@ export function checkTrainTokenizerOptions(o: TrainTokenizerOptions): Problem[] 
       `--perceptual ${o.perceptual} needs --perceptual-weights FILE`,
     );
   }
-  if (!external && o["perceptual-weights"]) {
-    p.add(
-      ["perceptual-weights", "perceptual"],
-      `--perceptual-weights is only for --perceptual vgg16|resnet50|vit-b`,
-    );
-  }
-  if (o.perceptual === "builtin" && !o["perceptual-dir"]) {
-    p.add(
-      ["perceptual", "perceptual-dir"],
-      `--perceptual builtin needs --perceptual-dir (train-perceptual output)`,
-    );
+  for (const name of ["perceptual-weights", "perceptual-prefix"] as const) {
+    if (!external && o[name] !== undefined) {
+      p.add([name, "perceptual"], `--${name} is only for --perceptual vgg16|resnet50|vit-b`);
+    }
   }
   return p.list;
 }
@@ -137,13 +139,14 @@ export function checkTrainTokenizerImages(
         `the shards hold ${height}×${width}`,
     );
   }
-  // The ViT-B's position embedding fixes its input size: the tokenizer feeds it the images as
-  // they are.
-  const vit = VIT_B_DEFAULT.imageSize;
-  if (o.perceptual === "vit-b" && (height !== vit || width !== vit)) {
+  // The ViT-B runs at any size its patches tile (its position embedding is resampled); the
+  // stage checks again against the patch of the loaded file.
+  const patch = VIT_B_DEFAULT.patchSize;
+  if (o.perceptual === "vit-b" && (height % patch !== 0 || width % patch !== 0)) {
     p.add(
       "perceptual",
-      `--perceptual vit-b takes ${vit}×${vit} images, the shards hold ${height}×${width}`,
+      `--perceptual vit-b needs image sides that are multiples of its ${patch}-pixel patch, ` +
+        `the shards hold ${height}×${width}`,
     );
   }
   return p.list;

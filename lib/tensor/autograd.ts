@@ -18,7 +18,7 @@ function topoOrder(root: Tensor): Tensor[] {
     if (i < inputs.length) {
       top[1]++;
       const next = inputs[i];
-      if (next.requiresGrad && !seen.has(next)) {
+      if (t.node!.needsGrad[i] && !seen.has(next)) {
         seen.add(next);
         stack.push([next, 0]);
       }
@@ -56,9 +56,10 @@ export function backward(root: Tensor, seed?: Tensor): void {
         continue;
       }
       const inputGrads = t.node.backward(g);
+      const needsGrad = t.node.needsGrad;
       t.node.inputs.forEach((input, i) => {
         const gi = inputGrads[i];
-        if (!gi || !input.requiresGrad) return;
+        if (!gi || !needsGrad[i]) return;
         if (gi.size !== input.size) {
           throw new Error(
             `peco: backward of ${t.node!.op} gave [${gi.shape}] for input ${input.describe()}`,

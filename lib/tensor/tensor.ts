@@ -18,6 +18,12 @@ class Storage {
 export interface Node {
   readonly op: string;
   readonly inputs: readonly Tensor[];
+  /**
+   * Which inputs required a gradient when the op ran: backward follows only those, so a module
+   * frozen for one forward pass (its weights' requiresGrad cleared, then restored) gets no gradient
+   * from it even if backward runs after the restore.
+   */
+  readonly needsGrad: readonly boolean[];
   readonly backward: (grad: Tensor) => readonly (Tensor | null)[];
 }
 
@@ -200,7 +206,7 @@ export function record(
 ): Tensor {
   if (gradEnabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
-    out.node = { op, inputs, backward };
+    out.node = { op, inputs, needsGrad: inputs.map((t) => t.requiresGrad), backward };
   }
   return out;
 }

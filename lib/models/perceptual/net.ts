@@ -12,6 +12,8 @@ export interface PerceptualNet {
   readonly kind: string;
   /** Tapped activations, each [N, C, h, w] (ViT patch tokens laid out on their grid). */
   features(x: Tensor): Tensor[];
+  /** Throws a one-line error unless H×W images fit the network (checked before training). */
+  checkInputSize?(h: number, w: number): void;
 }
 
 export type PerceptualModule = Module & PerceptualNet;

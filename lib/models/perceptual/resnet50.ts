@@ -106,6 +106,11 @@ export class ResNet50 extends Module implements PerceptualNet {
     this.#scaling = imagenetScaling();
   }
 
+  /** Any size: padded convolutions and pools keep every stage at least 1×1. */
+  checkInputSize(h: number, w: number): void {
+    if (!(h >= 1 && w >= 1)) throw new Error(`peco: resnet50: ${h}×${w} images are empty`);
+  }
+
   /** x [N, 3, H, W] in [−1, 1] → the outputs of layer1 … layer4 (at H/4 … H/32). */
   features(x: Tensor): Tensor[] {
     checkImages(this.kind, x);

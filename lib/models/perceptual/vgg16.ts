@@ -63,6 +63,15 @@ export class Vgg16 extends Module implements PerceptualNet {
     this.#scaling = lpipsScaling();
   }
 
+  /** Four 2×2 max-pools: sides of at least VGG16_MIN_SIZE pixels. */
+  checkInputSize(h: number, w: number): void {
+    if (!(h >= VGG16_MIN_SIZE && w >= VGG16_MIN_SIZE)) {
+      throw new Error(
+        `peco: vgg16: ${h}×${w} images are too small (sides of ${VGG16_MIN_SIZE} or more)`,
+      );
+    }
+  }
+
   /** x [N, 3, H, W] in [−1, 1] (H, W ≥ 16) → relu1_2 … relu5_3. */
   features(x: Tensor): Tensor[] {
     checkImages(this.kind, x, VGG16_MIN_SIZE);

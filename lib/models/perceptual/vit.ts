@@ -3,6 +3,10 @@
 // ImageNet input normalisation; features = the patch tokens (cls dropped) after the tapped blocks
 // (ViT-B: 3, 6, 9, 12), laid out on the patch grid as [N, dim, H/p, W/p]. The classifier `head`
 // (or MoCo's projection head) is not built: its weights are ignored when loading.
+//
+// Any input whose sides are multiples of the patch runs: at another grid than the checkpoint's
+// (224² → 14×14), the patch positions' embeddings are resampled bicubically as timm does, the class
+// token's kept (pos_embed.ts).
 
 import { Module } from "../../nn/module.ts";
 import { Conv2d, LayerNorm } from "../../nn/layers.ts";
@@ -10,8 +14,11 @@ import { Mlp, SelfAttention } from "../../nn/blocks.ts";
 import { Rng } from "../../tensor/init.ts";
 import { zeros } from "../../tensor/ops/creation.ts";
 import { add, broadcastTo } from "../../tensor/ops/elementwise.ts";
+import { matmul } from "../../tensor/ops/matmul.ts";
 import { concat, permute, reshape, slice } from "../../tensor/ops/shape.ts";
-import type { Tensor } from "../../tensor/tensor.ts";
+import { tensor } from "../../tensor/ops/creation.ts";
+import { keep, type Tensor } from "../../tensor/tensor.ts";
+import { gridResizeMatrix } from "./pos_embed.ts";
 import { type ChannelAffine, checkImages, imagenetScaling, type PerceptualNet } from "./net.ts";
 
 export interface VitConfig {
@@ -77,6 +84,8 @@ export class VitB extends Module implements PerceptualNet {
   readonly blocks: Block[];
   readonly norm: LayerNorm;
   readonly #scaling: ChannelAffine;
+  /** Resampling matrices of the patch positions, per input grid "h×w" (kept, built once). */
+  readonly #resize = new Map<string, Tensor>();
 
   constructor(readonly config: VitConfig = VIT_B_DEFAULT, rng = new Rng(0)) {
     super();
@@ -103,28 +112,53 @@ export class VitB extends Module implements PerceptualNet {
     this.#scaling = imagenetScaling();
   }
 
-  /** x [N, 3, S, S] in [−1, 1], S = config.imageSize → [N, dim, S/p, S/p] per tapped block. */
-  features(x: Tensor): Tensor[] {
-    const [n, h, w] = checkImages(this.kind, x);
-    const { imageSize, dim, taps } = this.config;
-    if (h !== imageSize || w !== imageSize) {
+  /** Throws unless H×W images fit: both sides multiples of the patch. */
+  checkInputSize(h: number, w: number): void {
+    const p = this.config.patchSize;
+    if (!(h >= p && w >= p && h % p === 0 && w % p === 0)) {
       throw new Error(
-        `peco: vit-b: input ${x.describe()} must be ${imageSize}×${imageSize}, the size its ` +
-          `position embedding holds`,
+        `peco: vit-b: ${h}×${w} images do not split into ${p}×${p} patches (sides must be ` +
+          `multiples of ${p})`,
       );
     }
+  }
+
+  /**
+   * The position embedding [1, 1 + gh·gw, dim] for a gh×gw patch grid: the checkpoint's own at its
+   * grid, else its patch part resampled (bicubic, antialiased, as timm) with the class token's kept.
+   */
+  positionEmbedding(gh: number, gw: number): Tensor {
     const g = this.grid;
-    const patches = this.patchEmbed.proj.forward(this.#scaling.apply(x)); // [N, dim, g, g]
-    const tokens = permute(reshape(patches, [n, dim, g * g]), [0, 2, 1]);
+    if (gh === g && gw === g) return this.posEmbed;
+    const key = `${gh}×${gw}`;
+    let m = this.#resize.get(key);
+    if (!m) {
+      m = keep(tensor(gridResizeMatrix([g, g], [gh, gw]), [gh * gw, g * g]));
+      this.#resize.set(key, m);
+    }
+    const dim = this.config.dim;
+    const patches = reshape(slice(this.posEmbed, 1, 1, 1 + g * g), [g * g, dim]);
+    const resized = reshape(matmul(m, patches), [1, gh * gw, dim]);
+    return concat([slice(this.posEmbed, 1, 0, 1), resized], 1);
+  }
+
+  /** x [N, 3, H, W] in [−1, 1], H and W multiples of the patch → [N, dim, H/p, W/p] per tap. */
+  features(x: Tensor): Tensor[] {
+    const [n, h, w] = checkImages(this.kind, x);
+    this.checkInputSize(h, w);
+    const { patchSize: p, dim, taps } = this.config;
+    const [gh, gw] = [h / p, w / p];
+    const patches = this.patchEmbed.proj.forward(this.#scaling.apply(x)); // [N, dim, gh, gw]
+    const tokens = permute(reshape(patches, [n, dim, gh * gw]), [0, 2, 1]);
     const cls = broadcastTo(this.clsToken, [n, 1, dim]);
-    let t = add(concat([cls, tokens], 1), this.posEmbed);
+    let t = add(concat([cls, tokens], 1), this.positionEmbedding(gh, gw));
     const out: Tensor[] = [];
     const last = Math.max(...taps);
     for (let i = 0; i < last; i++) {
       t = this.blocks[i].forward(t);
       if (taps.includes(i + 1)) {
-        const grid = permute(slice(t, 1, 1, 1 + g * g), [0, 2, 1]);
-        out.push(reshape(grid, [n, dim, g, g]));
+        const grid = permute(slice(t, 1, 1, 1 + gh * gw), [0, 2, 1]);
+        out.push(reshape(grid, [n, dim, gh, gw]));
       }
     }
     return out;
@@ -133,5 +167,7 @@ export class VitB extends Module implements PerceptualNet {
   override dispose(): void {
     super.dispose();
     this.#scaling.dispose();
+    this.#resize.forEach((m) => m.dispose());
+    this.#resize.clear();
   }
 }
