@@ -1,5 +1,5 @@
-// `deno task evaluate`: the paper's claims, measured on the user's data (REFERENCE.md §1 Table 4,
-// §3) — fine-tuning from the MIM-pretrained ViT vs from scratch with the same budget and seed,
+// `deno task evaluate`: the paper's claims, measured on the user's data (docs/paper-to-code.md;
+// Table 4, §3) — fine-tuning from the MIM-pretrained ViT vs from scratch with the same budget and seed,
 // linear probes of the frozen ViT (last and best block), codeword semantics of each tokenizer
 // (a linear probe on average-pooled codewords; classification of its reconstructions by a
 // classifier trained on real images), reconstruction PSNR / SSIM — plus figures and a report.

@@ -1,6 +1,6 @@
 // `deno task pretrain`: BEiT-style masked image modelling over the perceptual codes (paper §3.3,
-// eq. 7; REFERENCE.md §2). A ViT sees block-masked images (the mask token replaces masked patch
-// embeddings) and learns to predict, at the masked patches, the codes the tokenizer gives the same
+// eq. 7; docs/paper-to-code.md). A ViT sees block-masked images (the mask token replaces masked
+// patch embeddings) and learns to predict, at the masked patches, the codes the tokenizer gives the same
 // crop.
 //
 //   deno task pretrain --shards runs/shard --tokenizer runs/export --out runs/pretrain

@@ -1,5 +1,5 @@
-// `deno task train-tokenizer`: trains the perceptual tokenizer (REFERENCE.md §1, paper eq. 5): a
-// VQ-VAE with an EMA quantizer, loss = pixel (L1 or L2) + λ·perceptual + β·commitment.
+// `deno task train-tokenizer`: trains the perceptual tokenizer (docs/paper-to-code.md; paper
+// eq. 5): a VQ-VAE with an EMA quantizer, loss = pixel (L1 or L2) + λ·perceptual + β·commitment.
 //
 //   deno task train-tokenizer --shards runs/shard --out runs/tokenizer
 //   deno task train-tokenizer --shards runs/shard --out runs/tok-vgg --perceptual vgg16 \

@@ -157,7 +157,7 @@ for (const kind of ["ema", "plain"] as const) {
   });
 }
 
-/** float64 EMA step (REFERENCE.md §1) from the assignment of `rows` under the old codebook. */
+/** float64 EMA step (docs/paper-to-code.md) from the assignment of `rows` under the old codes. */
 function emaRef(
   rows: number[][],
   idx: number[],

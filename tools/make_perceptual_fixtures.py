@@ -209,7 +209,7 @@ class VisionTransformer(nn.Module):
         return out
 
 
-# ---- the perceptual loss (REFERENCE.md §1) ------------------------------------------------------
+# ---- the perceptual loss (docs/paper-to-code.md) ---------------------------------------------
 
 def unit_normalize(f):
     # LPIPS's normalize_tensor, with 1e-20 under the root so that an all-zero position (common

@@ -194,7 +194,7 @@ export async function stageSchemas(
 
 // ---- the chain --------------------------------------------------------------------------------
 
-/** The stages of the chain in order, with their folders (DESIGN.md, "The stages"). */
+/** The stages of the chain in order, with their folders (docs/architecture.md). */
 export const CHAIN = [
   { stage: "shard", folder: "shard" },
   { stage: "train-perceptual", folder: "perceptual" },

@@ -1,4 +1,4 @@
-// The stage contract (DESIGN.md, "The stages"): every stage writes one output folder, finished by a
+// The stage contract (docs/architecture.md): every stage writes one output folder, finished by a
 // manifest.json written last and atomically, holding the stage name, its fingerprint, the resolved
 // config, the hashes of its inputs' manifests, sha256 + size of every output file, summary
 // metrics, and the Deno and adapter versions. A training stage uses it like this:

@@ -1,5 +1,5 @@
-// Block-wise masking for masked image modelling, as BEiT's MaskingGenerator (REFERENCE.md §2):
-// rectangular blocks of random area and aspect ratio are added until the mask budget is spent.
+// Block-wise masking for masked image modelling, as BEiT's MaskingGenerator
+// (docs/paper-to-code.md): rectangular blocks of random area and aspect ratio are added until the mask budget is spent.
 //
 // Budget rule for other grids: BEiT masks 75 of the 196 patches of a 14×14 grid with blocks of at
 // least 16 patches. By default both numbers scale with the patch count, budget = round(75/196·H·W)

@@ -1,5 +1,5 @@
-// BEiT's vision transformer (REFERENCE.md §2, BEiT's modeling_pretrain.py / modeling_finetune.py)
-// with BEiT's PyTorch parameter names, so its state dicts read like the original's:
+// BEiT's vision transformer (docs/paper-to-code.md; BEiT's modeling_pretrain.py and
+// modeling_finetune.py) with BEiT's PyTorch parameter names, so its state dicts read like the original's:
 //
 //   cls_token, mask_token, pos_embed (absolute position embeddings only),
 //   patch_embed.proj.{weight,bias}, rel_pos_bias.relative_position_bias_table (shared by blocks),

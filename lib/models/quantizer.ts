@@ -1,4 +1,4 @@
-// Vector quantizer of the tokenizer (REFERENCE.md §1): nearest code per spatial position,
+// Vector quantizer of the tokenizer (docs/paper-to-code.md): nearest code per spatial position,
 // straight-through estimator, commitment loss, and a codebook learned either by EMA updates
 // (default: decay γ, Laplace smoothing, k-means initialisation, dead-code restart) or by gradient
 // through a codebook loss (the "plain" VQ-VAE quantizer, for ablations). Codes seeded or restarted
@@ -296,7 +296,7 @@ export class VectorQuantizer extends Module {
   }
 
   /**
-   * One EMA step from the assignment of `rows` [N, D] (REFERENCE.md §1):
+   * One EMA step from the assignment of `rows` [N, D] (docs/paper-to-code.md):
    *   N_k ← γ N_k + (1−γ) n_k,  m_k ← γ m_k + (1−γ) s_k,
    *   Ñ_k = (N_k + ε) / (Σ_j N_j + K ε) · Σ_j N_j,  e_k = m_k / Ñ_k.
    */

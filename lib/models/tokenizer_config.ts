@@ -60,7 +60,7 @@ export const TOKENIZER_PRESETS = {
       discChannels: 16,
     },
   },
-  /** The paper's tokenizer (REFERENCE.md §1): 224² → 14×14 tokens, K = 8192; for GPU hosts. */
+  /** The paper's tokenizer (docs/paper-to-code.md): 224² → 14×14 tokens, K = 8192; GPU hosts. */
   paper: {
     model: {
       channels: 64,

@@ -1,5 +1,5 @@
-// Fine-tuning a classifier (paper §4.1, REFERENCE.md §3; BEiT's run_class_finetuning): AdamW with
-// no weight decay on 1-D parameters, biases and tokens, layer-wise lr decay through parameter
+// Fine-tuning a classifier (paper §4.1, docs/paper-to-code.md; BEiT's run_class_finetuning):
+// AdamW with no weight decay on 1-D parameters, biases and tokens, layer-wise lr decay through parameter
 // groups, label-smoothed cross-entropy, linear warmup then cosine to a floor, gradient clipping.
 // Stochastic depth (drop path) lives in the model: it is active in training mode, which this loop
 // sets; a model with a `dropSeed` (lib/models/beit.ts) gets one per step, derived from the seed and

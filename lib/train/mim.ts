@@ -1,4 +1,4 @@
-// Masked image modelling helpers for the `pretrain` stage (REFERENCE.md §2, paper eq. 7): the
+// Masked image modelling helpers for the `pretrain` stage (docs/paper-to-code.md; paper eq. 7): the
 // training presets, the mask budget scaled to the grid, the masked positions of a batch, the MIM
 // loss and masked-token accuracy on the GPU, the histogram of the targets (for the baseline of
 // always predicting the most frequent code) and a fixed held-out set evaluated without readback

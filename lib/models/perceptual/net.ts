@@ -60,7 +60,7 @@ export class ChannelAffine {
   }
 }
 
-/** LPIPS's scaling layer: x' = (x − shift) / scale for x in [−1, 1] (REFERENCE.md §1). */
+/** LPIPS's scaling layer: x' = (x − shift) / scale for x in [−1, 1] (docs/paper-to-code.md). */
 export const LPIPS_SHIFT = [-0.030, -0.088, -0.188];
 export const LPIPS_SCALE = [0.458, 0.448, 0.450];
 
