@@ -1,6 +1,6 @@
 // `deno task evaluate`: the paper's claims, measured on the user's data (docs/paper-to-code.md;
-// Table 4, §3) — fine-tuning from the MIM-pretrained ViT vs from scratch with the same budget and seed,
-// linear probes of the frozen ViT (last and best block), codeword semantics of each tokenizer
+// Table 4, §3) — fine-tuning from the MIM-pretrained ViT vs from scratch with the same budget and
+// seed, linear probes of the frozen ViT (last and best block), codeword semantics of each tokenizer
 // (a linear probe on average-pooled codewords; classification of its reconstructions by a
 // classifier trained on real images), reconstruction PSNR / SSIM — plus figures and a report.
 //
@@ -13,15 +13,16 @@
 // the same order (it may be shorter: later arms have none); --labels names the arms. Every arm's
 // tokenizer gets the codeword and reconstruction measures; every arm with a pretrain folder gets
 // fine-tuning, linear probes and the masked-prediction figure; fine-tuning from scratch runs once,
-// with the main pretrained arm's architecture, budget and seed. All measures use the held-out
-// "val" split. Everything is checked before any work (folders, manifests, files, that each export
-// and pretrain run was made from these shards and each pretrain run from its arm's export).
+// with the main pretrained arm's architecture, budget and seed. All measures use the held-out "val"
+// split. Everything is checked before any work (folders, manifests, files, that each export and
+// pretrain run was made from these shards and each pretrain run from its arm's export).
 //
 // Writes into --out: report.json, report.md and report.html (one self-contained page: the same
 // tables with the charts inline), figures/*.svg (charts: curves of every stage given and of the
 // fine-tuning runs, code frequencies, probes per block, the arms compared), figures/*.png (Figure 3
-// patches copied from each export, Figure 2/5 per pretrained arm) and manifest.json last. Least privilege: reads only --shards, the export,
-// pretrain and --curves folders and --out; writes only --out.
+// patches copied from each export, Figure 2/5 per pretrained arm) and manifest.json last. Least
+// privilege: reads only --shards, the export, pretrain and --curves folders and --out; writes only
+// --out.
 
 import { basename, join, resolve } from "node:path";
 import { failOnProblems } from "../lib/cli/problems.ts";

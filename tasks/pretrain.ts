@@ -1,7 +1,7 @@
 // `deno task pretrain`: BEiT-style masked image modelling over the perceptual codes (paper §3.3,
 // eq. 7; docs/paper-to-code.md). A ViT sees block-masked images (the mask token replaces masked
-// patch embeddings) and learns to predict, at the masked patches, the codes the tokenizer gives the same
-// crop.
+// patch embeddings) and learns to predict, at the masked patches, the codes the tokenizer gives the
+// same crop.
 //
 //   deno task pretrain --shards runs/shard --tokenizer runs/export --out runs/pretrain
 //   deno task pretrain --shards runs/shard --tokenizer runs/export --tokens   (precomputed codes)
@@ -14,15 +14,15 @@
 // parameters, biases, cls/mask/pos tokens and the relative position table), warmup + cosine,
 // gradient clipping 3.0.
 //
-// Everything is checked before training: the shard folder, the export folder's tokenizer (its
-// grid must equal the ViT's patch grid, its channels the images'), the token shards (made from
-// these shards: their source manifest hash must equal the --shards manifest's). The output folder
-// (--out) holds checkpoint.safetensors (atomic, every --ckpt-every steps and at the end),
-// metrics.jsonl (every --log-every steps: loss, masked-token accuracy of the training batches,
-// held-out masked loss and accuracy on a fixed seeded masked set, the accuracy of always
-// predicting the most frequent training code on that set, lr, images/s, peak GPU memory),
-// model.safetensors (the final weights with BEiT's names; config and input normalisation in its
-// metadata) and manifest.json (lib/cli/stage.ts: skip when up to date, resume when interrupted).
+// Everything is checked before training: the shard folder, the export folder's tokenizer (its grid
+// must equal the ViT's patch grid, its channels the images'), the token shards (made from these
+// shards: their source manifest hash must equal the --shards manifest's). The output folder (--out)
+// holds checkpoint.safetensors (atomic, every --ckpt-every steps and at the end), metrics.jsonl
+// (every --log-every steps: loss, masked-token accuracy of the training batches, held-out masked
+// loss and accuracy on a fixed seeded masked set, the accuracy of always predicting the most
+// frequent training code on that set, lr, images/s, peak GPU memory), model.safetensors (the final
+// weights with BEiT's names; config and input normalisation in its metadata) and manifest.json
+// (lib/cli/stage.ts: skip when up to date, resume when interrupted).
 //
 // Least privilege (lib/cli/permissions.ts): started with --allow-read and --allow-run=deno, the
 // task re-runs itself reading only the two input folders and --out and writing only --out.

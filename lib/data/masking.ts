@@ -1,10 +1,11 @@
 // Block-wise masking for masked image modelling, as BEiT's MaskingGenerator
-// (docs/paper-to-code.md): rectangular blocks of random area and aspect ratio are added until the mask budget is spent.
+// (docs/paper-to-code.md): rectangular blocks of random area and aspect ratio are added until the
+// mask budget is spent.
 //
 // Budget rule for other grids: BEiT masks 75 of the 196 patches of a 14×14 grid with blocks of at
 // least 16 patches. By default both numbers scale with the patch count, budget = round(75/196·H·W)
-// and min block = max(1, round(16/196·H·W)), which gives exactly BEiT's 75 and 16 on 14×14
-// (e.g. 7×7 → 19 and 4, 4×4 → 6 and 1). Either can be set explicitly.
+// and min block = max(1, round(16/196·H·W)), which gives exactly BEiT's 75 and 16 on 14×14 (e.g.
+// 7×7 → 19 and 4, 4×4 → 6 and 1). Either can be set explicitly.
 
 import { type Rng } from "../tensor/init.ts";
 import { tensor } from "../tensor/ops/creation.ts";

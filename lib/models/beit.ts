@@ -1,5 +1,6 @@
 // BEiT's vision transformer (docs/paper-to-code.md; BEiT's modeling_pretrain.py and
-// modeling_finetune.py) with BEiT's PyTorch parameter names, so its state dicts read like the original's:
+// modeling_finetune.py) with BEiT's PyTorch parameter names, so its state dicts read like the
+// original's:
 //
 //   cls_token, mask_token, pos_embed (absolute position embeddings only),
 //   patch_embed.proj.{weight,bias}, rel_pos_bias.relative_position_bias_table (shared by blocks),
@@ -14,8 +15,8 @@
 //
 // Initialisation as BEiT's pretraining model: Linear weights, the tokens and pos_embed
 // trunc-normal(0.02) truncated at ±0.02 (its trunc_normal_ with a = −std, b = std), biases 0,
-// LayerNorm 1/0, the patch projection with PyTorch's Conv2d default, the relative position table
-// 0, layer scale γ = layerScaleInit, and each block's attn.proj / mlp.fc2 weights divided by
+// LayerNorm 1/0, the patch projection with PyTorch's Conv2d default, the relative position table 0,
+// layer scale γ = layerScaleInit, and each block's attn.proj / mlp.fc2 weights divided by
 // √(2·layer_id) (layer_id = block index + 1). The classifier's head is trunc-normal(0.02) scaled by
 // 0.001 (BEiT's init_scale), fc_norm 1/0.
 

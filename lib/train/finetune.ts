@@ -1,10 +1,10 @@
-// Fine-tuning a classifier (paper §4.1, docs/paper-to-code.md; BEiT's run_class_finetuning):
-// AdamW with no weight decay on 1-D parameters, biases and tokens, layer-wise lr decay through parameter
+// Fine-tuning a classifier (paper §4.1, docs/paper-to-code.md; BEiT's run_class_finetuning): AdamW
+// with no weight decay on 1-D parameters, biases and tokens, layer-wise lr decay through parameter
 // groups, label-smoothed cross-entropy, linear warmup then cosine to a floor, gradient clipping.
 // Stochastic depth (drop path) lives in the model: it is active in training mode, which this loop
 // sets; a model with a `dropSeed` (lib/models/beit.ts) gets one per step, derived from the seed and
-// the step, so two runs with one seed drop the same samples.
-// Losses are read back only at log steps; held-out top-1 is measured at eval steps and at the end.
+// the step, so two runs with one seed drop the same samples. Losses are read back only at log
+// steps; held-out top-1 is measured at eval steps and at the end.
 
 import { gpu } from "../gpu/device.ts";
 import { Conv2d, Linear } from "../nn/layers.ts";

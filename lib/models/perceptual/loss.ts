@@ -1,8 +1,8 @@
 // The perceptual loss (docs/paper-to-code.md; paper eq. 4, LPIPS-style normalisation): for each
-// tapped feature map, unit-normalise every spatial position across channels, take the squared difference,
-// sum it over channels and average it over positions and the batch; sum over taps. λ is applied by
-// the caller. The network is frozen: its target features run without a tape and its weights need
-// no gradient, so only the reconstruction receives one.
+// tapped feature map, unit-normalise every spatial position across channels, take the squared
+// difference, sum it over channels and average it over positions and the batch; sum over taps. λ is
+// applied by the caller. The network is frozen: its target features run without a tape and its
+// weights need no gradient, so only the reconstruction receives one.
 
 import { add, addScalar, div, mulScalar, sqrt, square, sub } from "../../tensor/ops/elementwise.ts";
 import { sum } from "../../tensor/ops/reduce.ts";
