@@ -24,7 +24,7 @@ import { decodeJpegWasm } from "../lib/data/jpeg_wasm.ts";
 import { fitImage } from "../lib/data/resize.ts";
 import { loadItem, openSource, planSplits } from "../lib/data/sources.ts";
 import { sha256Hex } from "../lib/io/hash.ts";
-import { runShard, shardCommand } from "../tasks/shard.ts";
+import { runShard, shardCommand } from "../lib/stages/shard.ts";
 import { type BenchCase, type BenchResult, cpuTimes } from "./harness.ts";
 
 const PHOTO = { width: 500, height: 375 };
