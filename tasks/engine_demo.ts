@@ -3,9 +3,8 @@
 // engine in one readable training loop.
 
 import { parseOrExit } from "../lib/cli/args.ts";
+import { adapterInfo, flush, fmtBytes, initGpuOrExit, peakGpuBytes } from "../lib/tensor/engine.ts";
 import { Progress } from "../lib/cli/progress.ts";
-import { gpu, initGpuOrExit } from "../lib/gpu/device.ts";
-import { fmtBytes } from "../lib/gpu/pool.ts";
 import { SHAPE_CLASSES, shapesBatch } from "../lib/data/synthetic.ts";
 import { SmallCnn } from "../lib/models/small_cnn.ts";
 import { AdamW, clipGradNorm, warmupCosine } from "../lib/optim/mod.ts";
@@ -45,7 +44,7 @@ const schedule = warmupCosine({
   totalSteps: steps,
 });
 console.error(
-  `adapter: ${gpu().info.description}; model: ${model.numParameters()} parameters; ` +
+  `adapter: ${adapterInfo().description}; model: ${model.numParameters()} parameters; ` +
     `${steps} steps of ${batch} images ${size}×${size}`,
 );
 
@@ -70,7 +69,7 @@ for (let step = 0; step < steps; step++) {
     loss = l;
     progress.update(step + 1, { loss: l, "grad norm": n, lr: optimizer.lr });
   } else {
-    gpu().recorder.flush();
+    flush();
   }
   logged.forEach((t) => t.dispose());
 }
@@ -90,5 +89,5 @@ labels.forEach((p, i) => correct += p === test.labels[i] ? 1 : 0);
 console.log(
   `final loss ${loss.toFixed(4)}; held-out accuracy ${(100 * correct / test.n).toFixed(1)}% ` +
     `(${test.n} images, chance 25%); ${(steps * batch / seconds).toFixed(1)} images/s; ` +
-    `peak GPU memory ${fmtBytes(gpu().pool.stats.peakAllocated)}`,
+    `peak GPU memory ${fmtBytes(peakGpuBytes())}`,
 );

@@ -25,6 +25,7 @@
 // --out.
 
 import { basename, join, resolve } from "node:path";
+import { adapterInfo, flush, initGpu } from "../lib/tensor/engine.ts";
 import { failOnProblems } from "../lib/cli/problems.ts";
 import { type MetricRecord, METRICS_FILE, readMetrics } from "../lib/cli/metrics.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
@@ -42,7 +43,6 @@ import { augmentViews, identityAugmentations, uploadPixels } from "../lib/data/a
 import { Loader, shardSource } from "../lib/data/loader.ts";
 import { MaskingGenerator } from "../lib/data/masking.ts";
 import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
-import { gpu, initGpu } from "../lib/gpu/device.ts";
 import { writeFileAtomic } from "../lib/io/atomic.ts";
 import { sha256Hex } from "../lib/io/hash.ts";
 import { encodePng } from "../lib/io/png.ts";
@@ -599,7 +599,7 @@ async function measureTokenizer(
       mses.push(mse);
       ssims.push(ssim);
       pending.push(pred);
-      gpu().recorder.flush();
+      flush();
       m.update(to);
     }
     const values = await readAll([...mses, ...ssims, ...pending]);
@@ -1088,7 +1088,7 @@ async function evaluate(
   await Deno.mkdir(join(run.out, FIGURES), { recursive: true });
   const ctx: Context = { o, config, inputs, run, log, val, probeTrain, seconds: {} };
   log(
-    `${STAGE}: ${gpu().info.description}; ${inputs.arms.length} arm(s) ` +
+    `${STAGE}: ${adapterInfo().description}; ${inputs.arms.length} arm(s) ` +
       `(${inputs.arms.map((a) => a.label).join(", ")}), ${config.evalImages} val images, ` +
       `${inputs.classes} classes`,
   );

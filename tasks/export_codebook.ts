@@ -18,6 +18,7 @@
 // only --out.
 
 import { join, resolve } from "node:path";
+import { adapterInfo, initGpu, peakGpuBytes } from "../lib/tensor/engine.ts";
 import { failOnProblems } from "../lib/cli/problems.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
@@ -39,7 +40,6 @@ import {
   type TokenSplitManifest,
   writeTokenManifest,
 } from "../lib/data/token_shards.ts";
-import { gpu, initGpu } from "../lib/gpu/device.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { CHECKPOINT_FILE } from "../lib/io/checkpoint.ts";
 import {
@@ -227,7 +227,7 @@ async function exportRun(
       tokenize_seconds: tokenized.seconds,
       tokenize_images_per_s: tokenized.images / tokenized.seconds,
       export_seconds: seconds,
-      peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+      peak_gpu_bytes: peakGpuBytes(),
     };
     await finishStage(run, { summary });
     return { status: "done", out: run.out, summary };
@@ -255,7 +255,9 @@ async function tokenizeSplits(
   const size = (s: string) => Math.min(shards.splits[s].count, config.limit ?? Infinity);
   const total = names.reduce((n, s) => n + size(s), 0);
   log(
-    `${STAGE}: ${gpu().info.description}; tokenising ${total} images (${names.join(", ")}) into ` +
+    `${STAGE}: ${adapterInfo().description}; tokenising ${total} images (${
+      names.join(", ")
+    }) into ` +
       `${geometry.grid.join("×")} tokens, K = ${geometry.codebookSize}`,
   );
   const progress = new Progress({ label: "tokenize", total, unit: "img", quiet: o.quiet });

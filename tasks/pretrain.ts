@@ -28,6 +28,7 @@
 // task re-runs itself reading only the two input folders and --out and writing only --out.
 
 import { join, resolve } from "node:path";
+import { adapterInfo, flush, initGpu, peakGpuBytes } from "../lib/tensor/engine.ts";
 import { failOnProblems } from "../lib/cli/problems.ts";
 import { METRICS_FILE, MetricsWriter, readStepMeans } from "../lib/cli/metrics.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
@@ -54,7 +55,6 @@ import {
   uploadPixels,
   type ViewSpec,
 } from "../lib/data/augment.ts";
-import { gpu, initGpu } from "../lib/gpu/device.ts";
 import {
   CheckpointGuard,
   type CheckpointMeta,
@@ -376,7 +376,7 @@ async function train(
       : null;
     heldOut = await buildHeldOut(config, inputs, views, masking, tokensPerImage);
     log(
-      `${STAGE}: ${gpu().info.description}; BEiT ${model.numParameters()} parameters ` +
+      `${STAGE}: ${adapterInfo().description}; BEiT ${model.numParameters()} parameters ` +
         `(dim ${m.dim}, depth ${m.depth}, heads ${m.heads}), ${m.imageSize}² → ` +
         `${grid.join("×")} patches, K = ${m.vocabSize}, mask ${config.mask.budget} patches ` +
         `(min block ${config.mask.minBlock}), targets from ${
@@ -424,7 +424,7 @@ async function train(
       intervalImages += batch.n;
       const done = step + 1;
       if (!(done % config.eval.logEvery === 0 || done === t.steps)) {
-        gpu().recorder.flush();
+        flush();
         continue;
       }
       // Every step's numbers since the last log are read: a NaN at any of them stops the run.
@@ -446,7 +446,7 @@ async function train(
         top_code_share: top.share,
         lr: optimizer.lr,
         images_per_s: intervalImages / seconds,
-        peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+        peak_gpu_bytes: peakGpuBytes(),
       };
       await metrics.current.write({ step: done, ...last });
       progress.update(done, {
@@ -491,7 +491,7 @@ async function train(
       baseline_accuracy: last.baseline_accuracy,
       ln_k: Math.log(m.vocabSize),
       parameters: model.numParameters(),
-      peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+      peak_gpu_bytes: peakGpuBytes(),
       eval_images: heldOut.images,
       eval_masked_patches: heldOut.maskedPatches,
       /** Wall time of this process's training (after a resume: of the resumed part only). */

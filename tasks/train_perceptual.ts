@@ -17,14 +17,13 @@
 // Least privilege as tasks/shard.ts: reads the shards and --out, writes only --out.
 
 import { join, resolve } from "node:path";
+import { adapterInfo, flush, fmtBytes, initGpu, peakGpuBytes } from "../lib/tensor/engine.ts";
 import { failOnProblems } from "../lib/cli/problems.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
 import { Progress } from "../lib/cli/progress.ts";
 import { METRICS_FILE, MetricsWriter } from "../lib/cli/metrics.ts";
 import { beginStage, finishStage, type StageRun } from "../lib/cli/stage.ts";
-import { gpu, initGpu } from "../lib/gpu/device.ts";
-import { fmtBytes } from "../lib/gpu/pool.ts";
 import {
   type AugmentConfig,
   augmentViews,
@@ -322,7 +321,7 @@ async function train(
   const [vh, vw] = viewSize(config, train);
   const view = { height: vh, width: vw, ...TO_SIGNED(C) };
   log(
-    `${STAGE}: adapter ${gpu().info.description}; ${model.baseEncoder.numParameters()} base ` +
+    `${STAGE}: adapter ${adapterInfo().description}; ${model.baseEncoder.numParameters()} base ` +
       `parameters; ${steps} steps of ${batch} images ${H}×${W} (two ${vh}×${vw} views each)` +
       (first ? `; resuming at step ${first}` : ""),
   );
@@ -375,7 +374,7 @@ async function train(
           lr: optimizer.lr,
           momentum: m,
           images_per_s: windowSteps * batch / seconds,
-          peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+          peak_gpu_bytes: peakGpuBytes(),
         });
         progress.update(step, { loss: l, lr: optimizer.lr });
         if (step % config.ckptEvery === 0 || step === steps) {
@@ -392,7 +391,7 @@ async function train(
         windowStart = performance.now();
         windowSteps = 0;
       } else {
-        gpu().recorder.flush();
+        flush();
       }
     }
   } finally {
@@ -421,7 +420,7 @@ async function train(
         `with a bank of ${bank.n}: ${(100 * knn).toFixed(1)}%`,
     );
   } else log(`${STAGE}: the shards carry no labels; k-NN evaluation skipped`);
-  const peak = gpu().pool.stats.peakAllocated;
+  const peak = peakGpuBytes();
   model.dispose();
   optimizer.dispose();
   return {

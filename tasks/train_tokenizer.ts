@@ -26,6 +26,7 @@
 // task re-runs itself reading only its inputs and --out and writing only --out.
 
 import { join, resolve } from "node:path";
+import { adapterInfo, flush, initGpu, peakGpuBytes } from "../lib/tensor/engine.ts";
 import { failOnProblems } from "../lib/cli/problems.ts";
 import { MetricsWriter } from "../lib/cli/metrics.ts";
 import { METRICS_FILE, readStepMeans } from "../lib/cli/metrics.ts";
@@ -44,7 +45,6 @@ import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.
 import { Loader } from "../lib/data/loader.ts";
 import { moduleReadPaths, trainingSource } from "../lib/data/shard_reads.ts";
 import { pixelsToFloat, uploadPixels, type ViewSpec } from "../lib/data/augment.ts";
-import { gpu, initGpu } from "../lib/gpu/device.ts";
 import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/io/checkpoint.ts";
 import { type TrainingState } from "../lib/io/checkpoint.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
@@ -411,7 +411,7 @@ async function train(
     std: HALF.slice(0, m.inChannels),
   }];
   log(
-    `${STAGE}: ${gpu().info.description}; VQ-VAE ${model.numParameters()} parameters, ` +
+    `${STAGE}: ${adapterInfo().description}; VQ-VAE ${model.numParameters()} parameters, ` +
       `${m.imageSize}² → ${model.tokenGrid.join("×")} tokens, K = ${m.codebookSize}; ` +
       `perceptual ${config.perceptual.kind} (λ = ${lambda}); steps ${first}→${t.steps}, batch ${t.batch}`,
   );
@@ -507,7 +507,7 @@ async function train(
       const done = step + 1;
       const logNow = done % config.eval.logEvery === 0 || done === t.steps;
       if (!logNow) {
-        gpu().recorder.flush();
+        flush();
         continue;
       }
       // Every step's losses since the last log are read: a NaN at any of them stops the run.
@@ -524,7 +524,7 @@ async function train(
         distinct_codes: ev.distinctCodes,
         lr: optimizer.lr,
         images_per_s: intervalImages / seconds,
-        peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+        peak_gpu_bytes: peakGpuBytes(),
       };
       await metrics.write({ step: done, ...last });
       progress.update(done, {
@@ -576,7 +576,7 @@ async function train(
     perceptual: last.perceptual,
     commitment: last.commitment,
     ...(disc ? { g_adv: last.g_adv, d_weight: last.d_weight, d_loss: last.d_loss } : {}),
-    peak_gpu_bytes: gpu().pool.stats.peakAllocated,
+    peak_gpu_bytes: peakGpuBytes(),
     eval_images: evalSet.n,
     psnr_images: psnrCount,
     /** Wall time of this process's training (after a resume: of the resumed part only). */

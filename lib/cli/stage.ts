@@ -22,7 +22,7 @@
 //   - files but neither: not ours → always refused (force never deletes foreign data).
 
 import { join, relative, resolve, sep } from "node:path";
-import { type AdapterInfo, gpu } from "../gpu/device.ts";
+import { type AdapterInfo, adapterInfo } from "../tensor/engine.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../io/atomic.ts";
 import { sha256File, sha256Hex } from "../io/hash.ts";
 import { CHECKPOINT_FILE, type CheckpointMeta, readCheckpointMeta } from "../io/checkpoint.ts";
@@ -355,9 +355,9 @@ async function checkFiles(
 
 // ---- finish ---------------------------------------------------------------------------------
 
-function adapterInfo(): AdapterInfo | null {
+function adapterIfOpen(): AdapterInfo | null {
   try {
-    return { ...gpu().info };
+    return adapterInfo();
   } catch {
     return null; // the stage never opened the GPU
   }
@@ -394,7 +394,7 @@ export async function finishStage(
     files,
     summary,
     deno: { ...Deno.version },
-    adapter: adapterInfo(),
+    adapter: adapterIfOpen(),
   };
   // Validate before writing: a NaN in the summary must not leave a half-described run behind.
   canonicalJson(summary, "summary");

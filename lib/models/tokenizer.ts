@@ -11,8 +11,8 @@
 // embed_avg) and the k-means flag are training state and stay in the training checkpoint. Loading
 // checks every tensor name and shape and every config key, naming the file and what is wrong.
 
-import { initGpu } from "../gpu/device.ts";
 import { type PixelBatch, pixelsToFloat, uploadPixels } from "../data/augment.ts";
+import { initGpu } from "../tensor/engine.ts";
 import {
   fromGpuAll,
   readSafetensors,

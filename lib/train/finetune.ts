@@ -6,8 +6,8 @@
 // the step, so two runs with one seed drop the same samples. Losses are read back only at log
 // steps; held-out top-1 is measured at eval steps and at the end.
 
-import { gpu } from "../gpu/device.ts";
 import { Conv2d, Linear } from "../nn/layers.ts";
+import { flush } from "../tensor/engine.ts";
 import { Module } from "../nn/module.ts";
 import type { Rng } from "../tensor/init.ts";
 import { relu } from "../tensor/ops/elementwise.ts";
@@ -98,7 +98,7 @@ export async function evaluateClassifier(
     for (let from = 0; from < set.count; from += batch) {
       const to = Math.min(set.count, from + batch);
       preds.push(noGrad(() => tidy(() => argmax(model.forward(set.inputs(from, to)), 1))));
-      gpu().recorder.flush();
+      flush();
     }
     const values = await readAll(preds);
     let correct = 0, at = 0;
@@ -185,7 +185,7 @@ export async function finetune<T>(
         pending = [];
         if (!Number.isFinite(loss)) fail(`the training loss is ${loss} at step ${done}`);
         Object.assign(point, { loss, lr: optimizer.lr });
-      } else gpu().recorder.flush();
+      } else flush();
       if (done === steps || (evalEvery > 0 && done % evalEvery === 0)) {
         point.val_acc = await evaluateClassifier(model, data.val, evalBatch);
       }
