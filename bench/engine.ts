@@ -6,7 +6,7 @@ import { SmallCnn } from "../lib/models/small_cnn.ts";
 import { AdamW, clipGradNorm } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
 import { addScalar, backward, crossEntropy, full, tensor, tidy } from "../lib/tensor/mod.ts";
-import { type BenchCase, measureSteps, timeSteps } from "./harness.ts";
+import { type BenchCase, measureSteps } from "./harness.ts";
 
 export const cases: BenchCase[] = [
   {
