@@ -20,11 +20,10 @@
 // 0.001 (BEiT's init_scale), fc_norm 1/0.
 
 import { join } from "node:path";
-import { gpu } from "../gpu/device.ts";
 import { Module } from "../nn/module.ts";
 import { Conv2d, LayerNorm, Linear } from "../nn/layers.ts";
 import { Mlp } from "../nn/blocks.ts";
-import { keep, noGrad, type Tensor } from "../tensor/tensor.ts";
+import { copyValues, keep, noGrad, type Tensor } from "../tensor/tensor.ts";
 import { Rng, truncNormal } from "../tensor/init.ts";
 import { full, tensor, zeros } from "../tensor/ops/creation.ts";
 import { add, affine, broadcastTo, mul, mulScalar } from "../tensor/ops/elementwise.ts";
@@ -180,7 +179,7 @@ export function resolveBeitConfig(
 
 /** Overwrites a parameter's values with those of `values` (same size; recorded in order). */
 function assign(param: Tensor, values: Tensor): void {
-  if (param.size > 0) gpu().recorder.copy(values.buffer, 0, param.buffer, 0, param.size * 4);
+  copyValues(param, values);
   values.dispose();
 }
 

@@ -1,10 +1,16 @@
 // The optimizer base: parameter groups, per-parameter state that lives for the run, the step loop
 // that hands every parameter with a gradient to the subclass's fused kernel, and state for
 // checkpoints. The host counts steps itself, so a step never reads anything back.
+//
+// The parameters are packed into one buffer group after group (ParamArena), their gradients and
+// state tensors into buffers of the same layout, so that a group whose parameters all have fresh
+// gradients and equal step counts is updated by one dispatch over its range, whatever the number of
+// tensors. Any other group (some parameter without a gradient, a gradient set by hand, parameters
+// at different step counts) falls back to one dispatch per parameter; both give the same values.
 
-import { gpu } from "../gpu/device.ts";
 import { zeroGrad } from "../tensor/autograd.ts";
-import { keep, Tensor } from "../tensor/tensor.ts";
+import { type ArenaBuffer, type ArenaRange, ParamArena } from "../tensor/param_arena.ts";
+import { copyValues, Tensor } from "../tensor/tensor.ts";
 
 export interface ParamGroupSpec {
   params: readonly Tensor[];
@@ -49,11 +55,13 @@ export abstract class Optimizer {
   /** Calls of `step()` so far. */
   steps = 0;
   private readonly states = new Map<Tensor, ParamState>();
+  /** Where the parameters, their gradients and (once created) their state tensors live. */
+  private readonly arena: ParamArena;
+  /** One arena buffer per slot name, created on the first step. */
+  private slotBuffers: ArenaBuffer[] | null = null;
 
   /** Names of the state tensors each parameter gets (PyTorch's names). */
   protected abstract readonly slotNames: readonly string[];
-  /** A new state tensor for `p` (zeros unless the kernel never reads it before writing it). */
-  protected abstract newSlot(p: Tensor, slot: number): Tensor;
   /** Records the fused update of one parameter; `state.step` already counts this step. */
   protected abstract update(
     p: Tensor,
@@ -100,6 +108,7 @@ export abstract class Optimizer {
       return group;
     });
     if (seen.size === 0) throw new Error(`peco: ${kind}: no parameters to optimise`);
+    this.arena = new ParamArena(this.groups.map((g) => g.params));
   }
 
   /** Every parameter, in group order. */
@@ -113,8 +122,12 @@ export abstract class Optimizer {
    */
   step(): void {
     checkNonNegative(this.kind, "lr", this.lr);
-    for (const group of this.groups) {
+    this.groups.forEach((group, g) => {
       const lr = this.lr * group.lrScale;
+      if (this.updatesAsOne(group.params)) {
+        this.updateRange(group.params, this.arena.groups[g], lr, group.weightDecay);
+        return;
+      }
       for (const p of group.params) {
         const grad = p.grad;
         if (!grad) continue;
@@ -128,8 +141,29 @@ export abstract class Optimizer {
         state.step++;
         this.update(p, grad, state, lr, group.weightDecay);
       }
-    }
+    });
     this.steps++;
+  }
+
+  /**
+   * Whether a group can take one dispatch over its arena range: every parameter's gradient was
+   * written into the arena by backward and every parameter is at the same step.
+   */
+  private updatesAsOne(params: readonly Tensor[]): boolean {
+    if (params.length === 0 || !this.arena.gradsAtHome(params)) return false;
+    const step = this.states.get(params[0])?.step ?? 0;
+    return params.every((p) => (this.states.get(p)?.step ?? 0) === step);
+  }
+
+  /** The fused update of a whole group: its range of the parameter, gradient and state buffers. */
+  private updateRange(params: readonly Tensor[], r: ArenaRange, lr: number, wd: number): void {
+    let step = 0;
+    for (const p of params) step = ++this.stateOf(p).step;
+    const value = this.arena.valuesRange(r);
+    const grad = this.arena.grads.range(r);
+    const slots = this.slotBuffers!.map((b) => b.range(r));
+    this.update(value, grad, { step, slots }, lr, wd);
+    for (const t of [value, grad, ...slots]) t.dispose();
   }
 
   /** Releases the gradients of all parameters. */
@@ -175,23 +209,27 @@ export abstract class Optimizer {
               `${src ? src.describe() : "missing"}, parameter is ${p.describe()}`,
           );
         }
-        if (src.size > 0) gpu().recorder.copy(src.buffer, 0, dst.buffer, 0, src.size * 4);
+        copyValues(dst, src);
       });
       state.step = step;
     }
   }
 
-  /** Releases all state tensors. */
+  /** Releases all state tensors and the packed gradients (parameters keep their values). */
   dispose(): void {
-    for (const state of this.states.values()) for (const t of state.slots) t.dispose();
     this.states.clear();
+    this.slotBuffers = null;
+    this.arena.dispose();
   }
 
   private stateOf(p: Tensor): ParamState {
     let state = this.states.get(p);
     if (!state) {
+      // State tensors are zero-filled views of arena buffers laid out like the parameters.
+      this.slotBuffers ??= this.slotNames.map((name) => this.arena.newBuffer(name));
+      const index = this.arena.indexOf(p);
       const slots = this.slotNames.map((name, k) => {
-        const t = keep(this.newSlot(p, k));
+        const t = this.slotBuffers![k].views[index];
         t.name = `${p.name || "param"}.${name}`;
         return t;
       });

@@ -40,7 +40,7 @@ export function reduceRaw(
   if (!useWorkgroup) {
     const out = new Tensor(shape, "f32");
     gpu().recorder.dispatch(reduceKernels.serial, {
-      buffers: [x.buffer, out.buffer],
+      buffers: [x.binding, out.binding],
       params: [outer, len, inner, f32bits(scale), len],
       constants: { OP: REDUCE[op] },
       workgroups: grid1d(outputs, WG),
@@ -53,7 +53,7 @@ export function reduceRaw(
   const out = new Tensor(parts === 1 ? shape : [outer, parts, inner], "f32");
   const [gx, gy] = grid1d(outputs, 1);
   gpu().recorder.dispatch(reduceKernels.workgroup, {
-    buffers: [x.buffer, out.buffer],
+    buffers: [x.binding, out.binding],
     params: [outer, len, inner, f32bits(parts === 1 ? scale : 1), seg],
     constants: { OP: REDUCE[op] },
     workgroups: [gx, gy, parts],

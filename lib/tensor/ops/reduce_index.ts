@@ -76,7 +76,7 @@ function argReduce(
   const indices = new Tensor(shape, "i32");
   if (outputs > 0) {
     gpu().recorder.dispatch(wide ? kernels.workgroup : kernels.serial, {
-      buffers: [x.buffer, values.buffer, indices.buffer],
+      buffers: [x.binding, values.binding, indices.binding],
       params: [outer, len, inner],
       constants: { OP: OPS[mode] },
       workgroups: wide ? grid1d(outputs, 1) : grid1d(outputs, WG),
@@ -93,7 +93,7 @@ function extreme(mode: Extreme, x: Tensor, axis: number, keepdim: boolean): Tens
     const arg = indices.disposed ? argOnly(mode, mode, x, axis, keepdim) : indices;
     const gx = new Tensor(x.shape, "f32");
     gpu().recorder.dispatch(kernels.grad, {
-      buffers: [g.buffer, arg.buffer, gx.buffer],
+      buffers: [g.binding, arg.binding, gx.binding],
       params: dims,
       workgroups: grid1d(x.size, WG),
     });

@@ -9,7 +9,7 @@
 
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
-import { grid1d } from "../../gpu/recorder.ts";
+import { type BufferSlice, grid1d } from "../../gpu/recorder.ts";
 import { type DType, record, type Shape, Tensor } from "../tensor.ts";
 import { full, zeros } from "./creation.ts";
 import { WG } from "./kernels.ts";
@@ -156,7 +156,13 @@ function runOf(innermost: number): number {
 }
 
 /** Copies a folded box between buffers (any dtype: 32-bit words), starting at the offsets. */
-function copyBox(box: Box, from: GPUBuffer, fromOffset: number, to: GPUBuffer, toOffset: number) {
+function copyBox(
+  box: Box,
+  from: GPUBuffer | BufferSlice,
+  fromOffset: number,
+  to: GPUBuffer | BufferSlice,
+  toOffset: number,
+) {
   if (box.n === 0) return;
   const lead = (values: number[], fill: number) => [
     ...new Array(MAX_RANK - values.length).fill(fill),
@@ -186,7 +192,7 @@ function crop(op: string, x: Tensor, starts: readonly number[], shape: Shape): T
   const strides = stridesOf(x.shape);
   const box = foldBox(op, shape, strides, stridesOf(shape));
   const out = new Tensor(shape, x.dtype);
-  copyBox(box, x.buffer, offsetOf(starts, strides), out.buffer, 0);
+  copyBox(box, x.binding, offsetOf(starts, strides), out.binding, 0);
   return out;
 }
 
@@ -195,7 +201,7 @@ function embed(op: string, x: Tensor, starts: readonly number[], shape: Shape, v
   const strides = stridesOf(shape);
   const box = foldBox(op, x.shape, stridesOf(x.shape), strides);
   const out = full(shape, value, x.dtype);
-  copyBox(box, x.buffer, 0, out.buffer, offsetOf(starts, strides));
+  copyBox(box, x.binding, 0, out.binding, offsetOf(starts, strides));
   return out;
 }
 
@@ -232,7 +238,7 @@ export function permute(x: Tensor, dims: readonly number[]): Tensor {
   const strides = stridesOf(x.shape);
   const box = foldBox("permute", shape, axes.map((a) => strides[a]), stridesOf(shape));
   const out = new Tensor(shape, x.dtype);
-  copyBox(box, x.buffer, 0, out.buffer, 0);
+  copyBox(box, x.binding, 0, out.binding, 0);
   return record("permute", out, [x], (g) => [permute(g, inverse)]);
 }
 
@@ -281,7 +287,7 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
   const strides = stridesOf(shape);
   const boxes = xs.map((t) => foldBox("concat", t.shape, stridesOf(t.shape), strides));
   const out = new Tensor(shape, first.dtype);
-  xs.forEach((t, i) => copyBox(boxes[i], t.buffer, 0, out.buffer, starts[i] * strides[a]));
+  xs.forEach((t, i) => copyBox(boxes[i], t.binding, 0, out.binding, starts[i] * strides[a]));
   return record("concat", out, xs, (g) =>
     xs.map((t, i) => {
       if (!t.requiresGrad) return null;
@@ -315,7 +321,7 @@ export function pad(x: Tensor, pads: readonly (readonly [number, number])[], val
 function gatherRaw(x: Tensor, indices: Tensor, len: number, inner: number, out: Tensor): Tensor {
   const run = runOf(inner);
   gpu().recorder.dispatch(kernels.gather, {
-    buffers: [x.buffer, indices.buffer, out.buffer],
+    buffers: [x.binding, indices.binding, out.binding],
     params: [out.size, indices.size, len, inner],
     constants: { RUN: run },
     workgroups: grid1d(out.size / run, WG),
@@ -361,17 +367,17 @@ function scatterRaw(
   const offsets = new Tensor([rows + 1], "u32");
   const order = new Tensor([m], "u32");
   recorder.dispatch(kernels.indexHist, {
-    buffers: [indices.buffer, hist.buffer],
+    buffers: [indices.binding, hist.binding],
     params: plan,
     workgroups: grid1d(blocks, WG),
   });
   recorder.dispatch(kernels.indexScan, {
-    buffers: [hist.buffer, offsets.buffer],
+    buffers: [hist.binding, offsets.binding],
     params: plan,
     workgroups: [1],
   });
   recorder.dispatch(kernels.indexPlace, {
-    buffers: [indices.buffer, hist.buffer, order.buffer],
+    buffers: [indices.binding, hist.binding, order.binding],
     params: plan,
     workgroups: grid1d(blocks, WG),
   });
@@ -380,7 +386,7 @@ function scatterRaw(
   // Each pass sums at most MAX_LOOP_ITERATIONS entries of every row's list.
   for (let skip = 0; skip === 0 || skip < m; skip += MAX_LOOP_ITERATIONS) {
     recorder.dispatch(kernels.scatterRows, {
-      buffers: [src.buffer, offsets.buffer, order.buffer, out.buffer],
+      buffers: [src.binding, offsets.binding, order.binding, out.binding],
       params: [out.size, rows, m, inner, skip, MAX_LOOP_ITERATIONS],
       constants: { RUN: run },
       workgroups: grid1d(out.size / run, WG),
@@ -447,7 +453,7 @@ export function cast(x: Tensor, dtype: DType): Tensor {
   const out = new Tensor(x.shape, dtype);
   if (x.size > 0) {
     gpu().recorder.dispatch(kernels.cast, {
-      buffers: [x.buffer, out.buffer],
+      buffers: [x.binding, out.binding],
       params: [x.size],
       constants: { FROM: DTYPE_CODE[x.dtype], TO: DTYPE_CODE[dtype] },
       workgroups: grid1d(x.size, WG),
