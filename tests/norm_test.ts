@@ -1,6 +1,7 @@
 import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import assert from "node:assert/strict";
+import { gpu } from "../lib/gpu/device.ts";
 
 /** How a float64 reference groups [N, C, S]: `groups` channel groups, or per channel (batch). */
 type Grouping = { groups: number } | { batch: true };
@@ -123,6 +124,38 @@ Deno.test("layerNorm with eps: tiny variance is damped as in the reference", asy
   const x = randArray(15, 5, -1e-3, 1e-3);
   const out = await runOp((t) => T.layerNorm(t, null, null, 1e-4), [input(x, [3, 5])]);
   assertClose(out.data, normRef(x, [3, 5, 1], { groups: 1 }, null, null, 1e-4), { atol: 1e-4 });
+});
+
+Deno.test("layerNorm: one dispatch forward; weight and bias gradients over 32003 rows", async () => {
+  // Rows above the loop limit: the weight/bias gradients merge pieces of rows on every adapter.
+  const [rows, d] = [32003, 3];
+  const x = randArray(rows * d, 8, -2, 2);
+  const w = randArray(d, 9, 0.5, 1.5);
+  const b = randArray(d, 10);
+  const seed = randArray(rows * d, 11);
+  const [xt, wt, bt] = [T.tensor(x, [rows, d]), T.tensor(w, [d]), T.tensor(b, [d])];
+  for (const t of [xt, wt, bt]) t.requiresGrad = true;
+  const before = gpu().recorder.dispatches;
+  const y = T.layerNorm(xt, wt, bt);
+  assert.equal(gpu().recorder.dispatches - before, 1);
+  T.backward(y, T.tensor(seed, [rows, d]));
+  const got = await T.readAll([y, wt.grad!, bt.grad!]);
+  assertClose(Array.from(got[0]), normRef(x, [rows, d, 1], { groups: 1 }, w, b), {
+    atol: 2e-5,
+    rtol: 1e-4,
+    what: "forward",
+  });
+  const xhat = normRef(x, [rows, d, 1], { groups: 1 }, null, null);
+  const gw = new Array(d).fill(0);
+  const gb = new Array(d).fill(0);
+  for (let i = 0; i < rows * d; i++) {
+    gw[i % d] += seed[i] * xhat[i];
+    gb[i % d] += seed[i];
+  }
+  assertClose(Array.from(got[1]), gw, { atol: 2e-3, rtol: 1e-4, what: "weight grad" });
+  assertClose(Array.from(got[2]), gb, { atol: 2e-3, rtol: 1e-4, what: "bias grad" });
+  for (const t of [xt, wt, bt]) T.zeroGrad([t]), t.dispose();
+  y.dispose();
 });
 
 // ---- groupNorm -------------------------------------------------------------------------------
