@@ -126,7 +126,19 @@ Deno.test("layerNorm with eps: tiny variance is damped as in the reference", asy
   assertClose(out.data, normRef(x, [3, 5, 1], { groups: 1 }, null, null, 1e-4), { atol: 1e-4 });
 });
 
-Deno.test("layerNorm: one dispatch forward; weight and bias gradients over 32003 rows", async () => {
+/** Weight and bias gradients of a norm over [N, C, S] for the seed gradient `dy`, in float64. */
+function affineGradsRef(xhat: number[], dy: number[], [n, c, s]: number[]): number[][] {
+  const gw = new Array(c).fill(0);
+  const gb = new Array(c).fill(0);
+  for (let i = 0; i < n * c * s; i++) {
+    const ch = Math.floor(i / s) % c;
+    gw[ch] += dy[i] * xhat[i];
+    gb[ch] += dy[i];
+  }
+  return [gw, gb];
+}
+
+Deno.test("layerNorm: one dispatch forward; weight and bias gradients over 32003 rows (pieces)", async () => {
   // Rows above the loop limit: the weight/bias gradients merge pieces of rows on every adapter.
   const [rows, d] = [32003, 3];
   const x = randArray(rows * d, 8, -2, 2);
@@ -146,12 +158,42 @@ Deno.test("layerNorm: one dispatch forward; weight and bias gradients over 32003
     what: "forward",
   });
   const xhat = normRef(x, [rows, d, 1], { groups: 1 }, null, null);
-  const gw = new Array(d).fill(0);
-  const gb = new Array(d).fill(0);
-  for (let i = 0; i < rows * d; i++) {
-    gw[i % d] += seed[i] * xhat[i];
-    gb[i % d] += seed[i];
+  const [gw, gb] = affineGradsRef(xhat, seed, [rows, d, 1]);
+  assertClose(Array.from(got[1]), gw, { atol: 2e-3, rtol: 1e-4, what: "weight grad" });
+  assertClose(Array.from(got[2]), gb, { atol: 2e-3, rtol: 1e-4, what: "bias grad" });
+  for (const t of [xt, wt, bt]) T.zeroGrad([t]), t.dispose();
+  y.dispose();
+});
+
+Deno.test("layerNorm rows of 10000 (fused kernels) and 10001 (general kernels)", async () => {
+  for (const d of [10000, 10001]) {
+    const x = randArray(2 * d, d, -2, 2);
+    const out = await runOp((t) => T.layerNorm(t, null, null), [input(x, [2, d])]);
+    assertClose(out.data, normRef(x, [2, d, 1], { groups: 1 }, null, null), {
+      atol: 5e-5,
+      what: `rows of ${d}`,
+    });
   }
+});
+
+Deno.test("groupNorm [12,4,50,60] groups=2: weight and bias gradients merged from pieces", async () => {
+  const dims = [12, 4, 3000];
+  const shape = [12, 4, 50, 60];
+  const x = randArray(prod(shape), 21, -2, 2);
+  const w = randArray(4, 22, 0.5, 1.5);
+  const b = randArray(4, 23);
+  const dy = randArray(prod(shape), 24);
+  const [xt, wt, bt] = [T.tensor(x, shape), T.tensor(w, [4]), T.tensor(b, [4])];
+  for (const t of [xt, wt, bt]) t.requiresGrad = true;
+  const y = T.groupNorm(xt, 2, wt, bt);
+  T.backward(y, T.tensor(dy, shape));
+  const got = await T.readAll([y, wt.grad!, bt.grad!]);
+  assertClose(Array.from(got[0]), normRef(x, dims, { groups: 2 }, w, b), {
+    atol: 2e-5,
+    rtol: 1e-4,
+    what: "forward",
+  });
+  const [gw, gb] = affineGradsRef(normRef(x, dims, { groups: 2 }, null, null), dy, dims);
   assertClose(Array.from(got[1]), gw, { atol: 2e-3, rtol: 1e-4, what: "weight grad" });
   assertClose(Array.from(got[2]), gb, { atol: 2e-3, rtol: 1e-4, what: "bias grad" });
   for (const t of [xt, wt, bt]) T.zeroGrad([t]), t.dispose();

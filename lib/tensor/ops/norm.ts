@@ -1,8 +1,8 @@
 // Normalisation layers: layerNorm, groupNorm and batchNorm, one set of kernels (kernels/norm.wgsl).
 // Each sees its input as [N, C, S] (batch, channels, spatial) with a per-channel weight and bias:
 // groupNorm takes statistics per (sample, group of C/G channels); layerNorm is groupNorm with one
-// group over [rows, D, 1] (run by the fused kernels of layernorm.ts whenever a row fits their
-// loops); batchNorm takes statistics per channel over N·S.
+// group over [rows, D, 1]; batchNorm takes statistics per channel over N·S. layerNorm and groupNorm
+// run the fused kernels of fused_norm.ts whenever a statistics group fits their loops.
 
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
@@ -10,7 +10,7 @@ import { type BufferSlice, f32bits, grid1d } from "../../gpu/recorder.ts";
 import { noGrad, record, Tensor } from "../tensor.ts";
 import { addScalar, copy, rsqrt } from "./elementwise.ts";
 import { MAX_LOOP } from "./reduce.ts";
-import { fusedLayerNorm, fusedLayerNormFits } from "./layernorm.ts";
+import { fusedNorm, fusedNormFits } from "./fused_norm.ts";
 import source from "../../../kernels/norm.wgsl" with { type: "text" };
 
 const WG = 256;
@@ -359,8 +359,8 @@ export function layerNorm(
   const d = x.shape[x.rank - 1];
   checkChannelParam(op, "weight", weight, d, x);
   checkChannelParam(op, "bias", bias, d, x);
-  if (fusedLayerNormFits(d)) return fusedLayerNorm(op, x, weight, bias, eps);
   const l: Layout = { op, n: x.size / Math.max(1, d), c: d, s: 1, groups: 1, batch: false };
+  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps);
   return normalize(x, l, computeStats(x, l, eps), weight, bias, false);
 }
 
@@ -379,6 +379,7 @@ export function groupNorm(
       `peco: ${op}: ${l.c} channels of x ${shapeOf(x)} do not split into ${groups} groups`,
     );
   }
+  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps);
   return normalize(x, l, computeStats(x, l, eps), weight, bias, false);
 }
 
