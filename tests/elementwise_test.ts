@@ -1,5 +1,7 @@
 import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
+import assert from "node:assert/strict";
+import { gpu } from "../lib/gpu/device.ts";
 
 const erf = (x: number) => {
   // float64 erf by series/continued fraction is overkill here: use a high-order expansion.
@@ -164,6 +166,57 @@ Deno.test("broadcastTo and its backward (sumTo)", async () => {
   await checkGrad((t) => T.broadcastTo(t, [4, 2, 3]), (d) => [...d, ...d, ...d, ...d], [
     { data: x, shape: [2, 3] },
   ]);
+});
+
+Deno.test("sumTo over several added leading dims: one reduction, float64 reference", async () => {
+  const x = randArray(3 * 5 * 7, 12);
+  // [3, 5, 7] → [7]: both leading dims in one dispatch.
+  const ref = Array.from({ length: 7 }, (_, c) => {
+    let s = 0;
+    for (let r = 0; r < 15; r++) s += x[r * 7 + c];
+    return s;
+  });
+  const g = T.tensor(x, [3, 5, 7]);
+  const before = gpu().recorder.dispatches;
+  const out = T.sumTo(g, [7]);
+  assert.equal(gpu().recorder.dispatches - before, 1);
+  assertClose(await out.toArray(), ref, { atol: 1e-5, what: "sumTo" });
+  // [3, 5, 7] → [5, 1]: a leading dim and a kept one of size 1.
+  const out2 = T.sumTo(g, [5, 1]);
+  const ref2 = Array.from({ length: 5 }, (_, k) => {
+    let s = 0;
+    for (let a = 0; a < 3; a++) for (let c = 0; c < 7; c++) s += x[(a * 5 + k) * 7 + c];
+    return s;
+  });
+  assertClose(await out2.toArray(), ref2, { atol: 1e-5, what: "sumTo [5, 1]" });
+  [g, out, out2].forEach((t) => t.dispose());
+});
+
+Deno.test("sumOuterInner: one dispatch, and two reductions past the loop budget", async () => {
+  for (const [outer, len, inner] of [[3, 5, 7], [2, 3, 5003]]) {
+    const x = randArray(outer * len * inner, outer + inner);
+    const ref = Array.from({ length: len }, (_, k) => {
+      let s = 0;
+      for (let o = 0; o < outer; o++) {
+        for (let i = 0; i < inner; i++) s += x[(o * len + k) * inner + i];
+      }
+      return s;
+    });
+    const t = T.tensor(x, [outer, len, inner]);
+    const before = gpu().recorder.dispatches;
+    const out = T.sumOuterInner(t, outer, len, inner);
+    assert.equal(gpu().recorder.dispatches - before, outer * (inner + 1) > 10_000 ? 2 : 1);
+    assertClose(await out.toArray(), ref, {
+      atol: 1e-3,
+      rtol: 1e-5,
+      what: `[${outer},${len},${inner}]`,
+    });
+    [t, out].forEach((v) => v.dispose());
+  }
+  assert.throws(
+    () => T.sumOuterInner(T.zeros([6]), 2, 2, 2),
+    /sumOuterInner: .* is not \[2, 2, 2\]/,
+  );
 });
 
 Deno.test("fill and integer tensors keep exact bits", async () => {

@@ -5,7 +5,7 @@ import { gpu } from "../../gpu/device.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
-import { reduceRaw } from "./reduce.ts";
+import { reduceRaw, sumOuterInner } from "./reduce.ts";
 import { matmul, matmulRowBias } from "./matmul.ts";
 import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
@@ -561,9 +561,7 @@ export function conv2d(
   const outShape = [g0.n, g0.o, g0.hout, g0.wout];
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const biasGrad = (gs: Tensor) =>
-    bias?.requiresGrad
-      ? reduceRaw(reduceRaw(gs.view([g0.n, g0.o, g0.hout * g0.wout]), 2, "sum"), 0, "sum")
-      : null;
+    bias?.requiresGrad ? sumOuterInner(gs, g0.n, g0.o, g0.hout * g0.wout) : null;
   if (forwardByIm2col(g0)) {
     // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
     const keepCols = isGradEnabled() && weight.requiresGrad;

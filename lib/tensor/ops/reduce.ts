@@ -64,6 +64,32 @@ export function reduceRaw(
   return total.view(shape);
 }
 
+/**
+ * Loop iterations one invocation may run in all (lavapipe silently ends an invocation's loops past
+ * a budget shared by all of them; see fused_norm.ts).
+ */
+const MAX_ITERATIONS = 10_000;
+
+/**
+ * Σ over the first and last axes of x viewed as [outer, len, inner] → [len] (no autograd): one
+ * dispatch when an output's elements fit one invocation's loops, else two reductions.
+ */
+export function sumOuterInner(x: Tensor, outer: number, len: number, inner: number): Tensor {
+  if (outer * len * inner !== x.size) {
+    throw new Error(`peco: sumOuterInner: ${x.describe()} is not [${outer}, ${len}, ${inner}]`);
+  }
+  if (outer * (inner + 1) > MAX_ITERATIONS) {
+    return reduceRaw(reduceRaw(x.view([outer, len, inner]), 2, "sum"), 0, "sum");
+  }
+  const out = new Tensor([len], "f32");
+  gpu().recorder.dispatch(reduceKernels.outerInner, {
+    buffers: [x.binding, out.binding],
+    params: [outer, len, inner, f32bits(1), 0],
+    workgroups: grid1d(len, WG),
+  });
+  return out;
+}
+
 function keepDims(x: Tensor, t: Tensor, axis: number, keepdim: boolean): Tensor {
   if (!keepdim) return t;
   const shape = [...x.shape];
@@ -92,8 +118,12 @@ export function mean(x: Tensor, axis?: number, keepdim = false): Tensor {
 export function sumTo(g: Tensor, shape: Shape): Tensor {
   if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g;
   let t = g;
-  // Leading dims that broadcasting added.
-  while (t.rank > shape.length) t = reduceRaw(t, 0, "sum");
+  // Leading dims that broadcasting added, in one reduction.
+  const added = t.rank - shape.length;
+  if (added > 0) {
+    const lead = t.shape.slice(0, added).reduce((a, b) => a * b, 1);
+    t = reduceRaw(t.view([lead, ...t.shape.slice(added)]), 0, "sum");
+  }
   for (let i = 0; i < shape.length; i++) {
     if (shape[i] === 1 && t.shape[i] !== 1) {
       const s = [...t.shape];
