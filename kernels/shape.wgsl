@@ -59,6 +59,29 @@ fn strided_copy(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
   }
 }
 
+// ---- placing along one axis ----------------------------------------------------------------------
+// dst viewed as [outer, len, inner]: rows [start, start + count) of its middle axis come from src
+// [outer, count, inner], every other element is `value` (bit pattern). One pass, no fill first:
+// serves pad and slice's backward when only one axis changes.
+
+struct Place { n: u32, len: u32, inner: u32, start: u32, count: u32, value: u32 }
+@group(0) @binding(2) var<uniform> place: Place;
+
+@compute @workgroup_size(WG)
+fn place_axis(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let j = linear_index(gid, nwg);
+  if (j >= place.n) { return; }
+  let i = j % place.inner;
+  let q = j / place.inner;
+  let k = q % place.len;
+  let o = q / place.len;
+  if (k >= place.start && k < place.start + place.count) {
+    dst[j] = src[(o * place.count + k - place.start) * place.inner + i];
+  } else {
+    dst[j] = place.value;
+  }
+}
+
 // ---- cast ---------------------------------------------------------------------------------------
 // Value conversion between dtypes. float → int truncates toward zero; int ↔ int keeps the bits
 // (two's complement wrap, as a C cast).

@@ -1,6 +1,7 @@
 import { assertClose, assertThrows, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { gpu } from "../lib/gpu/device.ts";
 
 /** Asserts that fn throws an Error whose message contains `text`. */
 
@@ -238,6 +239,20 @@ Deno.test("pad asymmetric on the last dims and on all dims: forward and backward
   assertEquals(padded.shape, [4, 3, 7]);
   assertClose(padded.data, allRef(x.data), { atol: 0, rtol: 0 });
   await checkGrad((t) => T.pad(t, all), allRef, [x]);
+});
+
+Deno.test("pad along one inner axis: one dispatch, forward and backward", async () => {
+  const x = input([2, 3, 5], 31);
+  const middle: [number, number][] = [[2, 1], [0, 0]];
+  const ref = (d: number[]) => padRef(d, x.shape, middle, -1.5);
+  const t = T.tensor(x.data, x.shape);
+  const before = gpu().recorder.dispatches;
+  const padded = T.pad(t, middle, -1.5);
+  assertEquals(gpu().recorder.dispatches - before, 1);
+  assertEquals(padded.shape, [2, 6, 5]);
+  assertClose(await padded.toArray(), ref(x.data), { atol: 0, rtol: 0 });
+  await checkGrad((v) => T.pad(v, middle, -1.5), ref, [x]);
+  [t, padded].forEach((v) => v.dispose());
 });
 
 Deno.test("pad keeps integer values and rejects bad pads", async () => {

@@ -9,7 +9,7 @@
 
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
-import { type BufferSlice, grid1d } from "../../gpu/recorder.ts";
+import { type BufferSlice, f32bits, grid1d } from "../../gpu/recorder.ts";
 import { type DType, record, type Shape, Tensor } from "../tensor.ts";
 import { full, zeros } from "./creation.ts";
 import { WG } from "./kernels.ts";
@@ -20,6 +20,12 @@ const kernels = {
     name: "shape_copy",
     source,
     entry: "strided_copy",
+    bindings: ["read", "write"],
+  }),
+  placeAxis: defineKernel({
+    name: "shape_place_axis",
+    source,
+    entry: "place_axis",
     bindings: ["read", "write"],
   }),
   cast: defineKernel({
@@ -196,12 +202,30 @@ function crop(op: string, x: Tensor, starts: readonly number[], shape: Shape): T
   return out;
 }
 
-/** x placed at `starts` in a tensor of `shape` full of `value` (pad forward, slice backward). */
+/**
+ * x placed at `starts` in a tensor of `shape` full of `value` (pad forward, slice backward): one
+ * dispatch when only one axis differs, else a fill and a copy.
+ */
 function embed(op: string, x: Tensor, starts: readonly number[], shape: Shape, value: number) {
   const strides = stridesOf(shape);
   const box = foldBox(op, x.shape, stridesOf(x.shape), strides);
+  const axes = shape.flatMap((d, k) => (d !== x.shape[k] ? [k] : []));
+  if (axes.length === 1) return placeAxis(x, axes[0], starts[axes[0]], shape, value);
   const out = full(shape, value, x.dtype);
   copyBox(box, x.binding, 0, out.binding, offsetOf(starts, strides));
+  return out;
+}
+
+/** x placed at `start` along `axis` of a tensor of `shape` (x's shape elsewhere), `value` around. */
+function placeAxis(x: Tensor, axis: number, start: number, shape: Shape, value: number): Tensor {
+  const out = new Tensor(shape, x.dtype);
+  const inner = prod(shape.slice(axis + 1));
+  const bits = x.dtype === "f32" ? f32bits(value) : value >>> 0;
+  gpu().recorder.dispatch(kernels.placeAxis, {
+    buffers: [x.binding, out.binding],
+    params: [out.size, shape[axis], inner, start, x.shape[axis], bits],
+    workgroups: grid1d(out.size, WG),
+  });
   return out;
 }
 
