@@ -1,6 +1,7 @@
 // Benchmark plumbing: each bench file exports `cases`; main.ts runs them and prints a table or,
 // with --json, one JSON object per line ({name, ms, gflops | items_per_s, ...}).
 
+import process from "node:process";
 import { gpu } from "../lib/gpu/device.ts";
 import { tidy } from "../lib/tensor/mod.ts";
 
@@ -25,6 +26,11 @@ export interface StepMeasure {
   ms: number;
   /** Compute dispatches recorded per step (exact: the recorder's counter, not the profiler). */
   dispatches: number;
+  /**
+   * Process CPU time per step (user + system). On a software adapter the "GPU" runs in this
+   * process, so on a shared, busy host this is steadier than `ms`.
+   */
+  cpu_ms: number;
 }
 
 /**
@@ -41,6 +47,7 @@ export async function measureSteps(
   await recorder.sync();
   let iters = 0;
   const firstDispatch = recorder.dispatches;
+  const cpuBefore = process.cpuUsage();
   const start = performance.now();
   while (iters < minIters || performance.now() - start < minMs) {
     for (let i = 0; i < perRound; i++) {
@@ -51,7 +58,12 @@ export async function measureSteps(
     await recorder.sync();
   }
   const ms = (performance.now() - start) / iters;
-  return { ms, dispatches: (recorder.dispatches - firstDispatch) / iters };
+  const cpu = process.cpuUsage(cpuBefore);
+  return {
+    ms,
+    dispatches: (recorder.dispatches - firstDispatch) / iters,
+    cpu_ms: (cpu.user + cpu.system) / 1000 / iters,
+  };
 }
 
 /** Milliseconds per call of `step` (see measureSteps). */

@@ -54,7 +54,7 @@ async function benchStep(s: Setup, timing: { warmup: number; minIters: number; m
   ].map(keep);
   const [x, maskTensor, maskedIndex, targets] = fixed;
   model.train();
-  const { ms, dispatches } = await measureSteps(() => {
+  const { ms, dispatches, cpu_ms } = await measureSteps(() => {
     const out = mimLoss(model, x, maskTensor, maskedIndex, targets);
     backward(out.loss);
     clipGradNorm(model.parameters(), 3);
@@ -65,7 +65,7 @@ async function benchStep(s: Setup, timing: { warmup: number; minIters: number; m
   fixed.forEach((f) => f.dispose());
   model.dispose();
   optimizer.dispose();
-  return { ms, dispatches, parameters, initMs, masked: positions.length };
+  return { ms, dispatches, cpu_ms, parameters, initMs, masked: positions.length };
 }
 
 /** Whether the command line asks for the ViT-B case (`--filter vit-b`). */
@@ -92,6 +92,7 @@ export const cases: BenchCase[] = [
         name: this.name,
         ms: r.ms,
         dispatches: r.dispatches,
+        cpu_ms: r.cpu_ms,
         items_per_s: mnistBatch / (r.ms / 1e3),
         parameters: r.parameters,
         masked: r.masked,
@@ -113,6 +114,7 @@ if (askedFor(VIT_B)) {
         name: this.name,
         ms: r.ms,
         dispatches: r.dispatches,
+        cpu_ms: r.cpu_ms,
         items_per_s: 2 / (r.ms / 1e3),
         parameters: r.parameters,
         init_ms: r.initMs,
