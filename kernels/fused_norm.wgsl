@@ -5,11 +5,15 @@
 // against the spread) and writes y, the mean and 1/sqrt(var + eps) in the same dispatch; the
 // backward computes dx per group in one dispatch, and the weight and bias gradients per channel (one
 // invocation per channel and piece of samples, the pieces merged by a second dispatch when there
-// are several). No shared memory, no barriers: both are slow on lavapipe.
+// are several). With ACT = 1 the op is groupNorm followed by SiLU: the forward writes silu(z) of the
+// normalised z, and the backward recomputes z to take SiLU's derivative first (no stored z, no
+// separate activation kernels). No shared memory, no barriers: both are slow on lavapipe.
 
 override WG: u32 = 64;
 override HAS_W: bool = true;
 override HAS_B: bool = true;
+// 0: y = z; 1: y = silu(z).
+override ACT: u32 = 0;
 
 fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
   return gid.x + gid.y * nwg.x * WG;
@@ -26,9 +30,30 @@ fn weight_at(c: u32) -> f32 {
   return 1.0;
 }
 
+fn activate(z: f32) -> f32 {
+  if (ACT == 1u) { return z / (1.0 + exp(-z)); }
+  return z;
+}
+
+// d activate(z) / dz.
+fn activate_grad(z: f32) -> f32 {
+  if (ACT == 1u) {
+    let s = 1.0 / (1.0 + exp(-z));
+    return s * (1.0 + z * (1.0 - s));
+  }
+  return 1.0;
+}
+
+// The bias of channel c (0 without one), for the forward and for ACT's recomputed z.
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+
+fn bias_at(c: u32) -> f32 {
+  if (HAS_B) { return bias[c]; }
+  return 0.0;
+}
+
 // ---- forward ------------------------------------------------------------------------------------
 
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> mean_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> rstd_out: array<f32>;
@@ -59,10 +84,9 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   var at = base;
   for (var ci = 0u; ci < fp.cg; ci++) {
     let scale = rstd * weight_at(c0 + ci);
-    var b = 0.0;
-    if (HAS_B) { b = bias[c0 + ci]; }
+    let b = bias_at(c0 + ci);
     for (var k = 0u; k < fp.s; k++) {
-      y[at] = (x[at] - mean) * scale + b;
+      y[at] = activate((x[at] - mean) * scale + b);
       at++;
     }
   }
@@ -70,13 +94,19 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 
 // ---- backward: dx -------------------------------------------------------------------------------
 
-@group(0) @binding(2) var<storage, read> stat_mean: array<f32>;
-@group(0) @binding(3) var<storage, read> stat_rstd: array<f32>;
-@group(0) @binding(4) var<storage, read> dy: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(6) var<uniform> bp: Norm;
+@group(0) @binding(3) var<storage, read> stat_mean: array<f32>;
+@group(0) @binding(4) var<storage, read> stat_rstd: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(7) var<uniform> bp: Norm;
 
-// dx = rstd · (u − mean(u) − xhat · mean(u · xhat)), u = dy · w, means over the group.
+// dz: the gradient that reaches z = xhat · w + b (through the activation when there is one).
+fn dz_at(at: u32, xh: f32, w: f32, b: f32) -> f32 {
+  if (ACT == 0u) { return dy[at]; }
+  return dy[at] * activate_grad(xh * w + b);
+}
+
+// dx = rstd · (u − mean(u) − xhat · mean(u · xhat)), u = dz · w, means over the group.
 @compute @workgroup_size(WG)
 fn grad_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let j = linear_index(gid, nwg);
@@ -90,10 +120,12 @@ fn grad_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups
   var at = base;
   for (var ci = 0u; ci < bp.cg; ci++) {
     let w = weight_at(c0 + ci);
+    let b = bias_at(c0 + ci);
     for (var k = 0u; k < bp.s; k++) {
-      let u = dy[at] * w;
+      let xh = (x[at] - mean) * rstd;
+      let u = dz_at(at, xh, w, b) * w;
       s0 += u;
-      s1 += u * (x[at] - mean) * rstd;
+      s1 += u * xh;
       at++;
     }
   }
@@ -102,9 +134,10 @@ fn grad_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups
   at = base;
   for (var ci = 0u; ci < bp.cg; ci++) {
     let w = weight_at(c0 + ci);
+    let b = bias_at(c0 + ci);
     for (var k = 0u; k < bp.s; k++) {
       let xh = (x[at] - mean) * rstd;
-      dx[at] = rstd * (dy[at] * w - s0 - xh * s1);
+      dx[at] = rstd * (dz_at(at, xh, w, b) * w - s0 - xh * s1);
       at++;
     }
   }
@@ -119,13 +152,13 @@ override PIECES: bool = true;
 // n: samples; c: channels; cg, s, g as in Norm.
 struct Channels { n: u32, c: u32, cg: u32, s: u32, g: u32, piece: u32, pieces: u32 }
 
-@group(0) @binding(0) var<storage, read> cx: array<f32>;
-@group(0) @binding(1) var<storage, read> c_mean: array<f32>;
-@group(0) @binding(2) var<storage, read> c_rstd: array<f32>;
-@group(0) @binding(3) var<storage, read> c_dy: array<f32>;
-@group(0) @binding(4) var<storage, read_write> gw_out: array<f32>;
-@group(0) @binding(5) var<storage, read_write> gb_out: array<f32>;
-@group(0) @binding(6) var<uniform> cp: Channels;
+// Bindings 0–2 as above (x, weight, bias: ACT recomputes z), then the statistics and dy.
+@group(0) @binding(3) var<storage, read> c_mean: array<f32>;
+@group(0) @binding(4) var<storage, read> c_rstd: array<f32>;
+@group(0) @binding(5) var<storage, read> c_dy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> gw_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> gb_out: array<f32>;
+@group(0) @binding(8) var<uniform> cp: Channels;
 
 @compute @workgroup_size(WG)
 fn grad_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
@@ -136,6 +169,8 @@ fn grad_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroup
   let first = k * cp.piece;
   let last = min(first + cp.piece, cp.n);
   let group = c / cp.cg;
+  let w = weight_at(c);
+  let b = bias_at(c);
   var sw = 0.0;
   var sb = 0.0;
   for (var n = first; n < last; n++) {
@@ -144,8 +179,10 @@ fn grad_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroup
     let rstd = c_rstd[stat];
     let base = (n * cp.c + c) * cp.s;
     for (var e = 0u; e < cp.s; e++) {
-      let g = c_dy[base + e];
-      sw += g * (cx[base + e] - mean) * rstd;
+      let xh = (x[base + e] - mean) * rstd;
+      var g = c_dy[base + e];
+      if (ACT != 0u) { g *= activate_grad(xh * w + b); }
+      sw += g * xh;
       sb += g;
     }
   }

@@ -200,6 +200,58 @@ Deno.test("groupNorm [12,4,50,60] groups=2: weight and bias gradients merged fro
   y.dispose();
 });
 
+const silu64 = (z: number) => z / (1 + Math.exp(-z));
+
+Deno.test("groupNormSilu [2,6,5,3] groups=3: forward matches float64, backward finite differences", async () => {
+  const shape = [2, 6, 5, 3];
+  const dims = [2, 6, 15];
+  const x = randArray(prod(shape), 31, -2, 2);
+  const w = randArray(6, 32, 0.5, 1.5);
+  const b = randArray(6, 33);
+  const ref = (xs: number[], ws: number[], bs: number[]) =>
+    normRef(xs, dims, { groups: 3 }, ws, bs).map(silu64);
+  const op = (t: T.Tensor, wt: T.Tensor, bt: T.Tensor) => T.groupNormSilu(t, 3, wt, bt);
+  const inputs = [input(x, shape), input(w, [6]), input(b, [6])];
+  const before = gpu().recorder.dispatches;
+  const out = await runOp(op, inputs);
+  // One dispatch forward (runOp's uploads are copies, not dispatches).
+  assert.equal(gpu().recorder.dispatches - before, 1);
+  assertClose(out.data, ref(x, w, b), { atol: 2e-5, rtol: 1e-4, what: "forward" });
+  await checkGrad(op, ref, inputs);
+});
+
+Deno.test("groupNormSilu: gradients merged from pieces; past the fused limit it is silu(groupNorm)", async () => {
+  // [40, 2, 30, 30], one group: S = 900, so the weight/bias gradients take 4 pieces of samples.
+  const shape = [40, 2, 30, 30];
+  const dims = [40, 2, 900];
+  const x = randArray(prod(shape), 41, -2, 2);
+  const w = randArray(2, 42, 0.5, 1.5);
+  const b = randArray(2, 43);
+  const dy = randArray(prod(shape), 44);
+  const [xt, wt, bt] = [T.tensor(x, shape), T.tensor(w, [2]), T.tensor(b, [2])];
+  for (const t of [xt, wt, bt]) t.requiresGrad = true;
+  const y = T.groupNormSilu(xt, 1, wt, bt);
+  T.backward(y, T.tensor(dy, shape));
+  const got = await T.readAll([y, wt.grad!, bt.grad!]);
+  const z = normRef(x, dims, { groups: 1 }, w, b);
+  assertClose(Array.from(got[0]), z.map(silu64), { atol: 2e-5, rtol: 1e-4, what: "forward" });
+  // dz = dy · silu'(z); the affine gradients are those of groupNorm for dz.
+  const dz = z.map((v, i) => {
+    const s = 1 / (1 + Math.exp(-v));
+    return dy[i] * s * (1 + v * (1 - s));
+  });
+  const [gw, gb] = affineGradsRef(normRef(x, dims, { groups: 1 }, null, null), dz, dims);
+  assertClose(Array.from(got[1]), gw, { atol: 2e-3, rtol: 1e-4, what: "weight grad" });
+  assertClose(Array.from(got[2]), gb, { atol: 2e-3, rtol: 1e-4, what: "bias grad" });
+  for (const t of [xt, wt, bt]) T.zeroGrad([t]), t.dispose();
+  y.dispose();
+  // A group of 2 · 5050 elements: the general kernels and a separate SiLU, the same values.
+  const big = randArray(2 * 5050, 45, -2, 2);
+  const out = await runOp((t) => T.groupNormSilu(t, 1, null, null), [input(big, [1, 2, 5050])]);
+  const bigRef = normRef(big, [1, 2, 5050], { groups: 1 }, null, null).map(silu64);
+  assertClose(out.data, bigRef, { atol: 2e-5, rtol: 1e-4, what: "past the fused limit" });
+});
+
 // ---- groupNorm -------------------------------------------------------------------------------
 
 for (const groups of [3, 1]) {

@@ -2,6 +2,7 @@
 // and output together), one for dx and one (or two, when the samples are split into pieces) for the
 // weight and bias gradients; the general kernels of norm.ts take five to eight dispatches for the
 // same work. x is seen as [N, C, S] with G groups of C / G channels (layerNorm: [rows, D, 1], G = 1).
+// With `silu` the op is groupNorm followed by SiLU, in the same dispatches.
 
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
@@ -25,8 +26,17 @@ const kernel = (entry: string, bindings: ("read" | "write")[]) =>
 
 const kernels = {
   forward: kernel("forward", ["read", "read", "read", "write", "write", "write"]),
-  gradInput: kernel("grad_input", ["read", "read", "read", "read", "read", "write"]),
-  gradParams: kernel("grad_params", ["read", "read", "read", "read", "write", "write"]),
+  gradInput: kernel("grad_input", ["read", "read", "read", "read", "read", "read", "write"]),
+  gradParams: kernel("grad_params", [
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "write",
+    "write",
+  ]),
   gradParamsMerge: kernel("grad_params_merge", ["read", "write", "write"]),
 };
 
@@ -58,8 +68,9 @@ function pieceSamples(l: FusedNormLayout): number {
 }
 
 /**
- * y = (x − mean) · rstd · weight + bias per statistics group, weight and bias per channel, with its
- * backward rule. The caller has checked shapes and dtypes and that the layout fits.
+ * y = (x − mean) · rstd · weight + bias per statistics group, weight and bias per channel (then
+ * silu(y) with `silu`), with its backward rule. The caller has checked shapes and dtypes and that
+ * the layout fits.
  */
 export function fusedNorm(
   l: FusedNormLayout,
@@ -67,6 +78,7 @@ export function fusedNorm(
   weight: Tensor | null,
   bias: Tensor | null,
   eps: number,
+  silu = false,
 ): Tensor {
   const groups = l.n * l.groups;
   const cg = l.c / l.groups;
@@ -75,40 +87,28 @@ export function fusedNorm(
   const rstd = new Tensor([groups], "f32");
   const recorder = gpu().recorder;
   const params = [groups, cg, l.s, l.groups, f32bits(eps), f32bits(1 / (cg * l.s))];
+  const constants = { HAS_W: weight ? 1 : 0, HAS_B: bias ? 1 : 0, ACT: silu ? 1 : 0 };
+  const affine = [(weight ?? x).binding, (bias ?? x).binding];
   recorder.dispatch(kernels.forward, {
-    buffers: [
-      x.binding,
-      (weight ?? x).binding,
-      (bias ?? x).binding,
-      out.binding,
-      mean.binding,
-      rstd.binding,
-    ],
+    buffers: [x.binding, ...affine, out.binding, mean.binding, rstd.binding],
     params,
-    constants: { HAS_W: weight ? 1 : 0, HAS_B: bias ? 1 : 0 },
+    constants,
     workgroups: grid1d(groups, WG),
   });
   const inputs = [x, weight, bias].filter((t): t is Tensor => t != null);
-  return record(l.op, out, inputs, (dy) => {
+  return record(silu ? `${l.op}+silu` : l.op, out, inputs, (dy) => {
     let gx: Tensor | null = null;
     if (x.requiresGrad) {
       gx = new Tensor(x.shape, "f32");
       recorder.dispatch(kernels.gradInput, {
-        buffers: [
-          x.binding,
-          (weight ?? x).binding,
-          mean.binding,
-          rstd.binding,
-          dy.binding,
-          gx.binding,
-        ],
+        buffers: [x.binding, ...affine, mean.binding, rstd.binding, dy.binding, gx.binding],
         params,
-        constants: { HAS_W: weight ? 1 : 0 },
+        constants,
         workgroups: grid1d(groups, WG),
       });
     }
     const [gw, gb] = weight?.requiresGrad || bias?.requiresGrad
-      ? paramGrads(l, x, mean, rstd, dy)
+      ? paramGrads(l, [x, weight, bias, mean, rstd, dy], constants)
       : [null, null];
     const grads: (Tensor | null)[] = [gx];
     if (weight) grads.push(weight.requiresGrad ? gw : null);
@@ -120,10 +120,8 @@ export function fusedNorm(
 /** Σ dy · xhat and Σ dy per channel over samples and positions: the weight and bias gradients. */
 function paramGrads(
   l: FusedNormLayout,
-  x: Tensor,
-  mean: Tensor,
-  rstd: Tensor,
-  dy: Tensor,
+  [x, weight, bias, mean, rstd, dy]: [Tensor, Tensor | null, Tensor | null, Tensor, Tensor, Tensor],
+  constants: Record<string, number>,
 ): [Tensor, Tensor] {
   const recorder = gpu().recorder;
   const piece = pieceSamples(l);
@@ -135,6 +133,8 @@ function paramGrads(
   recorder.dispatch(kernels.gradParams, {
     buffers: [
       x.binding,
+      (weight ?? x).binding,
+      (bias ?? x).binding,
       mean.binding,
       rstd.binding,
       dy.binding,
@@ -142,7 +142,7 @@ function paramGrads(
       gb.binding,
     ],
     params: channels,
-    constants: { PIECES: partials ? 1 : 0 },
+    constants: { ...constants, PIECES: partials ? 1 : 0 },
     workgroups: grid1d(pieces * l.c, WG),
   });
   if (partials) {

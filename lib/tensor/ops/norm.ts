@@ -8,7 +8,7 @@ import { gpu } from "../../gpu/device.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import { type BufferSlice, f32bits, grid1d } from "../../gpu/recorder.ts";
 import { noGrad, record, Tensor } from "../tensor.ts";
-import { addScalar, copy, rsqrt } from "./elementwise.ts";
+import { addScalar, copy, rsqrt, silu } from "./elementwise.ts";
 import { MAX_LOOP } from "./reduce.ts";
 import { fusedNorm, fusedNormFits } from "./fused_norm.ts";
 import source from "../../../kernels/norm.wgsl" with { type: "text" };
@@ -381,6 +381,24 @@ export function groupNorm(
   }
   if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps);
   return normalize(x, l, computeStats(x, l, eps), weight, bias, false);
+}
+
+/**
+ * silu(groupNorm(x, ...)) as one op: the same dispatches as groupNorm alone when a statistics group
+ * fits the fused kernels, else the two ops.
+ */
+export function groupNormSilu(
+  x: Tensor,
+  groups: number,
+  weight: Tensor | null,
+  bias: Tensor | null,
+  eps = 1e-5,
+): Tensor {
+  const l = channelLayout("groupNorm", x, groups, false, { weight, bias });
+  if (Number.isInteger(groups) && groups >= 1 && l.c % groups === 0 && fusedNormFits(l)) {
+    return fusedNorm(l, x, weight, bias, eps, true);
+  }
+  return silu(groupNorm(x, groups, weight, bias, eps));
 }
 
 export interface BatchNormOptions {
