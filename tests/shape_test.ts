@@ -194,6 +194,33 @@ Deno.test("slice with start > 0 along each axis of [3,7,5]: forward and backward
   empty.dispose();
 });
 
+Deno.test("slice of a contiguous run at a 256-byte boundary is a view: no dispatch", async () => {
+  // [3, 1, 64, 3]: each slice along axis 0 is 192 floats (768 bytes) into the buffer.
+  const x = input([3, 1, 64, 3], 7);
+  const ref = (d: number[]) => sliceRef(d, x.shape, 0, 1, 3);
+  const t = T.tensor(x.data, x.shape);
+  const before = gpu().recorder.dispatches;
+  const view = T.slice(t, 0, 1, 3);
+  // And a slice of the view, along its (size-1) axis 1 then axis 2 at 32 floats: not aligned.
+  const inner = T.slice(T.slice(view, 0, 1, 2), 2, 32, 64);
+  assertEquals(gpu().recorder.dispatches - before, 1);
+  assertClose(await view.toArray(), ref(x.data), { atol: 0, rtol: 0 });
+  const innerRef = sliceRef(
+    sliceRef(ref(x.data), [2, 1, 64, 3], 0, 1, 2),
+    [1, 1, 64, 3],
+    2,
+    32,
+    64,
+  );
+  assertClose(await inner.toArray(), innerRef, { atol: 0, rtol: 0 });
+  // Bound by kernels at its offset; the source outlives its views' disposal order.
+  const doubled = T.mulScalar(view, 2);
+  t.dispose();
+  assertClose(await doubled.toArray(), ref(x.data).map((v) => 2 * v), { atol: 0, rtol: 0 });
+  [view, inner, doubled].forEach((v) => v.dispose());
+  await checkGrad((v) => T.slice(v, 0, 1, 3), ref, [x]);
+});
+
 Deno.test("concat of 3 tensors of different sizes along axis 1: forward and backward", async () => {
   const shapes = [[2, 1, 3, 5], [2, 4, 3, 5], [2, 2, 3, 5]];
   const xs = shapes.map((s, i) => input(s, 10 + i));

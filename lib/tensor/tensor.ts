@@ -46,18 +46,25 @@ export class SharedBuffer {
 }
 
 /**
- * The bytes of a tensor and its views (reshape, detach): a pooled buffer of its own, or a range at
- * `offset` of a SharedBuffer. Freed when the last view goes. A parameter's storage may move into a
- * shared buffer (`relocate`): its views follow.
+ * The bytes of a tensor and its views (reshape, detach): a pooled buffer of its own, a range at
+ * `offset` of a SharedBuffer, or a range of another storage (`parent`: a slice that is a view).
+ * Freed when the last view goes. A parameter's storage may move into a shared buffer
+ * (`relocate`): its views follow.
  */
 class Storage {
   refs = 1;
   offset = 0;
   shared: SharedBuffer | null = null;
+  parent: Storage | null = null;
+  /** Storages that are ranges of this one (they hold a reference to it). */
+  ranges = 0;
   constructor(public buffer: GPUBuffer, readonly bytes: number) {}
 
   release(): void {
-    if (this.shared) this.shared.release();
+    if (this.parent) {
+      this.parent.ranges--;
+      if (--this.parent.refs === 0) this.parent.release();
+    } else if (this.shared) this.shared.release();
     else gpu().pool.release(this.buffer);
   }
 }
@@ -145,6 +152,9 @@ export class Tensor {
    */
   relocate(target: SharedBuffer, offset: number): void {
     const storage = this.live();
+    if (storage.ranges > 0 || storage.parent) {
+      throw new Error(`peco: cannot move ${this.describe()}: it is, or has, a range view`);
+    }
     if (storage.bytes > 0) {
       gpu().recorder.copy(storage.buffer, storage.offset, target.buffer, offset, storage.bytes);
     }
@@ -175,6 +185,25 @@ export class Tensor {
       throw new Error(`peco: cannot view ${this.describe()} as [${shape.join(",")}]`);
     }
     return new Tensor(shape, this.dtype, this.storage!);
+  }
+
+  /**
+   * `shape` over this tensor's elements from `start` on, without a copy (no autograd: see
+   * ops.slice). A kernel can bind it only when its byte offset in the buffer is a multiple of 256.
+   */
+  range(start: number, shape: Shape): Tensor {
+    const parent = this.live();
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (!Number.isInteger(start) || start < 0 || start + size > this.size) {
+      throw new Error(`peco: range [${shape}] from ${start} does not fit ${this.describe()}`);
+    }
+    const storage = new Storage(parent.buffer, 4 * size);
+    storage.refs = 0;
+    storage.offset = parent.offset + 4 * start;
+    storage.parent = parent;
+    parent.refs++;
+    parent.ranges++;
+    return new Tensor(shape, this.dtype, storage);
   }
 
   /** The same values, cut from the autograd graph. */

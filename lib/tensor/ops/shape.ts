@@ -287,8 +287,19 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
   }
   const starts = x.shape.map((_, k) => (k === a ? s : 0));
   const shape = x.shape.map((d, k) => (k === a ? e - s : d));
-  const out = crop("slice", x, starts, shape);
+  const out = sliceView(x, a, s, shape) ?? crop("slice", x, starts, shape);
   return record("slice", out, [x], (g) => [embed("slice", g, starts, x.shape, 0)]);
+}
+
+/**
+ * A slice that is one contiguous run of x (every dim before the axis is 1) starting on a 256-byte
+ * boundary of its buffer (the storage-binding offset alignment) needs no copy: a view of that
+ * range. Otherwise null.
+ */
+function sliceView(x: Tensor, axis: number, start: number, shape: Shape): Tensor | null {
+  if (prod(shape) === 0 || !x.shape.slice(0, axis).every((d) => d === 1)) return null;
+  const first = start * prod(x.shape.slice(axis + 1));
+  return (x.byteOffset + 4 * first) % 256 === 0 ? x.range(first, shape) : null;
 }
 
 /** Joins tensors along `axis`; all other dims (and the dtype) must match. */
