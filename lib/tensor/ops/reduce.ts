@@ -118,12 +118,10 @@ export function mean(x: Tensor, axis?: number, keepdim = false): Tensor {
 export function sumTo(g: Tensor, shape: Shape): Tensor {
   if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g;
   let t = g;
-  // Leading dims that broadcasting added, in one reduction.
-  const added = t.rank - shape.length;
-  if (added > 0) {
-    const lead = t.shape.slice(0, added).reduce((a, b) => a * b, 1);
-    t = reduceRaw(t.view([lead, ...t.shape.slice(added)]), 0, "sum");
-  }
+  // Leading dims that broadcasting added, one at a time: merging them into one long axis picks the
+  // shared-memory kernel, which on lavapipe costs more than two short serial passes (measured on
+  // [32, 50, 64] → [64]: 5–7 ms against 2–3 ms).
+  while (t.rank > shape.length) t = reduceRaw(t, 0, "sum");
   for (let i = 0; i < shape.length; i++) {
     if (shape[i] === 1 && t.shape[i] !== 1) {
       const s = [...t.shape];
