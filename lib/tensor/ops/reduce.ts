@@ -7,9 +7,22 @@ import { reduceKernels, WG } from "./kernels.ts";
 import { broadcastTo, mulScalar } from "./elementwise.ts";
 
 const REDUCE = { sum: 0, max: 1, min: 2 } as const;
-/** Below this many outputs with at least this long an axis, one workgroup reduces each output. */
+/** On GPUs, below this many outputs with at least this long an axis, one workgroup reduces each. */
 const WORKGROUP_MAX_OUTPUTS = 4096;
 const WORKGROUP_MIN_LEN = 512;
+
+/**
+ * Whether a reduction of `len` values into each of `outputs` outputs takes the one-workgroup-per-
+ * output kernel (shared memory, barriers) rather than one invocation per output. Axes longer than
+ * one invocation may loop (`maxLoop`) always do. On software adapters nothing else does: there the
+ * barriers cost more than the serial loop (measured on lavapipe: the bias gradient [608, 512] → [512]
+ * 55 ms against 4–7 ms, argmax over [608, 512] rows alike).
+ */
+export function useWorkgroupReduction(len: number, outputs: number, maxLoop: number): boolean {
+  if (len > maxLoop) return true;
+  if (gpu().info.software) return false;
+  return len >= WORKGROUP_MIN_LEN && outputs <= WORKGROUP_MAX_OUTPUTS;
+}
 
 export function normAxis(axis: number, rank: number): number {
   const a = axis < 0 ? axis + rank : axis;
@@ -35,8 +48,7 @@ export function reduceRaw(
   const inner = x.shape.slice(a + 1).reduce((p, d) => p * d, 1);
   const shape = [...x.shape.slice(0, a), ...x.shape.slice(a + 1)];
   const outputs = outer * inner;
-  const useWorkgroup = len >= WORKGROUP_MIN_LEN &&
-    (outputs <= WORKGROUP_MAX_OUTPUTS || len > MAX_LOOP);
+  const useWorkgroup = useWorkgroupReduction(len, outputs, MAX_LOOP);
   if (!useWorkgroup) {
     const out = new Tensor(shape, "f32");
     gpu().recorder.dispatch(reduceKernels.serial, {

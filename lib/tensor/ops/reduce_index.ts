@@ -8,6 +8,7 @@ import { grid1d } from "../../gpu/recorder.ts";
 import { record, Tensor } from "../tensor.ts";
 import { WG } from "./kernels.ts";
 import { MAX_LOOP_ITERATIONS } from "./shape.ts";
+import { useWorkgroupReduction } from "./reduce.ts";
 import source from "../../../kernels/reduce_index.wgsl" with { type: "text" };
 
 const kernels = {
@@ -35,9 +36,6 @@ const kernels = {
 
 const OPS = { max: 0, min: 1 } as const;
 type Extreme = keyof typeof OPS;
-/** Below this many outputs with at least this long an axis, one workgroup reduces each output. */
-const WORKGROUP_MAX_OUTPUTS = 4096;
-const WORKGROUP_MIN_LEN = 512;
 
 interface ArgResult {
   values: Tensor;
@@ -67,8 +65,7 @@ function argReduce(
     : [...x.shape.slice(0, a), ...x.shape.slice(a + 1)];
   const outputs = outer * inner;
   // Axes longer than the loop limit (see MAX_LOOP_ITERATIONS) always take the workgroup kernel.
-  const wide = len > MAX_LOOP_ITERATIONS ||
-    (outputs <= WORKGROUP_MAX_OUTPUTS && len >= WORKGROUP_MIN_LEN);
+  const wide = useWorkgroupReduction(len, outputs, MAX_LOOP_ITERATIONS);
   if (wide && Math.ceil(len / WG) > MAX_LOOP_ITERATIONS) {
     throw new Error(`peco: ${op}: axis ${axis} of ${x.describe()} is longer than one kernel loops`);
   }
