@@ -138,31 +138,49 @@ function affineGradsRef(xhat: number[], dy: number[], [n, c, s]: number[]): numb
   return [gw, gb];
 }
 
-Deno.test("layerNorm: one dispatch forward; weight and bias gradients over 32003 rows (pieces)", async () => {
-  // Rows above the loop limit: the weight/bias gradients merge pieces of rows on every adapter.
-  const [rows, d] = [32003, 3];
-  const x = randArray(rows * d, 8, -2, 2);
-  const w = randArray(d, 9, 0.5, 1.5);
-  const b = randArray(d, 10);
-  const seed = randArray(rows * d, 11);
-  const [xt, wt, bt] = [T.tensor(x, [rows, d]), T.tensor(w, [d]), T.tensor(b, [d])];
+/**
+ * Runs `op` (x, weight, bias → y) forward and backward with seeded inputs of `shape` and C channels
+ * and checks y against `forward` (float64 of x, w, b) and the weight and bias gradients against
+ * the groupNorm-style sums over each channel's elements of `dz` · xhat and `dz`, where
+ * dz(z, dy) is the gradient reaching the normalised z (dy itself without an activation). Returns the
+ * dispatches of the forward.
+ */
+async function checkAffineGrads(
+  shape: number[],
+  dims: number[],
+  groups: number,
+  seed: number,
+  op: (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.Tensor,
+  activation: (z: number) => number = (z) => z,
+  dz: (z: number, dy: number) => number = (_z, dy) => dy,
+): Promise<number> {
+  const c = dims[1];
+  const x = randArray(prod(shape), seed, -2, 2);
+  const w = randArray(c, seed + 1, 0.5, 1.5);
+  const b = randArray(c, seed + 2);
+  const dy = randArray(prod(shape), seed + 3);
+  const [xt, wt, bt] = [T.tensor(x, shape), T.tensor(w, [c]), T.tensor(b, [c])];
   for (const t of [xt, wt, bt]) t.requiresGrad = true;
   const before = gpu().recorder.dispatches;
-  const y = T.layerNorm(xt, wt, bt);
-  assert.equal(gpu().recorder.dispatches - before, 1);
-  T.backward(y, T.tensor(seed, [rows, d]));
+  const y = op(xt, wt, bt);
+  const dispatches = gpu().recorder.dispatches - before;
+  T.backward(y, T.tensor(dy, shape));
   const got = await T.readAll([y, wt.grad!, bt.grad!]);
-  assertClose(Array.from(got[0]), normRef(x, [rows, d, 1], { groups: 1 }, w, b), {
-    atol: 2e-5,
-    rtol: 1e-4,
-    what: "forward",
-  });
-  const xhat = normRef(x, [rows, d, 1], { groups: 1 }, null, null);
-  const [gw, gb] = affineGradsRef(xhat, seed, [rows, d, 1]);
+  const z = normRef(x, dims, { groups }, w, b);
+  assertClose(Array.from(got[0]), z.map(activation), { atol: 2e-5, rtol: 1e-4, what: "forward" });
+  const xhat = normRef(x, dims, { groups }, null, null);
+  const [gw, gb] = affineGradsRef(xhat, z.map((v, i) => dz(v, dy[i])), dims);
   assertClose(Array.from(got[1]), gw, { atol: 2e-3, rtol: 1e-4, what: "weight grad" });
   assertClose(Array.from(got[2]), gb, { atol: 2e-3, rtol: 1e-4, what: "bias grad" });
   for (const t of [xt, wt, bt]) T.zeroGrad([t]), t.dispose();
   y.dispose();
+  return dispatches;
+}
+
+Deno.test("layerNorm: one dispatch forward; weight and bias gradients over 32003 rows (pieces)", async () => {
+  // Rows above the loop limit: the weight/bias gradients merge pieces of rows on every adapter.
+  const dispatches = await checkAffineGrads([32003, 3], [32003, 3, 1], 1, 8, T.layerNorm);
+  assert.equal(dispatches, 1);
 });
 
 Deno.test("layerNorm rows of 10000 (fused kernels) and 10001 (general kernels)", async () => {
@@ -177,27 +195,13 @@ Deno.test("layerNorm rows of 10000 (fused kernels) and 10001 (general kernels)",
 });
 
 Deno.test("groupNorm [12,4,50,60] groups=2: weight and bias gradients merged from pieces", async () => {
-  const dims = [12, 4, 3000];
-  const shape = [12, 4, 50, 60];
-  const x = randArray(prod(shape), 21, -2, 2);
-  const w = randArray(4, 22, 0.5, 1.5);
-  const b = randArray(4, 23);
-  const dy = randArray(prod(shape), 24);
-  const [xt, wt, bt] = [T.tensor(x, shape), T.tensor(w, [4]), T.tensor(b, [4])];
-  for (const t of [xt, wt, bt]) t.requiresGrad = true;
-  const y = T.groupNorm(xt, 2, wt, bt);
-  T.backward(y, T.tensor(dy, shape));
-  const got = await T.readAll([y, wt.grad!, bt.grad!]);
-  assertClose(Array.from(got[0]), normRef(x, dims, { groups: 2 }, w, b), {
-    atol: 2e-5,
-    rtol: 1e-4,
-    what: "forward",
-  });
-  const [gw, gb] = affineGradsRef(normRef(x, dims, { groups: 2 }, null, null), dy, dims);
-  assertClose(Array.from(got[1]), gw, { atol: 2e-3, rtol: 1e-4, what: "weight grad" });
-  assertClose(Array.from(got[2]), gb, { atol: 2e-3, rtol: 1e-4, what: "bias grad" });
-  for (const t of [xt, wt, bt]) T.zeroGrad([t]), t.dispose();
-  y.dispose();
+  await checkAffineGrads(
+    [12, 4, 50, 60],
+    [12, 4, 3000],
+    2,
+    21,
+    (x, w, b) => T.groupNorm(x, 2, w, b),
+  );
 });
 
 const silu64 = (z: number) => z / (1 + Math.exp(-z));
@@ -221,30 +225,14 @@ Deno.test("groupNormSilu [2,6,5,3] groups=3: forward matches float64, backward f
 });
 
 Deno.test("groupNormSilu: gradients merged from pieces; past the fused limit it is silu(groupNorm)", async () => {
-  // [40, 2, 30, 30], one group: S = 900, so the weight/bias gradients take 4 pieces of samples.
-  const shape = [40, 2, 30, 30];
-  const dims = [40, 2, 900];
-  const x = randArray(prod(shape), 41, -2, 2);
-  const w = randArray(2, 42, 0.5, 1.5);
-  const b = randArray(2, 43);
-  const dy = randArray(prod(shape), 44);
-  const [xt, wt, bt] = [T.tensor(x, shape), T.tensor(w, [2]), T.tensor(b, [2])];
-  for (const t of [xt, wt, bt]) t.requiresGrad = true;
-  const y = T.groupNormSilu(xt, 1, wt, bt);
-  T.backward(y, T.tensor(dy, shape));
-  const got = await T.readAll([y, wt.grad!, bt.grad!]);
-  const z = normRef(x, dims, { groups: 1 }, w, b);
-  assertClose(Array.from(got[0]), z.map(silu64), { atol: 2e-5, rtol: 1e-4, what: "forward" });
-  // dz = dy · silu'(z); the affine gradients are those of groupNorm for dz.
-  const dz = z.map((v, i) => {
-    const s = 1 / (1 + Math.exp(-v));
-    return dy[i] * s * (1 + v * (1 - s));
-  });
-  const [gw, gb] = affineGradsRef(normRef(x, dims, { groups: 1 }, null, null), dz, dims);
-  assertClose(Array.from(got[1]), gw, { atol: 2e-3, rtol: 1e-4, what: "weight grad" });
-  assertClose(Array.from(got[2]), gb, { atol: 2e-3, rtol: 1e-4, what: "bias grad" });
-  for (const t of [xt, wt, bt]) T.zeroGrad([t]), t.dispose();
-  y.dispose();
+  // [40, 2, 30, 30], one group: S = 900, so the weight/bias gradients take 4 pieces of samples;
+  // dz = dy · silu'(z).
+  const siluGrad = (z: number, dy: number) => {
+    const s = 1 / (1 + Math.exp(-z));
+    return dy * s * (1 + z * (1 - s));
+  };
+  const op = (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.groupNormSilu(x, 1, w, b);
+  await checkAffineGrads([40, 2, 30, 30], [40, 2, 900], 1, 41, op, silu64, siluGrad);
   // A group of 2 · 5050 elements: the general kernels and a separate SiLU, the same values.
   const big = randArray(2 * 5050, 45, -2, 2);
   const out = await runOp((t) => T.groupNormSilu(t, 1, null, null), [input(big, [1, 2, 5050])]);

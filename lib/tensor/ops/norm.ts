@@ -364,6 +364,18 @@ export function layerNorm(
   return normalize(x, l, computeStats(x, l, eps), weight, bias, false);
 }
 
+/** groupNorm's layout of x, checked: C divisible by `groups`, weight and bias [C] or null. */
+function groupLayout(x: Tensor, groups: number, weight: Tensor | null, bias: Tensor | null) {
+  const op = "groupNorm";
+  const l = channelLayout(op, x, groups, false, { weight, bias });
+  if (!Number.isInteger(groups) || groups < 1 || l.c % groups !== 0) {
+    throw new Error(
+      `peco: ${op}: ${l.c} channels of x ${shapeOf(x)} do not split into ${groups} groups`,
+    );
+  }
+  return l;
+}
+
 /** Group normalisation: x [N, C, ...spatial], C divisible by `groups`; weight and bias [C]. */
 export function groupNorm(
   x: Tensor,
@@ -372,13 +384,7 @@ export function groupNorm(
   bias: Tensor | null,
   eps = 1e-5,
 ): Tensor {
-  const op = "groupNorm";
-  const l = channelLayout(op, x, groups, false, { weight, bias });
-  if (!Number.isInteger(groups) || groups < 1 || l.c % groups !== 0) {
-    throw new Error(
-      `peco: ${op}: ${l.c} channels of x ${shapeOf(x)} do not split into ${groups} groups`,
-    );
-  }
+  const l = groupLayout(x, groups, weight, bias);
   if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps);
   return normalize(x, l, computeStats(x, l, eps), weight, bias, false);
 }
@@ -394,10 +400,8 @@ export function groupNormSilu(
   bias: Tensor | null,
   eps = 1e-5,
 ): Tensor {
-  const l = channelLayout("groupNorm", x, groups, false, { weight, bias });
-  if (Number.isInteger(groups) && groups >= 1 && l.c % groups === 0 && fusedNormFits(l)) {
-    return fusedNorm(l, x, weight, bias, eps, true);
-  }
+  const l = groupLayout(x, groups, weight, bias);
+  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps, true);
   return silu(groupNorm(x, groups, weight, bias, eps));
 }
 
