@@ -206,7 +206,7 @@ Deno.test("groupNorm [12,4,50,60] groups=2: weight and bias gradients merged fro
 
 const silu64 = (z: number) => z / (1 + Math.exp(-z));
 
-Deno.test("groupNormSilu [2,6,5,3] groups=3: forward matches float64, backward finite differences", async () => {
+Deno.test("groupNorm + silu [2,6,5,3] groups=3: forward matches float64, backward finite differences", async () => {
   const shape = [2, 6, 5, 3];
   const dims = [2, 6, 15];
   const x = randArray(prod(shape), 31, -2, 2);
@@ -214,7 +214,7 @@ Deno.test("groupNormSilu [2,6,5,3] groups=3: forward matches float64, backward f
   const b = randArray(6, 33);
   const ref = (xs: number[], ws: number[], bs: number[]) =>
     normRef(xs, dims, { groups: 3 }, ws, bs).map(silu64);
-  const op = (t: T.Tensor, wt: T.Tensor, bt: T.Tensor) => T.groupNormSilu(t, 3, wt, bt);
+  const op = (t: T.Tensor, wt: T.Tensor, bt: T.Tensor) => T.groupNorm(t, 3, wt, bt, 1e-5, "silu");
   const inputs = [input(x, shape), input(w, [6]), input(b, [6])];
   const before = gpu().recorder.dispatches;
   const out = await runOp(op, inputs);
@@ -224,18 +224,20 @@ Deno.test("groupNormSilu [2,6,5,3] groups=3: forward matches float64, backward f
   await checkGrad(op, ref, inputs);
 });
 
-Deno.test("groupNormSilu: gradients merged from pieces; past the fused limit it is silu(groupNorm)", async () => {
+Deno.test("groupNorm + silu: gradients merged from pieces; past the fused limit it is silu(groupNorm)", async () => {
   // [40, 2, 30, 30], one group: S = 900, so the weight/bias gradients take 4 pieces of samples;
   // dz = dy · silu'(z).
   const siluGrad = (z: number, dy: number) => {
     const s = 1 / (1 + Math.exp(-z));
     return dy * s * (1 + z * (1 - s));
   };
-  const op = (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.groupNormSilu(x, 1, w, b);
+  const op = (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.groupNorm(x, 1, w, b, 1e-5, "silu");
   await checkAffineGrads([40, 2, 30, 30], [40, 2, 900], 1, 41, op, silu64, siluGrad);
   // A group of 2 · 5050 elements: the general kernels and a separate SiLU, the same values.
   const big = randArray(2 * 5050, 45, -2, 2);
-  const out = await runOp((t) => T.groupNormSilu(t, 1, null, null), [input(big, [1, 2, 5050])]);
+  const out = await runOp((t) => T.groupNorm(t, 1, null, null, 1e-5, "silu"), [
+    input(big, [1, 2, 5050]),
+  ]);
   const bigRef = normRef(big, [1, 2, 5050], { groups: 1 }, null, null).map(silu64);
   assertClose(out.data, bigRef, { atol: 2e-5, rtol: 1e-4, what: "past the fused limit" });
 });

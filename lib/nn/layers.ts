@@ -6,7 +6,7 @@ import { normal, type Rng, uniform } from "../tensor/init.ts";
 import { full, ones, zeros } from "../tensor/ops/creation.ts";
 import { linear } from "../tensor/ops/matmul.ts";
 import { conv2d, type Padding } from "../tensor/ops/conv.ts";
-import { batchNorm, groupNorm, groupNormSilu, layerNorm } from "../tensor/ops/norm.ts";
+import { batchNorm, groupNorm, layerNorm } from "../tensor/ops/norm.ts";
 import { embedding } from "../tensor/ops/shape.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 
@@ -97,7 +97,7 @@ export class GroupNorm extends Module {
 
   /** silu(forward(x)) as one fused op (the same values). */
   forwardSilu(x: Tensor): Tensor {
-    return groupNormSilu(x, this.groups, this.weight, this.bias, this.eps);
+    return groupNorm(x, this.groups, this.weight, this.bias, this.eps, "silu");
   }
 }
 

@@ -376,33 +376,23 @@ function groupLayout(x: Tensor, groups: number, weight: Tensor | null, bias: Ten
   return l;
 }
 
-/** Group normalisation: x [N, C, ...spatial], C divisible by `groups`; weight and bias [C]. */
+/**
+ * Group normalisation: x [N, C, ...spatial], C divisible by `groups`; weight and bias [C]. With
+ * `activation` "silu" the result is silu(groupNorm(x)), in the same dispatches when a statistics
+ * group fits the fused kernels.
+ */
 export function groupNorm(
   x: Tensor,
   groups: number,
   weight: Tensor | null,
   bias: Tensor | null,
   eps = 1e-5,
+  activation?: "silu",
 ): Tensor {
   const l = groupLayout(x, groups, weight, bias);
-  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps);
-  return normalize(x, l, computeStats(x, l, eps), weight, bias, false);
-}
-
-/**
- * silu(groupNorm(x, ...)) as one op: the same dispatches as groupNorm alone when a statistics group
- * fits the fused kernels, else the two ops.
- */
-export function groupNormSilu(
-  x: Tensor,
-  groups: number,
-  weight: Tensor | null,
-  bias: Tensor | null,
-  eps = 1e-5,
-): Tensor {
-  const l = groupLayout(x, groups, weight, bias);
-  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps, true);
-  return silu(groupNorm(x, groups, weight, bias, eps));
+  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps, activation === "silu");
+  const y = normalize(x, l, computeStats(x, l, eps), weight, bias, false);
+  return activation === "silu" ? silu(y) : y;
 }
 
 export interface BatchNormOptions {
