@@ -237,6 +237,26 @@ Deno.test("concat of 3 tensors of different sizes along axis 1: forward and back
   await checkGrad((...ts) => T.concat(ts, 1), lastRef, last, { which: [1] });
 });
 
+Deno.test("concat: up to 4 tensors in one dispatch, 5 by copies; integers keep their bits", async () => {
+  const shapes = [[2, 3], [2, 1], [2, 4], [2, 2], [2, 5]];
+  const xs = shapes.map((s, i) => input(s, 50 + i));
+  for (const count of [4, 5]) {
+    const part = xs.slice(0, count);
+    const ref = (...ds: number[][]) => concatRef(ds, part.map((x) => x.shape), 1);
+    const ts = part.map((x) => T.tensor(x.data, x.shape));
+    const before = gpu().recorder.dispatches;
+    const out = T.concat(ts, 1);
+    assertEquals(gpu().recorder.dispatches - before, count <= 4 ? 1 : count);
+    assertClose(await out.toArray(), ref(...part.map((x) => x.data)), { atol: 0, rtol: 0 });
+    await checkGrad((...vs) => T.concat(vs, 1), ref, part);
+    [...ts, out].forEach((t) => t.dispose());
+  }
+  const ints = [T.tensor([1, -2], [2], "i32"), T.tensor([2147483647, -2147483648], [2], "i32")];
+  const joined = T.concat(ints, 0);
+  assertEquals(await joined.toArray(), [1, -2, 2147483647, -2147483648]);
+  [...ints, joined].forEach((t) => t.dispose());
+});
+
 Deno.test("concat rejects mismatched shapes, dtypes and axes", () => {
   const a = T.zeros([2, 3, 5]);
   const b = T.zeros([2, 4, 4]);

@@ -275,6 +275,7 @@ export class BeitAttention extends Module {
   readonly vBias: Tensor | null;
   readonly proj: Linear;
   readonly headDim: number;
+  readonly #kBias: Tensor | null;
 
   constructor(readonly dim: number, readonly heads: number, qkvBias: boolean, rng: Rng) {
     super();
@@ -282,6 +283,8 @@ export class BeitAttention extends Module {
     this.qkv = this.child("qkv", new Linear(dim, 3 * dim, rng.fork("qkv"), false));
     this.qBias = qkvBias ? this.param("q_bias", zeros([dim])) : null;
     this.vBias = qkvBias ? this.param("v_bias", zeros([dim])) : null;
+    // k's bias: always zero, not a parameter (kept, so that no step fills it again).
+    this.#kBias = qkvBias ? keep(zeros([dim])) : null;
     this.proj = this.child("proj", new Linear(dim, dim, rng.fork("proj")));
   }
 
@@ -289,7 +292,7 @@ export class BeitAttention extends Module {
   forward(x: Tensor, bias?: Tensor): Tensor {
     const [b, t, c] = x.shape;
     const qkvBias = this.qBias && this.vBias
-      ? concat([this.qBias, zeros([c]), this.vBias], 0)
+      ? concat([this.qBias, this.#kBias!, this.vBias], 0)
       : null;
     // [B, T, 3·C] → [3, B, heads, T, headDim]
     const qkv = permute(
@@ -299,6 +302,11 @@ export class BeitAttention extends Module {
     const part = (i: number) => reshape(slice(qkv, 0, i, i + 1), [b, this.heads, t, this.headDim]);
     const out = attention(part(0), part(1), part(2), { bias });
     return this.proj.forward(reshape(permute(out, [0, 2, 1, 3]), [b, t, c]));
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.#kBias?.dispose();
   }
 }
 

@@ -22,6 +22,12 @@ const kernels = {
     entry: "strided_copy",
     bindings: ["read", "write"],
   }),
+  concat4: defineKernel({
+    name: "shape_concat4",
+    source,
+    entry: "concat4",
+    bindings: ["read", "read", "read", "read", "write"],
+  }),
   placeAxis: defineKernel({
     name: "shape_place_axis",
     source,
@@ -320,14 +326,50 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
   const total = starts[xs.length - 1] + xs[xs.length - 1].shape[a];
   const shape = first.shape.map((d, k) => (k === a ? total : d));
   const strides = stridesOf(shape);
-  const boxes = xs.map((t) => foldBox("concat", t.shape, stridesOf(t.shape), strides));
-  const out = new Tensor(shape, first.dtype);
-  xs.forEach((t, i) => copyBox(boxes[i], t.binding, 0, out.binding, starts[i] * strides[a]));
+  let out: Tensor;
+  if (xs.length <= CONCAT_INPUTS) {
+    out = concatInOnePass(xs, a, starts, shape);
+  } else {
+    const boxes = xs.map((t) => foldBox("concat", t.shape, stridesOf(t.shape), strides));
+    out = new Tensor(shape, first.dtype);
+    xs.forEach((t, i) => copyBox(boxes[i], t.binding, 0, out.binding, starts[i] * strides[a]));
+  }
   return record("concat", out, xs, (g) =>
     xs.map((t, i) => {
       if (!t.requiresGrad) return null;
       return crop("concat", g, shape.map((_, k) => (k === a ? starts[i] : 0)), t.shape);
     }));
+}
+
+/** Inputs that concat joins in one dispatch (the kernel's bindings); more take a copy each. */
+const CONCAT_INPUTS = 4;
+
+/** xs (at most CONCAT_INPUTS, checked alike) joined along axis `a` by one kernel pass. */
+function concatInOnePass(
+  xs: readonly Tensor[],
+  a: number,
+  starts: readonly number[],
+  shape: Shape,
+): Tensor {
+  const out = new Tensor(shape, xs[0].dtype);
+  const total = shape[a];
+  const inner = prod(shape.slice(a + 1));
+  const pick = (k: number) => xs[k] ?? xs[0];
+  const startOf = (k: number) => (k < xs.length ? starts[k] : total);
+  gpu().recorder.dispatch(kernels.concat4, {
+    buffers: [0, 1, 2, 3].map((k) => pick(k).binding).concat(out.binding),
+    params: [
+      out.size,
+      total,
+      inner,
+      startOf(1),
+      startOf(2),
+      startOf(3),
+      ...[0, 1, 2, 3].map((k) => (k < xs.length ? xs[k].shape[a] : 0)),
+    ],
+    workgroups: grid1d(out.size, WG),
+  });
+  return out;
 }
 
 /**
