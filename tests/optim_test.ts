@@ -12,7 +12,7 @@ import {
   constantWithWarmup,
   decays,
   gradNorm,
-  type Optimizer,
+  Optimizer,
   paramGroups,
   SGD,
   vitLayerId,
@@ -502,49 +502,59 @@ const packedGrads = (seed: number) =>
     (_, s) => packedShapes.map((shape, k) => randArray(prod(shape), seed + 17 * s + k)),
   );
 
+// Arenas of 512 bytes (128 floats): q0 | q4 | q1 q3 in three arenas, q2 (5003 floats) unpacked, so
+// a step takes 4 dispatches; by default one arena holds all: one dispatch per group.
+const packings: [string, number | null, number][] = [
+  ["one dispatch per group", null, packedGroups.length],
+  ["arenas of 512 bytes", 512, 4],
+];
 for (const kind of ["AdamW", "Adam", "SGD"] as const) {
-  Deno.test(`${kind} on packed parameters: one dispatch per group, float64 reference`, async () => {
-    const adam = { beta1: 0.8, beta2: 0.95, eps: 1e-6, decoupled: kind === "AdamW" };
-    const sgd = { momentum: 0.9, dampening: 0.1, nesterov: false };
-    const wds = [0.2, 0];
-    const lrScales = [1, 0.5];
-    const ps = packedInits.map((init, k) => param(init.data, init.shape, `q${k}`));
-    const groups = packedGroups.map((ks, g) => ({
-      params: ks.map((k) => ps[k]),
-      weightDecay: wds[g],
-      lrScale: lrScales[g],
-    }));
-    const opt = kind === "SGD"
-      ? new SGD(groups, sgd)
-      : new (kind === "AdamW" ? AdamW : Adam)(groups, {
-        betas: [adam.beta1, adam.beta2],
-        eps: 1e-6,
+  for (const [packing, maxPackBytes, dispatches] of packings) {
+    Deno.test(`${kind} on packed parameters (${packing}): float64 reference`, async () => {
+      Optimizer.maxPackBytes = maxPackBytes;
+      const adam = { beta1: 0.8, beta2: 0.95, eps: 1e-6, decoupled: kind === "AdamW" };
+      const sgd = { momentum: 0.9, dampening: 0.1, nesterov: false };
+      const wds = [0.2, 0];
+      const lrScales = [1, 0.5];
+      const ps = packedInits.map((init, k) => param(init.data, init.shape, `q${k}`));
+      const groups = packedGroups.map((ks, g) => ({
+        params: ks.map((k) => ps[k]),
+        weightDecay: wds[g],
+        lrScale: lrScales[g],
+      }));
+      const opt = kind === "SGD"
+        ? new SGD(groups, sgd)
+        : new (kind === "AdamW" ? AdamW : Adam)(groups, {
+          betas: [adam.beta1, adam.beta2],
+          eps: 1e-6,
+        });
+      Optimizer.maxPackBytes = null;
+      const grads = packedGrads(900);
+      grads.forEach((step, s) => {
+        backwardInto(ps, step);
+        opt.lr = lrs[s];
+        const before = gpu().recorder.dispatches;
+        opt.step();
+        // The first step also fills the state buffers once.
+        if (s > 0) assert.equal(gpu().recorder.dispatches - before, dispatches);
+        opt.zeroGrad();
       });
-    const grads = packedGrads(900);
-    grads.forEach((step, s) => {
-      backwardInto(ps, step);
-      opt.lr = lrs[s];
-      const before = gpu().recorder.dispatches;
-      opt.step();
-      // The first step also fills the state buffers once.
-      if (s > 0) assert.equal(gpu().recorder.dispatches - before, packedGroups.length);
-      opt.zeroGrad();
+      const got = await values(ps);
+      packedGroups.forEach((ks, g) => {
+        const groupLrs = lrs.map((lr) => lr * lrScales[g]);
+        for (const k of ks) {
+          const gs = grads.map((step) => step[k]);
+          const ref = kind === "SGD"
+            ? sgdRef(packedInits[k].data, gs, groupLrs, { ...sgd, wd: wds[g] })
+            : adamRef(packedInits[k].data, gs, groupLrs, { ...adam, wd: wds[g] });
+          assertClose(got[k], ref, { atol: 2e-6, rtol: 2e-5, what: `${kind} packed q${k}` });
+        }
+      });
+      assert.deepEqual(opt.stateDict().steps, { 0: 4, 1: 4, 2: 4, 3: 4, 4: 4 });
+      opt.dispose();
+      release(...ps);
     });
-    const got = await values(ps);
-    packedGroups.forEach((ks, g) => {
-      const groupLrs = lrs.map((lr) => lr * lrScales[g]);
-      for (const k of ks) {
-        const gs = grads.map((step) => step[k]);
-        const ref = kind === "SGD"
-          ? sgdRef(packedInits[k].data, gs, groupLrs, { ...sgd, wd: wds[g] })
-          : adamRef(packedInits[k].data, gs, groupLrs, { ...adam, wd: wds[g] });
-        assertClose(got[k], ref, { atol: 2e-6, rtol: 2e-5, what: `${kind} packed q${k}` });
-      }
-    });
-    assert.deepEqual(opt.stateDict().steps, { 0: 4, 1: 4, 2: 4, 3: 4, 4: 4 });
-    opt.dispose();
-    release(...ps);
-  });
+  }
 }
 
 Deno.test("packed optimizer: a parameter without a gradient falls back per tensor", async () => {
@@ -576,18 +586,28 @@ Deno.test("packed optimizer: a parameter without a gradient falls back per tenso
   release(...ps);
 });
 
-Deno.test("clipGradNorm on packed gradients: 3 dispatches, equal to the per-tensor path", async () => {
+Deno.test("clipGradNorm on packed gradients: 2 dispatches per arena + 1, equal to the per-tensor path", async () => {
   const grads = packedGrads(77)[0].map((g) => g.map((v) => 3 * v));
   const norm = Math.sqrt(grads.flat().reduce((a, g) => a + g * g, 0));
   const clipped: number[][][] = [];
   const norms: number[] = [];
-  for (const packed of [true, false]) {
+  // Packed in one arena (3 dispatches), in three (7: arenas of 20 KiB hold s0 s1 | s2 s3 | s4),
+  // and not packed (2 per tensor + 1).
+  for (
+    const [packed, maxPackBytes, dispatches] of [[true, null, 3], [true, 20480, 7], [
+      false,
+      null,
+      11,
+    ]] as const
+  ) {
     const ps = packedInits.map((init, k) => param(init.data, init.shape, `s${k}`));
+    Optimizer.maxPackBytes = maxPackBytes;
     const opt = packed ? new AdamW(ps) : null;
+    Optimizer.maxPackBytes = null;
     backwardInto(ps, grads);
     const before = gpu().recorder.dispatches;
     const n = clipGradNorm(ps, norm / 4);
-    assert.equal(gpu().recorder.dispatches - before, packed ? 3 : 2 * ps.length + 1);
+    assert.equal(gpu().recorder.dispatches - before, dispatches);
     norms.push(await n.item());
     clipped.push(await values(ps.map((p) => p.grad!)));
     n.dispose();
@@ -595,11 +615,13 @@ Deno.test("clipGradNorm on packed gradients: 3 dispatches, equal to the per-tens
     release(...ps);
   }
   const scale = norm / 4 / (norm + 1e-6);
-  assertClose(norms, [norm, norm], { atol: 0, rtol: 2e-6, what: "norms" });
+  assertClose(norms, [norm, norm, norm], { atol: 0, rtol: 2e-6, what: "norms" });
   grads.forEach((g, k) => {
     const ref = g.map((v) => v * scale);
-    assertClose(clipped[0][k], ref, { atol: 1e-7, rtol: 2e-6, what: `packed g${k}` });
-    assertClose(clipped[0][k], clipped[1][k], { atol: 1e-7, rtol: 1e-6, what: `paths g${k}` });
+    for (const c of [0, 1]) {
+      assertClose(clipped[c][k], ref, { atol: 1e-7, rtol: 2e-6, what: `packed g${k}` });
+      assertClose(clipped[c][k], clipped[2][k], { atol: 1e-7, rtol: 1e-6, what: `paths g${k}` });
+    }
   });
 });
 

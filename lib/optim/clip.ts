@@ -6,21 +6,21 @@
 
 import { gpu } from "../gpu/device.ts";
 import { f32bits, grid1d } from "../gpu/recorder.ts";
-import { arenaOf } from "../tensor/param_arena.ts";
+import { arenaOf, type ParamArena } from "../tensor/param_arena.ts";
 import { Tensor } from "../tensor/tensor.ts";
 import { CHUNK, optimKernels, WG } from "./kernels.ts";
 
 /**
  * Clips the gradients of `params` (those without one are skipped) to a global L2 norm of at most
  * `maxNorm`, in place. Returns the norm before clipping as a 1-element tensor, to be read at log
- * intervals. Dispatches: one per gradient (or one for a whole arena) for the norm, one for the
- * scale, one per gradient (or one) to scale (none when maxNorm is Infinity).
+ * intervals. Dispatches: one per gradient (or one per arena) for the norm, one for the scale, one
+ * per gradient (or arena) to scale (none when maxNorm is Infinity).
  */
 export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor {
   if (!(maxNorm > 0)) throw new Error(`peco: clipGradNorm: maxNorm must be > 0, got ${maxNorm}`);
   const unique = [...new Set(params)];
   const packed = packedGradients(unique);
-  const grads: Tensor[] = packed ? [packed] : [];
+  const grads: Tensor[] = packed ? [...packed] : [];
   for (const p of packed ? [] : unique) {
     const g = p.grad;
     if (!g || g.size === 0) continue;
@@ -60,19 +60,29 @@ export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor 
   }
   partials.dispose();
   scale.dispose();
-  packed?.dispose();
+  packed?.forEach((t) => t.dispose());
   return norm;
 }
 
 /**
- * All gradients of `params` as one flat range, when `params` are exactly the parameters of one arena
- * and every gradient lies in it (the gaps between them are zeros); otherwise null.
+ * All gradients of `params` as flat ranges, one per arena, when `params` are exactly the
+ * parameters of their arenas and every gradient lies in them (the gaps between are zeros);
+ * otherwise null.
  */
-function packedGradients(params: readonly Tensor[]): Tensor | null {
-  const arena = params.length ? arenaOf(params[0]) : undefined;
-  if (!arena || params.length !== arena.params.length) return null;
-  if (!params.every((p) => arenaOf(p) === arena) || !arena.gradsAtHome()) return null;
-  return arena.grads.range();
+function packedGradients(params: readonly Tensor[]): Tensor[] | null {
+  const arenas = new Set<ParamArena>();
+  for (const p of params) {
+    const arena = arenaOf(p);
+    if (!arena) return null;
+    arenas.add(arena);
+  }
+  let packed = 0;
+  for (const arena of arenas) {
+    if (!arena.gradsAtHome()) return null;
+    packed += arena.params.length;
+  }
+  if (arenas.size === 0 || packed !== params.length) return null;
+  return [...arenas].map((arena) => arena.grads.range());
 }
 
 /** The global L2 norm of the gradients of `params`, as a 1-element tensor (nothing is scaled). */

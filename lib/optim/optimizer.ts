@@ -7,10 +7,21 @@
 // gradients and equal step counts is updated by one dispatch over its range, whatever the number of
 // tensors. Any other group (some parameter without a gradient, a gradient set by hand, parameters
 // at different step counts) falls back to one dispatch per parameter; both give the same values.
+// A buffer holds at most what one binding may (the adapter's maxStorageBufferBindingSize: 128 MiB
+// on lavapipe): larger models take several arenas, a group one dispatch per arena it spans; a
+// tensor larger than that stays unpacked.
 
+import { gpu } from "../gpu/device.ts";
 import { zeroGrad } from "../tensor/autograd.ts";
-import { type ArenaBuffer, type ArenaRange, ParamArena } from "../tensor/param_arena.ts";
-import { copyValues, Tensor } from "../tensor/tensor.ts";
+import {
+  ARENA_ALIGN,
+  type ArenaBuffer,
+  arenaOf,
+  type ArenaRange,
+  ParamArena,
+} from "../tensor/param_arena.ts";
+import { zeros } from "../tensor/ops/creation.ts";
+import { copyValues, keep, Tensor } from "../tensor/tensor.ts";
 
 export interface ParamGroupSpec {
   params: readonly Tensor[];
@@ -42,6 +53,13 @@ export interface OptimizerState {
   tensors: Record<string, Tensor>;
 }
 
+/** A group's parameters that one arena holds, and their range there. */
+interface Part {
+  readonly arena: ParamArena;
+  readonly range: ArenaRange;
+  readonly params: readonly Tensor[];
+}
+
 export function checkNonNegative(kind: string, name: string, value: number): void {
   if (!(value >= 0) || !Number.isFinite(value)) {
     throw new Error(`peco: ${kind}: ${name} must be a finite number ≥ 0, got ${value}`);
@@ -54,11 +72,20 @@ export abstract class Optimizer {
   readonly groups: ParamGroup[];
   /** Calls of `step()` so far. */
   steps = 0;
+  /**
+   * Largest buffer an arena may take, in bytes; null: the adapter's storage-binding limit. Tests
+   * lower it to exercise several arenas.
+   */
+  static maxPackBytes: number | null = null;
   private readonly states = new Map<Tensor, ParamState>();
   /** Where the parameters, their gradients and (once created) their state tensors live. */
-  private readonly arena: ParamArena;
-  /** One arena buffer per slot name, created on the first step. */
-  private slotBuffers: ArenaBuffer[] | null = null;
+  private readonly arenas: ParamArena[] = [];
+  /** Per group: its packed parts (a range of one arena each); unpacked parameters are in none. */
+  private readonly parts: Part[][];
+  /** Per arena: one buffer per slot name, created on the first step. */
+  private readonly slotBuffers = new Map<ParamArena, ArenaBuffer[]>();
+  /** State tensors of unpacked parameters (the arenas own the others). */
+  private readonly ownSlots: Tensor[] = [];
 
   /** Names of the state tensors each parameter gets (PyTorch's names). */
   protected abstract readonly slotNames: readonly string[];
@@ -108,7 +135,45 @@ export abstract class Optimizer {
       return group;
     });
     if (seen.size === 0) throw new Error(`peco: ${kind}: no parameters to optimise`);
-    this.arena = new ParamArena(this.groups.map((g) => g.params));
+    this.parts = this.pack();
+  }
+
+  /** Packs the groups' parameters into arenas of at most maxPackBytes, in group order. */
+  private pack(): Part[][] {
+    const limits = gpu().limits;
+    const maxBytes = Optimizer.maxPackBytes ??
+      Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+    const maxFloats = Math.floor(maxBytes / 4 / ARENA_ALIGN) * ARENA_ALIGN;
+    const parts: Part[][] = this.groups.map(() => []);
+    let pending: { group: number; params: Tensor[] }[] = [];
+    let floats = 0;
+    const flush = () => {
+      const filled = pending.filter((e) => e.params.length > 0);
+      if (filled.length) {
+        const arena = new ParamArena(filled.map((e) => e.params));
+        this.arenas.push(arena);
+        filled.forEach((e, i) => parts[e.group].push({ arena, range: arena.groups[i], ...e }));
+      }
+      pending = [];
+      floats = 0;
+    };
+    this.groups.forEach((group, g) => {
+      let current = { group: g, params: [] as Tensor[] };
+      pending.push(current);
+      for (const p of group.params) {
+        const size = Math.ceil(Math.max(1, p.size) / ARENA_ALIGN) * ARENA_ALIGN;
+        if (size > maxFloats) continue; // too large for any arena: updated on its own
+        if (floats + size > maxFloats) {
+          flush();
+          current = { group: g, params: [] };
+          pending.push(current);
+        }
+        current.params.push(p);
+        floats += size;
+      }
+    });
+    flush();
+    return parts;
   }
 
   /** Every parameter, in group order. */
@@ -124,11 +189,14 @@ export abstract class Optimizer {
     checkNonNegative(this.kind, "lr", this.lr);
     this.groups.forEach((group, g) => {
       const lr = this.lr * group.lrScale;
-      if (this.updatesAsOne(group.params)) {
-        this.updateRange(group.params, this.arena.groups[g], lr, group.weightDecay);
-        return;
+      const done = new Set<Tensor>();
+      for (const part of this.parts[g]) {
+        if (!this.updatesAsOne(part)) continue;
+        this.updateRange(part, lr, group.weightDecay);
+        for (const p of part.params) done.add(p);
       }
       for (const p of group.params) {
+        if (done.has(p)) continue;
         const grad = p.grad;
         if (!grad) continue;
         if (grad.size !== p.size || grad.dtype !== "f32") {
@@ -146,22 +214,22 @@ export abstract class Optimizer {
   }
 
   /**
-   * Whether a group can take one dispatch over its arena range: every parameter's gradient was
+   * Whether a part can take one dispatch over its arena range: every parameter's gradient was
    * written into the arena by backward and every parameter is at the same step.
    */
-  private updatesAsOne(params: readonly Tensor[]): boolean {
-    if (params.length === 0 || !this.arena.gradsAtHome(params)) return false;
+  private updatesAsOne({ arena, params }: Part): boolean {
+    if (params.length === 0 || !arena.gradsAtHome(params)) return false;
     const step = this.states.get(params[0])?.step ?? 0;
     return params.every((p) => (this.states.get(p)?.step ?? 0) === step);
   }
 
-  /** The fused update of a whole group: its range of the parameter, gradient and state buffers. */
-  private updateRange(params: readonly Tensor[], r: ArenaRange, lr: number, wd: number): void {
+  /** The fused update of a part: its range of the parameter, gradient and state buffers. */
+  private updateRange({ arena, range, params }: Part, lr: number, wd: number): void {
     let step = 0;
     for (const p of params) step = ++this.stateOf(p).step;
-    const value = this.arena.valuesRange(r);
-    const grad = this.arena.grads.range(r);
-    const slots = this.slotBuffers!.map((b) => b.range(r));
+    const value = arena.valuesRange(range);
+    const grad = arena.grads.range(range);
+    const slots = this.slotBuffers.get(arena)!.map((b) => b.range(range));
     this.update(value, grad, { step, slots }, lr, wd);
     for (const t of [value, grad, ...slots]) t.dispose();
   }
@@ -218,18 +286,25 @@ export abstract class Optimizer {
   /** Releases all state tensors and the packed gradients (parameters keep their values). */
   dispose(): void {
     this.states.clear();
-    this.slotBuffers = null;
-    this.arena.dispose();
+    this.slotBuffers.clear();
+    for (const arena of this.arenas) arena.dispose();
+    for (const t of this.ownSlots) t.dispose();
   }
 
   private stateOf(p: Tensor): ParamState {
     let state = this.states.get(p);
     if (!state) {
-      // State tensors are zero-filled views of arena buffers laid out like the parameters.
-      this.slotBuffers ??= this.slotNames.map((name) => this.arena.newBuffer(name));
-      const index = this.arena.indexOf(p);
+      // State tensors are zero-filled: views of arena buffers laid out like the parameters, or
+      // tensors of their own for an unpacked parameter.
+      const arena = this.arenas.find((a) => arenaOf(p) === a);
+      let buffers = arena ? this.slotBuffers.get(arena) : undefined;
+      if (arena && !buffers) {
+        buffers = this.slotNames.map((name) => arena.newBuffer(name));
+        this.slotBuffers.set(arena, buffers);
+      }
       const slots = this.slotNames.map((name, k) => {
-        const t = this.slotBuffers![k].views[index];
+        const t = buffers ? buffers[k].views[arena!.indexOf(p)] : keep(zeros(p.shape));
+        if (!buffers) this.ownSlots.push(t);
         t.name = `${p.name || "param"}.${name}`;
         return t;
       });
