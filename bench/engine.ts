@@ -6,7 +6,7 @@ import { SmallCnn } from "../lib/models/small_cnn.ts";
 import { AdamW, clipGradNorm } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
 import { addScalar, backward, crossEntropy, full, tensor, tidy } from "../lib/tensor/mod.ts";
-import { type BenchCase, timeSteps } from "./harness.ts";
+import { type BenchCase, measureSteps } from "./harness.ts";
 
 export const cases: BenchCase[] = [
   {
@@ -47,7 +47,7 @@ cases.push({
     const model = new SmallCnn(1, SHAPE_CLASSES.length, new Rng(0));
     const optimizer = new AdamW(model.parameters(), { lr: 1e-3 });
     const data = shapesBatch(batch, size, 1);
-    const ms = await timeSteps(() => {
+    const { ms, dispatches, cpu_ms } = await measureSteps(() => {
       const x = tensor(data.images, [batch, 1, size, size]);
       const y = tensor(data.labels, [batch], "i32");
       backward(crossEntropy(model.forward(x), y));
@@ -57,6 +57,6 @@ cases.push({
     }, { warmup: 2, minIters: 5, minMs: 2000 });
     optimizer.dispose();
     model.dispose();
-    return { name: this.name, ms, items_per_s: batch / (ms / 1000) };
+    return { name: this.name, ms, dispatches, cpu_ms, items_per_s: batch / (ms / 1000) };
   },
 });

@@ -21,18 +21,33 @@ export interface BenchCase {
   run(): Promise<BenchResult>;
 }
 
+/** What `measureSteps` found: milliseconds and GPU dispatches per call of the step. */
+export interface StepMeasure {
+  ms: number;
+  /** Compute dispatches recorded per step (exact: the recorder's counter, not the profiler). */
+  dispatches: number;
+  /**
+   * Process CPU time per step (user + system). On a software adapter the "GPU" runs in this
+   * process, so on a shared, busy host this is steadier than `ms`.
+   */
+  cpu_ms: number;
+}
+
 /**
- * Milliseconds per call of `step` (recorded in a scope and submitted): `warmup` untimed calls,
- * then calls in rounds until `minMs` has passed (at least `minIters`), one GPU sync per round.
+ * Milliseconds and dispatches per call of `step` (recorded in a scope and submitted): `warmup`
+ * untimed calls, then calls in rounds until `minMs` has passed (at least `minIters`), one GPU sync
+ * per round.
  */
-export async function timeSteps(
+export async function measureSteps(
   step: () => void,
   { warmup = 2, minIters = 3, minMs = 500, perRound = 1 } = {},
-): Promise<number> {
+): Promise<StepMeasure> {
   const recorder = gpu().recorder;
   for (let i = 0; i < warmup; i++) tidy(step);
   await recorder.sync();
   let iters = 0;
+  const firstDispatch = recorder.dispatches;
+  const cpuBefore = process.cpuUsage();
   const start = performance.now();
   while (iters < minIters || performance.now() - start < minMs) {
     for (let i = 0; i < perRound; i++) {
@@ -42,7 +57,21 @@ export async function timeSteps(
     }
     await recorder.sync();
   }
-  return (performance.now() - start) / iters;
+  const ms = (performance.now() - start) / iters;
+  const cpu = process.cpuUsage(cpuBefore);
+  return {
+    ms,
+    dispatches: (recorder.dispatches - firstDispatch) / iters,
+    cpu_ms: (cpu.user + cpu.system) / 1000 / iters,
+  };
+}
+
+/** Milliseconds per call of `step` (see measureSteps). */
+export async function timeSteps(
+  step: () => void,
+  options: { warmup?: number; minIters?: number; minMs?: number; perRound?: number } = {},
+): Promise<number> {
+  return (await measureSteps(step, options)).ms;
 }
 
 export function gflops(flops: number, ms: number): number {

@@ -2,11 +2,14 @@
 // Prints a table, or with --json one JSON object per line: {name, ms, gflops | items_per_s, ...}.
 // With --profile every case is followed by its GPU time per kernel (timestamp queries), most
 // expensive first: where a step's time goes. Profiling adds overhead per dispatch, so a profiled
-// case's ms is not its speed.
+// case's ms is not its speed. With --torch the cases that have a PyTorch twin (bench/torch/) also
+// print `torch_ms` and `vs_torch` (peco's speed as a fraction of PyTorch's); every training-step
+// case prints `dispatches`, the GPU dispatches it records per step.
 
 import { parseOrExit } from "../lib/cli/args.ts";
 import { gpu, initGpuOrExit } from "../lib/gpu/device.ts";
 import type { BenchCase, BenchResult } from "./harness.ts";
+import { torchTimes } from "./torch_twins.ts";
 
 const options = parseOrExit({
   usage: "deno task bench --",
@@ -17,9 +20,12 @@ const options = parseOrExit({
     filter: { type: "string", help: "run only cases whose name contains this text" },
     profile: { type: "boolean", help: "print each case's GPU time per kernel (slower runs)" },
     top: { type: "number", default: 15, help: "kernels listed per case with --profile" },
+    torch: { type: "boolean", help: "also time the cases' PyTorch twins (bench/torch/)" },
   },
 });
 
+// PyTorch first, alone: the GPU adapter here may be the same cores.
+const torch = options.torch ? await torchTimes(options) : null;
 await initGpuOrExit({ profile: options.profile });
 const files = [
   "engine",
@@ -54,6 +60,11 @@ for (const c of cases) {
   const result = await c.run();
   const caseMs = performance.now() - started;
   result.adapter = info.description;
+  const torchMs = torch?.get(result.name);
+  if (torchMs !== undefined) {
+    result.torch_ms = torchMs;
+    result.vs_torch = torchMs / result.ms;
+  }
   // Peak GPU memory of this case: buffers and textures the pool held at once.
   result.peak_bytes = gpu().pool.stats.peakAllocated;
   results.push(result);

@@ -4,7 +4,7 @@
 // batch 2, the real configuration's memory and shape check. The targets are random codes: the
 // tokenizer's cost is not included (see bench/tokenize.ts).
 
-import { type BenchCase, timeSteps } from "./harness.ts";
+import { type BenchCase, measureSteps } from "./harness.ts";
 import { Beit, type BeitPresetName, resolveBeitConfig } from "../lib/models/beit.ts";
 import { AdamW, clipGradNorm, paramGroups } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
@@ -54,7 +54,7 @@ async function benchStep(s: Setup, timing: { warmup: number; minIters: number; m
   ].map(keep);
   const [x, maskTensor, maskedIndex, targets] = fixed;
   model.train();
-  const ms = await timeSteps(() => {
+  const { ms, dispatches, cpu_ms } = await measureSteps(() => {
     const out = mimLoss(model, x, maskTensor, maskedIndex, targets);
     backward(out.loss);
     clipGradNorm(model.parameters(), 3);
@@ -65,7 +65,7 @@ async function benchStep(s: Setup, timing: { warmup: number; minIters: number; m
   fixed.forEach((f) => f.dispose());
   model.dispose();
   optimizer.dispose();
-  return { ms, parameters, initMs, masked: positions.length };
+  return { ms, dispatches, cpu_ms, parameters, initMs, masked: positions.length };
 }
 
 /** Whether the command line asks for the ViT-B case (`--filter vit-b`). */
@@ -91,6 +91,8 @@ export const cases: BenchCase[] = [
       return {
         name: this.name,
         ms: r.ms,
+        dispatches: r.dispatches,
+        cpu_ms: r.cpu_ms,
         items_per_s: mnistBatch / (r.ms / 1e3),
         parameters: r.parameters,
         masked: r.masked,
@@ -111,6 +113,8 @@ if (askedFor(VIT_B)) {
       return {
         name: this.name,
         ms: r.ms,
+        dispatches: r.dispatches,
+        cpu_ms: r.cpu_ms,
         items_per_s: 2 / (r.ms / 1e3),
         parameters: r.parameters,
         init_ms: r.initMs,

@@ -6,7 +6,7 @@
 // takes minutes per step on a software GPU: it runs only when asked for by name,
 // `deno task bench --filter tokenizer-224`.
 
-import { type BenchCase, timeSteps } from "./harness.ts";
+import { type BenchCase, measureSteps } from "./harness.ts";
 import { MOCO_ENCODER_DEFAULT, MocoEncoder } from "../lib/models/moco.ts";
 import { discriminatorLayersFor, PatchDiscriminator } from "../lib/models/discriminator.ts";
 import { freeze } from "../lib/models/perceptual/net.ts";
@@ -56,14 +56,22 @@ async function trainThroughput(name: string, s: Setup, slow = false) {
   // The first call runs the k-means initialisation: a warmup call. The slow case times that one
   // call only (two calls took over 20 minutes on a 2-core lavapipe): its figure is an upper bound
   // that includes the k-means initialisation and the shaders' compilation.
-  const ms = await timeSteps(
+  const { ms, dispatches, cpu_ms } = await measureSteps(
     () => tokenizerStep(ctx, x, step++),
     slow ? { warmup: 0, minIters: 1, minMs: 0 } : { warmup: 2, minIters: 3, minMs: 3000 },
   );
   const params = model.numParameters();
   const a = ctx.adversarial;
   for (const m of [x, model, optimizer, net, a?.disc, a?.optimizer]) m?.dispose();
-  return { name, ms, items_per_s: s.batch / (ms / 1e3), batch: s.batch, params };
+  return {
+    name,
+    ms,
+    dispatches,
+    cpu_ms,
+    items_per_s: s.batch / (ms / 1e3),
+    batch: s.batch,
+    params,
+  };
 }
 
 /** The 224² case only when the command line's --filter names it. */

@@ -80,3 +80,22 @@ fn reduce_workgroup(
     out[(o * parts + part) * p.inner + i] = partial[0] * p.scale;
   }
 }
+
+// Sum over the first and last axes of [outer, len, inner]: out[k] = scale · Σ_o Σ_i x[o, k, i]
+// (a convolution's bias gradient over batch and pixels), one invocation per k; p.seg unused.
+@compute @workgroup_size(WG)
+fn sum_outer_inner(
+  @builtin(global_invocation_id) gid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+) {
+  let k = gid.x + gid.y * nwg.x * WG;
+  if (k >= p.len) { return; }
+  var acc = 0.0;
+  for (var o = 0u; o < p.outer; o++) {
+    let base = (o * p.len + k) * p.inner;
+    for (var i = 0u; i < p.inner; i++) {
+      acc += x[base + i];
+    }
+  }
+  out[k] = acc * p.scale;
+}

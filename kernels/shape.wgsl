@@ -59,6 +59,64 @@ fn strided_copy(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgrou
   }
 }
 
+// ---- placing along one axis ----------------------------------------------------------------------
+// dst viewed as [outer, len, inner]: rows [start, start + count) of its middle axis come from src
+// [outer, count, inner], every other element is `value` (bit pattern). One pass, no fill first:
+// serves pad and slice's backward when only one axis changes.
+
+struct Place { n: u32, len: u32, inner: u32, start: u32, count: u32, value: u32 }
+@group(0) @binding(2) var<uniform> place: Place;
+
+@compute @workgroup_size(WG)
+fn place_axis(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let j = linear_index(gid, nwg);
+  if (j >= place.n) { return; }
+  let i = j % place.inner;
+  let q = j / place.inner;
+  let k = q % place.len;
+  let o = q / place.len;
+  if (k >= place.start && k < place.start + place.count) {
+    dst[j] = src[(o * place.count + k - place.start) * place.inner + i];
+  } else {
+    dst[j] = place.value;
+  }
+}
+
+// ---- concat of up to four tensors ----------------------------------------------------------------
+// dst viewed as [outer, len, inner]: input t covers rows [start_t, start_t + len_t) of the middle
+// axis (start_0 = 0; unused inputs start at len and are bound to input 0). One pass over dst.
+
+struct Concat {
+  n: u32, len: u32, inner: u32,
+  start1: u32, start2: u32, start3: u32,
+  len0: u32, len1: u32, len2: u32, len3: u32,
+}
+@group(0) @binding(0) var<storage, read> cat0: array<u32>;
+@group(0) @binding(1) var<storage, read> cat1: array<u32>;
+@group(0) @binding(2) var<storage, read> cat2: array<u32>;
+@group(0) @binding(3) var<storage, read> cat3: array<u32>;
+@group(0) @binding(4) var<storage, read_write> cat_out: array<u32>;
+@group(0) @binding(5) var<uniform> catp: Concat;
+
+@compute @workgroup_size(WG)
+fn concat4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let j = linear_index(gid, nwg);
+  if (j >= catp.n) { return; }
+  let i = j % catp.inner;
+  let q = j / catp.inner;
+  let k = q % catp.len;
+  let o = q / catp.len;
+  if (k < catp.start1) {
+    cat_out[j] = cat0[(o * catp.len0 + k) * catp.inner + i];
+  } else if (k < catp.start2) {
+    cat_out[j] = cat1[(o * catp.len1 + k - catp.start1) * catp.inner + i];
+  } else if (k < catp.start3) {
+    cat_out[j] = cat2[(o * catp.len2 + k - catp.start2) * catp.inner + i];
+  } else {
+    cat_out[j] = cat3[(o * catp.len3 + k - catp.start3) * catp.inner + i];
+  }
+}
+
 // ---- cast ---------------------------------------------------------------------------------------
 // Value conversion between dtypes. float → int truncates toward zero; int ↔ int keeps the bits
 // (two's complement wrap, as a C cast).

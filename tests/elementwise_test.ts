@@ -1,5 +1,7 @@
 import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
+import assert from "node:assert/strict";
+import { gpu } from "../lib/gpu/device.ts";
 
 const erf = (x: number) => {
   // float64 erf by series/continued fraction is overkill here: use a high-order expansion.
@@ -149,7 +151,7 @@ Deno.test("sum and mean over axes: forward and backward", async () => {
   assertClose(total.data, [x.reduce((a, b) => a + b, 0)], { atol: 1e-4 });
 });
 
-Deno.test("long-axis reduction uses the workgroup kernel and stays exact", async () => {
+Deno.test("long-axis reduction stays exact (the workgroup kernel on GPUs)", async () => {
   const n = 3001;
   const x = randArray(2 * n, 8);
   const out = await runOp((t) => T.sum(t, 1), [{ data: x, shape: [2, n] }]);
@@ -164,6 +166,33 @@ Deno.test("broadcastTo and its backward (sumTo)", async () => {
   await checkGrad((t) => T.broadcastTo(t, [4, 2, 3]), (d) => [...d, ...d, ...d, ...d], [
     { data: x, shape: [2, 3] },
   ]);
+});
+
+Deno.test("sumOuterInner: one dispatch, and two reductions past the loop budget", async () => {
+  for (const [outer, len, inner] of [[3, 5, 7], [2, 3, 5003]]) {
+    const x = randArray(outer * len * inner, outer + inner);
+    const ref = Array.from({ length: len }, (_, k) => {
+      let s = 0;
+      for (let o = 0; o < outer; o++) {
+        for (let i = 0; i < inner; i++) s += x[(o * len + k) * inner + i];
+      }
+      return s;
+    });
+    const t = T.tensor(x, [outer, len, inner]);
+    const before = gpu().recorder.dispatches;
+    const out = T.sumOuterInner(t, outer, len, inner);
+    assert.equal(gpu().recorder.dispatches - before, outer * (inner + 1) > 10_000 ? 2 : 1);
+    assertClose(await out.toArray(), ref, {
+      atol: 1e-3,
+      rtol: 1e-5,
+      what: `[${outer},${len},${inner}]`,
+    });
+    [t, out].forEach((v) => v.dispose());
+  }
+  assert.throws(
+    () => T.sumOuterInner(T.zeros([6]), 2, 2, 2),
+    /sumOuterInner: .* is not \[2, 2, 2\]/,
+  );
 });
 
 Deno.test("fill and integer tensors keep exact bits", async () => {

@@ -1,6 +1,7 @@
 import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import assert from "node:assert/strict";
+import { gpu } from "../lib/gpu/device.ts";
 
 /** How a float64 reference groups [N, C, S]: `groups` channel groups, or per channel (batch). */
 type Grouping = { groups: number } | { batch: true };
@@ -123,6 +124,122 @@ Deno.test("layerNorm with eps: tiny variance is damped as in the reference", asy
   const x = randArray(15, 5, -1e-3, 1e-3);
   const out = await runOp((t) => T.layerNorm(t, null, null, 1e-4), [input(x, [3, 5])]);
   assertClose(out.data, normRef(x, [3, 5, 1], { groups: 1 }, null, null, 1e-4), { atol: 1e-4 });
+});
+
+/** Weight and bias gradients of a norm over [N, C, S] for the seed gradient `dy`, in float64. */
+function affineGradsRef(xhat: number[], dy: number[], [n, c, s]: number[]): number[][] {
+  const gw = new Array(c).fill(0);
+  const gb = new Array(c).fill(0);
+  for (let i = 0; i < n * c * s; i++) {
+    const ch = Math.floor(i / s) % c;
+    gw[ch] += dy[i] * xhat[i];
+    gb[ch] += dy[i];
+  }
+  return [gw, gb];
+}
+
+/**
+ * Runs `op` (x, weight, bias → y) forward and backward with seeded inputs of `shape` and C channels
+ * and checks y against `forward` (float64 of x, w, b) and the weight and bias gradients against
+ * the groupNorm-style sums over each channel's elements of `dz` · xhat and `dz`, where
+ * dz(z, dy) is the gradient reaching the normalised z (dy itself without an activation). Returns the
+ * dispatches of the forward.
+ */
+async function checkAffineGrads(
+  shape: number[],
+  dims: number[],
+  groups: number,
+  seed: number,
+  op: (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.Tensor,
+  activation: (z: number) => number = (z) => z,
+  dz: (z: number, dy: number) => number = (_z, dy) => dy,
+): Promise<number> {
+  const c = dims[1];
+  const x = randArray(prod(shape), seed, -2, 2);
+  const w = randArray(c, seed + 1, 0.5, 1.5);
+  const b = randArray(c, seed + 2);
+  const dy = randArray(prod(shape), seed + 3);
+  const [xt, wt, bt] = [T.tensor(x, shape), T.tensor(w, [c]), T.tensor(b, [c])];
+  for (const t of [xt, wt, bt]) t.requiresGrad = true;
+  const before = gpu().recorder.dispatches;
+  const y = op(xt, wt, bt);
+  const dispatches = gpu().recorder.dispatches - before;
+  T.backward(y, T.tensor(dy, shape));
+  const got = await T.readAll([y, wt.grad!, bt.grad!]);
+  const z = normRef(x, dims, { groups }, w, b);
+  assertClose(Array.from(got[0]), z.map(activation), { atol: 2e-5, rtol: 1e-4, what: "forward" });
+  const xhat = normRef(x, dims, { groups }, null, null);
+  const [gw, gb] = affineGradsRef(xhat, z.map((v, i) => dz(v, dy[i])), dims);
+  assertClose(Array.from(got[1]), gw, { atol: 2e-3, rtol: 1e-4, what: "weight grad" });
+  assertClose(Array.from(got[2]), gb, { atol: 2e-3, rtol: 1e-4, what: "bias grad" });
+  for (const t of [xt, wt, bt]) T.zeroGrad([t]), t.dispose();
+  y.dispose();
+  return dispatches;
+}
+
+Deno.test("layerNorm: one dispatch forward; weight and bias gradients over 32003 rows (pieces)", async () => {
+  // Rows above the loop limit: the weight/bias gradients merge pieces of rows on every adapter.
+  const dispatches = await checkAffineGrads([32003, 3], [32003, 3, 1], 1, 8, T.layerNorm);
+  assert.equal(dispatches, 1);
+});
+
+Deno.test("layerNorm rows of 10000 (fused kernels) and 10001 (general kernels)", async () => {
+  for (const d of [10000, 10001]) {
+    const x = randArray(2 * d, d, -2, 2);
+    const out = await runOp((t) => T.layerNorm(t, null, null), [input(x, [2, d])]);
+    assertClose(out.data, normRef(x, [2, d, 1], { groups: 1 }, null, null), {
+      atol: 5e-5,
+      what: `rows of ${d}`,
+    });
+  }
+});
+
+Deno.test("groupNorm [12,4,50,60] groups=2: weight and bias gradients merged from pieces", async () => {
+  await checkAffineGrads(
+    [12, 4, 50, 60],
+    [12, 4, 3000],
+    2,
+    21,
+    (x, w, b) => T.groupNorm(x, 2, w, b),
+  );
+});
+
+const silu64 = (z: number) => z / (1 + Math.exp(-z));
+
+Deno.test("groupNorm + silu [2,6,5,3] groups=3: forward matches float64, backward finite differences", async () => {
+  const shape = [2, 6, 5, 3];
+  const dims = [2, 6, 15];
+  const x = randArray(prod(shape), 31, -2, 2);
+  const w = randArray(6, 32, 0.5, 1.5);
+  const b = randArray(6, 33);
+  const ref = (xs: number[], ws: number[], bs: number[]) =>
+    normRef(xs, dims, { groups: 3 }, ws, bs).map(silu64);
+  const op = (t: T.Tensor, wt: T.Tensor, bt: T.Tensor) => T.groupNorm(t, 3, wt, bt, 1e-5, "silu");
+  const inputs = [input(x, shape), input(w, [6]), input(b, [6])];
+  const before = gpu().recorder.dispatches;
+  const out = await runOp(op, inputs);
+  // One dispatch forward (runOp's uploads are copies, not dispatches).
+  assert.equal(gpu().recorder.dispatches - before, 1);
+  assertClose(out.data, ref(x, w, b), { atol: 2e-5, rtol: 1e-4, what: "forward" });
+  await checkGrad(op, ref, inputs);
+});
+
+Deno.test("groupNorm + silu: gradients merged from pieces; past the fused limit it is silu(groupNorm)", async () => {
+  // [40, 2, 30, 30], one group: S = 900, so the weight/bias gradients take 4 pieces of samples;
+  // dz = dy · silu'(z).
+  const siluGrad = (z: number, dy: number) => {
+    const s = 1 / (1 + Math.exp(-z));
+    return dy * s * (1 + z * (1 - s));
+  };
+  const op = (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.groupNorm(x, 1, w, b, 1e-5, "silu");
+  await checkAffineGrads([40, 2, 30, 30], [40, 2, 900], 1, 41, op, silu64, siluGrad);
+  // A group of 2 · 5050 elements: the general kernels and a separate SiLU, the same values.
+  const big = randArray(2 * 5050, 45, -2, 2);
+  const out = await runOp((t) => T.groupNorm(t, 1, null, null, 1e-5, "silu"), [
+    input(big, [1, 2, 5050]),
+  ]);
+  const bigRef = normRef(big, [1, 2, 5050], { groups: 1 }, null, null).map(silu64);
+  assertClose(out.data, bigRef, { atol: 2e-5, rtol: 1e-4, what: "past the fused limit" });
 });
 
 // ---- groupNorm -------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { assertClose, prod, randArray } from "./util.ts";
 import { gpu } from "../lib/gpu/device.ts";
 import * as T from "../lib/tensor/mod.ts";
+import { arenaOf } from "../lib/tensor/param_arena.ts";
 import {
   Adam,
   AdamW,
@@ -11,7 +12,7 @@ import {
   constantWithWarmup,
   decays,
   gradNorm,
-  type Optimizer,
+  Optimizer,
   paramGroups,
   SGD,
   vitLayerId,
@@ -474,6 +475,179 @@ Deno.test("stateDict / loadStateDict resume an optimizer exactly", async () => {
     optB.dispose();
     release(...a, ...b);
   }
+});
+
+// ---- packed parameters: one dispatch per group --------------------------------------------------
+
+// Odd lengths (none a multiple of the 64-float alignment), two groups with their own lr scale and
+// weight decay; 5003 elements span two partial-sum chunks of the norm.
+const packedShapes = [[7], [3, 5], [5003], [1], [2, 1, 33]];
+const packedInits = packedShapes.map((shape, k) => ({
+  shape,
+  data: randArray(prod(shape), 500 + k),
+}));
+const packedGroups = [[0, 2, 4], [1, 3]];
+
+/** Gradients written by backward: loss = Σ_k Σ p_k · c_k, so that grad p_k = c_k. */
+function backwardInto(ps: T.Tensor[], cs: number[][]): void {
+  T.tidy(() => {
+    const terms = ps.map((p, k) => T.sum(T.mul(p, T.tensor(cs[k], p.shape))));
+    T.backward(terms.reduce((a, b) => T.add(a, b)));
+  });
+}
+
+const packedGrads = (seed: number) =>
+  Array.from(
+    { length: STEPS },
+    (_, s) => packedShapes.map((shape, k) => randArray(prod(shape), seed + 17 * s + k)),
+  );
+
+// Arenas of 512 bytes (128 floats): q0 | q4 | q1 q3 in three arenas, q2 (5003 floats) unpacked, so
+// a step takes 4 dispatches; by default one arena holds all: one dispatch per group.
+const packings: [string, number | null, number][] = [
+  ["one dispatch per group", null, packedGroups.length],
+  ["arenas of 512 bytes", 512, 4],
+];
+for (const kind of ["AdamW", "Adam", "SGD"] as const) {
+  for (const [packing, maxPackBytes, dispatches] of packings) {
+    Deno.test(`${kind} on packed parameters (${packing}): float64 reference`, async () => {
+      Optimizer.maxPackBytes = maxPackBytes;
+      const adam = { beta1: 0.8, beta2: 0.95, eps: 1e-6, decoupled: kind === "AdamW" };
+      const sgd = { momentum: 0.9, dampening: 0.1, nesterov: false };
+      const wds = [0.2, 0];
+      const lrScales = [1, 0.5];
+      const ps = packedInits.map((init, k) => param(init.data, init.shape, `q${k}`));
+      const groups = packedGroups.map((ks, g) => ({
+        params: ks.map((k) => ps[k]),
+        weightDecay: wds[g],
+        lrScale: lrScales[g],
+      }));
+      const opt = kind === "SGD"
+        ? new SGD(groups, sgd)
+        : new (kind === "AdamW" ? AdamW : Adam)(groups, {
+          betas: [adam.beta1, adam.beta2],
+          eps: 1e-6,
+        });
+      Optimizer.maxPackBytes = null;
+      const grads = packedGrads(900);
+      grads.forEach((step, s) => {
+        backwardInto(ps, step);
+        opt.lr = lrs[s];
+        const before = gpu().recorder.dispatches;
+        opt.step();
+        // The first step also fills the state buffers once.
+        if (s > 0) assert.equal(gpu().recorder.dispatches - before, dispatches);
+        opt.zeroGrad();
+      });
+      const got = await values(ps);
+      packedGroups.forEach((ks, g) => {
+        const groupLrs = lrs.map((lr) => lr * lrScales[g]);
+        for (const k of ks) {
+          const gs = grads.map((step) => step[k]);
+          const ref = kind === "SGD"
+            ? sgdRef(packedInits[k].data, gs, groupLrs, { ...sgd, wd: wds[g] })
+            : adamRef(packedInits[k].data, gs, groupLrs, { ...adam, wd: wds[g] });
+          assertClose(got[k], ref, { atol: 2e-6, rtol: 2e-5, what: `${kind} packed q${k}` });
+        }
+      });
+      assert.deepEqual(opt.stateDict().steps, { 0: 4, 1: 4, 2: 4, 3: 4, 4: 4 });
+      opt.dispose();
+      release(...ps);
+    });
+  }
+}
+
+Deno.test("packed optimizer: a parameter without a gradient falls back per tensor", async () => {
+  const ps = packedInits.map((init, k) => param(init.data, init.shape, `r${k}`));
+  const opt = new AdamW(ps, { lr: 0.1 });
+  const grads = packedGrads(40)[0];
+  backwardInto(ps, grads);
+  opt.step(); // creates the state
+  opt.zeroGrad();
+  const frozenBefore = await ps[1].toArray();
+  // Only parameters other than r1 get a gradient: 4 dispatches, r1 unchanged.
+  const others = ps.filter((_, k) => k !== 1);
+  backwardInto(others, grads.filter((_, k) => k !== 1));
+  const before = gpu().recorder.dispatches;
+  opt.step();
+  assert.equal(gpu().recorder.dispatches - before, others.length);
+  assert.deepEqual(await ps[1].toArray(), frozenBefore);
+  opt.zeroGrad();
+  // Every parameter has a gradient again, but r1 stays a step behind: per tensor from now on.
+  for (const expected of [ps.length, ps.length]) {
+    backwardInto(ps, grads);
+    const start = gpu().recorder.dispatches;
+    opt.step();
+    assert.equal(gpu().recorder.dispatches - start, expected);
+    opt.zeroGrad();
+  }
+  assert.deepEqual(opt.stateDict().steps, { 0: 4, 1: 3, 2: 4, 3: 4, 4: 4 });
+  opt.dispose();
+  release(...ps);
+});
+
+Deno.test("clipGradNorm on packed gradients: 2 dispatches per arena + 1, equal to the per-tensor path", async () => {
+  const grads = packedGrads(77)[0].map((g) => g.map((v) => 3 * v));
+  const norm = Math.sqrt(grads.flat().reduce((a, g) => a + g * g, 0));
+  const clipped: number[][][] = [];
+  const norms: number[] = [];
+  // Packed in one arena (3 dispatches), in three (7: arenas of 20 KiB hold s0 s1 | s2 s3 | s4),
+  // and not packed (2 per tensor + 1).
+  for (
+    const [packed, maxPackBytes, dispatches] of [[true, null, 3], [true, 20480, 7], [
+      false,
+      null,
+      11,
+    ]] as const
+  ) {
+    const ps = packedInits.map((init, k) => param(init.data, init.shape, `s${k}`));
+    Optimizer.maxPackBytes = maxPackBytes;
+    const opt = packed ? new AdamW(ps) : null;
+    Optimizer.maxPackBytes = null;
+    backwardInto(ps, grads);
+    const before = gpu().recorder.dispatches;
+    const n = clipGradNorm(ps, norm / 4);
+    assert.equal(gpu().recorder.dispatches - before, dispatches);
+    norms.push(await n.item());
+    clipped.push(await values(ps.map((p) => p.grad!)));
+    n.dispose();
+    opt?.dispose();
+    release(...ps);
+  }
+  const scale = norm / 4 / (norm + 1e-6);
+  assertClose(norms, [norm, norm, norm], { atol: 0, rtol: 2e-6, what: "norms" });
+  grads.forEach((g, k) => {
+    const ref = g.map((v) => v * scale);
+    for (const c of [0, 1]) {
+      assertClose(clipped[c][k], ref, { atol: 1e-7, rtol: 2e-6, what: `packed g${k}` });
+      assertClose(clipped[c][k], clipped[2][k], { atol: 1e-7, rtol: 1e-6, what: `paths g${k}` });
+    }
+  });
+});
+
+Deno.test("packed parameters: gaps stay zero, views and checkpoints see each tensor", async () => {
+  const ps = packedInits.map((init, k) => param(init.data, init.shape, `t${k}`));
+  const opt = new AdamW(ps, { lr: 0.1, weightDecay: 0.1 });
+  backwardInto(ps, packedGrads(5)[0]);
+  clipGradNorm(ps, 0.5).dispose();
+  opt.step();
+  // The whole parameter buffer: every float outside a tensor's range is still zero.
+  const arena = arenaOf(ps[0])!;
+  const whole = arena.valuesRange();
+  const all = await whole.toArray();
+  whole.dispose();
+  const inside = new Set<number>();
+  for (const p of ps) for (let i = 0; i < p.size; i++) inside.add(arena.offsetOf(p) + i);
+  assert.ok(all.every((v, i) => inside.has(i) || v === 0), "a gap between tensors changed");
+  // Each tensor reads back its own values, also through a reshape.
+  const got = await values(ps);
+  ps.forEach((p, k) =>
+    assert.deepEqual(got[k], all.slice(arena.offsetOf(p), arena.offsetOf(p) + p.size))
+  );
+  const reshaped = await T.tidy(() => T.reshape(ps[1], [5, 3])).toArray();
+  assert.deepEqual(reshaped, got[1]);
+  opt.dispose();
+  release(...ps);
 });
 
 // ---- bad input ----------------------------------------------------------------------------------

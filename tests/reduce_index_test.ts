@@ -80,7 +80,7 @@ Deno.test("argmax/argmin take the first index on ties; max sends the gradient th
   for (const t of [x, amax, amin, colMax, x.grad!]) t.dispose();
 });
 
-Deno.test("long axes take the workgroup kernel and keep the first index on ties", async () => {
+Deno.test("long axes keep the first index on ties (the workgroup kernel on GPUs)", async () => {
   const len = 1001;
   const data = randArray(2 * len, 3).map(Math.fround);
   // Row 0: the maximum 5 at 260 and 100 (first: 100, though invocation 260 % 256 = 4 holds 260

@@ -1,6 +1,7 @@
 import { assertClose, assertThrows, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { gpu } from "../lib/gpu/device.ts";
 
 /** Asserts that fn throws an Error whose message contains `text`. */
 
@@ -193,6 +194,33 @@ Deno.test("slice with start > 0 along each axis of [3,7,5]: forward and backward
   empty.dispose();
 });
 
+Deno.test("slice of a contiguous run at a 256-byte boundary is a view: no dispatch", async () => {
+  // [3, 1, 64, 3]: each slice along axis 0 is 192 floats (768 bytes) into the buffer.
+  const x = input([3, 1, 64, 3], 7);
+  const ref = (d: number[]) => sliceRef(d, x.shape, 0, 1, 3);
+  const t = T.tensor(x.data, x.shape);
+  const before = gpu().recorder.dispatches;
+  const view = T.slice(t, 0, 1, 3);
+  // And a slice of the view, along its (size-1) axis 1 then axis 2 at 32 floats: not aligned.
+  const inner = T.slice(T.slice(view, 0, 1, 2), 2, 32, 64);
+  assertEquals(gpu().recorder.dispatches - before, 1);
+  assertClose(await view.toArray(), ref(x.data), { atol: 0, rtol: 0 });
+  const innerRef = sliceRef(
+    sliceRef(ref(x.data), [2, 1, 64, 3], 0, 1, 2),
+    [1, 1, 64, 3],
+    2,
+    32,
+    64,
+  );
+  assertClose(await inner.toArray(), innerRef, { atol: 0, rtol: 0 });
+  // Bound by kernels at its offset; the source outlives its views' disposal order.
+  const doubled = T.mulScalar(view, 2);
+  t.dispose();
+  assertClose(await doubled.toArray(), ref(x.data).map((v) => 2 * v), { atol: 0, rtol: 0 });
+  [view, inner, doubled].forEach((v) => v.dispose());
+  await checkGrad((v) => T.slice(v, 0, 1, 3), ref, [x]);
+});
+
 Deno.test("concat of 3 tensors of different sizes along axis 1: forward and backward", async () => {
   const shapes = [[2, 1, 3, 5], [2, 4, 3, 5], [2, 2, 3, 5]];
   const xs = shapes.map((s, i) => input(s, 10 + i));
@@ -207,6 +235,26 @@ Deno.test("concat of 3 tensors of different sizes along axis 1: forward and back
   const joined = await runOp((...ts) => T.concat(ts, -1), last);
   assertClose(joined.data, lastRef(...last.map((x) => x.data)), { atol: 0, rtol: 0 });
   await checkGrad((...ts) => T.concat(ts, 1), lastRef, last, { which: [1] });
+});
+
+Deno.test("concat: up to 4 tensors in one dispatch, 5 by copies; integers keep their bits", async () => {
+  const shapes = [[2, 3], [2, 1], [2, 4], [2, 2], [2, 5]];
+  const xs = shapes.map((s, i) => input(s, 50 + i));
+  for (const count of [4, 5]) {
+    const part = xs.slice(0, count);
+    const ref = (...ds: number[][]) => concatRef(ds, part.map((x) => x.shape), 1);
+    const ts = part.map((x) => T.tensor(x.data, x.shape));
+    const before = gpu().recorder.dispatches;
+    const out = T.concat(ts, 1);
+    assertEquals(gpu().recorder.dispatches - before, count <= 4 ? 1 : count);
+    assertClose(await out.toArray(), ref(...part.map((x) => x.data)), { atol: 0, rtol: 0 });
+    await checkGrad((...vs) => T.concat(vs, 1), ref, part);
+    [...ts, out].forEach((t) => t.dispose());
+  }
+  const ints = [T.tensor([1, -2], [2], "i32"), T.tensor([2147483647, -2147483648], [2], "i32")];
+  const joined = T.concat(ints, 0);
+  assertEquals(await joined.toArray(), [1, -2, 2147483647, -2147483648]);
+  [...ints, joined].forEach((t) => t.dispose());
 });
 
 Deno.test("concat rejects mismatched shapes, dtypes and axes", () => {
@@ -238,6 +286,20 @@ Deno.test("pad asymmetric on the last dims and on all dims: forward and backward
   assertEquals(padded.shape, [4, 3, 7]);
   assertClose(padded.data, allRef(x.data), { atol: 0, rtol: 0 });
   await checkGrad((t) => T.pad(t, all), allRef, [x]);
+});
+
+Deno.test("pad along one inner axis: one dispatch, forward and backward", async () => {
+  const x = input([2, 3, 5], 31);
+  const middle: [number, number][] = [[2, 1], [0, 0]];
+  const ref = (d: number[]) => padRef(d, x.shape, middle, -1.5);
+  const t = T.tensor(x.data, x.shape);
+  const before = gpu().recorder.dispatches;
+  const padded = T.pad(t, middle, -1.5);
+  assertEquals(gpu().recorder.dispatches - before, 1);
+  assertEquals(padded.shape, [2, 6, 5]);
+  assertClose(await padded.toArray(), ref(x.data), { atol: 0, rtol: 0 });
+  await checkGrad((v) => T.pad(v, middle, -1.5), ref, [x]);
+  [t, padded].forEach((v) => v.dispose());
 });
 
 Deno.test("pad keeps integer values and rejects bad pads", async () => {

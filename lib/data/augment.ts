@@ -254,7 +254,7 @@ export function augmentViews(
   if (jitter && n > 0) {
     greyMeans = new Tensor([n], "f32");
     recorder.dispatch(kernels.stats, {
-      buffers: [pixels.buffer, augTensor.buffer, greyMeans.buffer],
+      buffers: [pixels.binding, augTensor.binding, greyMeans.binding],
       params: [n, H, W],
       constants,
       workgroups: grid1d(n, 1),
@@ -266,7 +266,7 @@ export function augmentViews(
     const mean = [0, 1, 2].map((c) => view.mean?.[c] ?? 0);
     const istd = [0, 1, 2].map((c) => 1 / (view.std?.[c] ?? 1));
     recorder.dispatch(kernels.view, {
-      buffers: [pixels.buffer, augTensor.buffer, greyMeans.buffer, out.buffer],
+      buffers: [pixels.binding, augTensor.binding, greyMeans.binding, out.binding],
       params: [n, H, W, view.height, view.width, ...mean.map(f32bits), ...istd.map(f32bits)],
       constants,
       workgroups: grid1d(n * view.height * Math.ceil(view.width / RUN), WG),

@@ -203,7 +203,9 @@ export class Recorder {
    * Reads several buffer ranges back with one staging buffer, one submit and one mapAsync (each
    * mapAsync costs milliseconds: call this at log intervals, not every step).
    */
-  async readMany(ranges: { buffer: GPUBuffer; bytes: number }[]): Promise<ArrayBuffer[]> {
+  async readMany(
+    ranges: { buffer: GPUBuffer; bytes: number; offset?: number }[],
+  ): Promise<ArrayBuffer[]> {
     const offsets: number[] = [];
     let total = 0;
     for (const range of ranges) {
@@ -217,7 +219,7 @@ export class Recorder {
     });
     ranges.forEach((range, i) => {
       const bytes = Math.ceil(range.bytes / 4) * 4;
-      if (bytes > 0) this.copy(range.buffer, 0, staging, offsets[i], bytes);
+      if (bytes > 0) this.copy(range.buffer, range.offset ?? 0, staging, offsets[i], bytes);
     });
     this.flush();
     try {

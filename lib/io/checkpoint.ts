@@ -15,10 +15,9 @@
 // loader resumes from {epoch, step} — so that `rng` in the metadata only needs positions, not the
 // internal state of generators.
 
-import { gpu } from "../gpu/device.ts";
 import type { Module } from "../nn/module.ts";
 import type { Optimizer, OptimizerState } from "../optim/optimizer.ts";
-import type { Tensor } from "../tensor/tensor.ts";
+import { type Tensor, uploadValues } from "../tensor/tensor.ts";
 import {
   fromGpuAll,
   readSafetensors,
@@ -261,7 +260,7 @@ export async function loadCheckpoint(path: string, state: TrainingState): Promis
       }
       entries.delete(name);
       writes.push(() => {
-        if (t.size > 0) gpu().recorder.upload(t.buffer, r.data);
+        uploadValues(t, r.data);
       });
     }
     if (entries.size) {

@@ -6,7 +6,7 @@
 
 import { gpu } from "../gpu/device.ts";
 import { tensor } from "../tensor/ops/creation.ts";
-import { type DType, type Tensor, typedArray } from "../tensor/tensor.ts";
+import { byteRange, type DType, type Tensor, typedArray } from "../tensor/tensor.ts";
 import { writeFileAtomic } from "./atomic.ts";
 
 export type SafeDType = "F32" | "F16" | "BF16" | "I32" | "I64" | "U32";
@@ -521,7 +521,7 @@ export async function fromGpuAll(
 ): Promise<Map<string, TensorRecord>> {
   const list = [...tensors];
   const buffers = await gpu().recorder.readMany(
-    list.map(([, t]) => ({ buffer: t.buffer, bytes: t.size * 4 })),
+    list.map(([, t]) => byteRange(t)),
   );
   const out = new Map<string, TensorRecord>();
   list.forEach(([name, t], i) => {
@@ -535,6 +535,6 @@ export async function fromGpu(
   t: Tensor,
   dtype: SafeDType = SAVE_AS[t.dtype][0],
 ): Promise<TensorRecord> {
-  const [bytes] = await gpu().recorder.readMany([{ buffer: t.buffer, bytes: t.size * 4 }]);
+  const [bytes] = await gpu().recorder.readMany([byteRange(t)]);
   return recordOf(t, bytes, dtype);
 }

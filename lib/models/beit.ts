@@ -21,11 +21,10 @@
 // 0.001 (BEiT's init_scale), fc_norm 1/0.
 
 import { join } from "node:path";
-import { gpu } from "../gpu/device.ts";
 import { Module } from "../nn/module.ts";
 import { Conv2d, LayerNorm, Linear } from "../nn/layers.ts";
 import { Mlp } from "../nn/blocks.ts";
-import { keep, noGrad, type Tensor } from "../tensor/tensor.ts";
+import { copyValues, keep, noGrad, type Tensor } from "../tensor/tensor.ts";
 import { Rng, truncNormal } from "../tensor/init.ts";
 import { full, tensor, zeros } from "../tensor/ops/creation.ts";
 import { add, affine, broadcastTo, mul, mulScalar } from "../tensor/ops/elementwise.ts";
@@ -181,7 +180,7 @@ export function resolveBeitConfig(
 
 /** Overwrites a parameter's values with those of `values` (same size; recorded in order). */
 function assign(param: Tensor, values: Tensor): void {
-  if (param.size > 0) gpu().recorder.copy(values.buffer, 0, param.buffer, 0, param.size * 4);
+  copyValues(param, values);
   values.dispose();
 }
 
@@ -277,6 +276,7 @@ export class BeitAttention extends Module {
   readonly vBias: Tensor | null;
   readonly proj: Linear;
   readonly headDim: number;
+  readonly #kBias: Tensor | null;
 
   constructor(readonly dim: number, readonly heads: number, qkvBias: boolean, rng: Rng) {
     super();
@@ -284,6 +284,8 @@ export class BeitAttention extends Module {
     this.qkv = this.child("qkv", new Linear(dim, 3 * dim, rng.fork("qkv"), false));
     this.qBias = qkvBias ? this.param("q_bias", zeros([dim])) : null;
     this.vBias = qkvBias ? this.param("v_bias", zeros([dim])) : null;
+    // k's bias: always zero, not a parameter (kept, so that no step fills it again).
+    this.#kBias = qkvBias ? keep(zeros([dim])) : null;
     this.proj = this.child("proj", new Linear(dim, dim, rng.fork("proj")));
   }
 
@@ -291,7 +293,7 @@ export class BeitAttention extends Module {
   forward(x: Tensor, bias?: Tensor): Tensor {
     const [b, t, c] = x.shape;
     const qkvBias = this.qBias && this.vBias
-      ? concat([this.qBias, zeros([c]), this.vBias], 0)
+      ? concat([this.qBias, this.#kBias!, this.vBias], 0)
       : null;
     // [B, T, 3·C] → [3, B, heads, T, headDim]
     const qkv = permute(
@@ -301,6 +303,11 @@ export class BeitAttention extends Module {
     const part = (i: number) => reshape(slice(qkv, 0, i, i + 1), [b, this.heads, t, this.headDim]);
     const out = attention(part(0), part(1), part(2), { bias });
     return this.proj.forward(reshape(permute(out, [0, 2, 1, 3]), [b, t, c]));
+  }
+
+  override dispose(): void {
+    super.dispose();
+    this.#kBias?.dispose();
   }
 }
 

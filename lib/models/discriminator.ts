@@ -12,12 +12,11 @@
 
 import { Module } from "../nn/module.ts";
 import { BatchNorm2d } from "../nn/layers.ts";
-import { gpu } from "../gpu/device.ts";
 import { normal, Rng, uniform } from "../tensor/init.ts";
 import { conv2d } from "../tensor/ops/conv.ts";
 import { add, addScalar, maximum, mulScalar, neg, relu } from "../tensor/ops/elementwise.ts";
 import { mean } from "../tensor/ops/reduce.ts";
-import type { Tensor } from "../tensor/tensor.ts";
+import { type Tensor, uploadValues } from "../tensor/tensor.ts";
 
 export interface DiscriminatorConfig {
   /** Image channels. */
@@ -85,7 +84,7 @@ function batchNorm(channels: number, rng: Rng): BatchNorm2d {
   const bn = new BatchNorm2d(channels);
   const r = rng.fork("bn");
   const w = Float32Array.from({ length: channels }, () => 1 + 0.02 * r.normal());
-  gpu().recorder.upload(bn.weight.buffer, w);
+  uploadValues(bn.weight, w);
   return bn;
 }
 

@@ -34,8 +34,7 @@ import { mean, sum } from "../tensor/ops/reduce.ts";
 import { normal as gpuNormal, uniform } from "../tensor/ops/random.ts";
 import { cast, embedding, gather, permute, reshape, scatterAddRows } from "../tensor/ops/shape.ts";
 import { codeStats, MAX_CODES, nearestCode } from "../tensor/ops/vq.ts";
-import { gpu } from "../gpu/device.ts";
-import { keep, noGrad, type Tensor, tidy } from "../tensor/tensor.ts";
+import { copyValues, keep, noGrad, type Tensor, tidy } from "../tensor/tensor.ts";
 
 export type QuantizerKind = "ema" | "plain";
 export type CodebookInit = "kmeans" | "random";
@@ -142,7 +141,7 @@ function assign(dst: Tensor, src: Tensor): void {
   if (dst.size !== src.size) {
     throw new Error(`peco: assign ${src.describe()} into ${dst.describe()}: sizes differ`);
   }
-  if (dst.size > 0) gpu().recorder.copy(src.buffer, 0, dst.buffer, 0, dst.size * 4);
+  copyValues(dst, src);
 }
 
 /** z [B, D, h, w] → rows [B·h·w, D] (a copy, no gradient). */

@@ -14,7 +14,6 @@ import type { GroupNorm } from "../nn/layers.ts";
 import { ConvAttnBlock, normalize, ResnetBlock } from "../nn/blocks.ts";
 import { Rng } from "../tensor/init.ts";
 import { upsampleNearest2d } from "../tensor/ops/conv.ts";
-import { silu } from "../tensor/ops/elementwise.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import {
   type QuantizerConfig,
@@ -281,7 +280,7 @@ export class Encoder extends Module {
     let h = this.convIn.forward(x);
     for (const level of this.down) h = level.forward(h);
     h = this.mid.forward(h);
-    return this.convOut.forward(silu(this.normOut.forward(h)));
+    return this.convOut.forward(this.normOut.forwardSilu(h));
   }
 }
 
@@ -331,7 +330,7 @@ export class Decoder extends Module {
   forward(z: Tensor): Tensor {
     let h = this.mid.forward(this.convIn.forward(z));
     for (let i = this.up.length - 1; i >= 0; i--) h = this.up.at(i).forward(h);
-    return this.convOut.forward(silu(this.normOut.forward(h)));
+    return this.convOut.forward(this.normOut.forwardSilu(h));
   }
 }
 

@@ -6,7 +6,7 @@ import { Module } from "./module.ts";
 import { Conv2d, GroupNorm, Linear } from "./layers.ts";
 import type { Rng } from "../tensor/init.ts";
 import { attention } from "../tensor/ops/attention.ts";
-import { add, gelu, silu } from "../tensor/ops/elementwise.ts";
+import { add, gelu } from "../tensor/ops/elementwise.ts";
 import { permute, reshape, slice } from "../tensor/ops/shape.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 
@@ -91,8 +91,8 @@ export class ResnetBlock extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    let h = this.conv1.forward(silu(this.norm1.forward(x)));
-    h = this.conv2.forward(silu(this.norm2.forward(h)));
+    let h = this.conv1.forward(this.norm1.forwardSilu(x));
+    h = this.conv2.forward(this.norm2.forwardSilu(h));
     return add(this.ninShortcut ? this.ninShortcut.forward(x) : x, h);
   }
 }

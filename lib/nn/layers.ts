@@ -94,6 +94,11 @@ export class GroupNorm extends Module {
   forward(x: Tensor): Tensor {
     return groupNorm(x, this.groups, this.weight, this.bias, this.eps);
   }
+
+  /** silu(forward(x)) as one fused op (the same values). */
+  forwardSilu(x: Tensor): Tensor {
+    return groupNorm(x, this.groups, this.weight, this.bias, this.eps, "silu");
+  }
 }
 
 export class BatchNorm2d extends Module {

@@ -3,8 +3,7 @@
 // safetensors loads directly and ours loads in PyTorch.
 
 import { zeroGrad } from "../tensor/autograd.ts";
-import { gpu } from "../gpu/device.ts";
-import { keep, Tensor } from "../tensor/tensor.ts";
+import { copyValues, keep, Tensor, uploadValues } from "../tensor/tensor.ts";
 import {
   fromGpuAll,
   int64ToInt32,
@@ -284,16 +283,9 @@ function mismatch(target: Tensor, entry: StateEntry): string | null {
 
 /** Checks the values (I64 must fit in i32) and returns the recorded copy to run later. */
 function copyInto(target: Tensor, entry: StateEntry, name: string): () => void {
-  const recorder = gpu().recorder;
   if (entry instanceof Tensor) {
-    return () => {
-      if (entry.buffer !== target.buffer && target.size > 0) {
-        recorder.copy(entry.buffer, 0, target.buffer, 0, target.size * 4);
-      }
-    };
+    return () => copyValues(target, entry);
   }
   const data = entry.data instanceof BigInt64Array ? int64ToInt32(entry.data, name) : entry.data;
-  return () => {
-    if (target.size > 0) recorder.upload(target.buffer, data);
-  };
+  return () => uploadValues(target, data);
 }

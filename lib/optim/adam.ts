@@ -4,7 +4,6 @@
 
 import { gpu } from "../gpu/device.ts";
 import { f32bits, grid1d } from "../gpu/recorder.ts";
-import { zeros } from "../tensor/ops/creation.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { optimKernels, WG } from "./kernels.ts";
 import { checkNonNegative, Optimizer, type ParamGroupSpec, type ParamState } from "./optimizer.ts";
@@ -40,10 +39,6 @@ export class Adam extends Optimizer {
     checkNonNegative(kind, "eps", this.eps);
   }
 
-  protected newSlot(p: Tensor): Tensor {
-    return zeros(p.shape);
-  }
-
   protected update(p: Tensor, grad: Tensor, state: ParamState, lr: number, wd: number): void {
     const [beta1, beta2] = this.betas;
     // Bias corrections in float64 on the host, from the host's step count.
@@ -51,7 +46,7 @@ export class Adam extends Optimizer {
     const bc2 = 1 - beta2 ** state.step;
     const [expAvg, expAvgSq] = state.slots;
     gpu().recorder.dispatch(optimKernels.adam, {
-      buffers: [p.buffer, grad.buffer, expAvg.buffer, expAvgSq.buffer],
+      buffers: [p.binding, grad.binding, expAvg.binding, expAvgSq.binding],
       params: [
         p.size,
         f32bits(wd),

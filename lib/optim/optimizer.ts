@@ -1,10 +1,27 @@
 // The optimizer base: parameter groups, per-parameter state that lives for the run, the step loop
 // that hands every parameter with a gradient to the subclass's fused kernel, and state for
 // checkpoints. The host counts steps itself, so a step never reads anything back.
+//
+// The parameters are packed into one buffer group after group (ParamArena), their gradients and
+// state tensors into buffers of the same layout, so that a group whose parameters all have fresh
+// gradients and equal step counts is updated by one dispatch over its range, whatever the number of
+// tensors. Any other group (some parameter without a gradient, a gradient set by hand, parameters
+// at different step counts) falls back to one dispatch per parameter; both give the same values.
+// A buffer holds at most what one binding may (the adapter's maxStorageBufferBindingSize: 128 MiB
+// on lavapipe): larger models take several arenas, a group one dispatch per arena it spans; a
+// tensor larger than that stays unpacked.
 
 import { gpu } from "../gpu/device.ts";
 import { zeroGrad } from "../tensor/autograd.ts";
-import { keep, Tensor } from "../tensor/tensor.ts";
+import {
+  ARENA_ALIGN,
+  type ArenaBuffer,
+  arenaOf,
+  type ArenaRange,
+  ParamArena,
+} from "../tensor/param_arena.ts";
+import { zeros } from "../tensor/ops/creation.ts";
+import { copyValues, keep, Tensor } from "../tensor/tensor.ts";
 
 export interface ParamGroupSpec {
   params: readonly Tensor[];
@@ -36,6 +53,13 @@ export interface OptimizerState {
   tensors: Record<string, Tensor>;
 }
 
+/** A group's parameters that one arena holds, and their range there. */
+interface Part {
+  readonly arena: ParamArena;
+  readonly range: ArenaRange;
+  readonly params: readonly Tensor[];
+}
+
 export function checkNonNegative(kind: string, name: string, value: number): void {
   if (!(value >= 0) || !Number.isFinite(value)) {
     throw new Error(`peco: ${kind}: ${name} must be a finite number ≥ 0, got ${value}`);
@@ -48,12 +72,23 @@ export abstract class Optimizer {
   readonly groups: ParamGroup[];
   /** Calls of `step()` so far. */
   steps = 0;
+  /**
+   * Largest buffer an arena may take, in bytes; null: the adapter's storage-binding limit. Tests
+   * lower it to exercise several arenas.
+   */
+  static maxPackBytes: number | null = null;
   private readonly states = new Map<Tensor, ParamState>();
+  /** Where the parameters, their gradients and (once created) their state tensors live. */
+  private readonly arenas: ParamArena[] = [];
+  /** Per group: its packed parts (a range of one arena each); unpacked parameters are in none. */
+  private readonly parts: Part[][];
+  /** Per arena: one buffer per slot name, created on the first step. */
+  private readonly slotBuffers = new Map<ParamArena, ArenaBuffer[]>();
+  /** State tensors of unpacked parameters (the arenas own the others). */
+  private readonly ownSlots: Tensor[] = [];
 
   /** Names of the state tensors each parameter gets (PyTorch's names). */
   protected abstract readonly slotNames: readonly string[];
-  /** A new state tensor for `p` (zeros unless the kernel never reads it before writing it). */
-  protected abstract newSlot(p: Tensor, slot: number): Tensor;
   /** Records the fused update of one parameter; `state.step` already counts this step. */
   protected abstract update(
     p: Tensor,
@@ -100,6 +135,45 @@ export abstract class Optimizer {
       return group;
     });
     if (seen.size === 0) throw new Error(`peco: ${kind}: no parameters to optimise`);
+    this.parts = this.pack();
+  }
+
+  /** Packs the groups' parameters into arenas of at most maxPackBytes, in group order. */
+  private pack(): Part[][] {
+    const limits = gpu().limits;
+    const maxBytes = Optimizer.maxPackBytes ??
+      Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+    const maxFloats = Math.floor(maxBytes / 4 / ARENA_ALIGN) * ARENA_ALIGN;
+    const parts: Part[][] = this.groups.map(() => []);
+    let pending: { group: number; params: Tensor[] }[] = [];
+    let floats = 0;
+    const flush = () => {
+      const filled = pending.filter((e) => e.params.length > 0);
+      if (filled.length) {
+        const arena = new ParamArena(filled.map((e) => e.params));
+        this.arenas.push(arena);
+        filled.forEach((e, i) => parts[e.group].push({ arena, range: arena.groups[i], ...e }));
+      }
+      pending = [];
+      floats = 0;
+    };
+    this.groups.forEach((group, g) => {
+      let current = { group: g, params: [] as Tensor[] };
+      pending.push(current);
+      for (const p of group.params) {
+        const size = Math.ceil(Math.max(1, p.size) / ARENA_ALIGN) * ARENA_ALIGN;
+        if (size > maxFloats) continue; // too large for any arena: updated on its own
+        if (floats + size > maxFloats) {
+          flush();
+          current = { group: g, params: [] };
+          pending.push(current);
+        }
+        current.params.push(p);
+        floats += size;
+      }
+    });
+    flush();
+    return parts;
   }
 
   /** Every parameter, in group order. */
@@ -113,9 +187,16 @@ export abstract class Optimizer {
    */
   step(): void {
     checkNonNegative(this.kind, "lr", this.lr);
-    for (const group of this.groups) {
+    this.groups.forEach((group, g) => {
       const lr = this.lr * group.lrScale;
+      const done = new Set<Tensor>();
+      for (const part of this.parts[g]) {
+        if (!this.updatesAsOne(part)) continue;
+        this.updateRange(part, lr, group.weightDecay);
+        for (const p of part.params) done.add(p);
+      }
       for (const p of group.params) {
+        if (done.has(p)) continue;
         const grad = p.grad;
         if (!grad) continue;
         if (grad.size !== p.size || grad.dtype !== "f32") {
@@ -128,8 +209,29 @@ export abstract class Optimizer {
         state.step++;
         this.update(p, grad, state, lr, group.weightDecay);
       }
-    }
+    });
     this.steps++;
+  }
+
+  /**
+   * Whether a part can take one dispatch over its arena range: every parameter's gradient was
+   * written into the arena by backward and every parameter is at the same step.
+   */
+  private updatesAsOne({ arena, params }: Part): boolean {
+    if (params.length === 0 || !arena.gradsAtHome(params)) return false;
+    const step = this.states.get(params[0])?.step ?? 0;
+    return params.every((p) => (this.states.get(p)?.step ?? 0) === step);
+  }
+
+  /** The fused update of a part: its range of the parameter, gradient and state buffers. */
+  private updateRange({ arena, range, params }: Part, lr: number, wd: number): void {
+    let step = 0;
+    for (const p of params) step = ++this.stateOf(p).step;
+    const value = arena.valuesRange(range);
+    const grad = arena.grads.range(range);
+    const slots = this.slotBuffers.get(arena)!.map((b) => b.range(range));
+    this.update(value, grad, { step, slots }, lr, wd);
+    for (const t of [value, grad, ...slots]) t.dispose();
   }
 
   /** Releases the gradients of all parameters. */
@@ -175,23 +277,34 @@ export abstract class Optimizer {
               `${src ? src.describe() : "missing"}, parameter is ${p.describe()}`,
           );
         }
-        if (src.size > 0) gpu().recorder.copy(src.buffer, 0, dst.buffer, 0, src.size * 4);
+        copyValues(dst, src);
       });
       state.step = step;
     }
   }
 
-  /** Releases all state tensors. */
+  /** Releases all state tensors and the packed gradients (parameters keep their values). */
   dispose(): void {
-    for (const state of this.states.values()) for (const t of state.slots) t.dispose();
     this.states.clear();
+    this.slotBuffers.clear();
+    for (const arena of this.arenas) arena.dispose();
+    for (const t of this.ownSlots) t.dispose();
   }
 
   private stateOf(p: Tensor): ParamState {
     let state = this.states.get(p);
     if (!state) {
+      // State tensors are zero-filled: views of arena buffers laid out like the parameters, or
+      // tensors of their own for an unpacked parameter.
+      const arena = this.arenas.find((a) => arenaOf(p) === a);
+      let buffers = arena ? this.slotBuffers.get(arena) : undefined;
+      if (arena && !buffers) {
+        buffers = this.slotNames.map((name) => arena.newBuffer(name));
+        this.slotBuffers.set(arena, buffers);
+      }
       const slots = this.slotNames.map((name, k) => {
-        const t = keep(this.newSlot(p, k));
+        const t = buffers ? buffers[k].views[arena!.indexOf(p)] : keep(zeros(p.shape));
+        if (!buffers) this.ownSlots.push(t);
         t.name = `${p.name || "param"}.${name}`;
         return t;
       });

@@ -40,16 +40,11 @@ export class SGD extends Optimizer {
     this.slotNames = this.momentum > 0 ? ["momentum_buffer"] : [];
   }
 
-  /** The kernel writes the buffer before reading it on a parameter's first step: no fill. */
-  protected newSlot(p: Tensor): Tensor {
-    return empty(p.shape);
-  }
-
   protected update(p: Tensor, grad: Tensor, state: ParamState, lr: number, wd: number): void {
     const hasMomentum = this.momentum > 0;
     const buffer = hasMomentum ? state.slots[0] : (this.unused ??= keep(empty([1])));
     gpu().recorder.dispatch(optimKernels.sgd, {
-      buffers: [p.buffer, grad.buffer, buffer.buffer],
+      buffers: [p.binding, grad.binding, buffer.binding],
       params: [
         p.size,
         f32bits(lr),

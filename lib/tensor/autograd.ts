@@ -1,7 +1,7 @@
 // Reverse-mode autograd over the nodes that ops attach with `record`.
 
-import { keep, noGrad, type Tensor } from "./tensor.ts";
-import { add, axpyInPlace, copy } from "./ops/elementwise.ts";
+import { copyValues, keep, noGrad, Tensor } from "./tensor.ts";
+import { add, axpyInPlace } from "./ops/elementwise.ts";
 import { ones } from "./ops/creation.ts";
 
 /** Tensors reachable from `root` through autograd nodes, inputs before outputs. */
@@ -76,8 +76,11 @@ function accumulateLeaf(t: Tensor, g: Tensor): void {
   if (t.grad) {
     axpyInPlace(t.grad, g, 1);
   } else {
-    // The gradient outlives the step's scope: a private kept copy shaped like the leaf.
-    const own = keep(copy(g.view(t.shape)));
+    // The gradient outlives the step's scope: a private kept copy shaped like the leaf, written
+    // into the leaf's gradient home when it has one (a packed parameter: see param_arena.ts). A
+    // buffer copy, not a dispatch.
+    const own = keep(t.gradHome ? t.gradHome.view(t.shape) : new Tensor(t.shape, "f32"));
+    copyValues(own, g);
     own.name = `${t.name || "leaf"}.grad`;
     t.grad = own;
   }

@@ -4,14 +4,69 @@
 // optimizer state).
 
 import { gpu } from "../gpu/device.ts";
+import type { BufferSlice } from "../gpu/recorder.ts";
 
 export type DType = "f32" | "i32" | "u32";
 export type Shape = readonly number[];
 
-/** A GPU buffer shared by a tensor and its views (reshape, detach); freed when the last goes. */
+/**
+ * A buffer shared by several storages (parameters packed into one buffer, see flat.ts): goes back
+ * to the pool when its last holder releases it.
+ */
+export class SharedBuffer {
+  private refs = 1;
+  private constructor(readonly buffer: GPUBuffer, readonly bytes: number) {}
+
+  /** A pooled buffer of `bytes` (its contents are whatever the pool had: fill it). */
+  static allocate(bytes: number, label: string): SharedBuffer {
+    return new SharedBuffer(gpu().pool.acquire(bytes, label), bytes);
+  }
+
+  /** A tensor over `shape` at `byteOffset` of this buffer (256-byte aligned for a binding). */
+  view(byteOffset: number, shape: Shape, dtype: DType = "f32"): Tensor {
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (byteOffset % 4 !== 0 || byteOffset + 4 * size > this.bytes) {
+      throw new Error(`peco: view [${shape}] at byte ${byteOffset} of a ${this.bytes}-byte buffer`);
+    }
+    const storage = new Storage(this.buffer, 4 * size);
+    storage.refs = 0;
+    storage.offset = byteOffset;
+    storage.shared = this;
+    this.retain();
+    return new Tensor(shape, dtype, storage);
+  }
+
+  retain(): void {
+    this.refs++;
+  }
+
+  release(): void {
+    if (--this.refs === 0) gpu().pool.release(this.buffer);
+  }
+}
+
+/**
+ * The bytes of a tensor and its views (reshape, detach): a pooled buffer of its own, a range at
+ * `offset` of a SharedBuffer, or a range of another storage (`parent`: a slice that is a view).
+ * Freed when the last view goes. A parameter's storage may move into a shared buffer
+ * (`relocate`): its views follow.
+ */
 class Storage {
   refs = 1;
-  constructor(readonly buffer: GPUBuffer, readonly bytes: number) {}
+  offset = 0;
+  shared: SharedBuffer | null = null;
+  parent: Storage | null = null;
+  /** Storages that are ranges of this one (they hold a reference to it). */
+  ranges = 0;
+  constructor(public buffer: GPUBuffer, readonly bytes: number) {}
+
+  release(): void {
+    if (this.parent) {
+      this.parent.ranges--;
+      if (--this.parent.refs === 0) this.parent.release();
+    } else if (this.shared) this.shared.release();
+    else gpu().pool.release(this.buffer);
+  }
 }
 
 /** Backward rule of the op that produced a tensor: gradient of the output → one per input. */
@@ -34,6 +89,11 @@ export class Tensor {
   readonly size: number;
   requiresGrad = false;
   grad: Tensor | null = null;
+  /**
+   * Where backward writes this leaf's gradient, when set: a kept view of a flat gradient buffer
+   * (see flat.ts), so that optimizers and clipping treat all gradients as one range.
+   */
+  gradHome: Tensor | null = null;
   node: Node | null = null;
   /** Survives scopes (parameters, gradients, optimizer state): released only by `dispose`. */
   kept = false;
@@ -59,9 +119,61 @@ export class Tensor {
     return this.shape.length;
   }
 
+  /** The tensor's own GPU buffer; for a tensor inside a shared buffer use `binding`. */
   get buffer(): GPUBuffer {
+    const storage = this.live();
+    if (storage.offset !== 0) {
+      throw new Error(
+        `peco: tensor ${this.describe()} lives at byte ${storage.offset} of a shared buffer: ` +
+          "bind it with .binding, copy it with .gpuBuffer and .byteOffset",
+      );
+    }
+    return storage.buffer;
+  }
+
+  /** What a kernel binds: the buffer, or the tensor's byte range of a shared buffer. */
+  get binding(): GPUBuffer | BufferSlice {
+    const storage = this.live();
+    if (storage.offset === 0) return storage.buffer;
+    return { buffer: storage.buffer, offset: storage.offset, size: Math.max(4, storage.bytes) };
+  }
+
+  /** The GPU buffer that holds the values, from `byteOffset` on (for copies). */
+  get gpuBuffer(): GPUBuffer {
+    return this.live().buffer;
+  }
+
+  get byteOffset(): number {
+    return this.live().offset;
+  }
+
+  /** Whether this tensor and `other` are views of the same storage. */
+  sharesStorage(other: Tensor): boolean {
+    return this.storage !== null && this.storage === other.storage;
+  }
+
+  /**
+   * Moves the values to `offset` (256-byte aligned) of `target` (copied in stream order); every
+   * view of this storage follows. The old buffer goes back to the pool.
+   */
+  relocate(target: SharedBuffer, offset: number): void {
+    const storage = this.live();
+    if (storage.ranges > 0 || storage.parent) {
+      throw new Error(`peco: cannot move ${this.describe()}: it is, or has, a range view`);
+    }
+    if (storage.bytes > 0) {
+      gpu().recorder.copy(storage.buffer, storage.offset, target.buffer, offset, storage.bytes);
+    }
+    target.retain();
+    storage.release();
+    storage.buffer = target.buffer;
+    storage.offset = offset;
+    storage.shared = target;
+  }
+
+  private live(): Storage {
     if (!this.storage) throw new Error(`peco: tensor ${this.describe()} used after dispose`);
-    return this.storage.buffer;
+    return this.storage;
   }
 
   get disposed(): boolean {
@@ -81,6 +193,25 @@ export class Tensor {
     return new Tensor(shape, this.dtype, this.storage!);
   }
 
+  /**
+   * `shape` over this tensor's elements from `start` on, without a copy (no autograd: see
+   * ops.slice). A kernel can bind it only when its byte offset in the buffer is a multiple of 256.
+   */
+  range(start: number, shape: Shape): Tensor {
+    const parent = this.live();
+    const size = shape.reduce((a, b) => a * b, 1);
+    if (!Number.isInteger(start) || start < 0 || start + size > this.size) {
+      throw new Error(`peco: range [${shape}] from ${start} does not fit ${this.describe()}`);
+    }
+    const storage = new Storage(parent.buffer, 4 * size);
+    storage.refs = 0;
+    storage.offset = parent.offset + 4 * start;
+    storage.parent = parent;
+    parent.refs++;
+    parent.ranges++;
+    return new Tensor(shape, this.dtype, storage);
+  }
+
   /** The same values, cut from the autograd graph. */
   detach(): Tensor {
     return this.view(this.shape);
@@ -88,14 +219,14 @@ export class Tensor {
 
   dispose(): void {
     if (!this.storage) return;
-    if (--this.storage.refs === 0) gpu().pool.release(this.storage.buffer);
+    if (--this.storage.refs === 0) this.storage.release();
     this.storage = null;
     this.node = null;
   }
 
   /** Reads the values back (one submit + map: not for hot loops). */
   async read(): Promise<Float32Array | Int32Array | Uint32Array> {
-    const [bytes] = await gpu().recorder.readMany([{ buffer: this.buffer, bytes: this.size * 4 }]);
+    const [bytes] = await gpu().recorder.readMany([byteRange(this)]);
     return typedArray(this.dtype, bytes);
   }
 
@@ -120,10 +251,32 @@ export function typedArray(
   return new Uint32Array(bytes);
 }
 
+/**
+ * Copies src's values into dst (same number of elements), in stream order with the recorded work:
+ * a buffer copy, no dispatch. Either may live in a shared buffer.
+ */
+export function copyValues(dst: Tensor, src: Tensor): void {
+  if (dst.size !== src.size) {
+    throw new Error(`peco: copy ${src.describe()} into ${dst.describe()}: sizes differ`);
+  }
+  if (dst.size === 0 || dst.sharesStorage(src)) return;
+  gpu().recorder.copy(src.gpuBuffer, src.byteOffset, dst.gpuBuffer, dst.byteOffset, dst.size * 4);
+}
+
+/** Uploads host values into dst, in stream order with the recorded work. */
+export function uploadValues(dst: Tensor, data: ArrayBufferView): void {
+  if (dst.size > 0) gpu().recorder.upload(dst.gpuBuffer, data, dst.byteOffset);
+}
+
+/** A tensor's bytes as a range of its GPU buffer (for readMany). */
+export function byteRange(t: Tensor): { buffer: GPUBuffer; offset: number; bytes: number } {
+  return { buffer: t.gpuBuffer, offset: t.byteOffset, bytes: t.size * 4 };
+}
+
 /** Reads several tensors with a single submit and map (e.g. all logged scalars of a step). */
 export async function readAll(tensors: Tensor[]): Promise<Float32Array[]> {
   const buffers = await gpu().recorder.readMany(
-    tensors.map((t) => ({ buffer: t.buffer, bytes: t.size * 4 })),
+    tensors.map(byteRange),
   );
   return buffers.map((b) => new Float32Array(b));
 }

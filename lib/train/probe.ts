@@ -53,7 +53,7 @@ export function extractFeatures(
                 outs![i].describe(),
             );
           }
-          recorder.copy(t.buffer, 0, outs![i].buffer, from * row * 4, t.size * 4);
+          recorder.copy(t.gpuBuffer, t.byteOffset, outs![i].buffer, from * row * 4, t.size * 4);
         });
       } finally {
         got.forEach((t) => t.dispose());

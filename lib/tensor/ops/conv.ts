@@ -5,7 +5,7 @@ import { gpu } from "../../gpu/device.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
-import { reduceRaw } from "./reduce.ts";
+import { reduceRaw, sumOuterInner } from "./reduce.ts";
 import { matmul, matmulRowBias } from "./matmul.ts";
 import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
@@ -170,7 +170,7 @@ function copyPlanes(
   if (top === 0 && left === 0 && dil === 1 && step === 1 && h === hp && w === wp) return src;
   const out = new Tensor([n, c, hp, wp], "f32");
   gpu().recorder.dispatch(kernels.copy, {
-    buffers: [src.buffer, out.buffer],
+    buffers: [src.binding, out.binding],
     params: [out.size, h, w, hp, wp, top, left, dil, step],
     constants: { WG },
     workgroups: grid1d(out.size, WG),
@@ -240,7 +240,7 @@ function prepWeights(v: WeightView): PreparedWeights {
   const wt = new Tensor([Math.max(slots * cstride, SLOT_FLOATS)], "f32");
   const total = blocks * bsize;
   gpu().recorder.dispatch(kernels.weightPrep, {
-    buffers: [v.tensor.buffer, wt.buffer],
+    buffers: [v.tensor.binding, wt.binding],
     params: [
       total,
       v.cout,
@@ -293,7 +293,7 @@ function implicitGemm(src: Tensor, weight: WeightView, bias: Tensor | null, widt
     const offset = p.uniform ? (ob0 / p.perDispatch) * UNIFORM_SLOT_BYTES : 0;
     const slot = { buffer: wt, offset, size: UNIFORM_SLOT_BYTES };
     gpu().recorder.dispatch(kernels.forward, {
-      buffers: [src.buffer, wt, (bias ?? p.wt).buffer, out.buffer, slot],
+      buffers: [src.binding, wt, (bias ?? p.wt).binding, out.binding, slot],
       params: [
         cin,
         cout,
@@ -493,7 +493,7 @@ function im2col(x: Tensor, g: Geometry): Tensor {
       "im2col input",
       (view) =>
         gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw), {
-          buffers: [view, cols.buffer],
+          buffers: [view, cols.binding],
           params: [total, ...geometry, ...window],
           workgroups: grid1d(total, WG),
         }),
@@ -501,7 +501,7 @@ function im2col(x: Tensor, g: Geometry): Tensor {
     return cols;
   }
   gpu().recorder.dispatch(kernels.im2col, {
-    buffers: [x.buffer, cols.buffer],
+    buffers: [x.binding, cols.binding],
     params: [rows * g.c, ...geometry, g.kh, g.kw, ...window],
     constants: { WG },
     workgroups: grid1d(rows * g.c, WG),
@@ -561,9 +561,7 @@ export function conv2d(
   const outShape = [g0.n, g0.o, g0.hout, g0.wout];
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const biasGrad = (gs: Tensor) =>
-    bias?.requiresGrad
-      ? reduceRaw(reduceRaw(gs.view([g0.n, g0.o, g0.hout * g0.wout]), 2, "sum"), 0, "sum")
-      : null;
+    bias?.requiresGrad ? sumOuterInner(gs, g0.n, g0.o, g0.hout * g0.wout) : null;
   if (forwardByIm2col(g0)) {
     // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
     const keepCols = isGradEnabled() && weight.requiresGrad;
@@ -653,7 +651,7 @@ function weightGrad(grad: Tensor, xPadded: Tensor, g: Geometry): Tensor {
   const part = new Tensor([z, o, c, kh, kw], "f32");
   const [, , hp, wp] = xPadded.shape;
   gpu().recorder.dispatch(kernels.weightGrad, {
-    buffers: [xPadded.buffer, gDilated.buffer, part.buffer],
+    buffers: [xPadded.binding, gDilated.binding, part.binding],
     params: [c, o, hp, wp / 4, h1, gw4, kh, kw, rows, chunkRows, nchunk],
     constants: { WG: GEMM_WG, TO, TC, KWC: kwc },
     workgroups: [Math.ceil(lanes / GEMM_WG), oblocks, z],
@@ -675,7 +673,7 @@ function windowOp(
 ): Tensor {
   const out = new Tensor(outShape, "f32");
   gpu().recorder.dispatch(kernel, {
-    buffers: [src.buffer, out.buffer],
+    buffers: [src.binding, out.binding],
     params: [out.size, plane.h, plane.w, plane.ho, plane.wo, k, s, f32bits(factor)],
     constants: { WG },
     workgroups: grid1d(out.size, WG),

@@ -12,13 +12,19 @@ export function empty(shape: Shape, dtype: DType = "f32"): Tensor {
 /** A tensor filled with one value (bit-exact for i32/u32). */
 export function full(shape: Shape, value: number, dtype: DType = "f32"): Tensor {
   const out = new Tensor(shape, dtype);
-  const bits = dtype === "f32" ? f32bits(value) : value >>> 0;
-  gpu().recorder.dispatch(elementwiseKernels.fill, {
-    buffers: [out.buffer],
-    params: [out.size, bits],
-    workgroups: grid1d(out.size, WG),
-  });
+  fillInPlace(out, value);
   return out;
+}
+
+/** Overwrites every element of t with one value (bit-exact for i32/u32). */
+export function fillInPlace(t: Tensor, value: number): void {
+  if (t.size === 0) return;
+  const bits = t.dtype === "f32" ? f32bits(value) : value >>> 0;
+  gpu().recorder.dispatch(elementwiseKernels.fill, {
+    buffers: [t.binding],
+    params: [t.size, bits],
+    workgroups: grid1d(t.size, WG),
+  });
 }
 
 export function zeros(shape: Shape, dtype: DType = "f32"): Tensor {

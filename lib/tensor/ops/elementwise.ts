@@ -40,7 +40,7 @@ function unary(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
   const constants = { OP: UNARY[name] };
   const params = [x.size, f32bits(a), f32bits(b), 0];
   gpu().recorder.dispatch(elementwiseKernels.unary, {
-    buffers: [x.buffer, out.buffer],
+    buffers: [x.binding, out.binding],
     params,
     constants,
     workgroups: grid1d(x.size, WG),
@@ -48,7 +48,7 @@ function unary(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
   return record(name, out, [x], (g) => {
     const gx = new Tensor(x.shape, "f32");
     gpu().recorder.dispatch(elementwiseKernels.unaryGrad, {
-      buffers: [x.buffer, out.buffer, g.buffer, gx.buffer],
+      buffers: [x.binding, out.binding, g.binding, gx.binding],
       params,
       constants,
       workgroups: grid1d(x.size, WG),
@@ -139,7 +139,7 @@ function binaryDispatch(op: keyof typeof BINARY, a: Tensor, b: Tensor, shape: nu
     ];
   }
   gpu().recorder.dispatch(elementwiseKernels.binary, {
-    buffers: [a.buffer, b.buffer, out.buffer],
+    buffers: [a.binding, b.binding, out.binding],
     params,
     constants: { OP: BINARY[op], BROADCAST: same ? 0 : 1 },
     workgroups: grid1d(out.size, WG),
@@ -222,7 +222,7 @@ export function axpyInPlace(y: Tensor, x: Tensor, a = 1): void {
     throw new Error(`peco: axpy of ${x.describe()} into ${y.describe()}: sizes differ`);
   }
   gpu().recorder.dispatch(elementwiseKernels.axpy, {
-    buffers: [x.buffer, y.buffer],
+    buffers: [x.binding, y.binding],
     params: [x.size, f32bits(a)],
     workgroups: grid1d(x.size, WG),
   });

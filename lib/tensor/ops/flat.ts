@@ -44,10 +44,19 @@ export function copyFlat(x: Tensor, first: number, count: number, texture: Poole
   const full = Math.floor(count / rowFloats);
   const rest = count - full * rowFloats;
   const pitch = rowFloats * 4;
-  if (full) recorder.copyToTexture(x.buffer, first * 4, pitch, texture.texture, FLAT_TEXELS, full);
+  if (full) {
+    recorder.copyToTexture(
+      x.gpuBuffer,
+      x.byteOffset + first * 4,
+      pitch,
+      texture.texture,
+      FLAT_TEXELS,
+      full,
+    );
+  }
   if (rest) {
-    const offset = (first + full * rowFloats) * 4;
-    recorder.copyToTexture(x.buffer, offset, pitch, texture.texture, rest / 4, 1, full);
+    const offset = x.byteOffset + (first + full * rowFloats) * 4;
+    recorder.copyToTexture(x.gpuBuffer, offset, pitch, texture.texture, rest / 4, 1, full);
   }
 }
 

@@ -42,6 +42,13 @@ export const reduceKernels = {
     entry: "reduce_serial",
     bindings: ["read", "write"],
   }),
+  /** [outer, len, inner] → [len], summed over outer and inner: one invocation per output. */
+  outerInner: defineKernel({
+    name: "reduce_sum_outer_inner",
+    source: reduce,
+    entry: "sum_outer_inner",
+    bindings: ["read", "write"],
+  }),
   /** One workgroup per output, tree reduction in shared memory: long axes, few outputs. */
   workgroup: defineKernel({
     name: "reduce_workgroup",

@@ -71,25 +71,25 @@ export function crossEntropy(
   const rows = new Tensor([2, n], "f32");
   const lse = new Tensor([n], "f32");
   recorder.dispatch(kernels.ceRows, {
-    buffers: [logits.buffer, targets.buffer, (mask ?? logits).buffer, rows.buffer, lse.buffer],
+    buffers: [logits.binding, targets.binding, (mask ?? logits).binding, rows.binding, lse.binding],
     params,
     constants: { HAS_MASK: mask ? 1 : 0 },
     workgroups: grid1d(n, WG),
   });
   const sums = reduceRaw(rows, 1, "sum");
   const out = new Tensor([], "f32");
-  recorder.dispatch(kernels.ceFinish, { buffers: [sums.buffer, out.buffer], workgroups: [1] });
+  recorder.dispatch(kernels.ceFinish, { buffers: [sums.binding, out.binding], workgroups: [1] });
   return record(op, out, [logits], (g) => {
     const dz = new Tensor(logits.shape, "f32");
     gpu().recorder.dispatch(kernels.ceGrad, {
       buffers: [
-        logits.buffer,
-        targets.buffer,
-        rows.buffer,
-        lse.buffer,
-        sums.buffer,
-        g.buffer,
-        dz.buffer,
+        logits.binding,
+        targets.binding,
+        rows.binding,
+        lse.binding,
+        sums.binding,
+        g.binding,
+        dz.binding,
       ],
       params,
       workgroups: grid1d(n * Math.ceil(k / CE_GRAD_RUN), WG),
@@ -124,7 +124,7 @@ function pairLoss(op: string, code: number, a: Tensor, b: Tensor): Tensor {
   );
   const parts = new Tensor([pieces], "f32");
   gpu().recorder.dispatch(kernels.pairPartial, {
-    buffers: [a.buffer, b.buffer, parts.buffer],
+    buffers: [a.binding, b.binding, parts.binding],
     params: [n, pieces, 0],
     constants: { OP: code },
     workgroups: grid1d(pieces, WG),
@@ -136,7 +136,7 @@ function pairLoss(op: string, code: number, a: Tensor, b: Tensor): Tensor {
       if (!x.requiresGrad) return null;
       const dx = new Tensor(x.shape, "f32");
       gpu().recorder.dispatch(kernels.pairGrad, {
-        buffers: [a.buffer, b.buffer, g.buffer, dx.buffer],
+        buffers: [a.binding, b.binding, g.binding, dx.binding],
         params: [n, 0, f32bits(scale)],
         constants: { OP: code },
         workgroups: grid1d(n, WG),

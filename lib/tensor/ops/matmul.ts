@@ -555,7 +555,14 @@ function launch(
   if (gx > MAX_GROUPS || gy > MAX_GROUPS) {
     throw new Error(`peco: matmul: ${p.M}×${p.N} output is too large for one dispatch`);
   }
-  const buffers = [a.buffer, a.buffer, b.buffer, b.buffer, (bias?.tensor ?? b).buffer, out.buffer];
+  const buffers = [
+    a.binding,
+    a.binding,
+    b.binding,
+    b.binding,
+    (bias?.tensor ?? b).binding,
+    out.binding,
+  ];
   for (let z0 = 0; z0 < p.batch; z0 += MAX_GROUPS) {
     const gz = Math.min(MAX_GROUPS, p.batch - z0);
     gpu().recorder.dispatch(cfg.kind === "tiled" ? kernels.tiled : kernels.reg, {
@@ -610,7 +617,7 @@ function launchTex(
         } else pack(b, flatB, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
       }
       recorder.dispatch(kernel, {
-        buffers: [texA.view, texB.view, (bias?.tensor ?? b).buffer, out.buffer],
+        buffers: [texA.view, texB.view, (bias?.tensor ?? b).binding, out.binding],
         params: [
           p.M,
           p.N,
@@ -650,7 +657,7 @@ function pack(
 ): void {
   const height = (stride ? batch : 1) * paddedRows;
   gpu().recorder.dispatch(flat ? packKernels.flat : packKernels.buffer, {
-    buffers: [flat ? flat.view : x.buffer, texture],
+    buffers: [flat ? flat.view : x.binding, texture],
     params: [
       rows,
       cols,

@@ -1,14 +1,16 @@
 // Normalisation layers: layerNorm, groupNorm and batchNorm, one set of kernels (kernels/norm.wgsl).
 // Each sees its input as [N, C, S] (batch, channels, spatial) with a per-channel weight and bias:
 // groupNorm takes statistics per (sample, group of C/G channels); layerNorm is groupNorm with one
-// group over [rows, D, 1]; batchNorm takes statistics per channel over N·S.
+// group over [rows, D, 1]; batchNorm takes statistics per channel over N·S. layerNorm and groupNorm
+// run the fused kernels of fused_norm.ts whenever a statistics group fits their loops.
 
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
-import { f32bits, grid1d } from "../../gpu/recorder.ts";
+import { type BufferSlice, f32bits, grid1d } from "../../gpu/recorder.ts";
 import { noGrad, record, Tensor } from "../tensor.ts";
-import { addScalar, copy, rsqrt } from "./elementwise.ts";
+import { addScalar, copy, rsqrt, silu } from "./elementwise.ts";
 import { MAX_LOOP } from "./reduce.ts";
+import { fusedNorm, fusedNormFits } from "./fused_norm.ts";
 import source from "../../../kernels/norm.wgsl" with { type: "text" };
 
 const WG = 256;
@@ -123,7 +125,7 @@ function dispatchElementwise(
   l: Layout,
   [scalar, vector]: [Kernel, Kernel],
   constants: Record<string, number>,
-  buffers: GPUBuffer[],
+  buffers: (GPUBuffer | BufferSlice)[],
 ): void {
   const n = l.n * l.c * l.s;
   const vec = vec4Constants(l);
@@ -182,7 +184,7 @@ function computeStats(
   const parts = new Tensor([g.groups, p.pieces, 2], "f32");
   const recorder = gpu().recorder;
   recorder.dispatch(kernels.statsPartial, {
-    buffers: [x.buffer, parts.buffer],
+    buffers: [x.binding, parts.binding],
     params: p.params,
     workgroups: grid1d(g.groups * p.pieces, WG),
   });
@@ -196,8 +198,8 @@ function computeStats(
     f32bits(eps),
     f32bits(running?.momentum ?? 0),
   ];
-  const buffers = [parts.buffer, mean.buffer, rstd.buffer];
-  if (running) buffers.push(running.mean.buffer, running.var.buffer);
+  const buffers = [parts.binding, mean.binding, rstd.binding];
+  if (running) buffers.push(running.mean.binding, running.var.binding);
   recorder.dispatch(running ? kernels.statsCombineRunning : kernels.statsCombine, {
     buffers,
     params: combine,
@@ -221,12 +223,12 @@ function gradSums(
   const recorder = gpu().recorder;
   recorder.dispatch(kernels.gradPartial, {
     buffers: [
-      x.buffer,
-      stats.mean.buffer,
-      stats.rstd.buffer,
-      (weight ?? x).buffer,
-      dy.buffer,
-      parts.buffer,
+      x.binding,
+      stats.mean.binding,
+      stats.rstd.binding,
+      (weight ?? x).binding,
+      dy.binding,
+      parts.binding,
     ],
     params: p.params,
     constants: { USE_W: weight ? 1 : 0 },
@@ -234,7 +236,7 @@ function gradSums(
   });
   const sums: [Tensor, Tensor] = [new Tensor([g.groups], "f32"), new Tensor([g.groups], "f32")];
   recorder.dispatch(kernels.gradCombine, {
-    buffers: [parts.buffer, sums[0].buffer, sums[1].buffer],
+    buffers: [parts.binding, sums[0].binding, sums[1].binding],
     params: [g.groups, p.pieces, p.piece, g.outer * g.len, 0, 0],
     workgroups: grid1d(g.groups, WG),
   });
@@ -259,12 +261,12 @@ function normalize(
     HAS_W: weight ? 1 : 0,
     HAS_B: bias ? 1 : 0,
   }, [
-    x.buffer,
-    stats.mean.buffer,
-    stats.rstd.buffer,
-    (weight ?? x).buffer,
-    (bias ?? x).buffer,
-    out.buffer,
+    x.binding,
+    stats.mean.binding,
+    stats.rstd.binding,
+    (weight ?? x).binding,
+    (bias ?? x).binding,
+    out.binding,
   ]);
   const inputs = [x, weight, bias].filter((t): t is Tensor => t != null);
   return record(l.op, out, inputs, (dy) => {
@@ -288,14 +290,14 @@ function normalize(
         HAS_W: weight ? 1 : 0,
         CONST_STATS: constStats ? 1 : 0,
       }, [
-        x.buffer,
-        stats.mean.buffer,
-        stats.rstd.buffer,
-        (weight ?? x).buffer,
-        dy.buffer,
-        (groupSums?.[0] ?? x).buffer,
-        (groupSums?.[1] ?? x).buffer,
-        gx.buffer,
+        x.binding,
+        stats.mean.binding,
+        stats.rstd.binding,
+        (weight ?? x).binding,
+        dy.binding,
+        (groupSums?.[0] ?? x).binding,
+        (groupSums?.[1] ?? x).binding,
+        gx.binding,
       ]);
       if (groupSums && groupSums !== channelSums) groupSums.forEach((t) => t.dispose());
     }
@@ -358,17 +360,12 @@ export function layerNorm(
   checkChannelParam(op, "weight", weight, d, x);
   checkChannelParam(op, "bias", bias, d, x);
   const l: Layout = { op, n: x.size / Math.max(1, d), c: d, s: 1, groups: 1, batch: false };
+  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps);
   return normalize(x, l, computeStats(x, l, eps), weight, bias, false);
 }
 
-/** Group normalisation: x [N, C, ...spatial], C divisible by `groups`; weight and bias [C]. */
-export function groupNorm(
-  x: Tensor,
-  groups: number,
-  weight: Tensor | null,
-  bias: Tensor | null,
-  eps = 1e-5,
-): Tensor {
+/** groupNorm's layout of x, checked: C divisible by `groups`, weight and bias [C] or null. */
+function groupLayout(x: Tensor, groups: number, weight: Tensor | null, bias: Tensor | null) {
   const op = "groupNorm";
   const l = channelLayout(op, x, groups, false, { weight, bias });
   if (!Number.isInteger(groups) || groups < 1 || l.c % groups !== 0) {
@@ -376,7 +373,26 @@ export function groupNorm(
       `peco: ${op}: ${l.c} channels of x ${shapeOf(x)} do not split into ${groups} groups`,
     );
   }
-  return normalize(x, l, computeStats(x, l, eps), weight, bias, false);
+  return l;
+}
+
+/**
+ * Group normalisation: x [N, C, ...spatial], C divisible by `groups`; weight and bias [C]. With
+ * `activation` "silu" the result is silu(groupNorm(x)), in the same dispatches when a statistics
+ * group fits the fused kernels.
+ */
+export function groupNorm(
+  x: Tensor,
+  groups: number,
+  weight: Tensor | null,
+  bias: Tensor | null,
+  eps = 1e-5,
+  activation?: "silu",
+): Tensor {
+  const l = groupLayout(x, groups, weight, bias);
+  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps, activation === "silu");
+  const y = normalize(x, l, computeStats(x, l, eps), weight, bias, false);
+  return activation === "silu" ? silu(y) : y;
 }
 
 export interface BatchNormOptions {
@@ -410,7 +426,7 @@ export function batchNorm(
   if (!runningMean !== !runningVar) {
     throw new Error(`peco: ${op}: give both runningMean and runningVar, or neither`);
   }
-  if (runningMean && runningMean.buffer === runningVar?.buffer) {
+  if (runningMean && runningVar && runningMean.sharesStorage(runningVar)) {
     throw new Error(`peco: ${op}: runningMean and runningVar share one buffer`);
   }
   if (!training) {

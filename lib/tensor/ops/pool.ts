@@ -57,7 +57,7 @@ export function maxPool2d(x: Tensor, kernel: number, stride = kernel, padding = 
   const out = new Tensor([n, c, ho, wo], "f32");
   if (out.size > 0) {
     gpu().recorder.dispatch(kernels.forward, {
-      buffers: [x.buffer, out.buffer],
+      buffers: [x.binding, out.binding],
       params: [out.size, ...geometry],
       constants: { WG },
       workgroups: grid1d(out.size, WG),
@@ -67,7 +67,7 @@ export function maxPool2d(x: Tensor, kernel: number, stride = kernel, padding = 
     const gx = new Tensor(x.shape, "f32");
     if (gx.size > 0) {
       gpu().recorder.dispatch(kernels.backward, {
-        buffers: [x.buffer, grad.buffer, gx.buffer],
+        buffers: [x.binding, grad.binding, gx.binding],
         params: [gx.size, ...geometry],
         constants: { WG },
         workgroups: grid1d(gx.size, WG),

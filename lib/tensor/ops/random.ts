@@ -38,7 +38,7 @@ function randomFill(op: keyof typeof DIST, shape: Shape, seed: number, a: number
   const out = new Tensor(shape, "f32");
   if (out.size === 0) return out;
   gpu().recorder.dispatch(kernels.fill, {
-    buffers: [out.buffer],
+    buffers: [out.binding],
     params: [out.size, seed, f32bits(a), f32bits(b)],
     constants: { DIST: DIST[op] },
     workgroups: grid1d(out.size, WG),
@@ -73,7 +73,7 @@ function drop(op: string, x: Tensor, p: number, seed: number, group: number): Te
     const out = new Tensor(input.shape, "f32");
     if (out.size > 0) {
       gpu().recorder.dispatch(kernels.drop, {
-        buffers: [input.buffer, out.buffer],
+        buffers: [input.binding, out.binding],
         params,
         workgroups: grid1d(out.size, WG),
       });

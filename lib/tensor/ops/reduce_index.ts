@@ -8,6 +8,7 @@ import { grid1d } from "../../gpu/recorder.ts";
 import { record, Tensor } from "../tensor.ts";
 import { WG } from "./kernels.ts";
 import { MAX_LOOP_ITERATIONS } from "./shape.ts";
+import { useWorkgroupReduction } from "./reduce.ts";
 import source from "../../../kernels/reduce_index.wgsl" with { type: "text" };
 
 const kernels = {
@@ -35,9 +36,6 @@ const kernels = {
 
 const OPS = { max: 0, min: 1 } as const;
 type Extreme = keyof typeof OPS;
-/** Below this many outputs with at least this long an axis, one workgroup reduces each output. */
-const WORKGROUP_MAX_OUTPUTS = 4096;
-const WORKGROUP_MIN_LEN = 512;
 
 interface ArgResult {
   values: Tensor;
@@ -67,8 +65,7 @@ function argReduce(
     : [...x.shape.slice(0, a), ...x.shape.slice(a + 1)];
   const outputs = outer * inner;
   // Axes longer than the loop limit (see MAX_LOOP_ITERATIONS) always take the workgroup kernel.
-  const wide = len > MAX_LOOP_ITERATIONS ||
-    (outputs <= WORKGROUP_MAX_OUTPUTS && len >= WORKGROUP_MIN_LEN);
+  const wide = useWorkgroupReduction(len, outputs, MAX_LOOP_ITERATIONS);
   if (wide && Math.ceil(len / WG) > MAX_LOOP_ITERATIONS) {
     throw new Error(`peco: ${op}: axis ${axis} of ${x.describe()} is longer than one kernel loops`);
   }
@@ -76,7 +73,7 @@ function argReduce(
   const indices = new Tensor(shape, "i32");
   if (outputs > 0) {
     gpu().recorder.dispatch(wide ? kernels.workgroup : kernels.serial, {
-      buffers: [x.buffer, values.buffer, indices.buffer],
+      buffers: [x.binding, values.binding, indices.binding],
       params: [outer, len, inner],
       constants: { OP: OPS[mode] },
       workgroups: wide ? grid1d(outputs, 1) : grid1d(outputs, WG),
@@ -93,7 +90,7 @@ function extreme(mode: Extreme, x: Tensor, axis: number, keepdim: boolean): Tens
     const arg = indices.disposed ? argOnly(mode, mode, x, axis, keepdim) : indices;
     const gx = new Tensor(x.shape, "f32");
     gpu().recorder.dispatch(kernels.grad, {
-      buffers: [g.buffer, arg.buffer, gx.buffer],
+      buffers: [g.binding, arg.binding, gx.binding],
       params: dims,
       workgroups: grid1d(x.size, WG),
     });

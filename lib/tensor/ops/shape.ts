@@ -9,7 +9,7 @@
 
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
-import { grid1d } from "../../gpu/recorder.ts";
+import { type BufferSlice, f32bits, grid1d } from "../../gpu/recorder.ts";
 import { type DType, record, type Shape, Tensor } from "../tensor.ts";
 import { full, zeros } from "./creation.ts";
 import { WG } from "./kernels.ts";
@@ -20,6 +20,18 @@ const kernels = {
     name: "shape_copy",
     source,
     entry: "strided_copy",
+    bindings: ["read", "write"],
+  }),
+  concat4: defineKernel({
+    name: "shape_concat4",
+    source,
+    entry: "concat4",
+    bindings: ["read", "read", "read", "read", "write"],
+  }),
+  placeAxis: defineKernel({
+    name: "shape_place_axis",
+    source,
+    entry: "place_axis",
     bindings: ["read", "write"],
   }),
   cast: defineKernel({
@@ -156,7 +168,13 @@ function runOf(innermost: number): number {
 }
 
 /** Copies a folded box between buffers (any dtype: 32-bit words), starting at the offsets. */
-function copyBox(box: Box, from: GPUBuffer, fromOffset: number, to: GPUBuffer, toOffset: number) {
+function copyBox(
+  box: Box,
+  from: GPUBuffer | BufferSlice,
+  fromOffset: number,
+  to: GPUBuffer | BufferSlice,
+  toOffset: number,
+) {
   if (box.n === 0) return;
   const lead = (values: number[], fill: number) => [
     ...new Array(MAX_RANK - values.length).fill(fill),
@@ -186,16 +204,34 @@ function crop(op: string, x: Tensor, starts: readonly number[], shape: Shape): T
   const strides = stridesOf(x.shape);
   const box = foldBox(op, shape, strides, stridesOf(shape));
   const out = new Tensor(shape, x.dtype);
-  copyBox(box, x.buffer, offsetOf(starts, strides), out.buffer, 0);
+  copyBox(box, x.binding, offsetOf(starts, strides), out.binding, 0);
   return out;
 }
 
-/** x placed at `starts` in a tensor of `shape` full of `value` (pad forward, slice backward). */
+/**
+ * x placed at `starts` in a tensor of `shape` full of `value` (pad forward, slice backward): one
+ * dispatch when only one axis differs, else a fill and a copy.
+ */
 function embed(op: string, x: Tensor, starts: readonly number[], shape: Shape, value: number) {
   const strides = stridesOf(shape);
   const box = foldBox(op, x.shape, stridesOf(x.shape), strides);
+  const axes = shape.flatMap((d, k) => (d !== x.shape[k] ? [k] : []));
+  if (axes.length === 1) return placeAxis(x, axes[0], starts[axes[0]], shape, value);
   const out = full(shape, value, x.dtype);
-  copyBox(box, x.buffer, 0, out.buffer, offsetOf(starts, strides));
+  copyBox(box, x.binding, 0, out.binding, offsetOf(starts, strides));
+  return out;
+}
+
+/** x placed at `start` along `axis` of a tensor of `shape` (x's shape elsewhere), `value` around. */
+function placeAxis(x: Tensor, axis: number, start: number, shape: Shape, value: number): Tensor {
+  const out = new Tensor(shape, x.dtype);
+  const inner = prod(shape.slice(axis + 1));
+  const bits = x.dtype === "f32" ? f32bits(value) : value >>> 0;
+  gpu().recorder.dispatch(kernels.placeAxis, {
+    buffers: [x.binding, out.binding],
+    params: [out.size, shape[axis], inner, start, x.shape[axis], bits],
+    workgroups: grid1d(out.size, WG),
+  });
   return out;
 }
 
@@ -232,7 +268,7 @@ export function permute(x: Tensor, dims: readonly number[]): Tensor {
   const strides = stridesOf(x.shape);
   const box = foldBox("permute", shape, axes.map((a) => strides[a]), stridesOf(shape));
   const out = new Tensor(shape, x.dtype);
-  copyBox(box, x.buffer, 0, out.buffer, 0);
+  copyBox(box, x.binding, 0, out.binding, 0);
   return record("permute", out, [x], (g) => [permute(g, inverse)]);
 }
 
@@ -257,8 +293,19 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
   }
   const starts = x.shape.map((_, k) => (k === a ? s : 0));
   const shape = x.shape.map((d, k) => (k === a ? e - s : d));
-  const out = crop("slice", x, starts, shape);
+  const out = sliceView(x, a, s, shape) ?? crop("slice", x, starts, shape);
   return record("slice", out, [x], (g) => [embed("slice", g, starts, x.shape, 0)]);
+}
+
+/**
+ * A slice that is one contiguous run of x (every dim before the axis is 1) starting on a 256-byte
+ * boundary of its buffer (the storage-binding offset alignment) needs no copy: a view of that
+ * range. Otherwise null.
+ */
+function sliceView(x: Tensor, axis: number, start: number, shape: Shape): Tensor | null {
+  if (prod(shape) === 0 || !x.shape.slice(0, axis).every((d) => d === 1)) return null;
+  const first = start * prod(x.shape.slice(axis + 1));
+  return (x.byteOffset + 4 * first) % 256 === 0 ? x.range(first, shape) : null;
 }
 
 /** Joins tensors along `axis`; all other dims (and the dtype) must match. */
@@ -279,14 +326,50 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
   const total = starts[xs.length - 1] + xs[xs.length - 1].shape[a];
   const shape = first.shape.map((d, k) => (k === a ? total : d));
   const strides = stridesOf(shape);
-  const boxes = xs.map((t) => foldBox("concat", t.shape, stridesOf(t.shape), strides));
-  const out = new Tensor(shape, first.dtype);
-  xs.forEach((t, i) => copyBox(boxes[i], t.buffer, 0, out.buffer, starts[i] * strides[a]));
+  let out: Tensor;
+  if (xs.length <= CONCAT_INPUTS) {
+    out = concatInOnePass(xs, a, starts, shape);
+  } else {
+    const boxes = xs.map((t) => foldBox("concat", t.shape, stridesOf(t.shape), strides));
+    out = new Tensor(shape, first.dtype);
+    xs.forEach((t, i) => copyBox(boxes[i], t.binding, 0, out.binding, starts[i] * strides[a]));
+  }
   return record("concat", out, xs, (g) =>
     xs.map((t, i) => {
       if (!t.requiresGrad) return null;
       return crop("concat", g, shape.map((_, k) => (k === a ? starts[i] : 0)), t.shape);
     }));
+}
+
+/** Inputs that concat joins in one dispatch (the kernel's bindings); more take a copy each. */
+const CONCAT_INPUTS = 4;
+
+/** xs (at most CONCAT_INPUTS, checked alike) joined along axis `a` by one kernel pass. */
+function concatInOnePass(
+  xs: readonly Tensor[],
+  a: number,
+  starts: readonly number[],
+  shape: Shape,
+): Tensor {
+  const out = new Tensor(shape, xs[0].dtype);
+  const total = shape[a];
+  const inner = prod(shape.slice(a + 1));
+  const pick = (k: number) => xs[k] ?? xs[0];
+  const startOf = (k: number) => (k < xs.length ? starts[k] : total);
+  gpu().recorder.dispatch(kernels.concat4, {
+    buffers: [0, 1, 2, 3].map((k) => pick(k).binding).concat(out.binding),
+    params: [
+      out.size,
+      total,
+      inner,
+      startOf(1),
+      startOf(2),
+      startOf(3),
+      ...[0, 1, 2, 3].map((k) => (k < xs.length ? xs[k].shape[a] : 0)),
+    ],
+    workgroups: grid1d(out.size, WG),
+  });
+  return out;
 }
 
 /**
@@ -315,7 +398,7 @@ export function pad(x: Tensor, pads: readonly (readonly [number, number])[], val
 function gatherRaw(x: Tensor, indices: Tensor, len: number, inner: number, out: Tensor): Tensor {
   const run = runOf(inner);
   gpu().recorder.dispatch(kernels.gather, {
-    buffers: [x.buffer, indices.buffer, out.buffer],
+    buffers: [x.binding, indices.binding, out.binding],
     params: [out.size, indices.size, len, inner],
     constants: { RUN: run },
     workgroups: grid1d(out.size / run, WG),
@@ -361,17 +444,17 @@ function scatterRaw(
   const offsets = new Tensor([rows + 1], "u32");
   const order = new Tensor([m], "u32");
   recorder.dispatch(kernels.indexHist, {
-    buffers: [indices.buffer, hist.buffer],
+    buffers: [indices.binding, hist.binding],
     params: plan,
     workgroups: grid1d(blocks, WG),
   });
   recorder.dispatch(kernels.indexScan, {
-    buffers: [hist.buffer, offsets.buffer],
+    buffers: [hist.binding, offsets.binding],
     params: plan,
     workgroups: [1],
   });
   recorder.dispatch(kernels.indexPlace, {
-    buffers: [indices.buffer, hist.buffer, order.buffer],
+    buffers: [indices.binding, hist.binding, order.binding],
     params: plan,
     workgroups: grid1d(blocks, WG),
   });
@@ -380,7 +463,7 @@ function scatterRaw(
   // Each pass sums at most MAX_LOOP_ITERATIONS entries of every row's list.
   for (let skip = 0; skip === 0 || skip < m; skip += MAX_LOOP_ITERATIONS) {
     recorder.dispatch(kernels.scatterRows, {
-      buffers: [src.buffer, offsets.buffer, order.buffer, out.buffer],
+      buffers: [src.binding, offsets.binding, order.binding, out.binding],
       params: [out.size, rows, m, inner, skip, MAX_LOOP_ITERATIONS],
       constants: { RUN: run },
       workgroups: grid1d(out.size / run, WG),
@@ -447,7 +530,7 @@ export function cast(x: Tensor, dtype: DType): Tensor {
   const out = new Tensor(x.shape, dtype);
   if (x.size > 0) {
     gpu().recorder.dispatch(kernels.cast, {
-      buffers: [x.buffer, out.buffer],
+      buffers: [x.binding, out.binding],
       params: [x.size],
       constants: { FROM: DTYPE_CODE[x.dtype], TO: DTYPE_CODE[dtype] },
       workgroups: grid1d(x.size, WG),

@@ -1,7 +1,7 @@
 // Softmax and log-softmax along any axis (numerically stable), each with its backward rule.
 
 import { gpu } from "../../gpu/device.ts";
-import { f32bits, grid1d } from "../../gpu/recorder.ts";
+import { type BufferSlice, f32bits, grid1d } from "../../gpu/recorder.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
 import { record, Tensor } from "../tensor.ts";
@@ -72,7 +72,11 @@ function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: num
   const rows = outer * inner;
   const params = [outer, len, inner, f32bits(scale)];
   const constants = { LOG: Number(log) };
-  const launch = (kRows: typeof kernels.rows, kWg: typeof kernels.wg, buffers: GPUBuffer[]) => {
+  const launch = (
+    kRows: typeof kernels.rows,
+    kWg: typeof kernels.wg,
+    buffers: (GPUBuffer | BufferSlice)[],
+  ) => {
     if (x.size === 0) return;
     const wg = perWorkgroup(len);
     gpu().recorder.dispatch(wg ? kWg : kRows, {
@@ -87,17 +91,17 @@ function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: num
     // Contiguous rows on a software adapter: x is read from a flat texture (a memcpy away).
     withFlatTexture(x, "softmax input", (view) =>
       gpu().recorder.dispatch(kernels.rowsTex, {
-        buffers: [view, out.buffer],
+        buffers: [view, out.binding],
         params,
         constants,
         workgroups: grid1d(rows, WG),
       }));
   } else {
-    launch(kernels.rows, kernels.wg, [x.buffer, out.buffer]);
+    launch(kernels.rows, kernels.wg, [x.binding, out.binding]);
   }
   return record(op, out, [x], (g) => {
     const gx = new Tensor(x.shape, "f32");
-    launch(kernels.gradRows, kernels.gradWg, [out.buffer, g.buffer, gx.buffer]);
+    launch(kernels.gradRows, kernels.gradWg, [out.binding, g.binding, gx.binding]);
     return [gx];
   });
 }

@@ -85,7 +85,7 @@ function padRows(x: Tensor, rowsOut: number, wantNorms: boolean): Padded {
   const out = new Tensor([rowsOut, dp], "f32");
   const norms = new Tensor([rowsOut], "f32");
   gpu().recorder.dispatch(kernels.pad, {
-    buffers: [x.buffer, out.buffer, norms.buffer],
+    buffers: [x.binding, out.binding, norms.binding],
     params: [rows, rowsOut, d, dp],
     workgroups: grid1d(rowsOut, WG),
   });
@@ -127,11 +127,11 @@ export function nearestCode(z: Tensor, codebook: Tensor): { indices: Tensor; dis
     const end = Math.min(kp, begin + codesPerPass);
     gpu().recorder.dispatch(kernels.nearest, {
       buffers: [
-        rows.rows.buffer,
-        codes.rows.buffer,
-        codes.norms!.buffer,
-        indices.buffer,
-        distances.buffer,
+        rows.rows.binding,
+        codes.rows.binding,
+        codes.norms!.binding,
+        indices.binding,
+        distances.binding,
       ],
       params: [n, d4, begin, end, begin === 0 ? 1 : 0, end === kp ? 1 : 0],
       workgroups: grid1d(Math.ceil(n / NEAREST_BLOCK), WG),
@@ -154,7 +154,7 @@ export function codeDistances(z: Tensor, codebook: Tensor): Tensor {
     const rows = padRows(z, n, false);
     const codes = padRows(codebook, k, false);
     gpu().recorder.dispatch(kernels.distances, {
-      buffers: [rows.rows.buffer, codes.rows.buffer, out.buffer],
+      buffers: [rows.rows.binding, codes.rows.binding, out.binding],
       params: [n, k, codes.dp / 4],
       workgroups: grid1d(out.size, WG),
     });
@@ -213,17 +213,17 @@ export function codeStats(indices: Tensor, z: Tensor, k: number): { counts: Tens
   const order = new Tensor([n], "u32");
   const sortParams = [n, k, chunks, chunk];
   recorder.dispatch(kernels.hist, {
-    buffers: [indices.buffer, slots.buffer, order.buffer],
+    buffers: [indices.binding, slots.binding, order.binding],
     params: sortParams,
     workgroups: grid1d(chunks, WG),
   });
   recorder.dispatch(kernels.scan, {
-    buffers: [slots.buffer],
+    buffers: [slots.binding],
     params: [slots.size],
     workgroups: [1],
   });
   recorder.dispatch(kernels.scatter, {
-    buffers: [indices.buffer, slots.buffer, order.buffer],
+    buffers: [indices.binding, slots.binding, order.binding],
     params: sortParams,
     workgroups: grid1d(chunks, WG),
   });
@@ -236,7 +236,7 @@ export function codeStats(indices: Tensor, z: Tensor, k: number): { counts: Tens
   const d4 = rows.dp / 4;
   const groups = Math.ceil(d4 / 4);
   recorder.dispatch(kernels.segsum, {
-    buffers: [rows.rows.buffer, slots.buffer, order.buffer, counts.buffer, partial.buffer],
+    buffers: [rows.rows.binding, slots.binding, order.binding, counts.binding, partial.binding],
     params: [k, d, d4, groups, chunks, MAX_LOOP, parts],
     workgroups: grid1d(parts * k * groups, WG),
   });
