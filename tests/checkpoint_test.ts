@@ -12,7 +12,7 @@ import {
   readCheckpointMeta,
   saveCheckpoint,
   type TrainingState,
-} from "../lib/io/checkpoint.ts";
+} from "../lib/train/checkpoint.ts";
 import { writeSafetensors } from "../lib/io/safetensors.ts";
 import { LayerNorm, Linear } from "../lib/nn/layers.ts";
 import { Module } from "../lib/nn/module.ts";

@@ -2,6 +2,7 @@
 
 import assert from "node:assert/strict";
 import { assertClose, prod, randArray } from "./util.ts";
+import { vitLayerId } from "../lib/models/beit.ts";
 import { gpu } from "../lib/gpu/device.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { arenaOf } from "../lib/tensor/param_arena.ts";
@@ -15,7 +16,6 @@ import {
   Optimizer,
   paramGroups,
   SGD,
-  vitLayerId,
   warmupCosine,
 } from "../lib/optim/mod.ts";
 

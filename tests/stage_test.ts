@@ -21,7 +21,7 @@ import {
   readMetrics,
   series,
 } from "../lib/cli/metrics.ts";
-import { CheckpointGuard, loadCheckpoint, saveCheckpoint } from "../lib/io/checkpoint.ts";
+import { CheckpointGuard, loadCheckpoint, saveCheckpoint } from "../lib/train/checkpoint.ts";
 import { writeImageGrid } from "../lib/io/png.ts";
 import { lineChart, writeChart } from "../lib/report/charts.ts";
 import { Linear } from "../lib/nn/layers.ts";

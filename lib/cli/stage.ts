@@ -25,7 +25,7 @@ import { join, relative, resolve, sep } from "node:path";
 import { type AdapterInfo, adapterInfo } from "../tensor/engine.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../io/atomic.ts";
 import { sha256File, sha256Hex } from "../io/hash.ts";
-import { CHECKPOINT_FILE, type CheckpointMeta, readCheckpointMeta } from "../io/checkpoint.ts";
+import { CHECKPOINT_FILE, type CheckpointMeta, readCheckpointMeta } from "../train/checkpoint.ts";
 import type { OptionSpec } from "./args.ts";
 
 export const MANIFEST_FILE = "manifest.json";

@@ -1,6 +1,7 @@
 // The one WebGPU device of the process: adapter with its own limits, the buffer pool, the pipeline
 // cache and the recorder that batches a step's dispatches into one submit.
 
+import { GpuError } from "./errors.ts";
 import { BufferPool } from "./pool.ts";
 import { PipelineCache } from "./pipelines.ts";
 import { KernelProfiler } from "./profiler.ts";
@@ -16,9 +17,7 @@ export interface AdapterInfo {
   software: boolean;
 }
 
-export class GpuError extends Error {
-  override name = "GpuError";
-}
+export { GpuError };
 
 /** Limits copied from the adapter: the WebGPU defaults (128 MiB bindings) are too small. */
 const REQUESTED_LIMITS = [

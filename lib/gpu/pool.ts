@@ -1,7 +1,7 @@
 // GPU buffers recycled by size class. Intermediates of a step go back here at the end of the step
 // and serve the next one, so a steady training loop allocates nothing after its first step.
 
-import { GpuError } from "./device.ts";
+import { GpuError } from "./errors.ts";
 
 // UNIFORM too, so that an op may bind a range of a tensor as var<uniform> (conv2d's weights).
 const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_SRC |

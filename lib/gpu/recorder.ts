@@ -3,9 +3,26 @@
 // appended to a uniform arena that is uploaded with a single writeBuffer per submit and bound with a
 // dynamic offset, so bind groups depend on buffers only and are reused from step to step.
 
-import type { Gpu } from "./device.ts";
 import { bufferIds, textureViewIds } from "./pool.ts";
-import { type Constants, isTextureBinding, type Kernel, MAX_PARAMS_BYTES } from "./pipelines.ts";
+import {
+  type Constants,
+  isTextureBinding,
+  type Kernel,
+  MAX_PARAMS_BYTES,
+  type PipelineCache,
+} from "./pipelines.ts";
+import type { KernelProfiler } from "./profiler.ts";
+
+/** What the recorder needs of the device (lib/gpu/device.ts's Gpu, which owns the recorder). */
+export interface RecorderHost {
+  readonly device: GPUDevice;
+  /** The limits the device was created with (the adapter's own). */
+  readonly limits: Record<string, number>;
+  readonly pipelines: PipelineCache;
+  readonly profiler: KernelProfiler | null;
+  /** Throws the first error the device reported since the last call (out of memory, loss). */
+  throwIfFailed(): void;
+}
 
 const ARENA_BYTES = 1 << 20;
 const MAX_BIND_GROUPS = 50_000;
@@ -63,7 +80,7 @@ export class Recorder {
   /** Upload buffers of the unsubmitted work, destroyed once it is submitted. */
   private staging: GPUBuffer[] = [];
 
-  constructor(private gpu: Gpu) {
+  constructor(private gpu: RecorderHost) {
     this.arena = gpu.device.createBuffer({
       label: "params arena",
       size: ARENA_BYTES,

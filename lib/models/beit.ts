@@ -34,7 +34,6 @@ import { linear } from "../tensor/ops/matmul.ts";
 import { dropPath } from "../tensor/ops/random.ts";
 import { concat, embedding, gather, permute, reshape, slice } from "../tensor/ops/shape.ts";
 import { readSafetensors, type TensorRecord } from "../io/safetensors.ts";
-import { vitLayerId } from "../optim/groups.ts";
 
 export interface BeitConfig {
   imageSize: number;
@@ -200,6 +199,21 @@ function initLinear(l: Linear, rng: Rng, scale = 1): void {
 }
 
 // ---- relative position bias -----------------------------------------------------------------
+
+/**
+ * Layer ids of a BEiT-named ViT with `numLayers` blocks (BEiT's get_num_layer_for_vit): cls/mask
+ * tokens, pos_embed and patch_embed.* → 0; blocks.k.* → k+1; everything else (rel_pos_bias, norm,
+ * head) → L+1.
+ */
+export function vitLayerId(numLayers: number): (name: string) => number {
+  return (name) => {
+    if (["cls_token", "mask_token", "pos_embed"].includes(name)) return 0;
+    if (name.startsWith("patch_embed")) return 0;
+    const block = /^blocks\.(\d+)\./.exec(name);
+    if (block) return Number(block[1]) + 1;
+    return numLayers + 1;
+  };
+}
 
 /**
  * BEiT's relative_position_index for an h×w grid with [CLS]: [(T+1)·(T+1)] row-major, T = h·w.

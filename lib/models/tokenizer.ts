@@ -222,7 +222,7 @@ function checkImageInfo(image: TokenizerImage, config: ResolvedVqVaeConfig): voi
 }
 
 /**
- * Loads the model part ("model.*") of a training checkpoint (lib/io/checkpoint.ts) into a new
+ * Loads the model part ("model.*") of a training checkpoint (lib/train/checkpoint.ts) into a new
  * VqVae of `config`, ready for inference. Errors name the file.
  */
 export async function loadTrainedVqVae(

@@ -21,7 +21,7 @@ export interface GroupOptions {
   layerDecay?: number;
   /** L, the number of blocks (layer ids run 0..L+1); needed with layerDecay. */
   numLayers?: number;
-  /** Layer id of a parameter name; needed with layerDecay (e.g. `vitLayerId(L)`). */
+  /** Layer id of a parameter name; needed with layerDecay (e.g. `vitLayerId(L)` of lib/models/beit.ts). */
   layerId?: (name: string) => number;
 }
 
@@ -37,21 +37,6 @@ export function decays(
   return !noDecay.some((pattern) =>
     typeof pattern === "string" ? name.includes(pattern) : pattern.test(name)
   );
-}
-
-/**
- * Layer ids of a BEiT-named ViT with `numLayers` blocks (BEiT's get_num_layer_for_vit): cls/mask
- * tokens, pos_embed and patch_embed.* → 0; blocks.k.* → k+1; everything else (rel_pos_bias, norm,
- * head) → L+1.
- */
-export function vitLayerId(numLayers: number): (name: string) => number {
-  return (name) => {
-    if (["cls_token", "mask_token", "pos_embed"].includes(name)) return 0;
-    if (name.startsWith("patch_embed")) return 0;
-    const block = /^blocks\.(\d+)\./.exec(name);
-    if (block) return Number(block[1]) + 1;
-    return numLayers + 1;
-  };
 }
 
 /**

@@ -259,8 +259,18 @@ export function copyValues(dst: Tensor, src: Tensor): void {
   if (dst.size !== src.size) {
     throw new Error(`peco: copy ${src.describe()} into ${dst.describe()}: sizes differ`);
   }
-  if (dst.size === 0 || dst.sharesStorage(src)) return;
-  gpu().recorder.copy(src.gpuBuffer, src.byteOffset, dst.gpuBuffer, dst.byteOffset, dst.size * 4);
+  if (dst.sharesStorage(src)) return;
+  copyInto(dst, src, 0);
+}
+
+/** Copies src's values into dst's elements [at, at + src.size) (a buffer copy, no dispatch). */
+export function copyInto(dst: Tensor, src: Tensor, at: number): void {
+  if (!Number.isInteger(at) || at < 0 || at + src.size > dst.size) {
+    throw new Error(`peco: copy ${src.describe()} into ${dst.describe()} at ${at}: out of range`);
+  }
+  if (src.size === 0) return;
+  const to = dst.byteOffset + at * 4;
+  gpu().recorder.copy(src.gpuBuffer, src.byteOffset, dst.gpuBuffer, to, src.size * 4);
 }
 
 /** Uploads host values into dst, in stream order with the recorded work. */

@@ -3,7 +3,7 @@
 // one Linear layer) is trained on the GPU with AdamW, full-batch or in seeded mini-batches, under a
 // cosine lr schedule. Only the per-epoch losses and the final predictions are read back.
 
-import { gpu } from "../gpu/device.ts";
+import { flush } from "../tensor/engine.ts";
 import { Linear } from "../nn/layers.ts";
 import { AdamW, warmupCosine } from "../optim/mod.ts";
 import { Rng } from "../tensor/init.ts";
@@ -14,7 +14,7 @@ import { mean } from "../tensor/ops/reduce.ts";
 import { argmax } from "../tensor/ops/reduce_index.ts";
 import { gather } from "../tensor/ops/shape.ts";
 import { backward } from "../tensor/autograd.ts";
-import { keep, noGrad, readAll, Tensor, tidy } from "../tensor/tensor.ts";
+import { copyInto, keep, noGrad, readAll, Tensor, tidy } from "../tensor/tensor.ts";
 
 function fail(what: string): never {
   throw new Error(`peco: probe: ${what}`);
@@ -36,7 +36,6 @@ export function extractFeatures(
     fail(`extractFeatures needs integers count ≥ 1 and chunk ≥ 1, got ${count} and ${chunk}`);
   }
   let outs: Tensor[] | null = null;
-  const recorder = gpu().recorder;
   try {
     for (let from = 0; from < count; from += chunk) {
       const to = Math.min(count, from + chunk);
@@ -53,12 +52,12 @@ export function extractFeatures(
                 outs![i].describe(),
             );
           }
-          recorder.copy(t.gpuBuffer, t.byteOffset, outs![i].buffer, from * row * 4, t.size * 4);
+          copyInto(outs![i], t, from * row);
         });
       } finally {
         got.forEach((t) => t.dispose());
       }
-      recorder.flush();
+      flush();
       onChunk?.(to);
     }
   } catch (error) {
@@ -207,7 +206,7 @@ export async function trainLinearProbe(
           optimizer.zeroGrad();
           return loss.detach();
         }));
-        gpu().recorder.flush();
+        flush();
       }
       const values = await readAll(epochLosses);
       epochLosses.forEach((t) => t.dispose());

@@ -4,7 +4,7 @@ import { gpu } from "../../gpu/device.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { record, type Shape, Tensor } from "../tensor.ts";
 import { elementwiseKernels, WG } from "./kernels.ts";
-import { sumTo } from "./reduce.ts";
+import { sumTo } from "./reduce_raw.ts";
 
 /** Unary op codes of kernels/elementwise.wgsl (`unary_f` / `unary_df`). */
 const UNARY = {

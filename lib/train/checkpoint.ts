@@ -25,7 +25,7 @@ import {
   type TensorRecord,
   toGpu,
   writeSafetensors,
-} from "./safetensors.ts";
+} from "../io/safetensors.ts";
 
 /** The file name a stage's checkpoint has in its output folder. */
 export const CHECKPOINT_FILE = "checkpoint.safetensors";
