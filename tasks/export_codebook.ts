@@ -41,7 +41,7 @@ import {
   writeTokenManifest,
 } from "../lib/data/token_shards.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
-import { CHECKPOINT_FILE } from "../lib/io/checkpoint.ts";
+import { CHECKPOINT_FILE } from "../lib/train/checkpoint.ts";
 import {
   codebookMarkdown,
   type CodeFigure,

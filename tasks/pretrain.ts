@@ -60,7 +60,7 @@ import {
   type CheckpointMeta,
   loadCheckpoint,
   type TrainingState,
-} from "../lib/io/checkpoint.ts";
+} from "../lib/train/checkpoint.ts";
 import { sha256File } from "../lib/io/hash.ts";
 import {
   Beit,

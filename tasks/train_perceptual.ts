@@ -33,7 +33,7 @@ import {
 import { Loader, shardSource } from "../lib/data/loader.ts";
 import { moduleReadPaths, workerShardSource } from "../lib/data/shard_reads.ts";
 import { openShards, type SplitReader } from "../lib/data/shards.ts";
-import { CheckpointGuard, loadCheckpoint, type TrainingState } from "../lib/io/checkpoint.ts";
+import { CheckpointGuard, loadCheckpoint, type TrainingState } from "../lib/train/checkpoint.ts";
 import {
   ENCODER_FILE,
   MOCO_ENCODER_DEFAULT,

@@ -45,8 +45,8 @@ import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.
 import { Loader } from "../lib/data/loader.ts";
 import { moduleReadPaths, trainingSource } from "../lib/data/shard_reads.ts";
 import { pixelsToFloat, uploadPixels, type ViewSpec } from "../lib/data/augment.ts";
-import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/io/checkpoint.ts";
-import { type TrainingState } from "../lib/io/checkpoint.ts";
+import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/train/checkpoint.ts";
+import { type TrainingState } from "../lib/train/checkpoint.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
 import { writeImageGrid } from "../lib/io/png.ts";
 import { distinctCodes } from "../lib/report/codebook.ts";
