@@ -621,9 +621,8 @@ Deno.test("least privilege: deno task shard works; its sandbox denies access out
   assert.match(text, /^shard: written: 2 train images \[3,4,4\] in /m);
   assert.equal((await openShards(out, { verify: "eager" })).manifest.counts.images, 2);
 
-  // The flags the launcher computes grant exactly: read input + out, write out. A probe under
-  // those flags shows the rest is denied by Deno itself (NotCapable), not by our own checks.
-  // (And read its decoding workers' module, which Deno checks when it starts them.)
+  // The flags the launcher computes grant exactly: read input + out, write out (and read its
+  // decoding workers' module, which Deno checks when it starts them).
   const access = shardAccess(options({ input, out }));
   const [worker] = moduleReadPaths();
   assert.deepEqual(access, { read: [input, out, worker], write: [out] });
@@ -633,41 +632,7 @@ Deno.test("least privilege: deno task shard works; its sandbox denies access out
     `--allow-read=${input},${out},${worker}`,
     `--allow-write=${out}`,
   ]);
-  const probe = join(tmp, "probe.ts");
-  await Deno.writeTextFile(
-    probe,
-    `const tryIt = async (f: () => Promise<unknown>) => {
-      try { await f(); return "ok"; } catch (e) { return (e as Error).name; }
-    };
-    console.log(JSON.stringify({
-      readInput: await tryIt(() => Deno.readFile(${JSON.stringify(join(input, "a", "1.png"))})),
-      readOutside: await tryIt(() => Deno.readTextFile(${JSON.stringify(join(tmp, "secret.txt"))})),
-      writeOut: await tryIt(() => Deno.writeTextFile(${JSON.stringify(join(out, "x"))}, "x")),
-      writeOutside: await tryIt(() => Deno.writeTextFile(${
-      JSON.stringify(join(tmp, "leak"))
-    }, "x")),
-      writeInput: await tryIt(() => Deno.writeTextFile(${JSON.stringify(join(input, "x"))}, "x")),
-      env: await tryIt(async () => Deno.env.get("HOME")),
-      net: await tryIt(() => Deno.connect({ hostname: "127.0.0.1", port: 9 })),
-      run: await tryIt(() => new Deno.Command("true").output()),
-    }));`,
-  );
-  const result = await new Deno.Command("deno", {
-    args: ["run", ...flags, probe],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
-  assert.deepEqual(JSON.parse(new TextDecoder().decode(result.stdout)), {
-    readInput: "ok",
-    readOutside: "NotCapable",
-    writeOut: "ok",
-    writeOutside: "NotCapable",
-    writeInput: "NotCapable",
-    env: "NotCapable",
-    net: "NotCapable",
-    run: "NotCapable",
-  });
-  await assert.rejects(Deno.stat(join(tmp, "leak")), Deno.errors.NotFound);
+  // What Deno refuses under these flags (reads outside, writes outside, env, net, run, ffi) is
+  // tested for every stage in tests/stage_sandbox_test.ts.
   await Deno.remove(tmp, { recursive: true });
 });

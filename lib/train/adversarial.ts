@@ -18,7 +18,7 @@ import {
   square,
 } from "../tensor/ops/elementwise.ts";
 import { sum } from "../tensor/ops/reduce.ts";
-import { keep, noGrad, type Tensor } from "../tensor/tensor.ts";
+import { copyValues, keep, noGrad, Tensor } from "../tensor/tensor.ts";
 import type { Module } from "../nn/module.ts";
 import { generatorAdversarialLoss } from "../models/discriminator.ts";
 
@@ -62,8 +62,9 @@ export function adaptiveWeight(recGrad: Tensor, ganGrad: Tensor, weight: number)
 /**
  * Backpropagates rec + d·gan into `params` with d = adaptiveWeight at `lastLayer` (one of
  * `params`): two backward passes, rec's gradients set aside while gan's accumulate, then each
- * parameter's gradient becomes g_rec + d·g_gan. Returns d. `rec` may hold terms that do not reach
- * the last layer (the quantizer's loss): only its gradient at L enters d, as in taming.
+ * parameter's gradient becomes g_rec + d·g_gan (in the gradient's own storage). Returns d.
+ * `rec` may hold terms that do not reach the last layer (the quantizer's loss): only its gradient
+ * at L enters d, as in taming.
  */
 export function backwardWithAdaptiveWeight(
   rec: Tensor,
@@ -80,7 +81,13 @@ export function backwardWithAdaptiveWeight(
   const recGrads = params.map((p) => {
     const g = p.grad;
     p.grad = null;
-    return g;
+    if (!g || !p.gradHome || !g.sharesStorage(p.gradHome)) return g;
+    // A packed parameter's gradient lives in its gradient home, which the next backward writes
+    // again: rec's gradient is set aside as a private copy.
+    const own = keep(new Tensor(g.shape, "f32"));
+    copyValues(own, g);
+    g.dispose();
+    return own;
   });
   backward(gan);
   const recAt = recGrads[at];
@@ -100,10 +107,11 @@ export function backwardWithAdaptiveWeight(
       p.grad = r;
       return;
     }
-    const total = keep(noGrad(() => (r ? add(r, mul(g, d)) : mul(g, d))));
-    total.name = g.name;
-    p.grad = total;
-    g.dispose();
+    // Written back into g's storage, so a packed gradient stays in its home (one optimizer
+    // dispatch for all parameters).
+    const total = noGrad(() => (r ? add(r, mul(g, d)) : mul(g, d)));
+    copyValues(g, total);
+    total.dispose();
     r?.dispose();
   });
   return d;
