@@ -84,6 +84,10 @@ const RECORDS = [
 
 Deno.test("metrics are charted by kind: ids, counts and bookkeeping never share a loss axis", () => {
   assert.equal(metricKind("top_code"), null);
+  assert.equal(metricKind("distinct_codes"), null);
+  assert.equal(metricKind("logits_real"), "adversarial");
+  assert.equal(metricKind("d_weight"), "adversarial");
+  assert.equal(metricKind("g_adv"), "loss");
   assert.equal(metricKind("eval_images"), null);
   assert.equal(metricKind("eval_masked_patches"), null);
   assert.equal(metricKind("lr"), null);

@@ -3,8 +3,9 @@
 // SVG by vega (no canvas, no native code, no network or environment access: the data are inline).
 //
 // Metrics are charted by kind, never mixed on one axis: losses; fractions (accuracies, usage,
-// shares, SSIM); PSNR in dB; perplexity. Ids and counts that a stage logs beside them (the most
-// frequent code's id, image counts) and bookkeeping (lr, throughput, memory) are not curves.
+// shares, SSIM); PSNR in dB; perplexity; the discriminator's signed logits and adaptive weight.
+// Ids and counts that a stage logs beside them (the most frequent code's id, distinct codes, image
+// counts) and bookkeeping (lr, throughput, memory) are not curves.
 
 import { join } from "node:path";
 import * as vega from "vega";
@@ -31,16 +32,17 @@ const HEIGHT = 220;
 /** Logged keys that are bookkeeping, ids or counts, never a curve. */
 const NOT_CURVES = new RegExp(
   "^(step|epoch|lr|momentum|images_per_s|peak_gpu_bytes|grad_norm|seconds|time|wall_s|" +
-    "train_seconds)$|(^|_)(code|id|ids)$|(^|_)(images|patches|count|tokens)$",
+    "train_seconds)$|(^|_)(code|codes|id|ids)$|(^|_)(images|patches|count|tokens)$",
 );
 
-export type MetricKind = "loss" | "fraction" | "psnr" | "perplexity";
+export type MetricKind = "loss" | "fraction" | "psnr" | "perplexity" | "adversarial";
 
 const KIND_TITLES: Record<MetricKind, { title: string; axis: string }> = {
   loss: { title: "losses", axis: "loss" },
   fraction: { title: "accuracies and usage", axis: "fraction" },
   psnr: { title: "reconstruction PSNR", axis: "PSNR (dB)" },
   perplexity: { title: "codebook perplexity", axis: "perplexity" },
+  adversarial: { title: "discriminator logits and adaptive weight", axis: "value" },
 };
 
 /** The kind of a logged key, or null when it is not a curve (bookkeeping, an id, a count). */
@@ -49,6 +51,8 @@ export function metricKind(key: string): MetricKind | null {
   if (/acc|usage|share|ssim/i.test(key)) return "fraction";
   if (/psnr/i.test(key)) return "psnr";
   if (/perplexity/i.test(key)) return "perplexity";
+  // The discriminator's mean logits and the adaptive weight: signed, not losses.
+  if (/^(logits_real|logits_fake|d_weight)$/.test(key)) return "adversarial";
   return "loss";
 }
 
@@ -65,8 +69,9 @@ export interface CurveGroup {
 }
 
 /**
- * The numeric keys of `records` grouped by kind (losses, fractions, PSNR, perplexity, in that
- * order); a group whose positive values span more than a decade gets a log axis.
+ * The numeric keys of `records` grouped by kind (losses, fractions, PSNR, perplexity, the
+ * discriminator's logits and weight, in that order); a group of losses whose values are all
+ * positive and span more than a decade gets a log axis.
  */
 export function curveGroups(records: readonly MetricRecord[]): CurveGroup[] {
   const keys: string[] = [];
