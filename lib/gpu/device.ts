@@ -97,6 +97,24 @@ export interface GpuOptions {
   profile?: boolean;
 }
 
+/**
+ * `PECO_KERNELS=gpu` makes this process choose kernels as on a discrete GPU (shared-memory tiles,
+ * workgroup reductions) whatever the adapter, `software` as on lavapipe: so the GPU branches of
+ * every op are tested against float64 on a machine without a GPU (.ci/run). Read only where the
+ * process may read it: a sandboxed stage has no env access and keeps the adapter's own choice.
+ */
+export const KERNELS_ENV = "PECO_KERNELS";
+
+function kernelsOverride(): boolean | null {
+  const status = Deno.permissions.querySync({ name: "env", variable: KERNELS_ENV });
+  if (status.state !== "granted") return null;
+  const value = Deno.env.get(KERNELS_ENV);
+  if (value === undefined || value === "") return null;
+  if (value === "gpu") return false;
+  if (value === "software") return true;
+  throw new GpuError(`peco: ${KERNELS_ENV}=${value}: expected "gpu" or "software"`);
+}
+
 /** Opens (once) and returns the process's GPU; the first call's options count. */
 export function initGpu(options: GpuOptions = {}): Promise<Gpu> {
   current ??= openGpu(options).then((gpu) => (ready = gpu));
@@ -137,6 +155,12 @@ async function openGpu({ profile = false }: GpuOptions): Promise<Gpu> {
       false,
     software: /llvmpipe|lavapipe|swiftshader/i.test(raw.description),
   };
+  const forced = kernelsOverride();
+  if (forced !== null && forced !== info.software) {
+    info.software = forced;
+    info.description += ` (kernels chosen as for a ${forced ? "software adapter" : "GPU"}: ` +
+      `${KERNELS_ENV}=${forced ? "software" : "gpu"})`;
+  }
   return new Gpu(device, info, all);
 }
 
