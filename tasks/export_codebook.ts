@@ -42,13 +42,13 @@ import {
 } from "../lib/data/token_shards.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
 import { CHECKPOINT_FILE } from "../lib/train/checkpoint.ts";
+import { distinctCodes } from "../lib/models/quantizer.ts";
 import {
   codebookMarkdown,
   type CodeFigure,
   codeStats,
   countCodes,
   cropPatch,
-  distinctCodes,
   type Patch,
   PatchSampler,
   rankCodes,

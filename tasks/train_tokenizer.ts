@@ -49,7 +49,6 @@ import { CheckpointGuard, type CheckpointMeta, loadCheckpoint } from "../lib/tra
 import { type TrainingState } from "../lib/train/checkpoint.ts";
 import { sha256File, sha256Hex } from "../lib/io/hash.ts";
 import { writeImageGrid } from "../lib/io/png.ts";
-import { distinctCodes } from "../lib/report/codebook.ts";
 import {
   loadPerceptualNet,
   PERCEPTUAL_KINDS,
@@ -59,7 +58,7 @@ import {
 } from "../lib/models/perceptual/mod.ts";
 import { loadBuiltinPerceptual } from "../lib/models/moco.ts";
 import { discriminatorLayersFor, PatchDiscriminator } from "../lib/models/discriminator.ts";
-import { CodeUsage, type QuantizerKind } from "../lib/models/quantizer.ts";
+import { CodeUsage, distinctCodes, type QuantizerKind } from "../lib/models/quantizer.ts";
 import { type TokenizerPreset, tokenizerPreset } from "../lib/models/tokenizer_config.ts";
 import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
 import { Adam, warmupCosine } from "../lib/optim/mod.ts";

@@ -18,12 +18,12 @@ import {
   codeStats,
   countCodes,
   cropPatch,
-  distinctCodes,
   PatchSampler,
   rankCodes,
   selectCodes,
 } from "../lib/report/codebook.ts";
 import { readSafetensors, writeSafetensors } from "../lib/io/safetensors.ts";
+import { distinctCodes } from "../lib/models/quantizer.ts";
 import {
   loadTrainedVqVae,
   Tokenizer,

@@ -8,11 +8,11 @@ import { add, backward, mul, readAll, sum, type Tensor, tensor, tidy } from "../
 import {
   codeHistogram,
   CodeUsage,
+  distinctCodes,
   type QuantizerConfig,
   usageMetrics,
   VectorQuantizer,
 } from "../lib/models/quantizer.ts";
-import { distinctCodes } from "../lib/report/codebook.ts";
 
 // z [B, D, h, w] with odd sizes and a size-1 dim; K = 7 codes.
 const B = 2, D = 3, H = 3, W = 5, K = 7;

@@ -466,3 +466,36 @@ export class CodeUsage {
     this.counts.dispose();
   }
 }
+
+/**
+ * The codebook's distinct rows (codebook f32 [K·D] read from the GPU, D per row): K when no two
+ * codes are equal. Of two equal codes only the lower index can ever be chosen (the nearest-code
+ * search breaks ties towards it), so K − distinct codes are dead by construction. Equality is by
+ * value (−0 equals +0).
+ */
+export function distinctCodes(codebook: ArrayLike<number>, dim: number): number {
+  const k = codebook.length / dim;
+  if (!Number.isInteger(k) || dim < 1) {
+    throw new Error(`peco: distinctCodes: ${codebook.length} values are not rows of ${dim}`);
+  }
+  const bits = new Uint32Array(1);
+  const f = new Float32Array(bits.buffer);
+  const buckets = new Map<number, number[]>();
+  const same = (a: number, b: number) => {
+    for (let c = 0; c < dim; c++) if (codebook[a * dim + c] !== codebook[b * dim + c]) return false;
+    return true;
+  };
+  let distinct = 0;
+  for (let row = 0; row < k; row++) {
+    let hash = 0x811c9dc5; // FNV-1a over the rows' f32 bit patterns, zeros made positive
+    for (let c = 0; c < dim; c++) {
+      f[0] = codebook[row * dim + c] + 0;
+      hash = Math.imul(hash ^ bits[0], 0x01000193) >>> 0;
+    }
+    const bucket = buckets.get(hash) ?? [];
+    if (!bucket.some((other) => same(other, row))) distinct++;
+    bucket.push(row);
+    buckets.set(hash, bucket);
+  }
+  return distinct;
+}
