@@ -3,7 +3,7 @@
 // (forward, loss, backward, Adam) at the preset's batch. The issue asks for ≥ 10× (images/s).
 
 import { type BenchCase, timeSteps } from "./harness.ts";
-import { pixelsToFloat, uploadPixels } from "../lib/data/augment.ts";
+import { pixelsToFloat, signedUnitNorm, uploadPixels } from "../lib/data/augment.ts";
 import { Tokenizer } from "../lib/models/tokenizer.ts";
 import { tokenizerPreset } from "../lib/models/tokenizer_config.ts";
 import { VqVae } from "../lib/models/vqvae.ts";
@@ -13,7 +13,6 @@ import { Rng } from "../lib/tensor/init.ts";
 
 const SIZE = 28;
 const BATCH = 64;
-const HALF = { mean: [0.5], std: [0.5] };
 
 function mnistModel(): VqVae {
   const preset = tokenizerPreset("mnist");
@@ -34,7 +33,7 @@ async function trainStepMs(batch: number): Promise<number> {
     betas: preset.train.betas,
   });
   const upload = uploadPixels(randomPixels(batch, 1), batch, 1, SIZE, SIZE);
-  const x = keep(pixelsToFloat(upload, HALF));
+  const x = keep(pixelsToFloat(upload, signedUnitNorm(1)));
   upload.pixels.dispose();
   model.train();
   const ms = await timeSteps(() => {
@@ -54,7 +53,7 @@ export const cases: BenchCase[] = [
     name: `tokenize mnist ${SIZE}² → 7×7 B=${BATCH} (vs train step B=8)`,
     async run() {
       const tok = Tokenizer.fromModel(mnistModel(), {
-        image: { channels: 1, size: SIZE, ...HALF },
+        image: { channels: 1, size: SIZE, ...signedUnitNorm(1) },
         provenance: {},
       });
       const pixels = randomPixels(BATCH, 2);

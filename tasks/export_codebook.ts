@@ -18,11 +18,10 @@
 // only --out.
 
 import { join, resolve } from "node:path";
-import { adapterInfo, initGpu, peakGpuBytes } from "../lib/tensor/engine.ts";
+import { initGpu, peakGpuBytes } from "../lib/tensor/engine.ts";
 import { failOnProblems } from "../lib/cli/problems.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
-import { Progress } from "../lib/cli/progress.ts";
 import {
   beginStage,
   failer,
@@ -32,35 +31,18 @@ import {
   type StageResult,
   type StageRun,
 } from "../lib/cli/stage.ts";
-import { openShards, type ShardSet, type SplitReader } from "../lib/data/shards.ts";
-import {
-  openTokenShards,
-  TOKEN_MANIFEST_FILE,
-  TokenShardWriter,
-  type TokenSplitManifest,
-  writeTokenManifest,
-} from "../lib/data/token_shards.ts";
-import { writeFileAtomic, writeJsonAtomic } from "../lib/io/atomic.ts";
-import { CHECKPOINT_FILE } from "../lib/train/checkpoint.ts";
-import { distinctCodes } from "../lib/models/quantizer.ts";
-import {
-  codebookMarkdown,
-  type CodeFigure,
-  codeStats,
-  countCodes,
-  cropPatch,
-  type Patch,
-  PatchSampler,
-  rankCodes,
-  selectCodes,
-  writeCodeFrequencyChart,
-  writePatchGrid,
-  writePatchOverview,
-} from "../lib/report/codebook.ts";
+import { signedUnitNorm } from "../lib/data/augment.ts";
+import { openShards, type ShardSet } from "../lib/data/shards.ts";
+import { reason } from "../lib/io/errors.ts";
 import { sha256File } from "../lib/io/hash.ts";
+import { CHECKPOINT_FILE } from "../lib/train/checkpoint.ts";
 import { loadTrainedVqVae, Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { type ResolvedVqVaeConfig, resolveVqVaeConfig } from "../lib/models/vqvae.ts";
-import type { Tensor } from "../lib/tensor/tensor.ts";
+import {
+  type ExportSettings,
+  tokenizeSplits,
+  writeCodebookReport,
+} from "../lib/stages/export_codebook.ts";
 import {
   checkExportCodebookOptions,
   exportCodebookCommand,
@@ -68,10 +50,6 @@ import {
 } from "../lib/stages/export_codebook_options.ts";
 
 const STAGE = "export-codebook";
-/** The train-tokenizer stage's input normalisation: (x/255 − 0.5) / 0.5 (its HALF). */
-const HALF = 0.5;
-const TOKENS_DIR = "tokens";
-const FIGURES_DIR = "figures";
 
 export { exportCodebookCommand, type ExportCodebookOptions };
 
@@ -96,7 +74,7 @@ async function openInputs(o: ExportCodebookOptions) {
   try {
     run = await readStageManifest(dir);
   } catch (error) {
-    return fail(`--tokenizer: ${(error as Error).message.replace(/^peco: stage: /, "")}`);
+    return fail(`--tokenizer: ${reason(error).replace(/^stage: /, "")}`);
   }
   if (run.stage !== "train-tokenizer") {
     fail(`--tokenizer ${dir} holds a ${run.stage} run, not a train-tokenizer run`);
@@ -108,7 +86,7 @@ async function openInputs(o: ExportCodebookOptions) {
   } catch (error) {
     return fail(
       `--tokenizer ${join(dir, "manifest.json")}: config.model: ` +
-        (error as Error).message.replace(/^peco: /, ""),
+        reason(error),
     );
   }
   const entry = run.files[CHECKPOINT_FILE];
@@ -117,7 +95,7 @@ async function openInputs(o: ExportCodebookOptions) {
   try {
     shards = await openShards(resolve(o.shards));
   } catch (error) {
-    return fail(`--shards: ${(error as Error).message.replace(/^peco: /, "")}`);
+    return fail(`--shards: ${reason(error)}`);
   }
   const { channels, height, width } = shards.manifest.image;
   if (channels !== model.inChannels || height !== model.imageSize || width !== model.imageSize) {
@@ -132,14 +110,7 @@ async function openInputs(o: ExportCodebookOptions) {
 }
 
 /** The resolved, fingerprinted options of a run (no paths, no display switches). */
-export interface ExportCodebookConfig {
-  batch: number;
-  perShard: number;
-  /** Images tokenised per split (null: all). */
-  limit: number | null;
-  patches: { codes: number; perCode: number; margin: number };
-  seed: number;
-}
+export type ExportCodebookConfig = ExportSettings;
 
 export async function runExportCodebook(
   o: ExportCodebookOptions,
@@ -189,7 +160,7 @@ async function exportRun(
     fail(`--tokenizer: ${checkpoint.path} differs from its manifest (sha256 or size)`);
   }
   const model = await loadTrainedVqVae(checkpoint.path, inputs.model).catch((error) =>
-    fail(`--tokenizer: ${(error as Error).message.replace(/^peco: /, "")}`)
+    fail(`--tokenizer: ${reason(error)}`)
   );
   const trained = inputs.run.config as Record<string, Record<string, unknown>>;
   const channels = inputs.model.inChannels;
@@ -197,8 +168,8 @@ async function exportRun(
     image: {
       channels,
       size: inputs.model.imageSize,
-      mean: new Array(channels).fill(HALF),
-      std: new Array(channels).fill(HALF),
+      // The train-tokenizer stage's input normalisation.
+      ...signedUnitNorm(channels),
     },
     provenance: {
       stage: inputs.run.stage,
@@ -218,8 +189,8 @@ async function exportRun(
   });
   try {
     await tokenizer.save(join(run.out, TOKENIZER_FILE));
-    const tokenized = await tokenizeSplits(o, config, tokenizer, shards, run, log);
-    const report = await writeReport(config, tokenizer, shards, run, tokenized);
+    const tokenized = await tokenizeSplits(config, tokenizer, shards, run, { log, quiet: o.quiet });
+    const report = await writeCodebookReport(config, tokenizer, shards, run, tokenized);
     const seconds = (performance.now() - started) / 1000;
     const summary = {
       ...report,
@@ -234,221 +205,6 @@ async function exportRun(
   } finally {
     tokenizer.dispose();
   }
-}
-
-/**
- * Tokenises every split into token shards, two batches in flight (the next batch is encoded while
- * the previous one's ids are read back and written), counting codes per split on the way.
- */
-async function tokenizeSplits(
-  o: ExportCodebookOptions,
-  config: ExportCodebookConfig,
-  tokenizer: Tokenizer,
-  shards: ShardSet,
-  run: StageRun,
-  log: (line: string) => void,
-) {
-  const dir = join(run.out, TOKENS_DIR);
-  await Deno.mkdir(dir, { recursive: true });
-  const geometry = { grid: tokenizer.info.grid, codebookSize: tokenizer.info.codebookSize };
-  const names = Object.keys(shards.splits).filter((s) => shards.splits[s].count > 0);
-  const size = (s: string) => Math.min(shards.splits[s].count, config.limit ?? Infinity);
-  const total = names.reduce((n, s) => n + size(s), 0);
-  log(
-    `${STAGE}: ${adapterInfo().description}; tokenising ${total} images (${
-      names.join(", ")
-    }) into ` +
-      `${geometry.grid.join("×")} tokens, K = ${geometry.codebookSize}`,
-  );
-  const progress = new Progress({ label: "tokenize", total, unit: "img", quiet: o.quiet });
-  const counts: Record<string, Float64Array> = {};
-  const splits: Record<string, TokenSplitManifest> = {};
-  let done = 0;
-  const started = performance.now();
-  for (const name of names) {
-    const writer = new TokenShardWriter(dir, name, geometry, config.perShard);
-    const hist = counts[name] = new Float64Array(geometry.codebookSize);
-    let pending: { ids: Tensor; labels: Int32Array; read: Promise<Int32Array> } | null = null;
-    const drain = async () => {
-      if (!pending) return;
-      const ids = await pending.read;
-      pending.ids.dispose();
-      countCodes(ids, hist);
-      await writer.add(ids, pending.labels);
-      done += pending.labels.length;
-      progress.update(done);
-      pending = null;
-    };
-    let left = size(name);
-    for await (const whole of shards.splits[name].chunks(config.batch)) {
-      if (left === 0) break;
-      const n = Math.min(left, whole.count);
-      left -= n;
-      const chunk = {
-        pixels: whole.pixels.subarray(0, n * shards.splits[name].recordBytes),
-        count: n,
-        labels: whole.labels.subarray(0, n),
-      };
-      const ids = tokenizer.encodePixels(chunk.pixels, chunk.count);
-      // Reading submits this batch now; the previous one is written while it runs.
-      const next = { ids, labels: chunk.labels.slice(), read: ids.read() as Promise<Int32Array> };
-      await drain();
-      pending = next;
-    }
-    await drain();
-    splits[name] = await writer.finish();
-  }
-  const seconds = (performance.now() - started) / 1000;
-  progress.finish({ "img/s": (total / seconds).toFixed(1) });
-  await writeTokenManifest(dir, {
-    geometry,
-    perShard: config.perShard,
-    source: {
-      shardsManifestSha256: run.inputs.shards.sha256,
-      shardsDir: shards.dir,
-      tokenizerSha256: (await sha256File(join(run.out, TOKENIZER_FILE))).sha256,
-    },
-    splits,
-  });
-  return {
-    counts,
-    images: total,
-    seconds,
-    sizes: Object.fromEntries(names.map((n) => [n, size(n)])),
-  };
-}
-
-/** codebook.json, the figures and codebook.md; returns the summary numbers. */
-async function writeReport(
-  config: ExportCodebookConfig,
-  tokenizer: Tokenizer,
-  shards: ShardSet,
-  run: StageRun,
-  { counts, sizes }: { counts: Record<string, Float64Array>; sizes: Record<string, number> },
-) {
-  const { grid, codebookSize: k } = tokenizer.info;
-  const f = tokenizer.downsampleFactor;
-  const names = Object.keys(counts);
-  const stats = Object.fromEntries(names.map((n) => [n, {
-    images: sizes[n],
-    ...codeStats(counts[n]),
-  }]));
-  let deadEverywhere = 0;
-  for (let c = 0; c < k; c++) if (names.every((n) => counts[n][c] === 0)) deadEverywhere++;
-  // Codes equal to a lower-index code can never be chosen: usage counts only distinct ones.
-  const distinct = distinctCodes(await tokenizer.codebook().read(), tokenizer.info.config.codeDim);
-  const topCodes = rankCodes(counts.train).slice(0, 20).map((code) => ({
-    code,
-    counts: Object.fromEntries(names.map((n) => [n, counts[n][code]])),
-  }));
-  await Deno.mkdir(join(run.out, FIGURES_DIR), { recursive: true });
-  const histogramFile = `${FIGURES_DIR}/code_histogram.svg`;
-  await writeCodeFrequencyChart(join(run.out, histogramFile), counts);
-
-  // Figure 3: patches of held-out images per code.
-  const patchSplit = names.includes("val") ? "val" : "train";
-  const p = config.patches;
-  const selected = selectCodes(counts[patchSplit], {
-    top: Math.ceil(p.codes / 2),
-    random: Math.floor(p.codes / 2),
-    seed: config.seed,
-  });
-  const codes = [...selected.top, ...selected.random];
-  const sampler = new PatchSampler(codes, p.perCode, grid, config.seed);
-  const tokens = await openTokenShards(join(run.out, TOKENS_DIR));
-  const reader = tokens.splits[patchSplit];
-  for (let from = 0; from < reader.count; from += 4096) {
-    const to = Math.min(reader.count, from + 4096);
-    sampler.add((await reader.read(from, to)).ids, from);
-  }
-  const images = await imagePixels(shards.splits[patchSplit], sampler.images());
-  const image = { channels: tokenizer.info.image.channels, size: tokenizer.info.image.size };
-  const crop = f + 2 * p.margin;
-  const zoom = Math.max(1, Math.ceil(32 / crop));
-  const figures: CodeFigure[] = [];
-  const rows: { label: string; patches: Patch[] }[] = [];
-  for (const code of codes) {
-    const list = sampler.samples.get(code)!;
-    const patches = list.map((at) =>
-      cropPatch(images.get(at.image)!, image, at, f, p.margin, zoom)
-    );
-    const kind = selected.top.includes(code) ? "top" : "random";
-    const file = `${FIGURES_DIR}/patches_code_${code}.png`;
-    await writePatchGrid(join(run.out, file), patches, Math.ceil(Math.sqrt(p.perCode)));
-    figures.push({
-      code,
-      kind,
-      file,
-      occurrences: counts[patchSplit][code],
-      patches: patches.length,
-    });
-    rows.push({ label: `${code}`, patches });
-  }
-  const overview = `${FIGURES_DIR}/patches_overview.png`;
-  const overviewRows = rows.some((r) => r.patches.length)
-    ? await writePatchOverview(join(run.out, overview), rows, Math.min(10, p.perCode))
-    : [];
-
-  const json = {
-    codebookSize: k,
-    grid,
-    downsampleFactor: f,
-    distinctCodes: distinct,
-    splits: stats,
-    deadEverywhere,
-    topCodes,
-    patches: { split: patchSplit, margin: p.margin, codes: figures },
-    counts: Object.fromEntries(names.map((n) => [n, Array.from(counts[n])])),
-  };
-  await writeJsonAtomic(join(run.out, "codebook.json"), json);
-  const t = tokenizer.info;
-  const md = codebookMarkdown({
-    codebookSize: k,
-    grid,
-    downsampleFactor: f,
-    distinctCodes: distinct,
-    splits: stats,
-    deadEverywhere,
-    topCodes: topCodes.slice(0, 10),
-    patchSplit,
-    patchMargin: p.margin,
-    histogram: histogramFile,
-    overview: overviewRows.length ? overview : "(none)",
-    overviewRows,
-    codes: figures,
-    about: {
-      tokenizer: `[${TOKENIZER_FILE}](${TOKENIZER_FILE}) (${t.image.channels}×${t.image.size}² ` +
-        `input, normalised (x/255 − ${t.image.mean[0]}) / ${t.image.std[0]})`,
-      "token shards": `[${TOKENS_DIR}/](${TOKENS_DIR}/${TOKEN_MANIFEST_FILE})`,
-      statistics: `[codebook.json](codebook.json)`,
-      "trained by": `train-tokenizer run ${run.inputs.tokenizer.dir} ` +
-        `(${t.provenance.steps} steps, preset ${t.provenance.preset}, λ = ${t.provenance.lambda})`,
-    },
-  });
-  await writeFileAtomic(join(run.out, "codebook.md"), md);
-  const summaryOf = (n: string) => ({
-    usage: stats[n].usage,
-    perplexity: stats[n].perplexity,
-    dead: stats[n].dead,
-  });
-  return {
-    codebook_size: k,
-    distinct_codes: distinct,
-    grid,
-    splits: Object.fromEntries(names.map((n) => [n, summaryOf(n)])),
-    dead_everywhere: deadEverywhere,
-    patch_codes: codes,
-  };
-}
-
-/** The pixels of the given images of a split, by index. */
-async function imagePixels(
-  split: SplitReader,
-  indices: number[],
-): Promise<Map<number, Uint8Array>> {
-  const out = new Map<number, Uint8Array>();
-  for (const i of indices) out.set(i, (await split.read(i)).pixels);
-  return out;
 }
 
 // ---- command line ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import { join, relative, resolve, sep } from "node:path";
 import { type AdapterInfo, adapterInfo } from "../tensor/engine.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../io/atomic.ts";
 import { sha256File, sha256Hex } from "../io/hash.ts";
+import { failer, reason } from "../io/errors.ts";
 import { CHECKPOINT_FILE, type CheckpointMeta, readCheckpointMeta } from "../train/checkpoint.ts";
 import type { OptionSpec } from "./args.ts";
 
@@ -168,11 +169,7 @@ export function stageFingerprint(
 // ---- reading folders ------------------------------------------------------------------------
 
 /** A throw-helper for one stage: `fail("what")` throws "peco: <stage>: what". */
-export function failer(stage: string) {
-  return (what: string): never => {
-    throw new Error(`peco: ${stage}: ${what}`);
-  };
-}
+export { failer };
 
 async function readJsonFile(path: string, fail: (what: string) => never): Promise<unknown> {
   try {
@@ -318,7 +315,7 @@ export async function beginStage(spec: StageSpec): Promise<StageRun | StageSkip>
     }
     if (force || !names.includes(CHECKPOINT_FILE)) return await startFresh();
     const meta = await readCheckpointMeta(join(out, CHECKPOINT_FILE)).catch((error) =>
-      fail(`${(error as Error).message.replace(/^peco: /, "")}; use --force to start over`)
+      fail(`${reason(error)}; use --force to start over`)
     );
     if (meta.fingerprint !== fingerprint) return await startFresh(); // a stale one: start again
     // Half-written temporary files of the interrupted run go; everything else is overwritten.

@@ -286,3 +286,11 @@ export function pixelsToFloat(
   const augs = identityAugmentations(batch.n, batch.height, batch.width);
   return augmentViews(batch, augs, [{ height: batch.height, width: batch.width, mean, std }])[0];
 }
+
+/**
+ * The normalisation of the tokenizer's and the ViT's inputs, (x/255 − 0.5) / 0.5 per channel:
+ * pixels in [−1, 1], as taming-transformers and BEiT feed their models.
+ */
+export function signedUnitNorm(channels: number): { mean: number[]; std: number[] } {
+  return { mean: new Array(channels).fill(0.5), std: new Array(channels).fill(0.5) };
+}

@@ -20,6 +20,7 @@ import {
   writeSafetensors,
 } from "../io/safetensors.ts";
 import { full } from "../tensor/ops/creation.ts";
+import { reason } from "../io/errors.ts";
 import { embedding } from "../tensor/ops/shape.ts";
 import { noGrad, type Tensor, tidy } from "../tensor/tensor.ts";
 import { QUANTIZER_DEFAULTS } from "./quantizer.ts";
@@ -148,7 +149,7 @@ function parseInfo(metadata: Record<string, string>, path: string): TokenizerInf
   try {
     config = resolveVqVaeConfig(raw as unknown as ResolvedVqVaeConfig);
   } catch (error) {
-    return fail(path, (error as Error).message.replace(/^peco: /, ""));
+    return fail(path, reason(error));
   }
   const side = config.imageSize / downsampleFactor(config);
   const grid = doc.grid as unknown;

@@ -4,6 +4,7 @@
 
 import { zeroGrad } from "../tensor/autograd.ts";
 import { copyValues, keep, Tensor, uploadValues } from "../tensor/tensor.ts";
+import { reason } from "../io/errors.ts";
 import {
   fromGpuAll,
   int64ToInt32,
@@ -172,7 +173,7 @@ export class Module {
         writes.push(copyInto(target, entry, name));
       } catch (error) {
         // An I64 value that does not fit in i32: "<name>: I64 value … does not fit in i32".
-        mismatched.push((error as Error).message.replace(/^peco: /, ""));
+        mismatched.push(reason(error));
       }
     }
     const unexpected = [...given.keys()].filter((name) => !own.has(name));
