@@ -15,9 +15,9 @@ import {
   writeTokenManifest,
 } from "../lib/data/token_shards.ts";
 import {
-  codeStats,
   countCodes,
   cropPatch,
+  histogramStats,
   PatchSampler,
   rankCodes,
   selectCodes,
@@ -349,7 +349,7 @@ Deno.test("codebook statistics, code selection and patch crops", () => {
   const counts = new Float64Array(6);
   countCodes([0, 0, 1, 1, 3, 3, 3, 3], counts);
   assert.deepEqual([...counts], [2, 2, 0, 4, 0, 0]);
-  const s = codeStats(counts);
+  const s = histogramStats(counts);
   assert.equal(s.tokens, 8);
   assert.equal(s.used, 3);
   assert.equal(s.dead, 3);
@@ -357,7 +357,7 @@ Deno.test("codebook statistics, code selection and patch crops", () => {
   const h = -(2 * 0.25 * Math.log(0.25) + 0.5 * Math.log(0.5));
   assert.ok(Math.abs(s.perplexity - Math.exp(h)) < 1e-12);
   assert.ok(Math.abs(s.entropyBits - 1.5) < 1e-12);
-  assert.equal(codeStats(new Float64Array([5, 5, 5, 5])).perplexity, 4);
+  assert.equal(histogramStats(new Float64Array([5, 5, 5, 5])).perplexity, 4);
   assert.deepEqual(rankCodes(counts), [3, 0, 1]);
   assert.throws(() => countCodes([6], counts), /id 6 is not in \[0, 6\)/);
   const sel = selectCodes(counts, { top: 1, random: 5, seed: 0 });
@@ -465,7 +465,7 @@ Deno.test("export-codebook: end to end, numbers consistent with the token shards
     const counts = new Float64Array(modelConfig.codebookSize);
     countCodes(ids, counts);
     assert.deepEqual(codebook.counts[split], [...counts], `${split} histogram`);
-    const stats = codeStats(counts);
+    const stats = histogramStats(counts);
     assert.equal(codebook.splits[split].used, stats.used);
     assert.ok(Math.abs(codebook.splits[split].perplexity - stats.perplexity) < 1e-9);
     assert.equal(codebook.splits[split].images, source.count);

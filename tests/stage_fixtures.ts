@@ -7,7 +7,7 @@ import { parseOptions } from "../lib/cli/args.ts";
 import { beginStage, finishStage } from "../lib/cli/stage.ts";
 import { openShards } from "../lib/data/shards.ts";
 import { writeJsonAtomic } from "../lib/io/atomic.ts";
-import { codeStats, countCodes } from "../lib/report/codebook.ts";
+import { countCodes, histogramStats } from "../lib/report/codebook.ts";
 import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
 import { runShard, shardCommand } from "../tasks/shard.ts";
@@ -85,7 +85,7 @@ export async function tinyExport(
     ids.dispose();
   }
   tok.dispose();
-  const splits = Object.fromEntries(Object.entries(counts).map(([k, c]) => [k, codeStats(c)]));
+  const splits = Object.fromEntries(Object.entries(counts).map(([k, c]) => [k, histogramStats(c)]));
   await writeJsonAtomic(join(out, "codebook.json"), {
     codebookSize,
     grid: [7, 7],

@@ -25,7 +25,7 @@ export function countCodes(ids: ArrayLike<number>, counts: Float64Array): void {
   }
 }
 
-export interface CodeStats {
+export interface HistogramStats {
   tokens: number;
   /** Codes that occur at least once. */
   used: number;
@@ -40,7 +40,7 @@ export interface CodeStats {
 }
 
 /** Usage, dead codes and perplexity of a histogram. */
-export function codeStats(counts: ArrayLike<number>): CodeStats {
+export function histogramStats(counts: ArrayLike<number>): HistogramStats {
   let tokens = 0, used = 0;
   for (let i = 0; i < counts.length; i++) {
     tokens += counts[i];
@@ -269,7 +269,7 @@ export interface CodebookSummary {
   grid: [number, number];
   downsampleFactor: number;
   /** Statistics per split, with its image count. */
-  splits: Record<string, CodeStats & { images: number }>;
+  splits: Record<string, HistogramStats & { images: number }>;
   /** Codes used in no split. */
   deadEverywhere: number;
   /** The most frequent codes (by the first split): id and count per split. */

@@ -23,9 +23,9 @@ import { type Tokenizer, TOKENIZER_FILE } from "../models/tokenizer.ts";
 import {
   codebookMarkdown,
   type CodeFigure,
-  codeStats,
   countCodes,
   cropPatch,
+  histogramStats,
   type Patch,
   PatchSampler,
   rankCodes,
@@ -151,7 +151,7 @@ export async function writeCodebookReport(
   const names = Object.keys(counts);
   const stats = Object.fromEntries(names.map((n) => [n, {
     images: sizes[n],
-    ...codeStats(counts[n]),
+    ...histogramStats(counts[n]),
   }]));
   let deadEverywhere = 0;
   for (let c = 0; c < k; c++) if (names.every((n) => counts[n][c] === 0)) deadEverywhere++;
