@@ -118,6 +118,16 @@ export async function main(argv = Deno.args): Promise<void> {
     );
     // Each arm's λ (and perceptual "none" for λ = 0) overrides the config's train-tokenizer.
     const perceptual = String(config.stages["train-tokenizer"]?.perceptual ?? "builtin");
+    const arms = lambdaArms(lambdas, perceptual);
+    if (
+      options["perceptual-steps"] !== undefined &&
+      !arms.some((arm) => arm.tokenizer.perceptual === "builtin")
+    ) {
+      throw new UsageError(
+        `--perceptual-steps: no arm uses the builtin perceptual network (λ = 0 trains without ` +
+          `one; ${source}'s train-tokenizer perceptual is ${perceptual})`,
+      );
+    }
     const out = options.out ??
       (options.config
         ? config.out ?? "runs/experiment"
@@ -127,7 +137,7 @@ export async function main(argv = Deno.args): Promise<void> {
     await launchAndReport({
       config,
       out: resolve(out),
-      arms: lambdaArms(lambdas, perceptual),
+      arms,
       source,
       ...launchFlags(options),
     });

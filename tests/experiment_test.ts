@@ -291,6 +291,12 @@ Deno.test("deno task experiment: a bad seed list or budget stops it at once, not
           ["--perceptual-steps", "0"],
           "deno task experiment: --perceptual-steps must be an integer ≥ 1, got 0",
         ],
+        [
+          ["--perceptual-steps", "600", "--lambdas", "0"],
+          "deno task experiment: --perceptual-steps: no arm uses the builtin perceptual network " +
+          "(λ = 0 trains without one; configs/demo-quick.json's train-tokenizer perceptual is " +
+          "builtin)",
+        ],
       ]
     ) {
       const r = await experiment(...args, "--quick", "--out", out);
