@@ -40,7 +40,7 @@ export function usage(): string {
     "Commands:",
     "  demo         the whole chain on MNIST (--quick: in minutes)",
     "  pipeline     the whole chain with the settings of --config FILE.json",
-    "  experiment   the λ ablation (--lambdas 0,1)",
+    "  experiment   the λ ablation (--lambdas 0,1, --seeds 0,1,2)",
     ...Object.keys(STAGES).map((s) => `  ${s.padEnd(13)}the ${s} stage alone`),
   ].join("\n");
 }

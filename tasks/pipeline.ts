@@ -20,6 +20,8 @@ import {
   type PipelineResult,
   problemLines,
   runPipeline,
+  seedPlan,
+  seedPlanLines,
   type StageRegistry,
   stageSchemas,
   type StepProblem,
@@ -193,6 +195,8 @@ export async function launch(o: LaunchOptions): Promise<PipelineResult | null> {
     );
   }
   if (o.dryRun) {
+    const plan = seedPlan(steps);
+    for (const line of plan ? seedPlanLines(plan) : []) console.log(`# ${line}`);
     for (const step of steps) console.log(describeStep(step));
     for (const line of deferred) console.log(`# checked when the stage starts: ${line}`);
     return null;

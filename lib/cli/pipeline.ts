@@ -16,7 +16,8 @@
 // the stages' own progress bars and notes (stderr), and a summary table (stdout). `quiet` keeps
 // only the step lines and the table (a failing stage's last lines are still shown); `json`
 // writes one JSON event per line on stdout instead (start / progress / skip / done / stopped /
-// fail / end, each with `t`, seconds since the pipeline started).
+// fail / end, each with `t`, seconds since the pipeline started). A run with a seed list starts
+// with its plan (a "plan" event; "plan:" lines): the steps shared by every seed, each seed's own.
 
 import { join, resolve } from "node:path";
 import { type Command, type OptionSpecs, parseOptions, UsageError } from "./args.ts";
@@ -66,6 +67,11 @@ export interface PipelineStep {
   estimate?: number;
   /** Where the user set each argument (e.g. "config.stages.pretrain.steps"); absent: wiring. */
   keys?: Record<string, string>;
+  /**
+   * The seed of a step run once per seed of the config's seed list (an arm's tokenizer, export,
+   * pretraining); absent on the steps shared by every seed and when the config lists no seeds.
+   */
+  seed?: number;
 }
 
 export interface PreparedStep extends PipelineStep {
@@ -220,6 +226,7 @@ export const WIRED: Record<string, Record<string, string>> = {
     export: "<out>/export (one per arm)",
     pretrain: "<out>/pretrain (one per arm)",
     labels: "the arms' names",
+    "arm-seeds": "the seed of each arm's run (with a seed list)",
     curves: "the training stages' folders",
     out: "<out>/evaluate",
   },
@@ -234,10 +241,37 @@ export interface Arm {
   tokenizer: Record<string, OptionValue>;
 }
 
+/** The seed of every stage when nothing sets one (each stage's --seed defaults to it). */
+const STAGE_DEFAULT_SEED = 0;
+
+/** The seeds a config's arms run with, and where each seed's arm folders go. */
+export interface SeedLayout {
+  /** Every seed, in the order of the list. */
+  seeds: number[];
+  /**
+   * The run's own seed (the config's "seed", else the stages' default): the shared stages run
+   * with it, and its arms sit in the run's folder itself, as in a run without a seed list. So a
+   * seed list added to a finished run reuses that run's arms.
+   */
+  base: number;
+  /** The config lists its seeds: each per-seed step gets its seed as --seed. */
+  listed: boolean;
+}
+
+export function seedLayout(config: PipelineConfig): SeedLayout {
+  const base = config.seed ?? STAGE_DEFAULT_SEED;
+  return { seeds: config.seeds ?? [base], base, listed: config.seeds !== undefined };
+}
+
+/** The folder of a seed's arms, relative to the run's folder: "" for the base seed. */
+export function seedFolder(seed: number, base: number): string {
+  return seed === base ? "" : `seed-${seed}`;
+}
+
 /**
- * The chain's steps for a config: shard and train-perceptual once, then per arm a tokenizer, its
- * export and a pretraining, then one evaluate over all arms. Stages missing from `available`
- * (not in this build) end the chain before them.
+ * The chain's steps for a config: shard and train-perceptual once, then per seed and per arm a
+ * tokenizer, its export and a pretraining (PER_SEED_STAGES), then one evaluate over every arm of
+ * every seed. Stages missing from `available` (not in this build) end the chain before them.
  */
 export function chainSteps(
   config: PipelineConfig,
@@ -247,7 +281,9 @@ export function chainSteps(
 ): PipelineStep[] {
   const dir = (folder: string) => join(out, folder);
   const section = (stage: string) => config.stages[stage] ?? {};
-  // Every stage has --seed (the stage conventions); the config's seed applies to all of them.
+  const { seeds, base, listed } = seedLayout(config);
+  // Every stage has --seed (the stage conventions); the config's seed applies to all of them,
+  // a listed seed to the per-seed steps of its runs.
   const seeded: Record<string, OptionValue> = config.seed === undefined
     ? {}
     : { seed: config.seed };
@@ -256,8 +292,10 @@ export function chainSteps(
     stage: string,
     id: string,
     args: Record<string, OptionValue>,
-    arm?: Arm,
+    run: { arm?: Arm; seed?: number } = {},
   ) => {
+    const { arm } = run;
+    const seed = listed ? run.seed : undefined;
     const keys: Record<string, string> = {};
     for (const key of Object.keys(seeded)) keys[key] = "config.seed";
     for (const key of Object.keys(section(stage))) keys[key] = `config.stages.${stage}.${key}`;
@@ -266,59 +304,118 @@ export function chainSteps(
         keys[key] = `arm "${arm!.label}" (--${key} ${arm!.tokenizer[key]})`;
       }
     }
+    if (seed !== undefined) keys.seed = "config.seeds";
+    // One evaluate measures the arms of every seed: its work grows with their number.
+    const estimate = config.estimates[stage];
     steps.push({
       id,
       stage,
-      args: { ...seeded, ...section(stage), ...args, out: dir(id) },
-      estimate: config.estimates[stage],
+      args: {
+        ...seeded,
+        ...section(stage),
+        ...args,
+        ...(seed !== undefined ? { seed } : {}),
+        out: dir(id),
+      },
+      estimate: estimate === undefined || stage !== "evaluate" ? estimate : estimate * seeds.length,
       keys,
+      ...(seed !== undefined ? { seed } : {}),
     });
   };
-  const has = (stage: string) => available.includes(stage);
-  if (!has("shard")) return steps;
-  add("shard", "shard", {});
-  const shards = dir("shard");
   // The builtin perceptual network is trained only when some arm uses it.
   const kind = (arm: Arm) =>
     String(arm.tokenizer.perceptual ?? section("train-tokenizer").perceptual ?? "builtin");
   const builtin = arms.some((arm) => kind(arm) === "builtin");
-  if (builtin) {
-    if (!has("train-perceptual")) return steps;
-    add("train-perceptual", "perceptual", { shards });
+  const order = CHAIN.map((c) => c.stage as string)
+    .filter((stage) => stage !== "train-perceptual" || builtin);
+  const end = order.findIndex((stage) => !available.includes(stage));
+  const runs = (stage: string) => end === -1 || order.indexOf(stage) < end;
+
+  if (!runs("shard")) return steps;
+  add("shard", "shard", {});
+  const shards = dir("shard");
+  if (builtin && runs("train-perceptual")) add("train-perceptual", "perceptual", { shards });
+  // Every (seed, arm) run, seed by seed: a seed's steps all run before the next seed's.
+  const pairs = seeds.flatMap((seed) =>
+    arms.map((arm) => {
+      const folder = seedFolder(seed, base);
+      const id = (name: string) => `${folder ? `${folder}/` : ""}${name}${arm.suffix}`;
+      return { seed, arm, id };
+    })
+  );
+  for (const seed of seeds) {
+    const mine = pairs.filter((p) => p.seed === seed);
+    for (const { arm, id } of runs("train-tokenizer") ? mine : []) {
+      add("train-tokenizer", id("tokenizer"), {
+        shards,
+        perceptual: kind(arm),
+        ...(kind(arm) === "builtin" ? { "perceptual-dir": dir("perceptual") } : {}),
+        ...arm.tokenizer,
+      }, { arm, seed });
+    }
+    for (const { id } of runs("export-codebook") ? mine : []) {
+      add("export-codebook", id("export"), { tokenizer: dir(id("tokenizer")), shards }, { seed });
+    }
+    for (const { id } of runs("pretrain") ? mine : []) {
+      add("pretrain", id("pretrain"), { shards, tokenizer: dir(id("export")) }, { seed });
+    }
   }
-  if (!has("train-tokenizer")) return steps;
-  for (const arm of arms) {
-    add("train-tokenizer", `tokenizer${arm.suffix}`, {
-      shards,
-      perceptual: kind(arm),
-      ...(kind(arm) === "builtin" ? { "perceptual-dir": dir("perceptual") } : {}),
-      ...arm.tokenizer,
-    }, arm);
-  }
-  if (!has("export-codebook")) return steps;
-  for (const arm of arms) {
-    add("export-codebook", `export${arm.suffix}`, {
-      tokenizer: dir(`tokenizer${arm.suffix}`),
-      shards,
-    });
-  }
-  if (!has("pretrain")) return steps;
-  for (const arm of arms) {
-    add("pretrain", `pretrain${arm.suffix}`, { shards, tokenizer: dir(`export${arm.suffix}`) });
-  }
-  if (!has("evaluate")) return steps;
+  if (!runs("evaluate")) return steps;
   const curves = [
     ...(builtin ? [dir("perceptual")] : []),
-    ...arms.flatMap((arm) => [dir(`tokenizer${arm.suffix}`), dir(`pretrain${arm.suffix}`)]),
+    ...pairs.flatMap(({ id }) => [dir(id("tokenizer")), dir(id("pretrain"))]),
   ];
+  // Each arm's seed, when some differs from evaluate's own --seed (the one it defaults to).
+  const evaluateSeed = section("evaluate").seed ?? config.seed ?? STAGE_DEFAULT_SEED;
+  const armSeeds = listed && pairs.some((p) => p.seed !== evaluateSeed);
   add("evaluate", "evaluate", {
     shards,
-    export: arms.map((arm) => dir(`export${arm.suffix}`)).join(","),
-    pretrain: arms.map((arm) => dir(`pretrain${arm.suffix}`)).join(","),
-    ...(arms.length > 1 ? { labels: arms.map((arm) => arm.label).join(",") } : {}),
+    export: pairs.map(({ id }) => dir(id("export"))).join(","),
+    pretrain: pairs.map(({ id }) => dir(id("pretrain"))).join(","),
+    // The same label for an arm's runs of every seed: evaluate pools them as that arm's seeds.
+    ...(pairs.length > 1 ? { labels: pairs.map((p) => p.arm.label).join(",") } : {}),
+    ...(armSeeds ? { "arm-seeds": pairs.map((p) => p.seed).join(",") } : {}),
     curves: curves.join(","),
   });
   return steps;
+}
+
+/** Which steps serve every seed and which run once per seed (a run with a seed list). */
+export interface SeedPlan {
+  seeds: number[];
+  /** Steps run once for all seeds: the shards, the perceptual network, the evaluation. */
+  shared: string[];
+  /** Per seed: the folder of its runs (relative to the run's folder, "" for itself), its steps. */
+  perSeed: { seed: number; folder: string; steps: string[] }[];
+}
+
+/** The seed plan of a chain's steps, or null when the config lists no seeds. */
+export function seedPlan(steps: PipelineStep[]): SeedPlan | null {
+  if (!steps.some((s) => s.seed !== undefined)) return null;
+  const seeds = [...new Set(steps.flatMap((s) => s.seed === undefined ? [] : [s.seed]))];
+  return {
+    seeds,
+    shared: steps.filter((s) => s.seed === undefined).map((s) => s.id),
+    perSeed: seeds.map((seed) => {
+      const ids = steps.filter((s) => s.seed === seed).map((s) => s.id);
+      const slash = ids[0].lastIndexOf("/");
+      return {
+        seed,
+        folder: slash < 0 ? "" : ids[0].slice(0, slash),
+        steps: ids.map((id) => id.slice(id.lastIndexOf("/") + 1)),
+      };
+    }),
+  };
+}
+
+/** The plan as lines (printed before a run and by --dry-run). */
+export function seedPlanLines(plan: SeedPlan): string[] {
+  return [
+    `seeds ${plan.seeds.join(", ")}: shared by every seed: ${plan.shared.join(", ")}`,
+    ...plan.perSeed.map(({ seed, folder, steps }) =>
+      `seed ${seed} (in ${folder ? `<out>/${folder}` : "<out>"}): ${steps.join(", ")}`
+    ),
+  ];
 }
 
 // ---- running ----------------------------------------------------------------------------------
@@ -488,6 +585,13 @@ export async function runPipeline(
   const etaText = ({ eta, known }: { eta: number; known: boolean }) =>
     known ? formatDuration(eta) : eta > 0 ? `≥${formatDuration(eta)}` : "unknown";
 
+  // A run with a seed list first says which steps serve every seed and which run per seed.
+  const plan = seedPlan(steps);
+  if (plan) {
+    emit({ event: "plan", ...plan });
+    for (const line of seedPlanLines(plan)) note(`plan: ${line}`);
+  }
+
   let status: PipelineResult["status"] = "done";
   let code = 0;
   try {
@@ -503,6 +607,7 @@ export async function runPipeline(
         stage: step.stage,
         index: index + 1,
         of: steps.length,
+        ...(step.seed !== undefined ? { seed: step.seed } : {}),
         out: step.out,
         estimate_s: step.estimate ?? null,
         pipeline_eta_s: eta0.eta,

@@ -8,6 +8,7 @@
 //   {
 //     "out": "runs/mine",                     // the run's folder: one sub-folder per stage
 //     "seed": 0,                              // --seed of every stage that has one
+//     "seeds": [0, 1, 2],                     // run the arms once per seed (see below)
 //     "stages": {                             // per stage: its command-line options, by name
 //       "shard": { "input": "photos/", "size": 64 },
 //       "train-tokenizer": { "steps": 600, "lambda": 1 },
@@ -19,14 +20,21 @@
 // A stage section holds that stage's options (their names as on its command line, values of the
 // option's type). The options that connect the stages (--shards, --out, …) are set by the
 // pipeline and are refused here, as are the per-invocation switches (--quiet, --force).
+//
+// "seeds" runs each arm (train-tokenizer → export-codebook → pretrain) once per seed, each stage
+// with that seed as its --seed; the shards and the perceptual network serve every seed (they keep
+// "seed"), and one evaluate measures every arm of every seed. A per-seed stage's section cannot
+// set its own seed then. Without "seeds" the run has one seed, "seed".
 
-import type { OptionSpecs } from "./args.ts";
+import { type OptionSpecs, UsageError } from "./args.ts";
 
 export type OptionValue = string | number | boolean;
 
 export interface PipelineConfig {
   out?: string;
   seed?: number;
+  /** The seeds the arms run with, distinct integers ≥ 0 (absent: one seed, `seed`). */
+  seeds?: number[];
   stages: Record<string, Record<string, OptionValue>>;
   estimates: Record<string, number>;
 }
@@ -38,12 +46,100 @@ export interface StageSchema {
   wired: Record<string, string>;
 }
 
-const TOP_KEYS = ["out", "seed", "stages", "estimates", "$comment"] as const;
+const TOP_KEYS = ["out", "seed", "seeds", "stages", "estimates", "$comment"] as const;
+
+/**
+ * The stages run once per seed (an arm's randomness: the tokenizer's, its export's and its
+ * pretraining's); the others, shard and train-perceptual, serve every seed, and evaluate measures
+ * every arm of every seed at once.
+ */
+export const PER_SEED_STAGES: readonly string[] = [
+  "train-tokenizer",
+  "export-codebook",
+  "pretrain",
+];
 /** Switches of one invocation, not settings of a run. */
 const SWITCHES = new Set(["quiet", "force", "help"]);
 
 function fail(path: string, what: string): never {
   throw new Error(`peco: pipeline: ${path}: ${what}`);
+}
+
+/**
+ * The problems of a seed list (the config's "seeds", `deno task experiment --seeds`): no entry, an
+ * entry that is not an integer ≥ 0, a seed listed twice. `show` writes an entry as the user gave it.
+ */
+export function seedListProblems(
+  seeds: readonly unknown[],
+  show: (entry: unknown) => string = (entry) => JSON.stringify(entry) ?? String(entry),
+): string[] {
+  const problems: string[] = [];
+  if (seeds.length === 0) problems.push("no seed listed (e.g. 0,1,2)");
+  const seen = new Set<number>();
+  for (const [i, seed] of seeds.entries()) {
+    if (typeof seed !== "number" || !Number.isSafeInteger(seed) || seed < 0) {
+      problems.push(`entry ${i + 1} (${show(seed)}) is not an integer ≥ 0`);
+    } else if (seen.has(seed)) {
+      problems.push(`seed ${seed} is listed twice`);
+    } else seen.add(seed);
+  }
+  return problems;
+}
+
+/** "0,1,2" → [0, 1, 2]; a usage error naming `name` lists every problem of the list. */
+export function parseSeedList(text: string, name = "--seeds"): number[] {
+  const parts = text.split(",").map((part) => part.trim());
+  // Digits only: "1.0", "1e3", "0x1" and "" are refused as typed, not read as numbers.
+  const values = parts.map((part) => /^\d+$/.test(part) ? Number(part) : part);
+  const problems = text.trim() === "" ? [seedListProblems([])[0]] : seedListProblems(
+    values,
+    (entry) => typeof entry === "string" ? `"${entry}"` : String(entry),
+  );
+  if (problems.length) throw new UsageError(`${name}: ${problems.join("; ")}`);
+  return values as number[];
+}
+
+/**
+ * Problems of a seed list against the stage sections: a per-seed stage's section may not set its
+ * own seed (each of its runs takes one of the list's). One line per section, naming its key.
+ */
+export function seedSectionProblems(config: PipelineConfig, source = "config"): string[] {
+  if (config.seeds === undefined) return [];
+  return PER_SEED_STAGES.filter((stage) => config.stages[stage]?.seed !== undefined).map(
+    (stage) =>
+      `${source}.stages.${stage}.seed: ${stage} runs once per seed of the seed list, each run ` +
+      `with its own --seed; remove this seed`,
+  );
+}
+
+/** The config with a seed list given on a command line (`--seeds`), checked against its sections. */
+export function withSeeds(config: PipelineConfig, seeds: number[], source: string): PipelineConfig {
+  const seeded = { ...config, seeds };
+  const [conflict] = seedSectionProblems(seeded, `${source}: config`);
+  if (conflict) throw new Error(`peco: pipeline: ${conflict} (or leave out --seeds)`);
+  return seeded;
+}
+
+/**
+ * The config with a stage's steps set from a command line (`deno task experiment
+ * --perceptual-steps`), its estimate scaled from the steps it had (the section's, else
+ * `defaultSteps`, the stage's default) to the new ones.
+ */
+export function withSteps(
+  config: PipelineConfig,
+  stage: string,
+  steps: number,
+  defaultSteps: number,
+): PipelineConfig {
+  const before = Number(config.stages[stage]?.steps ?? defaultSteps);
+  const estimate = config.estimates[stage];
+  return {
+    ...config,
+    stages: { ...config.stages, [stage]: { ...config.stages[stage], steps } },
+    estimates: estimate === undefined || !(before > 0)
+      ? config.estimates
+      : { ...config.estimates, [stage]: estimate * steps / before },
+  };
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -112,6 +208,17 @@ export function validateConfig(
     }
     config.seed = raw.seed as number;
   }
+  if (raw.seeds !== undefined) {
+    if (!Array.isArray(raw.seeds)) {
+      fail(
+        `${source}.seeds`,
+        `expected an array of seeds, e.g. [0, 1, 2], got ${describe(raw.seeds)}`,
+      );
+    }
+    const problems = seedListProblems(raw.seeds);
+    if (problems.length) fail(`${source}.seeds`, problems.join("; "));
+    config.seeds = raw.seeds as number[];
+  }
   const names = Object.keys(schemas);
   const stages = raw.stages ?? {};
   if (!isObject(stages)) fail(`${source}.stages`, `must be an object, got ${describe(stages)}`);
@@ -137,6 +244,8 @@ export function validateConfig(
     }
     config.estimates[stage] = seconds;
   }
+  const [conflict] = seedSectionProblems(config, source);
+  if (conflict) throw new Error(`peco: pipeline: ${conflict}`);
   return config;
 }
 

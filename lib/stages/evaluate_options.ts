@@ -35,6 +35,11 @@ export const evaluateCommand = {
       type: "string",
       help: "arm names, comma-separated (default: the export folder names)",
     },
+    "arm-seeds": {
+      type: "string",
+      help:
+        "seed of each arm, comma-separated in --export order (default: --seed for every arm); arms sharing a label are one arm's seeds",
+    },
     curves: {
       type: "string",
       default: "",
