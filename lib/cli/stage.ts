@@ -167,10 +167,18 @@ export function stageFingerprint(
 
 // ---- reading folders ------------------------------------------------------------------------
 
-/** A throw-helper for one stage: `fail("what")` throws "peco: <stage>: what". */
+/** An error's message without its "peco: " prefix, to be wrapped in another message. */
+export function errorText(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).replace(/^peco: /, "");
+}
+
+/**
+ * A throw-helper for one stage: `fail("what")` throws "peco: <stage>: what", and
+ * `fail("--shards", error)` throws "peco: <stage>: --shards: <the error's message>".
+ */
 export function failer(stage: string) {
-  return (what: string): never => {
-    throw new Error(`peco: ${stage}: ${what}`);
+  return (what: string, cause?: unknown): never => {
+    throw new Error(`peco: ${stage}: ${what}${cause === undefined ? "" : `: ${errorText(cause)}`}`);
   };
 }
 
@@ -318,7 +326,7 @@ export async function beginStage(spec: StageSpec): Promise<StageRun | StageSkip>
     }
     if (force || !names.includes(CHECKPOINT_FILE)) return await startFresh();
     const meta = await readCheckpointMeta(join(out, CHECKPOINT_FILE)).catch((error) =>
-      fail(`${(error as Error).message.replace(/^peco: /, "")}; use --force to start over`)
+      fail(`${errorText(error)}; use --force to start over`)
     );
     if (meta.fingerprint !== fingerprint) return await startFresh(); // a stale one: start again
     // Half-written temporary files of the interrupted run go; everything else is overwritten.
