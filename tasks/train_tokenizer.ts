@@ -31,7 +31,7 @@ import { initGpu } from "../lib/tensor/engine.ts";
 import { failOnProblems } from "../lib/cli/problems.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
-import { beginStage, finishStage, type StageResult } from "../lib/cli/stage.ts";
+import { beginStage, failer, finishStage, type StageResult } from "../lib/cli/stage.ts";
 import { moduleReadPaths } from "../lib/data/shard_reads.ts";
 import { tokenizerPreset } from "../lib/models/tokenizer_config.ts";
 import {
@@ -54,6 +54,8 @@ import {
 export { trainTokenizerCommand, type TrainTokenizerConfig, type TrainTokenizerOptions };
 
 export type TrainTokenizerResult = StageResult;
+
+const fail = failer(STAGE);
 
 /** Checks the options (usage errors, exit 2): every problem at once. */
 function checkOptions(o: TrainTokenizerOptions): void {
@@ -89,7 +91,7 @@ export async function runTrainTokenizer(
     if (run.status === "skip") {
       return { status: "skip", out: run.out, summary: run.manifest.summary };
     }
-    throw new Error(`peco: ${STAGE}: ${run.out} changed while it was checked; run again`);
+    fail(`${run.out} changed while it was checked; run again`);
   }
   await initGpu();
   const net = await openPerceptual(o, image.size, pool, log);

@@ -32,6 +32,7 @@ export class Progress {
   private readonly stream: { writeSync(p: Uint8Array): number; isTerminal(): boolean };
 
   constructor(private options: ProgressOptions) {
+    this.done = options.first ?? 0;
     this.stream = options.stream ?? Deno.stderr;
     this.tty = this.stream.isTerminal();
   }

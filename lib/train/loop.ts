@@ -118,8 +118,9 @@ export interface LoopResult {
   };
 }
 
-/** The key of the training seconds in a checkpoint's metrics. */
+/** The keys of the training seconds and images in a checkpoint's metrics (carried, not logged). */
 const TRAIN_SECONDS = "train_seconds";
+const TRAIN_IMAGES = "train_images";
 
 /**
  * Trains `spec.steps` steps in `run` (resuming its checkpoint), writing records and checkpoints;
@@ -139,7 +140,9 @@ export async function trainLoop<B extends LoopBatch>(
   const first = meta?.step ?? 0;
   const carried = { ...(meta?.metrics ?? {}) } as Record<string, number>;
   let trainSeconds = carried[TRAIN_SECONDS] ?? 0;
+  let images = carried[TRAIN_IMAGES] ?? 0;
   delete carried[TRAIN_SECONDS];
+  delete carried[TRAIN_IMAGES];
   let last: Record<string, number> = carried;
   const guard = new CheckpointGuard(stage, run.checkpoint, meta ? first : null);
   const metrics = await sinks.openMetrics(meta ? first : null);
@@ -152,7 +155,6 @@ export async function trainLoop<B extends LoopBatch>(
   let pending: Tensor[][] = [];
   let intervalStart = performance.now();
   let intervalImages = 0;
-  let images = 0;
   const result = (status: LoopResult["status"], step: number): LoopResult => ({
     status,
     step,
@@ -178,8 +180,9 @@ export async function trainLoop<B extends LoopBatch>(
         flush();
         continue;
       }
-      const means = await readChecked(pending, spec.terms, done, guard);
-      pending = [];
+      const interval = pending;
+      pending = []; // readChecked disposes them, even when it throws
+      const means = await readChecked(interval, spec.terms, done, guard);
       const seconds = (performance.now() - intervalStart) / 1000;
       trainSeconds += seconds;
       images += intervalImages;
@@ -202,7 +205,7 @@ export async function trainLoop<B extends LoopBatch>(
           epoch: Math.floor(done / stepsPerEpoch),
           seed: spec.seed,
           config: spec.config,
-          metrics: { ...last, [TRAIN_SECONDS]: trainSeconds },
+          metrics: { ...last, [TRAIN_SECONDS]: trainSeconds, [TRAIN_IMAGES]: images },
         });
         await spec.checkpointed?.(done);
         if (spec.stopAt !== undefined && done >= spec.stopAt && done < steps) {
@@ -234,8 +237,12 @@ async function readChecked(
   done: number,
   guard: CheckpointGuard,
 ): Promise<Record<string, number>> {
-  const values = await readAll(pending.flat());
-  pending.forEach((ts) => ts.forEach((t) => t.dispose()));
+  let values: Float32Array[];
+  try {
+    values = await readAll(pending.flat());
+  } finally {
+    pending.forEach((ts) => ts.forEach((t) => t.dispose()));
+  }
   const n = pending.length;
   for (let j = 0; j < n; j++) {
     const step = done - n + 1 + j;
