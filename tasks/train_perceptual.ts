@@ -82,6 +82,9 @@ if (import.meta.main) {
     access: trainPerceptualAccess,
     run: (options) => runTrainPerceptual(options),
     describe: ({ status, out, summary }) => {
+      if (status === "stopped") {
+        return `${STAGE}: stopped after the checkpoint at step ${summary.step} in ${out}`;
+      }
       const knn = summary.knn_accuracy;
       return `${STAGE}: ${status === "skip" ? "up to date" : "done"}: ${
         join(out, ENCODER_FILE)

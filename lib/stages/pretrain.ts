@@ -343,7 +343,9 @@ export async function trainPretrain(
         baseline: r.baseline_accuracy.toFixed(3),
       }),
     }, { quiet, log });
-    if (result.status === "stopped") return { status: "stopped", summary: result.last };
+    if (result.status === "stopped") {
+      return { status: "stopped", summary: { step: result.step, ...result.last } };
+    }
     await saveBeit(model, join(run.out, BEIT_MODEL_FILE), config.image, {
       "peco.stage": STAGE,
       "peco.fingerprint": run.fingerprint,

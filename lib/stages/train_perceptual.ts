@@ -192,7 +192,9 @@ export async function trainPerceptual(
         Promise.resolve({ momentum: momentumAt(done - 1, steps, config.momentum) }),
       shown: (r) => ({ loss: r.loss, lr: r.lr }),
     }, { quiet, log });
-    if (result.status === "stopped") return { status: "stopped", summary: result.last };
+    if (result.status === "stopped") {
+      return { status: "stopped", summary: { step: result.step, ...result.last } };
+    }
 
     const encoder = model.baseEncoder.backbone;
     await saveEncoder(encoder, join(run.out, ENCODER_FILE));

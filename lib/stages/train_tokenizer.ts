@@ -382,7 +382,9 @@ export async function trainTokenizer(
       }),
     }, { label: "tokenizer", quiet, log });
     const { last } = result;
-    if (result.status === "stopped") return { status: "stopped", summary: last };
+    if (result.status === "stopped") {
+      return { status: "stopped", summary: { step: result.step, ...last } };
+    }
     return {
       status: "done",
       summary: {
