@@ -20,8 +20,8 @@ import {
   type MocoHeadConfig,
   MocoV3,
   momentumAt,
+  saveEncoder,
 } from "../models/moco.ts";
-import { saveEncoder } from "../models/moco.ts";
 import { AdamW, warmupCosine } from "../optim/mod.ts";
 import { Rng } from "../tensor/init.ts";
 import type { TrainingState } from "../train/checkpoint.ts";
@@ -115,7 +115,7 @@ export async function openPerceptualData(dir: string, o: TrainPerceptualOptions)
  * The views' size. Small square images (side ≤ 32, even) train at half their side by default
  * (28² → 14²): on a software GPU the step time grows with the pixels, and more steps beat more
  * pixels for MNIST. The tokenizer runs the network on its images average-pooled to this size
- * (the manifest's summary.viewSize), the scale the features were trained at.
+ * (the manifest's summary.view_size), the scale the features were trained at.
  */
 export function viewSize(config: TrainPerceptualConfig, split: SplitReader): [number, number] {
   if (config.size) return [config.size, config.size];
