@@ -13,6 +13,19 @@ import { METRICS_FILE, MetricsWriter } from "./metrics.ts";
 import { Progress } from "./progress.ts";
 import type { StageRun } from "./stage.ts";
 
+/** How a stage's training runs: no progress bar, stop after a checkpoint (--stop-at), its log. */
+export interface TrainingOptions {
+  quiet?: boolean;
+  stopAt?: number;
+  log: (line: string) => void;
+}
+
+/** What a stage's training gives back: a finished run's summary, or the last record when stopped. */
+export interface TrainingOutcome {
+  status: "done" | "stopped";
+  summary: Record<string, unknown>;
+}
+
 /** Where a stage's loop writes: metrics.jsonl in `run.out`, a progress bar labelled `label`. */
 export function stageSinks(
   run: { out: string },

@@ -5,7 +5,7 @@
 import { join, resolve } from "node:path";
 import { adapterInfo, initGpu } from "../tensor/engine.ts";
 import { failer, MANIFEST_FILE, type StageRun } from "../cli/stage.ts";
-import { trainStage } from "../cli/training.ts";
+import { type TrainingOptions, type TrainingOutcome, trainStage } from "../cli/training.ts";
 import { openShards, type ShardSet } from "../data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../data/token_shards.ts";
 import { Loader } from "../data/loader.ts";
@@ -176,10 +176,13 @@ export async function openPretrainInputs(o: PretrainOptions) {
 }
 
 /** The opened inputs of a run (the tokenizer is on the GPU unless --tokens). */
-export type PretrainInputs = Awaited<ReturnType<typeof openPretrainInputs>>;
+export type OpenedPretrainInputs = Awaited<ReturnType<typeof openPretrainInputs>>;
 
 /** The run's config from the preset, the command line and the inputs; the grids must agree. */
-export function resolvePretrainConfig(o: PretrainOptions, inputs: PretrainInputs): PretrainConfig {
+export function resolvePretrainConfig(
+  o: PretrainOptions,
+  inputs: OpenedPretrainInputs,
+): PretrainConfig {
   const preset = o.preset as BeitPresetName;
   const defaults = PRETRAIN_TRAIN_PRESETS[preset];
   const { geometry, problems } = resolvePretrainGeometry(o, {
@@ -235,9 +238,9 @@ function tokenLookup(ids: Uint32Array, tokens: number) {
 export async function trainPretrain(
   run: StageRun,
   config: PretrainConfig,
-  inputs: PretrainInputs,
-  { quiet = false, stopAt, log }: { quiet?: boolean; stopAt?: number; log: (line: string) => void },
-): Promise<{ status: "done" | "stopped"; summary: Record<string, unknown> }> {
+  inputs: OpenedPretrainInputs,
+  { quiet = false, stopAt, log }: TrainingOptions,
+): Promise<TrainingOutcome> {
   const { train, model: modelConfig, seed } = config;
   const { shards, tokenizer } = inputs;
   const model = new Beit(modelConfig, seed);
@@ -381,7 +384,7 @@ export async function trainPretrain(
  */
 async function buildHeldOut(
   config: PretrainConfig,
-  inputs: PretrainInputs,
+  inputs: OpenedPretrainInputs,
   views: ViewSpec[],
   masking: ReturnType<typeof maskingGenerator>,
   tokensPerImage: number,

@@ -7,7 +7,7 @@ import { join, resolve } from "node:path";
 import { adapterInfo } from "../tensor/engine.ts";
 import { failOnProblems } from "../cli/problems.ts";
 import { failer, type StageRun } from "../cli/stage.ts";
-import { trainStage } from "../cli/training.ts";
+import { type TrainingOptions, type TrainingOutcome, trainStage } from "../cli/training.ts";
 import type { AugmentConfig } from "../data/augment.ts";
 import { Loader } from "../data/loader.ts";
 import { workerShardSource } from "../data/shard_reads.ts";
@@ -134,8 +134,8 @@ export async function trainPerceptual(
   run: StageRun,
   config: TrainPerceptualConfig,
   data: PerceptualData,
-  { quiet = false, stopAt, log }: { quiet?: boolean; stopAt?: number; log: (line: string) => void },
-): Promise<{ status: "done" | "stopped"; summary: Record<string, unknown> }> {
+  { quiet = false, stopAt, log }: TrainingOptions,
+): Promise<TrainingOutcome> {
   const { steps, batch, seed } = config;
   const rng = new Rng(seed);
   const model = new MocoV3(config.encoder, config.head, rng.fork("model"));

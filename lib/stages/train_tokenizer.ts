@@ -8,7 +8,7 @@
 import { join, resolve } from "node:path";
 import { adapterInfo } from "../tensor/engine.ts";
 import { errorText, failer, MANIFEST_FILE, stageFingerprint, type StageRun } from "../cli/stage.ts";
-import { trainStage } from "../cli/training.ts";
+import { type TrainingOptions, type TrainingOutcome, trainStage } from "../cli/training.ts";
 import { openShards, type ShardSet, type SplitReader } from "../data/shards.ts";
 import { Loader } from "../data/loader.ts";
 import { trainingSource } from "../data/shard_reads.ts";
@@ -277,9 +277,6 @@ export async function tokenizerUpToDate(
   }
 }
 
-/** The opened shards of a run and their image geometry. */
-export type TokenizerShards = Awaited<ReturnType<typeof openTokenizerShards>>;
-
 /**
  * Trains the tokenizer in `run` (resuming its checkpoint): the summary of a finished run, or
  * status "stopped" (--stop-at).
@@ -289,8 +286,8 @@ export async function trainTokenizer(
   config: TrainTokenizerConfig,
   shards: ShardSet,
   net: PerceptualModule | null,
-  { quiet = false, stopAt, log }: { quiet?: boolean; stopAt?: number; log: (line: string) => void },
-): Promise<{ status: "done" | "stopped"; summary: Record<string, unknown> }> {
+  { quiet = false, stopAt, log }: TrainingOptions,
+): Promise<TrainingOutcome> {
   const { train, model: modelConfig, seed } = config;
   const lambda = config.perceptual.lambda;
   const model = new VqVae(modelConfig, seed);
