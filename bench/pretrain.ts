@@ -1,19 +1,20 @@
 // Masked image modelling training steps (forward + backward + clip + AdamW) of the pretrain stage's
 // ViT: the MNIST preset at its default batch (images/s), and — only when asked with
 // `--filter vit-b`, because it takes minutes on lavapipe — ViT-B/16 at 224² with K = 8192 at
-// batch 2, the real configuration's memory and shape check. The targets are random codes: the
+// batch 2, the real configuration's memory and shape check. The step is the stage's own (mimStep,
+// with the preset's clip norm and optimizer settings). The targets are random codes: the
 // tokenizer's cost is not included (see bench/tokenize.ts).
 
 import { type BenchCase, measureSteps } from "./harness.ts";
 import { Beit, type BeitPresetName, resolveBeitConfig } from "../lib/models/beit.ts";
-import { AdamW, clipGradNorm, paramGroups } from "../lib/optim/mod.ts";
+import { AdamW, paramGroups } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
-import { backward, keep, normal, type Tensor, tensor } from "../lib/tensor/mod.ts";
+import { keep, normal, type Tensor, tensor } from "../lib/tensor/mod.ts";
 import {
   maskedPositions,
   maskingGenerator,
   maskSpec,
-  mimLoss,
+  mimStep,
   PRETRAIN_TRAIN_PRESETS,
 } from "../lib/train/mim.ts";
 
@@ -36,10 +37,11 @@ async function benchStep(s: Setup, timing: { warmup: number; minIters: number; m
   const initStart = performance.now();
   const model = new Beit(config, 0);
   const initMs = performance.now() - initStart;
-  const optimizer = new AdamW(paramGroups(model.namedParameters(), { weightDecay: 0.05 }), {
-    lr: 1e-4,
-    betas: [0.9, 0.98],
-  });
+  const train = PRETRAIN_TRAIN_PRESETS[s.preset];
+  const optimizer = new AdamW(
+    paramGroups(model.namedParameters(), { weightDecay: train.weightDecay }),
+    { lr: 1e-4, betas: train.betas, weightDecay: train.weightDecay },
+  );
   const grid = model.grid;
   const t = grid[0] * grid[1];
   const rng = new Rng(1);
@@ -54,12 +56,9 @@ async function benchStep(s: Setup, timing: { warmup: number; minIters: number; m
   ].map(keep);
   const [x, maskTensor, maskedIndex, targets] = fixed;
   model.train();
+  const step = { model, optimizer, clipNorm: train.clipNorm };
   const { ms, dispatches, cpu_ms } = await measureSteps(() => {
-    const out = mimLoss(model, x, maskTensor, maskedIndex, targets);
-    backward(out.loss);
-    clipGradNorm(model.parameters(), 3);
-    optimizer.step();
-    optimizer.zeroGrad();
+    mimStep(step, x, maskTensor, maskedIndex, targets);
   }, timing);
   const parameters = model.numParameters();
   fixed.forEach((f) => f.dispose());

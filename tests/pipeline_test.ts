@@ -286,7 +286,8 @@ const statuses = (r: PipelineResult) => r.steps.map((s) => s.status);
 /** The tokenizer's summary without timings (fingerprints differ: each run has its own shards). */
 async function tokenizerResult(out: string) {
   const manifest = JSON.parse(await Deno.readTextFile(join(out, "tokenizer/manifest.json")));
-  const { train_seconds: _t, peak_gpu_bytes: _p, ...summary } = manifest.summary;
+  // (Timings and memory differ from run to run.)
+  const { train_seconds: _t, images_per_s: _i, peak_gpu_bytes: _p, ...summary } = manifest.summary;
   return summary;
 }
 

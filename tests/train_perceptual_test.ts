@@ -18,8 +18,8 @@ import {
 import { Rng } from "../lib/tensor/init.ts";
 import { axpyInPlace, readAll, tensor, tidy } from "../lib/tensor/mod.ts";
 import { runShard, shardCommand } from "../tasks/shard.ts";
+import { knnAccuracy } from "../lib/train/moco.ts";
 import {
-  knnAccuracy,
   runTrainPerceptual,
   trainPerceptualCommand,
   type TrainPerceptualOptions,
@@ -214,15 +214,16 @@ Deno.test("train-perceptual: end to end, then a killed run resumes to the same w
   try {
     const full = join(root, "full");
     const result = await runTrainPerceptual(stageOptions(shards, full), { log: quiet });
-    assert.deepStrictEqual(result.status, "fresh");
+    assert.deepStrictEqual(result.status, "done");
     const manifest = await readStageManifest(full);
     assert.deepStrictEqual(manifest.stage, "train-perceptual");
     for (const f of ["checkpoint.safetensors", "encoder.safetensors", "metrics.jsonl"]) {
       assert(f in manifest.files, `${f} in the manifest`);
     }
-    const knn = manifest.summary.knnAccuracy as number;
+    const knn = manifest.summary.knn_accuracy as number;
     assert(knn >= 0 && knn <= 1, `k-NN accuracy ${knn}`);
-    assert(Number.isFinite(manifest.summary.finalLoss as number));
+    assert(Number.isFinite(manifest.summary.loss as number));
+    assert.deepStrictEqual(manifest.summary.view_size, [14, 14]);
     const metrics = await readMetrics(join(full, "metrics.jsonl"));
     assert.deepStrictEqual(metrics.map((m) => m.step), [2, 4]);
     for (const key of ["loss", "lr", "images_per_s", "peak_gpu_bytes"]) {
@@ -240,15 +241,14 @@ Deno.test("train-perceptual: end to end, then a killed run resumes to the same w
       net.dispose();
     }
 
-    // Killed after step 2 (its checkpoint stays), then rerun: resumes to the same result.
+    // Stopped after the checkpoint at step 2 (as if killed), then rerun: resumes to the same result.
     const split = join(root, "split");
-    const stopped = await runTrainPerceptual(stageOptions(shards, split), {
+    const stopped = await runTrainPerceptual(stageOptions(shards, split, ["--stop-at", "2"]), {
       log: quiet,
-      stopAfter: 2,
     });
-    assert.deepStrictEqual(stopped.status, "fresh");
+    assert.deepStrictEqual(stopped.status, "stopped");
     const resumed = await runTrainPerceptual(stageOptions(shards, split), { log: quiet });
-    assert.deepStrictEqual(resumed.status, "resume");
+    assert.deepStrictEqual(resumed.status, "done");
     const a = await readSafetensors(join(full, "encoder.safetensors"));
     const b = await readSafetensors(join(split, "encoder.safetensors"));
     assert.deepStrictEqual([...b.tensors.keys()], [...a.tensors.keys()]);

@@ -139,7 +139,7 @@ Deno.test("train-tokenizer trains with the builtin perceptual network (λ = 1)",
   // Trained on 14² views: the tokenizer pools its 28² images by 2 for the loss.
   await Deno.writeTextFile(
     join(dir, "manifest.json"),
-    JSON.stringify({ stage: "train-perceptual", summary: { viewSize: [14, 14] } }),
+    JSON.stringify({ stage: "train-perceptual", summary: { view_size: [14, 14] } }),
   );
   const out = join(root, "builtin");
   const flags = ["--perceptual", "builtin", "--perceptual-dir", dir, "--lambda", "1"];

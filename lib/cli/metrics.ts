@@ -6,7 +6,6 @@
 // "-Infinity" and read back as numbers.
 
 import { writeFileAtomic } from "../io/atomic.ts";
-import { readAll, type Tensor } from "../tensor/tensor.ts";
 
 /** One logged record: a step and named values (numbers, or strings such as a phase name). */
 export interface MetricRecord {
@@ -129,23 +128,4 @@ export class MetricsWriter {
     this.file?.close();
     this.file = null;
   }
-}
-
-/**
- * Reads the scalars of every step since the last log in one readback, disposes them, and returns
- * each named term's mean over those steps (`pending[step][term]`, terms in `names` order).
- */
-export async function readStepMeans(
-  pending: Tensor[][],
-  names: readonly string[],
-): Promise<Record<string, number>> {
-  const values = await readAll(pending.flat());
-  pending.forEach((ts) => ts.forEach((x) => x.dispose()));
-  const means: Record<string, number> = {};
-  names.forEach((name, i) => {
-    let s = 0;
-    for (let j = 0; j < pending.length; j++) s += values[j * names.length + i][0];
-    means[name] = s / pending.length;
-  });
-  return means;
 }

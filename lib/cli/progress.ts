@@ -9,6 +9,8 @@ export interface ProgressOptions {
   stream?: { writeSync(p: Uint8Array): number; isTerminal(): boolean };
   quiet?: boolean;
   plainEverySec?: number;
+  /** Items already done when this process started (a resumed run): not counted in the rate. */
+  first?: number;
 }
 
 const encoder = new TextEncoder();
@@ -30,6 +32,7 @@ export class Progress {
   private readonly stream: { writeSync(p: Uint8Array): number; isTerminal(): boolean };
 
   constructor(private options: ProgressOptions) {
+    this.done = options.first ?? 0;
     this.stream = options.stream ?? Deno.stderr;
     this.tty = this.stream.isTerminal();
   }
@@ -54,7 +57,7 @@ export class Progress {
   line(metrics: Record<string, number | string>): string {
     const { label, total, unit = "it" } = this.options;
     const elapsed = (performance.now() - this.start) / 1000;
-    const rate = this.done / Math.max(elapsed, 1e-9);
+    const rate = (this.done - (this.options.first ?? 0)) / Math.max(elapsed, 1e-9);
     const eta = rate > 0 ? (total - this.done) / rate : Infinity;
     const frac = total > 0 ? Math.min(1, this.done / total) : 1;
     const width = 24;

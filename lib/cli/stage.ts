@@ -168,8 +168,8 @@ export function stageFingerprint(
 
 // ---- reading folders ------------------------------------------------------------------------
 
-/** A throw-helper for one stage: `fail("what")` throws "peco: <stage>: what". */
-export { failer };
+/** The throw-helper of a stage, and the message of a caught error to wrap in its own (lib/io/errors.ts). */
+export { failer, reason };
 
 async function readJsonFile(path: string, fail: (what: string) => never): Promise<unknown> {
   try {

@@ -39,6 +39,10 @@ export const trainPerceptualCommand = {
       default: 50,
       help: "checkpoint every N steps (a multiple of --log-every)",
     },
+    "stop-at": {
+      type: "number",
+      help: "stop after the checkpoint at this step, as if killed (tests resuming)",
+    },
     "knn-train": { type: "number", default: 5000, help: "train images in the k-NN memory bank" },
     "knn-val": { type: "number", default: 1000, help: "held-out images classified by k-NN" },
     force: { type: "boolean", help: FORCE_OPTION.help },
@@ -56,6 +60,7 @@ export function checkTrainPerceptualOptions(o: TrainPerceptualOptions): Problem[
   const p = new Problems();
   if (!o.shards) p.add("shards", "--shards is required (a folder made by deno task shard)");
   p.integer("size", o.size, MIN_VIEW_SIZE);
+  p.integer("stop-at", o["stop-at"]);
   for (
     const name of ["steps", "batch", "log-every", "ckpt-every", "knn-train", "knn-val"] as const
   ) {

@@ -1,12 +1,16 @@
-// Masked image modelling helpers for the `pretrain` stage (docs/paper-to-code.md; paper eq. 7): the
+// Masked image modelling for the `pretrain` stage (docs/paper-to-code.md; paper eq. 7): the
 // training presets, the mask budget scaled to the grid, the masked positions of a batch, the MIM
-// loss and masked-token accuracy on the GPU, the histogram of the targets (for the baseline of
+// loss and masked-token accuracy on the GPU, the training step (the stage and bench/pretrain.ts
+// share it), the histogram of the targets (for the baseline of
 // always predicting the most frequent code) and a fixed held-out set evaluated without readback
 // until its numbers are wanted.
 
 import type { AugmentConfig } from "../data/augment.ts";
 import { MaskingGenerator } from "../data/masking.ts";
 import type { Beit, BeitPresetName } from "../models/beit.ts";
+import type { AdamW } from "../optim/adam.ts";
+import { clipGradNorm } from "../optim/clip.ts";
+import { backward } from "../tensor/autograd.ts";
 import { ones, tensor } from "../tensor/ops/creation.ts";
 import { abs, affine, axpyInPlace, clamp, sub } from "../tensor/ops/elementwise.ts";
 import { crossEntropy } from "../tensor/ops/loss.ts";
@@ -195,6 +199,40 @@ export function mimLoss(
     accuracy: maskedAccuracy(logits, targets),
     targets,
   };
+}
+
+/** The names of the scalars mimStep returns, in order. */
+export const MIM_STEP_TERMS = ["loss", "accuracy", "grad_norm"] as const;
+
+/** What one MIM training step needs. */
+export interface MimStepContext {
+  model: Beit;
+  optimizer: AdamW;
+  /** Maximum global gradient norm (PretrainTrainConfig.clipNorm). */
+  clipNorm: number;
+  /** Counts the targets (the most-frequent-code baseline), when given. */
+  histogram?: CodeHistogram;
+}
+
+/**
+ * One training step (call it inside `tidy`): the MIM loss of the batch (as mimLoss), backward,
+ * gradient clipping, AdamW. Returns the scalars named by MIM_STEP_TERMS (the gradient norm is the
+ * one before clipping).
+ */
+export function mimStep(
+  c: MimStepContext,
+  x: Tensor,
+  masks: Tensor,
+  maskedIndex: Tensor,
+  codes: Tensor,
+): Tensor[] {
+  const out = mimLoss(c.model, x, masks, maskedIndex, codes);
+  backward(out.loss);
+  const norm = clipGradNorm(c.model.parameters(), c.clipNorm);
+  c.optimizer.step();
+  c.optimizer.zeroGrad();
+  c.histogram?.add(out.targets);
+  return [out.loss, out.accuracy, norm];
 }
 
 /** A histogram of target codes on the GPU (f32 [K], kept), added to batch after batch. */
