@@ -19,14 +19,9 @@ import { sha256File } from "../lib/io/hash.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
 import { BeitClassifier, readBeitMeta } from "../lib/models/beit.ts";
 import { TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
+import { CodeUsage } from "../lib/models/quantizer.ts";
 import { noGrad, tensor } from "../lib/tensor/mod.ts";
-import {
-  CodeHistogram,
-  maskedAccuracy,
-  maskedPositions,
-  maskSpec,
-  mostFrequent,
-} from "../lib/train/mim.ts";
+import { maskedAccuracy, maskedPositions, maskSpec, mostFrequent } from "../lib/train/mim.ts";
 import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-pretrain-" });
@@ -139,7 +134,7 @@ Deno.test("MIM helpers: mask budget scaled to the grid, masked positions, accura
   ).item();
   assertClose([acc], [0.6], { what: "masked accuracy" });
 
-  const histogram = new CodeHistogram(4);
+  const histogram = new CodeUsage(4);
   histogram.add(tensor([3, 1, 3, 0], [4], "i32"));
   histogram.add(tensor([3, 2], [2], "i32"));
   const counts = await histogram.counts.toArray();

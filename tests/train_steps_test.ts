@@ -4,17 +4,11 @@
 
 import assert from "node:assert/strict";
 import "./util.ts";
-import {
-  CodeHistogram,
-  maskedPositions,
-  maskingGenerator,
-  maskSpec,
-  mimLoss,
-  mimStep,
-} from "../lib/train/mim.ts";
+import { maskedPositions, maskingGenerator, maskSpec, mimLoss, mimStep } from "../lib/train/mim.ts";
 import { mocoStep, signedView } from "../lib/train/moco.ts";
 import { Beit, resolveBeitConfig } from "../lib/models/beit.ts";
 import { MocoV3 } from "../lib/models/moco.ts";
+import { CodeUsage } from "../lib/models/quantizer.ts";
 import { AdamW, paramGroups } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
 import { keep, noGrad, readAll, tensor, tidy } from "../lib/tensor/mod.ts";
@@ -35,7 +29,7 @@ Deno.test("mimStep: the masked loss before the update, clipped AdamW, targets co
     betas: [0.9, 0.98],
     weightDecay: 0.05,
   });
-  const histogram = new CodeHistogram(16);
+  const histogram = new CodeUsage(16);
   const rng = new Rng(5);
   const n = 3;
   const grid = model.grid;

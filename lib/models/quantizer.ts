@@ -442,15 +442,21 @@ export function usageMetrics(counts: Tensor): { perplexity: Tensor; usage: Tenso
   );
 }
 
-/** Accumulates code histograms over several batches (e.g. a held-out split) on the GPU. */
+/**
+ * A histogram of code ids on the GPU (f32 [K], kept), added to batch after batch with no readback:
+ * the tokenizer's codebook usage over a held-out split, the MIM targets' code frequencies.
+ */
 export class CodeUsage {
   readonly counts: Tensor;
 
   constructor(readonly codebookSize: number) {
     this.counts = keep(zeros([codebookSize]));
+    this.counts.name = "code_counts";
   }
 
+  /** Counts indices i32 (any shape, possibly empty). */
   add(indices: Tensor): void {
+    if (indices.size === 0) return;
     tidy(() => axpyInPlace(this.counts, codeHistogram(indices, this.codebookSize)));
   }
 

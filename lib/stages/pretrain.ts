@@ -26,6 +26,7 @@ import {
   saveBeit,
 } from "../models/beit.ts";
 import { Tokenizer, TOKENIZER_FILE } from "../models/tokenizer.ts";
+import { CodeUsage } from "../models/quantizer.ts";
 import { AdamW, paramGroups, warmupCosine } from "../optim/mod.ts";
 import { Rng } from "../tensor/init.ts";
 import { readAll, tensor, tidy } from "../tensor/mod.ts";
@@ -39,7 +40,6 @@ import {
 import {
   augmentConfig,
   type AugmentMode,
-  CodeHistogram,
   HeldOutSet,
   maskedPositions,
   maskingGenerator,
@@ -250,7 +250,7 @@ export async function trainPretrain(
     betas: train.betas,
     weightDecay: train.weightDecay,
   });
-  const histogram = new CodeHistogram(modelConfig.vocabSize);
+  const histogram = new CodeUsage(modelConfig.vocabSize);
   const state: TrainingState = {
     modules: { model },
     optimizers: { optim: optimizer },

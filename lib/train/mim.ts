@@ -8,15 +8,16 @@
 import type { AugmentConfig } from "../data/augment.ts";
 import { MaskingGenerator } from "../data/masking.ts";
 import type { Beit, BeitPresetName } from "../models/beit.ts";
+import type { CodeUsage } from "../models/quantizer.ts";
 import type { AdamW } from "../optim/adam.ts";
 import { clipGradNorm } from "../optim/clip.ts";
 import { backward } from "../tensor/autograd.ts";
-import { ones, tensor } from "../tensor/ops/creation.ts";
-import { abs, affine, axpyInPlace, clamp, sub } from "../tensor/ops/elementwise.ts";
+import { tensor } from "../tensor/ops/creation.ts";
+import { abs, affine, clamp, sub } from "../tensor/ops/elementwise.ts";
 import { crossEntropy } from "../tensor/ops/loss.ts";
 import { mean } from "../tensor/ops/reduce.ts";
 import { argmax } from "../tensor/ops/reduce_index.ts";
-import { cast, gather, scatterAddRows } from "../tensor/ops/shape.ts";
+import { cast, gather } from "../tensor/ops/shape.ts";
 import { keep, noGrad, readAll, type Tensor, tidy } from "../tensor/tensor.ts";
 
 export type AugmentMode = "none" | "crop" | "beit";
@@ -211,7 +212,7 @@ export interface MimStepContext {
   /** Maximum global gradient norm (PretrainTrainConfig.clipNorm). */
   clipNorm: number;
   /** Counts the targets (the most-frequent-code baseline), when given. */
-  histogram?: CodeHistogram;
+  histogram?: CodeUsage;
 }
 
 /**
@@ -233,32 +234,6 @@ export function mimStep(
   c.optimizer.zeroGrad();
   c.histogram?.add(out.targets);
   return [out.loss, out.accuracy, norm];
-}
-
-/** A histogram of target codes on the GPU (f32 [K], kept), added to batch after batch. */
-export class CodeHistogram {
-  readonly counts: Tensor;
-
-  constructor(readonly codebookSize: number) {
-    this.counts = keep(tensor(new Float32Array(codebookSize), [codebookSize]));
-    this.counts.name = "code_counts";
-  }
-
-  /** Counts targets i32 [M] (no readback). */
-  add(targets: Tensor): void {
-    noGrad(() =>
-      tidy(() => {
-        const m = targets.size;
-        if (m === 0) return;
-        const batch = scatterAddRows(ones([m, 1]), targets, this.codebookSize);
-        axpyInPlace(this.counts, batch, 1);
-      })
-    );
-  }
-
-  dispose(): void {
-    this.counts.dispose();
-  }
 }
 
 /** The most frequent code of a histogram and its share of the counts. */
