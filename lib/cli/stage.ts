@@ -24,6 +24,7 @@
 import { join, relative, resolve, sep } from "node:path";
 import { type AdapterInfo, adapterInfo } from "../tensor/engine.ts";
 import { TEMP_PREFIX, writeJsonAtomic } from "../io/atomic.ts";
+import { failer } from "../io/errors.ts";
 import { sha256File, sha256Hex } from "../io/hash.ts";
 import { CHECKPOINT_FILE, type CheckpointMeta, readCheckpointMeta } from "../train/checkpoint.ts";
 import type { OptionSpec } from "./args.ts";
@@ -167,12 +168,8 @@ export function stageFingerprint(
 
 // ---- reading folders ------------------------------------------------------------------------
 
-/** A throw-helper for one stage: `fail("what")` throws "peco: <stage>: what". */
-export function failer(stage: string) {
-  return (what: string): never => {
-    throw new Error(`peco: ${stage}: ${what}`);
-  };
-}
+/** A throw-helper for one stage: `fail("what")` throws "peco: <stage>: what" (lib/io/errors.ts). */
+export { failer };
 
 async function readJsonFile(path: string, fail: (what: string) => never): Promise<unknown> {
   try {
