@@ -235,7 +235,7 @@ function claimBlocks(r: EvaluateReport): Block[] {
     });
     for (const c of r.claims) blocks.push(text(`\`${describeClaim(c, 100, 1)}\``));
   }
-  for (const note of r.claimNotes) blocks.push(text(`Left out: ${note}.`));
+  for (const note of r.claimNotes) blocks.push(text(`${note}.`));
   const semantic = r.claims.some((c) => c.name.startsWith("semantic codes"));
   if (semantic || r.perceptualKnn.length) {
     blocks.push(
