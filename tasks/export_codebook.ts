@@ -68,8 +68,11 @@ import {
 } from "../lib/stages/export_codebook_options.ts";
 
 const STAGE = "export-codebook";
-/** The train-tokenizer stage's input normalisation: (x/255 − 0.5) / 0.5 (its HALF). */
-const HALF = 0.5;
+/**
+ * The mean and the std of train-tokenizer's input normalisation, (x/255 − 0.5) / 0.5: pixels mapped
+ * to [−1, 1].
+ */
+const TOKENIZER_MEAN_STD = 0.5;
 const TOKENS_DIR = "tokens";
 const FIGURES_DIR = "figures";
 
@@ -197,8 +200,8 @@ async function exportRun(
     image: {
       channels,
       size: inputs.model.imageSize,
-      mean: new Array(channels).fill(HALF),
-      std: new Array(channels).fill(HALF),
+      mean: new Array(channels).fill(TOKENIZER_MEAN_STD),
+      std: new Array(channels).fill(TOKENIZER_MEAN_STD),
     },
     provenance: {
       stage: inputs.run.stage,

@@ -15,10 +15,9 @@ import { argmax } from "../tensor/ops/reduce_index.ts";
 import { gather } from "../tensor/ops/shape.ts";
 import { backward } from "../tensor/autograd.ts";
 import { copyInto, keep, noGrad, readAll, Tensor, tidy } from "../tensor/tensor.ts";
+import { failer } from "../io/errors.ts";
 
-function fail(what: string): never {
-  throw new Error(`peco: probe: ${what}`);
-}
+const fail: (what: string) => never = failer("probe");
 
 /**
  * Runs `fn(from, to)` on consecutive chunks of `count` items (under noGrad, each in its own scope)
