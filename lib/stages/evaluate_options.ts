@@ -69,8 +69,8 @@ export const evaluateCommand = {
     "probe-lr": { type: "number", default: 1e-2, help: "linear probe peak lr" },
     "eval-images": {
       type: "number",
-      default: 1000,
-      help: "held-out images of every measure (probes, PSNR/SSIM, top-1)",
+      default: 5000,
+      help: "held-out images of every measure (probes, PSNR/SSIM, top-1); at most the val split",
     },
     smoke: {
       type: "boolean",
