@@ -8,6 +8,7 @@ import { basename, join } from "node:path";
 import { type MetricRecord, METRICS_FILE, readMetrics } from "../cli/metrics.ts";
 import { writeFileAtomic } from "../io/atomic.ts";
 import type { Measurement, RunRef } from "../io/report.ts";
+import type { OutcomeRecord } from "../eval/outcomes.ts";
 import type { ClaimOf } from "../eval/claims.ts";
 import type { VitProbes } from "../eval/probes.ts";
 import { describeClaim, formatMeanSd, meanSd } from "../eval/stats.ts";
@@ -92,16 +93,27 @@ export interface EvaluateReport {
   arms: ArmReport[];
   /** Fine-tuning from scratch, one run per seed. */
   scratch: { seed: number; accuracy: number }[];
-  classifierAcc: number;
+  /** The classifier trained on real images: its held-out top-1, steps and seed. */
+  classifier: { accuracy: number; steps: number; seed: number };
   claims: ClaimOf[];
   /** Claims left out, and why. */
   claimNotes: string[];
-  /** The perceptual network's k-NN accuracy behind each λ > 0 arm (by label). */
-  perceptualKnn: { label: string; accuracy: number | null; note: string }[];
+  /** Per arm and seed (in --export order), the perceptual network's k-NN accuracy or why not. */
+  perceptualKnn: {
+    label: string;
+    seed: number;
+    accuracy: number | null;
+    dir: string | null;
+    note: string;
+  }[];
+  /** Per-image 0/1 outcomes of every accuracy of every arm and seed. */
+  outcomes: OutcomeRecord[];
   /** A smoke run: its budgets support no claim, and the report says so first. */
   smoke: boolean;
   curves: StageCurves[];
   finetuneCharts: WrittenChart[];
+  /** The stage's resolved config, as report.json records it. */
+  config: unknown;
 }
 
 /** The notice at the top of a smoke run's report. */
@@ -236,12 +248,16 @@ function claimBlocks(r: EvaluateReport): Block[] {
     for (const c of r.claims) blocks.push(text(`\`${describeClaim(c, 100, 1)}\``));
   }
   for (const note of r.claimNotes) blocks.push(text(`${note}.`));
+  // Beside claim (1): the k-NN accuracy of the perceptual network behind each λ > 0 arm, once.
+  const knn = r.perceptualKnn.filter((p, i) =>
+    (r.arms[i]?.lambda ?? 0) > 0 && r.perceptualKnn.findIndex((q) => q.label === p.label) === i
+  );
   const semantic = r.claims.some((c) => c.name.startsWith("semantic codes"));
-  if (semantic || r.perceptualKnn.length) {
+  if (semantic || knn.length) {
     blocks.push(
       text(
-        "Claim (1) rests on the perceptual network: " + (r.perceptualKnn.length
-          ? r.perceptualKnn.map((p) =>
+        "Claim (1) rests on the perceptual network: " + (knn.length
+          ? knn.map((p) =>
             p.accuracy === null
               ? `${p.label}: k-NN accuracy unknown (${p.note})`
               : `${p.label}: k-NN top-1 ${pct(p.accuracy)}% (${p.note})`
@@ -335,7 +351,9 @@ export async function reportBlocks(out: string, r: EvaluateReport): Promise<Bloc
     text(
       "Linear probe: a linear classifier on each image's average-pooled quantized codewords. " +
         "Reconstructions: the tokenizer's reconstructions classified by a classifier trained on " +
-        `real images (${pct(r.classifierAcc)}% on real val images). PSNR and SSIM on [0, 1] ` +
+        `real images (${
+          pct(r.classifier.accuracy)
+        }% on real val images). PSNR and SSIM on [0, 1] ` +
         "pixels; usage and perplexity from the export's codebook statistics.",
     ),
     {
@@ -359,7 +377,7 @@ export async function reportBlocks(out: string, r: EvaluateReport): Promise<Bloc
           fixed(v(a, "tokenizer.usage"), 3),
           fixed(v(a, "tokenizer.perplexity"), 1),
         ]),
-        ["real images", "–", pct(r.classifierAcc), "–", "–", "–", "–"],
+        ["real images", "–", pct(r.classifier.accuracy), "–", "–", "–", "–"],
       ],
     },
   );

@@ -10,8 +10,7 @@ import { adapterInfo } from "../tensor/engine.ts";
 import { Progress } from "../cli/progress.ts";
 import type { StageRun } from "../cli/stage.ts";
 import { failer, reason } from "../io/errors.ts";
-import { type Measurement, measurement, REQUIRED_REPORT_KEYS, type RunRef } from "../io/report.ts";
-import { writeReport } from "../io/report.ts";
+import { measurement, type RunRef, writeReport } from "../io/report.ts";
 import { Beit, BEIT_MODEL_FILE } from "../models/beit.ts";
 import { Tokenizer, TOKENIZER_FILE } from "../models/tokenizer.ts";
 import { deriveClaims } from "../eval/claims.ts";
@@ -27,12 +26,14 @@ import { finetuneCharts, type WrittenChart } from "../report/charts.ts";
 import { fileReader, pct, toHtml, toMarkdown } from "../report/document.ts";
 import {
   type ArmReport,
+  type EvaluateReport,
   exportFigures,
   FIGURES,
   reportBlocks,
   saveChart,
   stageCurveFigures,
 } from "../report/evaluate_report.ts";
+import { reportJson } from "../report/evaluate_json.ts";
 import { writeMaskFigure } from "../report/masked_prediction.ts";
 import { finetuneWarmup, maskRatios, SCRATCH_LABEL } from "./evaluate_options.ts";
 import type { EvaluateOptions } from "./evaluate_options.ts";
@@ -406,14 +407,6 @@ export async function evaluate(
         `[${claim.ci95.map((x) => (100 * x).toFixed(1)).join(", ")}])`,
     );
   }
-  const perceptualKnn = inputs.arms
-    .map((_, i) => ({ arm: arms[i], knn: inputs.perceptual[i] }))
-    .filter(({ arm }, i, all) =>
-      arm.lambda !== null && arm.lambda > 0 &&
-      all.findIndex((x) => x.arm.label === arm.label) === i
-    )
-    .map(({ arm, knn }) => ({ label: arm.label, accuracy: knn.accuracy, note: knn.note }));
-
   // Charts of every stage's curves and of fine-tuning.
   const curves = await stageCurveFigures(
     run.out,
@@ -427,64 +420,8 @@ export async function evaluate(
     }
   }
 
-  // report.json: the main arm's measurements at the top level.
-  const first = arms[0];
-  const json: Record<string, unknown> = {};
-  if (config.smoke) json.notice = "smoke run: its budgets are too small to support any claim";
-  for (const key of REQUIRED_REPORT_KEYS) {
-    json[key] = first.metrics[key] ??
-      measurement(null, "val", first.pretrain ?? first.export, {
-        note: "not measured: the main arm has no pretrain folder",
-      });
-  }
-  for (const [key, m] of Object.entries(first.metrics)) json[key] ??= m;
-  json["classifier.real_acc"] = measurement(classifier.accuracy, "val", inputs.shardsRef, {
-    steps: config.classifier.steps,
-    seed: config.seed,
-  });
-  json.claims = claims;
-  json.claim_notes = notes;
-  json.perceptual_knn = inputs.arms.map((a, i) => ({
-    label: a.label,
-    seed: a.seed,
-    ...inputs.perceptual[i],
-  }));
-  json.arms = arms.map((a) => ({
-    label: a.label,
-    seed: a.seed,
-    lambda: a.lambda,
-    export: a.export,
-    pretrain: a.pretrain,
-    metrics: a.metrics,
-    figures: {
-      masked_prediction: a.maskFigure?.file,
-      code_histogram: a.figures.histogram?.file,
-      patches: a.figures.patches.map((p) => p.file),
-    },
-    vit_probe_blocks: a.vitProbe?.perBlock,
-    masked_prediction_acc: a.maskFigure?.maskedAcc,
-    finetune_curve: a.finetuneCurve,
-  }));
-  json.finetune_scratch = scratch;
-  json.outcomes = {
-    format: "per measurement one string, one character per held-out image in the val split's " +
-      'order: "1" classified right, "0" wrong; arm "scratch" is fine-tuning from scratch',
-    images: n,
-    runs: outcomes,
-  };
-  json.figures = {
-    curves: curves.map((c) => ({
-      dir: c.dir,
-      stage: c.stage,
-      files: c.charts.map((x) => x.file),
-      note: c.note,
-    })),
-    finetune: finetune.map((c) => c.file),
-  };
-  json.config = config;
-  json.shards = inputs.shardsRef;
   const s = shards.manifest;
-  const blocks = await reportBlocks(run.out, {
+  const report: EvaluateReport = {
     shards: {
       ...inputs.shardsRef,
       train: s.splits.train.count,
@@ -498,21 +435,33 @@ export async function evaluate(
     maskRatios: config.figure.maskRatios,
     arms,
     scratch,
-    classifierAcc: classifier.accuracy,
+    classifier: {
+      accuracy: classifier.accuracy,
+      steps: config.classifier.steps,
+      seed: config.seed,
+    },
     claims,
     claimNotes: notes,
-    perceptualKnn,
+    perceptualKnn: inputs.arms.map((a, i) => ({
+      label: a.label,
+      seed: a.seed,
+      ...inputs.perceptual[i],
+    })),
+    outcomes,
     smoke: config.smoke,
     curves,
     finetuneCharts: finetune,
-  });
+    config,
+  };
+  const blocks = await reportBlocks(run.out, report);
   await writeReport(run.out, {
-    json,
+    json: reportJson(report),
     markdown: toMarkdown(blocks),
     html: await toHtml("PeCo evaluation", blocks, fileReader(run.out)),
   });
   const total = (performance.now() - started) / 1000;
   log(`${STAGE}: all measurements in ${total.toFixed(0)} s`);
+  const first = arms[0];
   const value = (k: string) => (first.metrics[k]?.value ?? null);
   const mainScratch = scratch.find((x) => x.seed === first.seed) ?? scratch[0];
   return {
@@ -530,5 +479,3 @@ export async function evaluate(
     measurement_seconds: seconds,
   };
 }
-
-export type { Measurement };
