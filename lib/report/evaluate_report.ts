@@ -91,8 +91,8 @@ export interface EvaluateReport {
   };
   maskRatios: readonly number[];
   arms: ArmReport[];
-  /** Fine-tuning from scratch, one run per seed. */
-  scratch: { seed: number; accuracy: number }[];
+  /** Fine-tuning from scratch, one run per seed: its held-out top-1 and its curve. */
+  scratch: { seed: number; accuracy: number; curve?: CurvePoint[] }[];
   /** The classifier trained on real images: its held-out top-1, steps and seed. */
   classifier: { accuracy: number; steps: number; seed: number };
   claims: ClaimOf[];

@@ -367,7 +367,7 @@ export async function evaluate(
     finetuneCurves.push({ label: name(arm), curve: r.curve });
     keep(arm.label, arm.seed, "finetune.pretrained_acc", r.outcomes);
   }
-  const scratch: { seed: number; accuracy: number }[] = [];
+  const scratch: EvaluateReport["scratch"] = [];
   const main = pretrainedArms[0];
   if (main) {
     const seeds = [...new Set(pretrainedArms.map((a) => a.seed))];
@@ -380,7 +380,7 @@ export async function evaluate(
         weights: null,
         seed,
       });
-      scratch.push({ seed, accuracy: r.accuracy });
+      scratch.push({ seed, accuracy: r.accuracy, curve: r.curve });
       finetuneCurves.push({
         label: seeds.length > 1 ? `scratch seed ${seed}` : "scratch",
         curve: r.curve,
