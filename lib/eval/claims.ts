@@ -81,8 +81,8 @@ export function deriveClaims(
     }
     specs.push({
       name,
-      statement: `a perceptual codebook (${perceptual.label}, λ = ${perceptual.lambda}) gives ` +
-        `more semantic codes than a pixel-only one (${pixel.label}, λ = 0): ${measure}`,
+      statement: `a perceptual codebook (arm ${perceptual.label}: λ = ${perceptual.lambda}) ` +
+        `gives more semantic codes than a pixel-only one (arm ${pixel.label}: λ = 0): ${measure}`,
       metric: `${measure} top-1 (fraction)`,
       candidate: { label: perceptual.label, metric },
       baseline: { label: pixel.label, metric },
@@ -97,8 +97,8 @@ export function deriveClaims(
   } else {
     specs.push({
       name: pretrainName,
-      statement: `fine-tuning the pretrained ViT (${main.label}) beats training it from scratch ` +
-        "with the same budget and seed",
+      statement: `fine-tuning the pretrained ViT (arm ${main.label}) beats training it from ` +
+        "scratch with the same budget and seed",
       metric: "fine-tuned top-1 (fraction)",
       candidate: { label: main.label, metric: "finetune.pretrained_acc" },
       baseline: { label: SCRATCH, metric: "finetune.scratch_acc" },
@@ -122,9 +122,9 @@ export function deriveClaims(
   } else {
     specs.push({
       name: codesName,
-      statement: `pretraining over perceptual codes (${pretrainedPerceptual.label}, λ = ` +
+      statement: `pretraining over perceptual codes (arm ${pretrainedPerceptual.label}: λ = ` +
         `${pretrainedPerceptual.lambda}) fine-tunes better than over pixel-only codes ` +
-        `(${pretrainedPixel.label}, λ = 0)`,
+        `(arm ${pretrainedPixel.label}: λ = 0)`,
       metric: "fine-tuned top-1 (fraction)",
       candidate: { label: pretrainedPerceptual.label, metric: "finetune.pretrained_acc" },
       baseline: { label: pretrainedPixel.label, metric: "finetune.pretrained_acc" },
