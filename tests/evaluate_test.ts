@@ -10,11 +10,13 @@ import { fileURLToPath } from "node:url";
 import { mnistShards, tinyExport } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions, UsageError } from "../lib/cli/args.ts";
+import { beginStage, finishStage } from "../lib/cli/stage.ts";
 import { greyPatches, imageGrid } from "../lib/report/images.ts";
 import { markdownTable, toMarkdown } from "../lib/report/document.ts";
 import { measurement, reportProblems, REQUIRED_REPORT_KEYS } from "../lib/io/report.ts";
 import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
 import { evaluateAccess, evaluateCommand, runEvaluate } from "../tasks/evaluate.ts";
+import { armPaths } from "../lib/stages/evaluate_options.ts";
 import { runBrowserCheck } from "../tools/browser_check.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-evaluate-" });
@@ -77,6 +79,11 @@ Deno.test("evaluate writes report.json with every key finite, report.md, report.
   assert.deepEqual(report.arms.map((a: { label: string }) => a.label), ["λ=1", "copy"]);
   assert.ok(Number.isFinite(report.arms[1].metrics["codewords.linear_probe_acc"].value));
   assert.equal(report.arms[1].metrics["finetune.pretrained_acc"], undefined);
+  // Tokenizers that record no λ: only the claim of pretraining over scratch, the others noted.
+  assert.deepEqual(report.claims.map((c: { name: string }) => c.name), [
+    "pretraining beats scratch",
+  ]);
+  assert.equal(report.claim_notes.length, 3);
   const curves = report.figures.curves as { stage: string; files: string[] }[];
   const figures = [
     report.arms[0].figures.masked_prediction,
@@ -150,7 +157,8 @@ Deno.test("report.html opens in headless Chromium: no console error, every chart
   assert.ok(check.charts.length >= svgs.length + 5, `${check.charts.length} charts`);
   for (const c of check.charts) assert.ok(c.marks > 0, `${c.id} has marks`);
   assert.ok(check.images.length >= 1 && check.images.every((i) => i.loaded));
-  assert.equal(check.tables, 5);
+  // Claims, every figure over seeds, Table 4, Table 1, the probes (two) and the runs.
+  assert.equal(check.tables, 7);
   assert.ok((await Deno.stat(screenshot)).size > 10_000, `screenshot ${screenshot}`);
 });
 
@@ -194,6 +202,168 @@ Deno.test("evaluate refuses bad inputs in one line before any work", async () =>
     ["--mask-ratios", "0.5,1.5"],
     /--mask-ratios must be numbers in \(0, 1\)/,
     UsageError,
+  );
+});
+
+/** A finished stage folder of `stage` holding only its manifest (inputs and summary). */
+async function manifestOnly(
+  name: string,
+  stage: string,
+  inputs: Record<string, string>,
+  summary: Record<string, unknown>,
+): Promise<string> {
+  const run = await beginStage({
+    name: stage,
+    out: join(root, name),
+    config: {},
+    inputs,
+    ...quiet,
+  });
+  if (run.status !== "skip") await finishStage(run, { summary });
+  return join(root, name);
+}
+
+/**
+ * A λ = 1 and a λ = 0 export (different tokenizers), and a pretrain run on the λ = 1 codes. The
+ * λ = 1 export's manifests chain to a train-perceptual folder that records a k-NN accuracy.
+ */
+async function lambdaArms() {
+  const perceptual = await manifestOnly("perceptual", "train-perceptual", {}, {
+    knnAccuracy: 0.824,
+    knnK: 20,
+  });
+  const tokenizer = await manifestOnly("tokenizer", "train-tokenizer", { perceptual }, {});
+  const l1 = await tinyExport(root, "export-l1", shardDir, K, { lambda: 1, seed: 3, tokenizer });
+  const l0 = await tinyExport(root, "export-l0", shardDir, K, { lambda: 0, seed: 5 });
+  const p1 = join(root, "pretrain-l1");
+  await runPretrain(
+    parseOptions(pretrainCommand, [
+      ...["--shards", shardDir, "--tokenizer", l1, "--out", p1, "--dim", "16"],
+      ...["--depth", "2", "--heads", "2", "--limit", "8", "--batch", "4", "--steps", "2"],
+      ...["--log-every", "1", "--ckpt-every", "2", "--eval-images", "5", "--quiet"],
+    ])!,
+    quiet,
+  );
+  return { l1, l0, p1, perceptual, tokenizer };
+}
+
+Deno.test("evaluate: arms with seeds, per-image outcomes, claims with intervals, the smoke notice", async () => {
+  const { l1, l0, p1, perceptual, tokenizer } = await lambdaArms();
+  const out = join(root, "evaluate-seeds");
+  const lines: string[] = [];
+  const o = options(out, [
+    ...["--export", `${l1},${l1},${l0}`, "--pretrain", `${p1},${p1}`],
+    ...["--labels", "λ=1,λ=1,λ=0", "--arm-seeds", "0,1,0", "--smoke"],
+    ...["--curves", `${tokenizer},${perceptual}`],
+  ]);
+  assert.equal((await runEvaluate(o, { log: (l) => lines.push(l) })).status, "done");
+  const report = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
+  assert.deepEqual(reportProblems(report), []);
+  assert.deepEqual(
+    report.arms.map((
+      a: { label: string; seed: number; lambda: number },
+    ) => [a.label, a.seed, a.lambda]),
+    [["λ=1", 0, 1], ["λ=1", 1, 1], ["λ=0", 0, 0]],
+  );
+  // Outcomes: one 0/1 string per measurement, one character per held-out image, agreeing with the
+  // accuracy reported beside it.
+  const { images, runs } = report.outcomes;
+  assert.equal(images, 7);
+  const key = (r: { arm: string; seed: number; metric: string }) =>
+    `${r.arm}@${r.seed} ${r.metric}`;
+  assert.deepEqual(
+    runs.map(key).sort(),
+    [
+      "scratch@0 finetune.scratch_acc",
+      "scratch@1 finetune.scratch_acc",
+      ...["λ=0@0", "λ=1@0", "λ=1@1"].flatMap((a) => [
+        `${a} codewords.linear_probe_acc`,
+        `${a} reconstruction.classifier_acc`,
+      ]),
+      ...["λ=1@0", "λ=1@1"].flatMap((a) => [
+        `${a} finetune.pretrained_acc`,
+        `${a} linear_probe.acc`,
+      ]),
+    ].sort(),
+  );
+  for (const r of runs) {
+    assert.match(r.outcomes, /^[01]{7}$/, key(r));
+    const ones = [...r.outcomes].filter((c) => c === "1").length;
+    const value = r.arm === "scratch"
+      ? report.finetune_scratch.find((x: { seed: number }) => x.seed === r.seed).accuracy
+      : report.arms.find((a: { label: string; seed: number }) =>
+        a.label === r.arm && a.seed === r.seed
+      ).metrics[r.metric].value;
+    assert.ok(Math.abs(value - ones / 7) < 1e-12, `${key(r)}: ${value} vs ${ones}/7`);
+  }
+  // Fine-tuning from scratch once per seed; each pretrained arm compared with its own seed's.
+  assert.deepEqual(report.finetune_scratch.map((x: { seed: number }) => x.seed), [0, 1]);
+  // Claims: (1) twice on the seed both λ arms share, (2) on both seeds, (3) left out with a note.
+  const claims = report.claims as {
+    name: string;
+    difference: number;
+    ci95: [number, number];
+    verdict: string;
+    seeds: number;
+    images: number;
+  }[];
+  assert.deepEqual(claims.map((c) => [c.name, c.seeds, c.images]), [
+    ["semantic codes: codeword probe", 1, 7],
+    ["semantic codes: reconstruction classification", 1, 7],
+    ["pretraining beats scratch", 2, 7],
+  ]);
+  for (const c of claims) {
+    assert.ok(c.ci95[0] <= c.difference && c.difference <= c.ci95[1], `${c.name} in its interval`);
+    assert.ok(["holds", "does not hold", "cannot tell"].includes(c.verdict));
+  }
+  assert.equal(report.claim_notes.length, 1);
+  assert.match(
+    report.claim_notes[0],
+    /perceptual codes beat pixel codes .* left out: no pretrained arm with λ = 0/,
+  );
+  // The perceptual network's k-NN accuracy, found through export → tokenizer → perceptual; the
+  // λ = 0 export records no tokenizer, and the report says so.
+  assert.deepEqual(
+    report.perceptual_knn.map((p: { accuracy: number | null }) => p.accuracy),
+    [0.824, 0.824, null],
+  );
+  assert.match(report.perceptual_knn[2].note, /records no tokenizer input/);
+  // The smoke notice first, in report.json and at the top of report.md and report.html.
+  assert.match(report.notice, /too small to support any claim/);
+  const md = await Deno.readTextFile(join(out, "report.md"));
+  assert.match(md.split("\n\n")[1], /This is a smoke run: its budgets are far too small/);
+  const html = await Deno.readTextFile(join(out, "report.html"));
+  assert.match(html, /This is a smoke run/);
+  assert.ok(md.includes("## Claims") && md.includes("Every figure, mean ± sd over seeds"));
+  assert.match(md, /\| λ=1 \| 1 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \(2\) \|/);
+  assert.match(md, /pretraining beats scratch: fine-tuned top-1 \(fraction\) [+-][0-9.]+ \[/);
+  assert.ok(lines.some((l) => l.includes('claim "pretraining beats scratch"')));
+  assert.match(md, /Claim \(1\) rests on the perceptual network: λ=1: k-NN top-1 82\.4%/);
+});
+
+Deno.test("evaluate: --arm-seeds is checked with --export and --labels, every problem named", async () => {
+  const refuse = async (flags: string[], pattern: RegExp) => {
+    const out = join(root, "bad-seeds");
+    await assert.rejects(() => runEvaluate(options(out, flags), quiet), (error: Error) => {
+      assert.ok(error instanceof UsageError, `${error}`);
+      assert.match(error.message, pattern);
+      return true;
+    });
+    assert.ok(!(await exists(out)), "nothing written");
+  };
+  await refuse(["--arm-seeds", "0,1,2"], /--arm-seeds lists 3 seed\(s\) but --export lists 2/);
+  await refuse(["--arm-seeds", "0,x"], /--arm-seeds must be integers ≥ 0, got "0,x"/);
+  await refuse(
+    ["--labels", "a,a"],
+    /--arm-seeds: arms sharing a label are replicates of one arm and need distinct seeds, but arm "a" has seed 0 twice/,
+  );
+  await refuse(["--labels", "a,a", "--arm-seeds", "4,4"], /arm "a" has seed 4 twice/);
+  await refuse(["--labels", "a,scratch"], /--labels must be non-empty and not "scratch"/);
+  // Replicates of one label with distinct seeds are fine.
+  const o = options(join(root, "unused"), ["--labels", "a,a", "--arm-seeds", "0,1"]);
+  assert.deepEqual(
+    armPaths(o).map((a) => [a.label, a.seed]),
+    [["a", 0], ["a", 1]],
   );
 });
 

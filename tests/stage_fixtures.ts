@@ -35,7 +35,11 @@ export async function mnistShards(
 }
 
 /** An untrained 28² → 7×7 tokenizer with K codes (4 channels, code dim 4), seeded. */
-export function tinyTokenizer(codebookSize: number, seed = 3): Tokenizer {
+export function tinyTokenizer(
+  codebookSize: number,
+  seed = 3,
+  provenance: Record<string, unknown> = { test: true },
+): Tokenizer {
   const config = resolveVqVaeConfig({
     imageSize: 28,
     inChannels: 1,
@@ -49,7 +53,7 @@ export function tinyTokenizer(codebookSize: number, seed = 3): Tokenizer {
   });
   return Tokenizer.fromModel(new VqVae(config, seed), {
     image: { channels: 1, size: 28, mean: [0.5], std: [0.5] },
-    provenance: { test: true },
+    provenance,
   });
 }
 
@@ -57,24 +61,31 @@ export function tinyTokenizer(codebookSize: number, seed = 3): Tokenizer {
  * An export-codebook folder root/name through the real writers (a full export run costs minutes
  * of shader compiles here): a tiny untrained tokenizer (28² → 7×7 codes, K = `codebookSize`) saved
  * as the export saves it, codebook.json with the statistics of its codes, the code histogram, and
- * the stage manifest (beginStage/finishStage with the shards as input).
+ * the stage manifest (beginStage/finishStage with the shards as input). `lambda` is recorded in the
+ * tokenizer's provenance as train-tokenizer's perceptual weight (absent: none recorded);
+ * `tokenizer`, a stage folder recorded as the export's tokenizer input.
  */
 export async function tinyExport(
   root: string,
   name: string,
   shardDir: string,
   codebookSize: number,
+  { lambda, seed = 3, tokenizer }: { lambda?: number; seed?: number; tokenizer?: string } = {},
 ): Promise<string> {
   const out = join(root, name);
   const run = await beginStage({
     name: "export-codebook",
     out,
-    config: { test: name },
-    inputs: { shards: shardDir },
+    config: { test: name, lambda, seed },
+    inputs: { shards: shardDir, ...(tokenizer ? { tokenizer } : {}) },
     log: () => {},
   });
   if (run.status === "skip") return out;
-  const tok = tinyTokenizer(codebookSize);
+  const tok = tinyTokenizer(
+    codebookSize,
+    seed,
+    lambda === undefined ? { test: true } : { test: true, lambda },
+  );
   await tok.save(join(out, TOKENIZER_FILE));
   const set = await openShards(shardDir);
   const counts: Record<string, Float64Array> = {};

@@ -141,6 +141,18 @@ const RULES: [string, Record<string, OptionValue>, string, string][] = [
   ],
   [
     "evaluate",
+    { "finetune-ckpt-every": 25 },
+    "finetune-ckpt-every",
+    "--finetune-ckpt-every must be a multiple of 10 (the log interval), got 25",
+  ],
+  [
+    "evaluate",
+    { "arm-seeds": "0,1" },
+    "arm-seeds",
+    "--arm-seeds lists 2 seed(s) but --export lists 1 arm(s)",
+  ],
+  [
+    "evaluate",
     { "mask-ratios": "0.5,1.5" },
     "mask-ratios",
     '--mask-ratios must be numbers in (0, 1), got "0.5,1.5"',

@@ -13,6 +13,7 @@ import "./util.ts";
 import { permissionFlags, sandboxedCommand, type StageAccess } from "../lib/cli/permissions.ts";
 import { parseOptions } from "../lib/cli/args.ts";
 import { readSafetensors } from "../lib/io/safetensors.ts";
+import { readCheckpointMeta } from "../lib/train/checkpoint.ts";
 import { STAGES } from "../tasks/pipeline.ts";
 
 const REPO = new URL("..", import.meta.url).pathname;
@@ -131,6 +132,75 @@ for (const [stage, name, extra] of cases) {
     assert.deepEqual(steps, Array.from({ length: 10 }, (_, i) => i + 1), "one record per step");
   });
 }
+
+// ---- fine-tuning inside evaluate ------------------------------------------------------------------
+
+/** Tiny evaluate settings: two fine-tuning runs (pretrained, scratch) of 40 steps, a checkpoint every 10. */
+function evaluateArgs(out: string): string[] {
+  return [
+    ...["--shards", shards, "--export", exportDir, "--pretrain", join(root, "pretrain-whole")],
+    ...["--out", out, "--finetune-steps", "40", "--finetune-batch", "4", "--finetune-warmup", "2"],
+    ...["--finetune-ckpt-every", "10", "--probe-train", "12", "--probe-epochs", "2"],
+    ...["--probe-batch", "8", "--eval-images", "8", "--classifier-steps", "2"],
+    ...[
+      "--classifier-batch",
+      "4",
+      "--classifier-width",
+      "4",
+      "--figure-images",
+      "2",
+      "--batch",
+      "8",
+    ],
+  ];
+}
+
+/** The fine-tuning run a checkpoint holds, or null when there is none (yet). */
+async function checkpointRun(path: string): Promise<string | null> {
+  try {
+    return String((await readCheckpointMeta(path)).metrics?.run ?? "");
+  } catch {
+    return null;
+  }
+}
+
+Deno.test("evaluate: SIGKILL during fine-tuning after a checkpoint, rerun = uninterrupted", async () => {
+  if (!(await exists(join(root, "pretrain-whole", "manifest.json")))) {
+    await runTask("pretrain", TRAINING.pretrain(join(root, "pretrain-whole")));
+  }
+  const whole = join(root, "evaluate-whole");
+  const killed = join(root, "evaluate-killed");
+  await runTask("evaluate", evaluateArgs(whole));
+  // Killed once the pretrained run has finished and the scratch run has written a checkpoint: the
+  // rerun reads the first back and resumes the second.
+  const child = startTask("evaluate", evaluateArgs(killed));
+  const checkpoint = join(killed, "checkpoint.safetensors");
+  const deadline = Date.now() + 300_000;
+  let run: string | null = null;
+  while (Date.now() < deadline) {
+    run = await checkpointRun(checkpoint);
+    if (run?.startsWith("scratch")) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  Deno.kill(-child.pid, "SIGKILL");
+  const status = await child.status;
+  await child.stdout.cancel();
+  await child.stderr.cancel();
+  assert.equal(status.signal, "SIGKILL", "evaluate ended before it was killed");
+  assert.ok(run?.startsWith("scratch"), `no scratch checkpoint in time (last: ${run})`);
+  assert.ok(!(await exists(join(killed, "manifest.json"))), "a killed run is not finished");
+  const { code, stdout, stderr } = await startTask("evaluate", evaluateArgs(killed)).output();
+  const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+  assert.equal(code, 0, text);
+  assert.match(text, /resuming the interrupted run/);
+  assert.match(text, /fine-tune pretrained .*finished before the interruption/);
+  assert.match(text, /fine-tune from scratch: .*resumed at step [1-3]0\)/);
+  const report = (dir: string) => Deno.readTextFile(join(dir, "report.json")).then(JSON.parse);
+  const [a, b] = [await report(whole), await report(killed)];
+  assert.ok(a.finetune_scratch.length === 1 && a.outcomes.runs.length === 5);
+  assert.deepEqual(b, a, "report.json after the kill and rerun = the uninterrupted run's");
+  await assertSameWeights(whole, killed);
+});
 
 // ---- the sandbox of every stage ------------------------------------------------------------------
 

@@ -49,6 +49,11 @@ export const evaluateCommand = {
     "finetune-steps": { type: "number", default: 150, help: "fine-tuning steps (both runs)" },
     "finetune-batch": { type: "number", default: 32, help: "fine-tuning batch size" },
     "finetune-lr": { type: "number", default: 2e-3, help: "fine-tuning peak lr (the head's)" },
+    "finetune-ckpt-every": {
+      type: "number",
+      default: 50,
+      help: "fine-tuning checkpoint every N steps (a multiple of 10; a rerun resumes there)",
+    },
     "finetune-warmup": {
       type: "number",
       help: `fine-tuning warmup steps (default: ${FINETUNE_WARMUP.steps}, or a tenth of ` +
@@ -64,8 +69,12 @@ export const evaluateCommand = {
     "probe-lr": { type: "number", default: 1e-2, help: "linear probe peak lr" },
     "eval-images": {
       type: "number",
-      default: 1000,
-      help: "held-out images of every measure (probes, PSNR/SSIM, top-1)",
+      default: 5000,
+      help: "held-out images of every measure (probes, PSNR/SSIM, top-1); at most the val split",
+    },
+    smoke: {
+      type: "boolean",
+      help: "a smoke run: the report says at its top that its budgets support no claim",
     },
     "classifier-steps": {
       type: "number",
@@ -106,9 +115,14 @@ export function nonEmpty(value: string | undefined): string[] {
 
 export interface ArmPaths {
   label: string;
+  /** The arm's seed: arms sharing a label are one arm's replicates, one per seed. */
+  seed: number;
   export: string;
   pretrain: string | null;
 }
+
+/** The label of the runs trained from scratch: no arm may have it. */
+export const SCRATCH_LABEL = "scratch";
 
 /** The arms of the command line (export i with pretrain i, if any, and label i), or problems. */
 function parseArms(o: EvaluateOptions): { arms: ArmPaths[]; problems: Problem[] } {
@@ -128,11 +142,42 @@ function parseArms(o: EvaluateOptions): { arms: ArmPaths[]; problems: Problem[] 
       ["labels", "export"],
       `--labels names ${labels.length} arm(s) but --export lists ${exports.length}`,
     );
-  } else if (labels.some((l) => l === "") || new Set(labels).size !== labels.length) {
-    p.add("labels", `--labels must be distinct and non-empty, got "${labels.join(",")}"`);
+  } else if (labels.some((l) => l === "" || l === SCRATCH_LABEL)) {
+    p.add(
+      "labels",
+      `--labels must be non-empty and not "${SCRATCH_LABEL}" (the runs from scratch), got ` +
+        `"${labels.join(",")}"`,
+    );
+  }
+  const seeds = o["arm-seeds"] === undefined
+    ? exports.map(() => o.seed)
+    : list(o["arm-seeds"]).map((s) => s === "" ? NaN : Number(s));
+  if (seeds.length !== exports.length) {
+    p.add(
+      ["arm-seeds", "export"],
+      `--arm-seeds lists ${seeds.length} seed(s) but --export lists ${exports.length} arm(s)`,
+    );
+  } else if (seeds.some((s) => !Number.isInteger(s) || s < 0)) {
+    p.add("arm-seeds", `--arm-seeds must be integers ≥ 0, got "${o["arm-seeds"]}"`);
+  } else if (labels.length === exports.length) {
+    const seen = new Set<string>();
+    const twice: string[] = [];
+    labels.forEach((label, i) => {
+      const key = JSON.stringify([label, seeds[i]]);
+      if (seen.has(key)) twice.push(`arm "${label}" has seed ${seeds[i]} twice`);
+      seen.add(key);
+    });
+    if (twice.length) {
+      p.add(
+        ["arm-seeds", "labels"],
+        `--arm-seeds: arms sharing a label are replicates of one arm and need distinct seeds, ` +
+          `but ${twice.join(", ")}`,
+      );
+    }
   }
   const arms = exports.map((e, i) => ({
     label: labels[i],
+    seed: seeds[i],
     export: resolve(e),
     pretrain: pretrains[i] ? resolve(pretrains[i]) : null,
   }));
@@ -156,6 +201,7 @@ export function checkEvaluateOptions(o: EvaluateOptions): Problem[] {
     ["finetune-steps", o["finetune-steps"], 2],
     ["finetune-batch", o["finetune-batch"], 1],
     ["finetune-warmup", o["finetune-warmup"], 0],
+    ["finetune-ckpt-every", o["finetune-ckpt-every"], 10],
     ["probe-train", o["probe-train"], 10],
     ["probe-epochs", o["probe-epochs"], 1],
     ["probe-batch", o["probe-batch"], 1],
@@ -173,6 +219,13 @@ export function checkEvaluateOptions(o: EvaluateOptions): Problem[] {
     p.add(
       ["finetune-warmup", "finetune-steps"],
       `--finetune-warmup ${warmup} must be below --finetune-steps ${o["finetune-steps"]}`,
+    );
+  }
+  if (o["finetune-ckpt-every"] % 10 !== 0) {
+    p.add(
+      "finetune-ckpt-every",
+      `--finetune-ckpt-every must be a multiple of 10 (the log interval), got ` +
+        `${o["finetune-ckpt-every"]}`,
     );
   }
   p.within("finetune-lr", o["finetune-lr"], 0, Infinity, "lo");

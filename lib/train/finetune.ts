@@ -4,8 +4,12 @@
 // Stochastic depth (drop path) lives in the model: it is active in training mode, which this loop
 // sets; a model with a `dropSeed` (lib/models/beit.ts) gets one per step, derived from the seed and
 // the step, so two runs with one seed drop the same samples. Losses are read back only at log
-// steps; held-out top-1 is measured at eval steps and at the end.
+// steps; held-out top-1 is measured at eval steps and at the end. With `checkpoint`, the run keeps
+// an atomic checkpoint (model, AdamW, curve) and a rerun resumes from it: every random draw derives
+// from (seed, step) and the batch stream restarts at the step, so the resumed run ends where the
+// uninterrupted one does.
 
+import { failer } from "../io/errors.ts";
 import { Conv2d, Linear } from "../nn/layers.ts";
 import { flush } from "../tensor/engine.ts";
 import { Module } from "../nn/module.ts";
@@ -17,10 +21,9 @@ import { crossEntropy } from "../tensor/ops/loss.ts";
 import { argmax } from "../tensor/ops/reduce_index.ts";
 import { reshape } from "../tensor/ops/shape.ts";
 import { noGrad, readAll, type Tensor, tidy } from "../tensor/tensor.ts";
+import { CheckpointGuard, loadCheckpoint, readCheckpointMeta } from "./checkpoint.ts";
 
-function fail(what: string): never {
-  throw new Error(`peco: finetune: ${what}`);
-}
+const fail: (what: string) => never = failer("finetune");
 
 /** A classifier: inputs → logits [N, classes]; `dropSeed` seeds its stochastic depth if it has any. */
 export interface ClassifierModel extends Module {
@@ -32,6 +35,8 @@ export interface ClassifierModel extends Module {
 export interface BatchStream<T> {
   next(): Promise<T>;
   upload(batch: T): { x: Tensor; labels: Tensor };
+  /** Makes the next batch the one of optimizer step `step` (0-based): what resuming needs. */
+  startAt?(step: number): void;
 }
 
 /** A held-out set: `inputs(from, to)` gives the model's inputs of items [from, to). */
@@ -70,6 +75,19 @@ export interface LayerIds {
   layerId(name: string): number;
 }
 
+/** Where and how often a fine-tuning run keeps its checkpoint, and which run it is. */
+export interface FinetuneCheckpoint {
+  /** The checkpoint file (one per folder: it holds the run named by `run`). */
+  path: string;
+  /** Save every N steps: a multiple of `logEvery`, whose losses are checked first. */
+  every: number;
+  /** The stage and its fingerprint (lib/cli/stage.ts): only the same stage run resumes. */
+  stage: string;
+  fingerprint: string;
+  /** The run's name within the stage: a checkpoint of another run at `path` is not resumed. */
+  run: string;
+}
+
 export interface CurvePoint {
   step: number;
   loss?: number;
@@ -80,6 +98,10 @@ export interface CurvePoint {
 export interface FinetuneResult {
   /** Held-out top-1 after the last step. */
   accuracy: number;
+  /** Per held-out item, 1 where the final model's top-1 is its label, else 0. */
+  outcomes: Uint8Array;
+  /** The step the run resumed from (0: it started afresh). */
+  resumedFrom: number;
   /** Logged points (loss and lr at log steps; val_acc at eval steps), by step. */
   curve: CurvePoint[];
   seconds: number;
@@ -91,6 +113,21 @@ export async function evaluateClassifier(
   set: EvalSet,
   batch = 64,
 ): Promise<number> {
+  return fractionOf(await classifierOutcomes(model, set, batch));
+}
+
+function fractionOf(outcomes: Uint8Array): number {
+  let correct = 0;
+  for (const o of outcomes) correct += o;
+  return correct / outcomes.length;
+}
+
+/** Per item of `set`, 1 where `model`'s top-1 (eval mode) is its label, else 0. */
+export async function classifierOutcomes(
+  model: ClassifierModel,
+  set: EvalSet,
+  batch = 64,
+): Promise<Uint8Array> {
   const wasTraining = model.training;
   model.eval();
   const preds: Tensor[] = [];
@@ -101,12 +138,13 @@ export async function evaluateClassifier(
       flush();
     }
     const values = await readAll(preds);
-    let correct = 0, at = 0;
+    const outcomes = new Uint8Array(set.count);
+    let at = 0;
     for (const v of values) {
       const ints = new Int32Array(v.buffer, v.byteOffset, v.length);
-      for (let i = 0; i < ints.length; i++) correct += ints[i] === set.labels[at++] ? 1 : 0;
+      for (let i = 0; i < ints.length; i++, at++) outcomes[at] = ints[i] === set.labels[at] ? 1 : 0;
     }
-    return correct / set.count;
+    return outcomes;
   } finally {
     preds.forEach((t) => t.dispose());
     model.train(wasTraining);
@@ -135,17 +173,24 @@ function checkConfig(c: FinetuneConfig, layers: LayerIds | undefined): void {
 /**
  * Fine-tunes `model` on `train` batches for `config.steps` steps and returns its held-out top-1 on
  * `val` with the loss / lr / accuracy curve. `onLog` sees every logged point as it is made
- * (metrics files, progress bars).
+ * (metrics files, progress bars). With `checkpoint`, a checkpoint of this run at its path is
+ * resumed (the stream must offer `startAt`) and a new one is written every `checkpoint.every` steps.
  */
 export async function finetune<T>(
   model: ClassifierModel,
   data: { train: BatchStream<T>; val: EvalSet },
   config: FinetuneConfig,
-  { layers, onLog }: { layers?: LayerIds; onLog?: (point: CurvePoint) => void | Promise<void> } =
-    {},
+  { layers, onLog, checkpoint }: {
+    layers?: LayerIds;
+    onLog?: (point: CurvePoint) => void | Promise<void>;
+    checkpoint?: FinetuneCheckpoint;
+  } = {},
 ): Promise<FinetuneResult> {
   checkConfig(config, layers);
   const { steps, logEvery = 10, evalEvery = 0, evalBatch = 64, labelSmoothing = 0 } = config;
+  if (checkpoint && (!(checkpoint.every > 0) || checkpoint.every % logEvery !== 0)) {
+    fail(`checkpoint every ${checkpoint.every} steps must be a multiple of logEvery ${logEvery}`);
+  }
   const decay = config.layerDecay !== undefined && config.layerDecay !== 1;
   const groups = paramGroups(model.namedParameters(), {
     weightDecay: config.weightDecay,
@@ -158,12 +203,19 @@ export async function finetune<T>(
     totalSteps: steps,
     minLr: Math.min(config.minLr ?? 0, config.lr),
   });
-  const curve: CurvePoint[] = [];
   const started = performance.now();
   let pending: Tensor[] = [];
-  model.train();
   try {
-    for (let step = 0; step < steps; step++) {
+    const state = { modules: { model }, optimizers: { optim: optimizer } };
+    const resumed = checkpoint ? await resumeFrom(checkpoint, state, data.train) : null;
+    const first = resumed?.step ?? 0;
+    const curve: CurvePoint[] = resumed?.curve ?? [];
+    const guard = checkpoint
+      ? new CheckpointGuard(checkpoint.stage, checkpoint.path, resumed ? first : null)
+      : null;
+    let finalOutcomes: Uint8Array = new Uint8Array(0);
+    model.train();
+    for (let step = first; step < steps; step++) {
       const host = await data.train.next();
       optimizer.lr = schedule(step);
       if ("dropSeed" in model) model.dropSeed = dropSeed(config.seed ?? 0, step);
@@ -183,23 +235,69 @@ export async function finetune<T>(
         pending.forEach((t) => t.dispose());
         const loss = values.reduce((s, v) => s + v[0], 0) / values.length;
         pending = [];
-        if (!Number.isFinite(loss)) fail(`the training loss is ${loss} at step ${done}`);
+        if (!Number.isFinite(loss)) {
+          fail(
+            `the training loss is ${loss} at step ${done}` +
+              (guard ? `; last good checkpoint: ${guard.describeLastGood()}` : ""),
+          );
+        }
+        guard?.check(done, { loss });
         Object.assign(point, { loss, lr: optimizer.lr });
       } else flush();
       if (done === steps || (evalEvery > 0 && done % evalEvery === 0)) {
-        point.val_acc = await evaluateClassifier(model, data.val, evalBatch);
+        finalOutcomes = await classifierOutcomes(model, data.val, evalBatch);
+        point.val_acc = fractionOf(finalOutcomes);
       }
       if (Object.keys(point).length > 1) {
         curve.push(point);
         await onLog?.(point);
       }
+      if (guard && checkpoint && done < steps && done % checkpoint.every === 0) {
+        await guard.save(state, {
+          stage: checkpoint.stage,
+          fingerprint: checkpoint.fingerprint,
+          step: done,
+          epoch: 0,
+          seed: config.seed ?? 0,
+          config,
+          metrics: { run: checkpoint.run, curve },
+        });
+      }
     }
-    const accuracy = curve.at(-1)!.val_acc!;
-    return { accuracy, curve, seconds: (performance.now() - started) / 1000 };
+    return {
+      accuracy: curve.at(-1)!.val_acc!,
+      outcomes: finalOutcomes,
+      resumedFrom: first,
+      curve,
+      seconds: (performance.now() - started) / 1000,
+    };
   } finally {
     pending.forEach((t) => t.dispose());
     optimizer.dispose();
   }
+}
+
+/**
+ * The step and curve of this run's checkpoint at `checkpoint.path` after restoring it into
+ * `state`, with the stream moved to that step; null when there is none of this run.
+ */
+async function resumeFrom<T>(
+  checkpoint: FinetuneCheckpoint,
+  state: Parameters<typeof loadCheckpoint>[1],
+  train: BatchStream<T>,
+): Promise<{ step: number; curve: CurvePoint[] } | null> {
+  const exists = await Deno.stat(checkpoint.path).then((s) => s.isFile, () => false);
+  if (!exists) return null;
+  const meta = await readCheckpointMeta(checkpoint.path);
+  if (
+    meta.stage !== checkpoint.stage || meta.fingerprint !== checkpoint.fingerprint ||
+    meta.metrics?.run !== checkpoint.run
+  ) return null; // another run's: this one starts afresh (and replaces it at its first save)
+  const startAt = train.startAt?.bind(train);
+  if (!startAt) fail(`resuming ${checkpoint.run} needs a batch stream that can start later`);
+  await loadCheckpoint(checkpoint.path, state);
+  startAt(meta.step);
+  return { step: meta.step, curve: (meta.metrics?.curve ?? []) as CurvePoint[] };
 }
 
 // ---- a small reference classifier -------------------------------------------------------------

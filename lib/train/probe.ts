@@ -15,10 +15,9 @@ import { argmax } from "../tensor/ops/reduce_index.ts";
 import { gather } from "../tensor/ops/shape.ts";
 import { backward } from "../tensor/autograd.ts";
 import { copyInto, keep, noGrad, readAll, Tensor, tidy } from "../tensor/tensor.ts";
+import { failer } from "../io/errors.ts";
 
-function fail(what: string): never {
-  throw new Error(`peco: probe: ${what}`);
-}
+const fail: (what: string) => never = failer("probe");
 
 /**
  * Runs `fn(from, to)` on consecutive chunks of `count` items (under noGrad, each in its own scope)
@@ -89,6 +88,8 @@ export interface ProbeOptions {
 export interface ProbeResult {
   /** Top-1 on the held-out features. */
   accuracy: number;
+  /** Per held-out item, 1 where the probe's top-1 is its label, else 0 (in the features' order). */
+  outcomes: Uint8Array;
   /** Top-1 on the training features (after training). */
   trainAccuracy: number;
   /** Mean training loss of each epoch. */
@@ -104,13 +105,16 @@ function checkSet(what: string, set: LabelledFeatures, classes: number): void {
   if (bad >= 0) fail(`${what} label ${labels[bad]} at ${bad} is not a class in [0, ${classes})`);
 }
 
-/** Top-1 of `predict(x)` logits over the rows of `features` against `labels` (chunks of rows). */
+/**
+ * Per row of `features`, 1 where the top-1 of `predict(x)` logits is its label, else 0 (chunks of
+ * rows).
+ */
 async function topOne(
   features: Tensor,
   labels: Int32Array,
   predict: (x: Tensor) => Tensor,
   chunk = 4096,
-): Promise<number> {
+): Promise<Uint8Array> {
   const n = labels.length;
   const preds: Tensor[] = [];
   for (let from = 0; from < n; from += chunk) {
@@ -128,13 +132,21 @@ async function topOne(
   }
   const values = await readAll(preds);
   preds.forEach((t) => t.dispose());
-  let correct = 0, at = 0;
+  const outcomes = new Uint8Array(n);
+  let at = 0;
   // argmax gives i32: reinterpret the bytes read as f32.
   for (const v of values) {
     const ints = new Int32Array(v.buffer, v.byteOffset, v.length);
-    for (let i = 0; i < ints.length; i++) correct += ints[i] === labels[at++] ? 1 : 0;
+    for (let i = 0; i < ints.length; i++, at++) outcomes[at] = ints[i] === labels[at] ? 1 : 0;
   }
-  return correct / n;
+  return outcomes;
+}
+
+/** The share of 1s in 0/1 outcomes. */
+export function fractionCorrect(outcomes: Uint8Array): number {
+  let correct = 0;
+  for (const o of outcomes) correct += o;
+  return correct / outcomes.length;
 }
 
 /** The ids of mini-batch b of an epoch's permutation. */
@@ -216,9 +228,11 @@ export async function trainLinearProbe(
     }
     head.eval();
     const predict = (x: Tensor) => head.forward(x);
+    const outcomes = await topOne(xv, val.labels, predict);
     return {
-      accuracy: await topOne(xv, val.labels, predict),
-      trainAccuracy: await topOne(xs, train.labels, predict),
+      accuracy: fractionCorrect(outcomes),
+      outcomes,
+      trainAccuracy: fractionCorrect(await topOne(xs, train.labels, predict)),
       losses,
     };
   } finally {

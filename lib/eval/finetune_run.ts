@@ -1,0 +1,163 @@
+// Fine-tuning inside the evaluate stage (paper Table 1): a BeitClassifier, from a pretrain run's
+// weights or from random initialisation, fine-tuned with the stage's shared budget and the arm's
+// seed, scored on the held-out images. A run keeps its checkpoint in the stage's folder (one file,
+// replaced atomically, naming the run it holds) and, once finished, its result in
+// `finetune/<run>.json`: a rerun of an interrupted stage skips finished runs and resumes the one
+// the checkpoint holds, ending with the figures an uninterrupted run gives.
+
+import { join } from "node:path";
+import type { ShardSet } from "../data/shards.ts";
+import { writeJsonAtomic } from "../io/atomic.ts";
+import { failer, reason } from "../io/errors.ts";
+import { BeitClassifier, type BeitConfig } from "../models/beit.ts";
+import { type CurvePoint, finetune, type FinetuneCheckpoint } from "../train/finetune.ts";
+import {
+  evalSetOf,
+  type HostSet,
+  type ImageSpec,
+  type OnProgress,
+  trainStream,
+} from "./heldout.ts";
+import { decodeOutcomes, encodeOutcomes } from "./outcomes.ts";
+import { seedFor } from "./seeds.ts";
+
+/** The folder of finished runs' results, inside the stage's folder. */
+export const FINETUNE_RESULTS = "finetune";
+
+export interface FinetuneBudget {
+  steps: number;
+  batch: number;
+  lr: number;
+  warmupSteps: number;
+  layerDecay: number;
+  labelSmoothing: number;
+  dropPath: number;
+  weightDecay: number;
+  betas: [number, number];
+  /** Checkpoint every N steps (a multiple of the log interval, 10). */
+  checkpointEvery: number;
+}
+
+/** Steps between logged losses. */
+const LOG_EVERY = 10;
+
+export interface FinetuneRunResult {
+  accuracy: number;
+  outcomes: Uint8Array;
+  curve: CurvePoint[];
+  /** Where the run came from this time: run, resumed at a step, or read back finished. */
+  provenance: "run" | { resumedFrom: number } | "finished before";
+}
+
+export interface FinetuneRunSpec {
+  /** The run's name, unique in the stage: "pretrained-1-lambda_1-seed-0", "scratch-seed-0". */
+  name: string;
+  vit: BeitConfig;
+  spec: ImageSpec;
+  /** The pretrained weights (a pretrain run's model file), or null: from scratch. */
+  weights: string | null;
+  /** The arm's seed: the head's initialisation, the batch order, the drop-path draws. */
+  seed: number;
+}
+
+/** The stage's folder and fingerprint: where checkpoints and results go, which run they belong to. */
+export interface FinetuneStage {
+  name: string;
+  out: string;
+  fingerprint: string;
+  checkpoint: string;
+}
+
+/** Fine-tunes one run (or reads back its finished result) and returns its held-out outcomes. */
+export async function finetuneRun(
+  run: FinetuneRunSpec,
+  data: { shards: ShardSet; val: HostSet; evalImages: number; classes: number; evalBatch: number },
+  budget: FinetuneBudget,
+  stage: FinetuneStage,
+  onProgress?: OnProgress,
+): Promise<FinetuneRunResult> {
+  const fail: (what: string) => never = failer(`${stage.name}: fine-tune ${run.name}`);
+  const resultFile = join(stage.out, FINETUNE_RESULTS, `${run.name}.json`);
+  const finished = await readResult(resultFile, data.evalImages);
+  if (finished) return finished;
+  const seed = seedFor(run.seed, "finetune");
+  const model = new BeitClassifier({ ...run.vit, dropPath: budget.dropPath }, data.classes, seed);
+  const { stream, close } = trainStream(data.shards, budget.batch, seed, run.spec);
+  try {
+    if (run.weights) {
+      try {
+        await model.loadPretrained(run.weights);
+      } catch (error) {
+        fail(reason(error));
+      }
+    }
+    const checkpoint: FinetuneCheckpoint = {
+      path: stage.checkpoint,
+      every: budget.checkpointEvery,
+      stage: stage.name,
+      fingerprint: stage.fingerprint,
+      run: run.name,
+    };
+    const result = await finetune(
+      model,
+      { train: stream, val: evalSetOf(data.val, data.evalImages, run.spec) },
+      {
+        steps: budget.steps,
+        lr: budget.lr,
+        warmupSteps: budget.warmupSteps,
+        weightDecay: budget.weightDecay,
+        betas: budget.betas,
+        layerDecay: budget.layerDecay,
+        labelSmoothing: budget.labelSmoothing,
+        logEvery: LOG_EVERY,
+        evalEvery: Math.max(1, Math.floor(budget.steps / 2)),
+        evalBatch: data.evalBatch,
+        seed,
+      },
+      {
+        layers: { numLayers: run.vit.depth, layerId: (n) => model.layerId(n) },
+        onLog: (p) => onProgress?.(p.step, p.loss !== undefined ? { loss: p.loss } : {}),
+        checkpoint,
+      },
+    );
+    await Deno.mkdir(join(stage.out, FINETUNE_RESULTS), { recursive: true });
+    await writeJsonAtomic(resultFile, {
+      run: run.name,
+      accuracy: result.accuracy,
+      outcomes: encodeOutcomes(result.outcomes),
+      curve: result.curve,
+    });
+    return {
+      accuracy: result.accuracy,
+      outcomes: result.outcomes,
+      curve: result.curve,
+      provenance: result.resumedFrom ? { resumedFrom: result.resumedFrom } : "run",
+    };
+  } finally {
+    await close();
+    model.dispose();
+  }
+}
+
+/** The result of a run finished before an interruption, or null (none, or not of these images). */
+async function readResult(path: string, images: number): Promise<FinetuneRunResult | null> {
+  let saved: { accuracy?: unknown; outcomes?: unknown; curve?: unknown };
+  try {
+    saved = JSON.parse(await Deno.readTextFile(path));
+  } catch {
+    return null; // none yet (a stage folder is resumed only with its own fingerprint)
+  }
+  if (
+    typeof saved.accuracy !== "number" || typeof saved.outcomes !== "string" ||
+    saved.outcomes.length !== images || !Array.isArray(saved.curve)
+  ) return null;
+  const outcomes = Uint8Array.from(decodeOutcomes(saved.outcomes, path));
+  return {
+    accuracy: saved.accuracy,
+    outcomes,
+    curve: saved.curve as CurvePoint[],
+    provenance: "finished before",
+  };
+}
+
+export { LOG_EVERY as FINETUNE_LOG_EVERY };
