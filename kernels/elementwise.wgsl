@@ -5,6 +5,8 @@
 override WG: u32 = 256;
 override OP: u32 = 0;
 override BROADCAST: bool = true;
+// Dims a broadcasting binary op walks (its loop's trip count, fixed per pipeline).
+override RANK: i32 = 6;
 
 struct Unary { n: u32, a: f32, b: f32, row: u32 }
 
@@ -146,13 +148,17 @@ fn binary(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nw
   var rest = i;
   var ia = 0u;
   var ib = 0u;
-  for (var k = 5; k >= 0; k--) {
+  // Inner dims by division; the outermost index is what remains (i < n bounds it).
+  for (var k = 5; k > 6 - RANK; k--) {
     let d = dims[k];
-    let c = rest % d;
-    rest = rest / d;
+    let q = rest / d;
+    let c = rest - q * d;
+    rest = q;
     ia += c * sa[k];
     ib += c * sb[k];
   }
+  ia += rest * sa[6 - RANK];
+  ib += rest * sb[6 - RANK];
   bin_out[i] = binary_f(x[ia], bin_b[ib]);
 }
 
