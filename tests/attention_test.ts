@@ -1,6 +1,8 @@
 import { assertClose, checkGrad, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
-import { throws } from "node:assert/strict";
+import assert, { throws } from "node:assert/strict";
+import { forceVariant } from "../lib/gpu/autotune.ts";
+import { gpu } from "../lib/gpu/device.ts";
 
 const [B, H, T_, S, D] = [2, 3, 5, 7, 3];
 
@@ -112,6 +114,88 @@ Deno.test("attention rejects mismatched shapes with clear errors", () => {
     throws(
       () => T.attention(z(2, 3, 5, 3), z(2, 3, 7, 3), z(2, 3, 7, 3), { bias: z(4, 5, 7) }),
       /peco: attention: bias \[4,5,7\] does not broadcast to scores \[2,3,5,7\]/,
+    );
+  });
+});
+
+// ---- attentionPacked: q, k, v packed as [3, B, H, T, D] --------------------------------------
+
+/** float64 self-attention of packed qkv [3, b, h, t, d] (the keys are the queries' positions). */
+function packedRef(qkv: number[], [b, h, t, d]: number[], scale: number): number[] {
+  const n = b * h * t * d;
+  const [q, k, v] = [0, 1, 2].map((i) => qkv.slice(i * n, (i + 1) * n));
+  const out: number[] = [];
+  for (let z = 0; z < b * h; z++) {
+    for (let i = 0; i < t; i++) {
+      const scores = Array.from({ length: t }, (_, j) => {
+        let dot = 0;
+        for (let c = 0; c < d; c++) dot += q[(z * t + i) * d + c] * k[(z * t + j) * d + c];
+        return dot * scale;
+      });
+      const max = Math.max(...scores);
+      const e = scores.map((x) => Math.exp(x - max));
+      const sum = e.reduce((x, y) => x + y, 0);
+      for (let c = 0; c < d; c++) {
+        let acc = 0;
+        for (let j = 0; j < t; j++) acc += (e[j] / sum) * v[(z * t + j) * d + c];
+        out.push(acc);
+      }
+    }
+  }
+  return out;
+}
+
+// [2, 2, 5, 16]: each part is 320 floats (a 256-byte multiple), so the packed path runs; [1, 3, 5, 3]:
+// 45 floats, so the op falls back to slices whatever is forced.
+for (const dims of [[2, 2, 5, 16], [1, 3, 5, 3]]) {
+  for (const variant of ["packed", "composed"]) {
+    Deno.test(`attentionPacked [3,${dims}] (${variant}): forward and backward`, async () => {
+      const qkv = {
+        data: randArray(3 * dims.reduce((a, b) => a * b), 7, -1.5, 1.5),
+        shape: [3, ...dims],
+      };
+      forceVariant("attentionPacked", variant);
+      try {
+        const out = await runOp((x) => T.attentionPacked(x), [qkv]);
+        assertClose(out.shape, dims, { what: "shape" });
+        const scale = 1 / Math.sqrt(dims[3]);
+        assertClose(out.data, packedRef(qkv.data, dims, scale), { what: "attentionPacked" });
+        await checkGrad(
+          (x) => T.attentionPacked(x, { scale: 0.6 }),
+          (x) => packedRef(x, dims, 0.6),
+          [qkv],
+        );
+      } finally {
+        forceVariant("attentionPacked", null);
+      }
+    });
+  }
+}
+
+Deno.test("attentionPacked: the packed path takes fewer dispatches than three slices", () => {
+  const count = (variant: string) => {
+    forceVariant("attentionPacked", variant);
+    try {
+      return T.tidy(() => {
+        const x = T.normal([3, 2, 2, 5, 16], 1);
+        x.requiresGrad = true;
+        const before = gpu().recorder.dispatches;
+        T.backward(T.sum(T.attentionPacked(x)));
+        return gpu().recorder.dispatches - before;
+      });
+    } finally {
+      forceVariant("attentionPacked", null);
+    }
+  };
+  const [packed, composed] = [count("packed"), count("composed")];
+  assert.ok(packed < composed, `packed ${packed} dispatches, composed ${composed}`);
+});
+
+Deno.test("attentionPacked rejects a tensor that is not [3, B, H, T, D]", () => {
+  T.tidy(() => {
+    throws(
+      () => T.attentionPacked(T.zeros([2, 1, 2, 5, 4])),
+      /peco: attentionPacked: qkv must be \[3, B, H, T, D\]/,
     );
   });
 });

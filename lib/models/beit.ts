@@ -29,7 +29,7 @@ import { Rng, truncNormal } from "../tensor/init.ts";
 import { full, tensor, zeros } from "../tensor/ops/creation.ts";
 import { add, affine, broadcastTo, mul, mulScalar } from "../tensor/ops/elementwise.ts";
 import { mean } from "../tensor/ops/reduce.ts";
-import { attention } from "../tensor/ops/attention.ts";
+import { attentionPacked } from "../tensor/ops/attention.ts";
 import { linear } from "../tensor/ops/matmul.ts";
 import { dropPath } from "../tensor/ops/random.ts";
 import { concat, embedding, gather, permute, reshape, slice } from "../tensor/ops/shape.ts";
@@ -314,8 +314,7 @@ export class BeitAttention extends Module {
       reshape(linear(x, this.qkv.weight, qkvBias), [b, t, 3, this.heads, this.headDim]),
       [2, 0, 3, 1, 4],
     );
-    const part = (i: number) => reshape(slice(qkv, 0, i, i + 1), [b, this.heads, t, this.headDim]);
-    const out = attention(part(0), part(1), part(2), { bias });
+    const out = attentionPacked(qkv, { bias });
     return this.proj.forward(reshape(permute(out, [0, 2, 1, 3]), [b, t, c]));
   }
 

@@ -4,11 +4,19 @@
 // to q ([T, D] per head) rather than to the scores ([T, S]): fewer elements when S > D.
 // No fused kernel: on lavapipe the two products dominate, and they already run as batched matmuls
 // over B·H without copies (kᵀ is read in place).
+//
+// `attentionPacked` takes q, k and v packed in one tensor (a fused qkv projection's output) and
+// reads them as views of it; its backward writes dq, dk and dv straight into the three parts of one
+// gradient tensor. Composed from three slices instead, autograd would place each slice's gradient
+// into a zero tensor of the packed size and add the three: three full-size writes and two full-size
+// additions more per call.
 
-import type { Tensor } from "../tensor.ts";
+import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
+import { record, Tensor } from "../tensor.ts";
 import { add, broadcastShapes, mulScalar } from "./elementwise.ts";
-import { matmul } from "./matmul.ts";
-import { softmax } from "./softmax.ts";
+import { matmul, matmulInto } from "./matmul.ts";
+import { reshape, slice } from "./shape.ts";
+import { softmax, softmaxBackward, softmaxForward } from "./softmax.ts";
 
 export interface AttentionOptions {
   /** Added to the scores; broadcastable to [B, H, T, S] (e.g. [H, T, S] or a [B, 1, 1, S] mask). */
@@ -48,4 +56,58 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   if (!bias) return matmul(softmax(matmul(q, k, { transB: true }), -1, scale), v);
   const scores = matmul(scale === 1 ? q : mulScalar(q, scale), k, { transB: true });
   return matmul(softmax(add(scores, bias), -1), v);
+}
+
+/** "packed": q, k, v as views and one gradient tensor; "composed": three slices and `attention`. */
+export const PACKED_ATTENTION_VARIANTS: readonly Variant<"packed" | "composed">[] = [
+  { name: "packed", config: "packed" },
+  { name: "composed", config: "composed" },
+];
+
+/**
+ * softmax(q·kᵀ·scale + bias)·v with q, k and v packed as qkv [3, B, H, T, D] (self-attention: the
+ * keys are the queries' positions) → [B, H, T, D]. Runs packed (see the note at the top) when there
+ * is no bias and each part starts on a 256-byte boundary (a view a kernel can bind); otherwise, or
+ * when `forceVariant("attentionPacked", "composed")`, as `attention` of three slices.
+ */
+export function attentionPacked(qkv: Tensor, options: AttentionOptions = {}): Tensor {
+  if (qkv.rank !== 5 || qkv.shape[0] !== 3) {
+    throw new Error(`peco: attentionPacked: qkv must be [3, B, H, T, D], got [${qkv.shape}]`);
+  }
+  const [, B, H, T, D] = qkv.shape;
+  const n = B * H * T * D;
+  const aligned = qkv.byteOffset % 256 === 0 && (4 * n) % 256 === 0;
+  const fallback = PACKED_ATTENTION_VARIANTS[aligned && !options.bias ? 0 : 1];
+  const variant = chooseVariant("attentionPacked", "", PACKED_ATTENTION_VARIANTS, fallback);
+  if (variant.config === "composed" || !aligned || options.bias) {
+    const part = (i: number) => reshape(slice(qkv, 0, i, i + 1), [B, H, T, D]);
+    return attention(part(0), part(1), part(2), options);
+  }
+  if (qkv.dtype !== "f32") {
+    throw new Error(`peco: attentionPacked: needs f32, got ${qkv.describe()}`);
+  }
+  const { scale = 1 / Math.sqrt(D) } = options;
+  const head = [B, H, T, D];
+  const parts = (t: Tensor) => [0, 1, 2].map((i) => t.range(i * n, head));
+  const [q, k, v] = parts(qkv);
+  const scores = new Tensor([B, H, T, T], "f32");
+  matmulInto(q, k, scores, { transB: true });
+  const probs = softmaxForward(scores, -1, false, scale);
+  scores.dispose();
+  const out = new Tensor(head, "f32");
+  matmulInto(probs, v, out);
+  return record("attentionPacked", out, [qkv], (g) => {
+    const grad = new Tensor(qkv.shape, "f32");
+    const [dq, dk, dv] = parts(grad);
+    const dProbs = new Tensor([B, H, T, T], "f32");
+    matmulInto(g, v, dProbs, { transB: true });
+    const dScores = softmaxBackward(probs, dProbs, -1, false, scale);
+    dProbs.dispose();
+    matmulInto(dScores, k, dq);
+    matmulInto(dScores, q, dk, { transA: true });
+    matmulInto(probs, g, dv, { transA: true });
+    dScores.dispose();
+    for (const t of [dq, dk, dv]) t.dispose();
+    return [grad];
+  });
 }

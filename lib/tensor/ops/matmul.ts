@@ -742,6 +742,18 @@ function product(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor
   return out;
 }
 
+/**
+ * op(a) · op(b) written into `out` (no autograd): a fused op's backward that fills the parts of one
+ * gradient buffer through views of it (256-byte aligned) instead of concatenating them afterwards.
+ */
+export function matmulInto(a: Tensor, b: Tensor, out: Tensor, options: MatmulOptions = {}): void {
+  const { problem, outShape } = plan("matmul", a, b, !!options.transA, !!options.transB);
+  if (out.size !== outShape.reduce((x, y) => x * y, 1)) {
+    throw new Error(`peco: matmul: output ${out.describe()} does not hold [${outShape}]`);
+  }
+  launch(a, b, null, out, problem);
+}
+
 /** Sums a batched gradient [...batch, R, C] over its batch dims to `shape` [R, C]. */
 function sumBatch(g: Tensor, shape: Shape): Tensor {
   if (g.rank === shape.length) return g;
