@@ -30,6 +30,7 @@ import { full, tensor, zeros } from "../tensor/ops/creation.ts";
 import { add, affine, broadcastTo, mul, mulScalar } from "../tensor/ops/elementwise.ts";
 import { mean } from "../tensor/ops/reduce.ts";
 import { attentionPacked } from "../tensor/ops/attention.ts";
+import { residualScaled } from "../tensor/ops/residual.ts";
 import { linear } from "../tensor/ops/matmul.ts";
 import { dropPath } from "../tensor/ops/random.ts";
 import { concat, embedding, gather, permute, reshape, slice } from "../tensor/ops/shape.ts";
@@ -351,14 +352,15 @@ export class BeitBlock extends Module {
 
   /** `seed`: drop-path seed of this step and block (used only in training with a rate > 0). */
   forward(x: Tensor, bias: Tensor | undefined, seed: number): Tensor {
-    const branch = (h: Tensor, gamma: Tensor | null, k: number) => {
+    const dropping = this.training && this.dropRate > 0;
+    // x + drop_path(h · gamma); without drop path, one fused op for the scale and the add.
+    const residual = (x: Tensor, h: Tensor, gamma: Tensor | null, k: number) => {
+      if (gamma && !dropping) return residualScaled(x, h, gamma);
       const scaled = gamma ? mul(h, gamma) : h;
-      return this.training && this.dropRate > 0
-        ? dropPath(scaled, this.dropRate, (seed + k) >>> 0)
-        : scaled;
+      return add(x, dropping ? dropPath(scaled, this.dropRate, (seed + k) >>> 0) : scaled);
     };
-    const h = add(x, branch(this.attn.forward(this.norm1.forward(x), bias), this.gamma1, 0));
-    return add(h, branch(this.mlp.forward(this.norm2.forward(h)), this.gamma2, 1));
+    const h = residual(x, this.attn.forward(this.norm1.forward(x), bias), this.gamma1, 0);
+    return residual(h, this.mlp.forward(this.norm2.forward(h)), this.gamma2, 1);
   }
 }
 
