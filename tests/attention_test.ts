@@ -145,10 +145,11 @@ function packedRef(qkv: number[], [b, h, t, d]: number[], scale: number): number
   return out;
 }
 
-// [2, 2, 5, 16]: each part is 320 floats (a 256-byte multiple), so the packed path runs; [1, 3, 5, 3]:
-// 45 floats, so the op falls back to slices whatever is forced.
-for (const dims of [[2, 2, 5, 16], [1, 3, 5, 3]]) {
-  for (const variant of ["packed", "composed"]) {
+// [2, 2, 5, 16]: each part is 320 floats (a 256-byte multiple): every variant runs as named.
+// [1, 3, 7, 8]: the fused kernels fit (D a multiple of 4), the packed views do not (168 floats).
+// [1, 3, 5, 3]: only the slices fit, whatever is forced.
+for (const dims of [[2, 2, 5, 16], [1, 3, 7, 8], [1, 3, 5, 3]]) {
+  for (const variant of ["fused", "packed", "composed"]) {
     Deno.test(`attentionPacked [3,${dims}] (${variant}): forward and backward`, async () => {
       const qkv = {
         data: randArray(3 * dims.reduce((a, b) => a * b), 7, -1.5, 1.5),

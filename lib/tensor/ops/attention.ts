@@ -12,6 +12,8 @@
 // additions more per call.
 
 import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
+import { gpu } from "../../gpu/device.ts";
+import { fusedAttention, fusedAttentionFits } from "./attention_fused.ts";
 import { record, Tensor } from "../tensor.ts";
 import { add, broadcastShapes, mulScalar } from "./elementwise.ts";
 import { matmul, matmulInto } from "./matmul.ts";
@@ -58,17 +60,24 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   return matmul(softmax(add(scores, bias), -1), v);
 }
 
-/** "packed": q, k, v as views and one gradient tensor; "composed": three slices and `attention`. */
-export const PACKED_ATTENTION_VARIANTS: readonly Variant<"packed" | "composed">[] = [
+/**
+ * "fused": attention_fused.ts's three kernels (software adapters' default where they fit); "packed":
+ * q, k, v as views and one gradient tensor (see the note at the top); "composed": three slices and
+ * `attention`.
+ */
+export const PACKED_ATTENTION_VARIANTS: readonly Variant<"fused" | "packed" | "composed">[] = [
+  { name: "fused", config: "fused" },
   { name: "packed", config: "packed" },
   { name: "composed", config: "composed" },
 ];
 
 /**
  * softmax(q·kᵀ·scale + bias)·v with q, k and v packed as qkv [3, B, H, T, D] (self-attention: the
- * keys are the queries' positions) → [B, H, T, D]. Runs packed (see the note at the top) when there
- * is no bias and each part starts on a 256-byte boundary (a view a kernel can bind); otherwise, or
- * when `forceVariant("attentionPacked", "composed")`, as `attention` of three slices.
+ * keys are the queries' positions) → [B, H, T, D]. Without a bias: fused kernels on software
+ * adapters where they fit, else packed when each part starts on a 256-byte boundary (a view a
+ * kernel can bind); otherwise, with a bias, or when forced (`forceVariant("attentionPacked",
+ * name)`), as `attention` of three slices. A forced variant that cannot run the shape falls back
+ * in that order.
  */
 export function attentionPacked(qkv: Tensor, options: AttentionOptions = {}): Tensor {
   if (qkv.rank !== 5 || qkv.shape[0] !== 3) {
@@ -77,16 +86,20 @@ export function attentionPacked(qkv: Tensor, options: AttentionOptions = {}): Te
   const [, B, H, T, D] = qkv.shape;
   const n = B * H * T * D;
   const aligned = qkv.byteOffset % 256 === 0 && (4 * n) % 256 === 0;
-  const fallback = PACKED_ATTENTION_VARIANTS[aligned && !options.bias ? 0 : 1];
-  const variant = chooseVariant("attentionPacked", "", PACKED_ATTENTION_VARIANTS, fallback);
-  if (variant.config === "composed" || !aligned || options.bias) {
+  const fits = !options.bias && qkv.dtype === "f32" && fusedAttentionFits(T, D, qkv.size);
+  const fallback = PACKED_ATTENTION_VARIANTS[
+    fits && gpu().info.software ? 0 : aligned && !options.bias ? 1 : 2
+  ];
+  const chosen = chooseVariant("attentionPacked", "", PACKED_ATTENTION_VARIANTS, fallback).config;
+  const { scale = 1 / Math.sqrt(D) } = options;
+  if (chosen === "fused" && fits) return fusedAttention(qkv, scale);
+  if (chosen === "composed" || !aligned || options.bias) {
     const part = (i: number) => reshape(slice(qkv, 0, i, i + 1), [B, H, T, D]);
     return attention(part(0), part(1), part(2), options);
   }
   if (qkv.dtype !== "f32") {
     throw new Error(`peco: attentionPacked: needs f32, got ${qkv.describe()}`);
   }
-  const { scale = 1 / Math.sqrt(D) } = options;
   const head = [B, H, T, D];
   const parts = (t: Tensor) => [0, 1, 2].map((i) => t.range(i * n, head));
   const [q, k, v] = parts(qkv);
