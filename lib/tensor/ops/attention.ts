@@ -13,7 +13,11 @@
 
 import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
 import { gpu } from "../../gpu/device.ts";
-import { fusedAttention, fusedAttentionFits } from "./attention_fused.ts";
+import {
+  FUSED_ATTENTION_DEFAULT_MAX_T,
+  fusedAttention,
+  fusedAttentionFits,
+} from "./attention_fused.ts";
 import { record, Tensor } from "../tensor.ts";
 import { add, broadcastShapes, mulScalar } from "./elementwise.ts";
 import { matmul, matmulInto } from "./matmul.ts";
@@ -61,7 +65,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
 }
 
 /**
- * "fused": attention_fused.ts's three kernels (software adapters' default where they fit); "packed":
+ * "fused": attention_fused.ts's three kernels (software adapters' default for short sequences); "packed":
  * q, k, v as views and one gradient tensor (see the note at the top); "composed": three slices and
  * `attention`.
  */
@@ -73,11 +77,11 @@ export const PACKED_ATTENTION_VARIANTS: readonly Variant<"fused" | "packed" | "c
 
 /**
  * softmax(q·kᵀ·scale + bias)·v with q, k and v packed as qkv [3, B, H, T, D] (self-attention: the
- * keys are the queries' positions) → [B, H, T, D]. Without a bias: fused kernels on software
- * adapters where they fit, else packed when each part starts on a 256-byte boundary (a view a
- * kernel can bind); otherwise, with a bias, or when forced (`forceVariant("attentionPacked",
- * name)`), as `attention` of three slices. A forced variant that cannot run the shape falls back
- * in that order.
+ * keys are the queries' positions) → [B, H, T, D]. Without a bias: the fused kernels on software
+ * adapters where they fit and T ≤ FUSED_ATTENTION_DEFAULT_MAX_T, else packed when each part starts
+ * on a 256-byte boundary (a view a kernel can bind); otherwise, with a bias, or when forced
+ * (`forceVariant("attentionPacked", name)`), as `attention` of three slices. A forced variant that
+ * cannot run the shape falls back in that order.
  */
 export function attentionPacked(qkv: Tensor, options: AttentionOptions = {}): Tensor {
   if (qkv.rank !== 5 || qkv.shape[0] !== 3) {
@@ -88,7 +92,11 @@ export function attentionPacked(qkv: Tensor, options: AttentionOptions = {}): Te
   const aligned = qkv.byteOffset % 256 === 0 && (4 * n) % 256 === 0;
   const fits = !options.bias && qkv.dtype === "f32" && fusedAttentionFits(T, D, qkv.size);
   const fallback = PACKED_ATTENTION_VARIANTS[
-    fits && gpu().info.software ? 0 : aligned && !options.bias ? 1 : 2
+    fits && gpu().info.software && T <= FUSED_ATTENTION_DEFAULT_MAX_T
+      ? 0
+      : aligned && !options.bias
+      ? 1
+      : 2
   ];
   const chosen = chooseVariant("attentionPacked", "", PACKED_ATTENTION_VARIANTS, fallback).config;
   const { scale = 1 / Math.sqrt(D) } = options;
