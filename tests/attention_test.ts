@@ -200,3 +200,70 @@ Deno.test("attentionPacked rejects a tensor that is not [3, B, H, T, D]", () => 
     );
   });
 });
+
+// ---- selfAttention: a qkv projection's output [B, T, 3, H, D] as it is -------------------------
+
+/** [B, T, 3, H, D] → [3, B, H, T, D] (float64, for the reference). */
+function tokensToHeads(x: number[], [b, t, h, d]: number[]): number[] {
+  const out = new Array(x.length);
+  for (let bi = 0; bi < b; bi++) {
+    for (let ti = 0; ti < t; ti++) {
+      for (let p = 0; p < 3; p++) {
+        for (let hi = 0; hi < h; hi++) {
+          for (let di = 0; di < d; di++) {
+            out[((((p * b + bi) * h + hi) * t + ti) * d) + di] =
+              x[((((bi * t + ti) * 3 + p) * h + hi) * d) + di];
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** float64 selfAttention: [B, T, 3, H, D] → [B, T, H, D]. */
+function tokensRef(x: number[], [b, t, h, d]: number[], scale: number): number[] {
+  const heads = packedRef(tokensToHeads(x, [b, t, h, d]), [b, h, t, d], scale);
+  const out: number[] = [];
+  for (let bi = 0; bi < b; bi++) {
+    for (let ti = 0; ti < t; ti++) {
+      for (let hi = 0; hi < h; hi++) {
+        for (let di = 0; di < d; di++) out.push(heads[((bi * h + hi) * t + ti) * d + di]);
+      }
+    }
+  }
+  return out;
+}
+
+// [B, T, H, D]: [2, 5, 2, 16] (every variant runs as named), [1, 7, 3, 8] (fused, not packed),
+// [2, 3, 2, 3] (slices only).
+for (const [b, t, h, d] of [[2, 5, 2, 16], [1, 7, 3, 8], [2, 3, 2, 3]]) {
+  for (const variant of ["fused", "packed", "composed"]) {
+    Deno.test(`selfAttention [${b},${t},3,${h},${d}] (${variant}): forward and backward`, async () => {
+      const qkv = { data: randArray(b * t * 3 * h * d, 11, -1.5, 1.5), shape: [b, t, 3, h, d] };
+      forceVariant("attentionPacked", variant);
+      try {
+        const out = await runOp((x) => T.selfAttention(x), [qkv]);
+        assertClose(out.shape, [b, t, h, d], { what: "shape" });
+        const ref = tokensRef(qkv.data, [b, t, h, d], 1 / Math.sqrt(d));
+        assertClose(out.data, ref, { what: "selfAttention" });
+        await checkGrad(
+          (x) => T.selfAttention(x, { scale: 0.6 }),
+          (x) => tokensRef(x, [b, t, h, d], 0.6),
+          [qkv],
+        );
+      } finally {
+        forceVariant("attentionPacked", null);
+      }
+    });
+  }
+}
+
+Deno.test("selfAttention rejects a tensor that is not [B, T, 3, H, D]", () => {
+  T.tidy(() => {
+    throws(
+      () => T.selfAttention(T.zeros([2, 5, 2, 1, 4])),
+      /peco: selfAttention: qkv must be \[B, T, 3, H, D\]/,
+    );
+  });
+});

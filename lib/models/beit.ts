@@ -29,7 +29,7 @@ import { Rng, truncNormal } from "../tensor/init.ts";
 import { full, tensor, zeros } from "../tensor/ops/creation.ts";
 import { add, affine, broadcastTo, mul, mulScalar } from "../tensor/ops/elementwise.ts";
 import { mean } from "../tensor/ops/reduce.ts";
-import { attentionPacked } from "../tensor/ops/attention.ts";
+import { selfAttention } from "../tensor/ops/attention.ts";
 import { residualScaled } from "../tensor/ops/residual.ts";
 import { linear } from "../tensor/ops/matmul.ts";
 import { dropPath } from "../tensor/ops/random.ts";
@@ -310,13 +310,10 @@ export class BeitAttention extends Module {
     const qkvBias = this.qBias && this.vBias
       ? concat([this.qBias, this.#kBias!, this.vBias], 0)
       : null;
-    // [B, T, 3·C] → [3, B, heads, T, headDim]
-    const qkv = permute(
-      reshape(linear(x, this.qkv.weight, qkvBias), [b, t, 3, this.heads, this.headDim]),
-      [2, 0, 3, 1, 4],
-    );
-    const out = attentionPacked(qkv, { bias });
-    return this.proj.forward(reshape(permute(out, [0, 2, 1, 3]), [b, t, c]));
+    // [B, T, 3·C] seen as [B, T, 3, heads, headDim]; the output [B, T, heads, headDim] as [B, T, C].
+    const qkv = reshape(linear(x, this.qkv.weight, qkvBias), [b, t, 3, this.heads, this.headDim]);
+    const out = selfAttention(qkv, { bias });
+    return this.proj.forward(reshape(out, [b, t, c]));
   }
 
   override dispose(): void {

@@ -21,7 +21,7 @@ import {
 import { record, Tensor } from "../tensor.ts";
 import { add, broadcastShapes, mulScalar } from "./elementwise.ts";
 import { matmul, matmulInto } from "./matmul.ts";
-import { reshape, slice } from "./shape.ts";
+import { permute, reshape, slice } from "./shape.ts";
 import { softmax, softmaxBackward, softmaxForward } from "./softmax.ts";
 
 export interface AttentionOptions {
@@ -131,4 +131,26 @@ export function attentionPacked(qkv: Tensor, options: AttentionOptions = {}): Te
     for (const t of [dq, dk, dv]) t.dispose();
     return [grad];
   });
+}
+
+/**
+ * Self-attention of a qkv projection's output as it is, [B, T, 3, H, D] → [B, T, H, D] (the output
+ * projection's input as it is). The fused kernels read and write these layouts directly, so where
+ * they run (as in `attentionPacked`, whose variant switch this shares) no permuting copy does;
+ * otherwise qkv is permuted to [3, B, H, T, D] for `attentionPacked` and the output back.
+ */
+export function selfAttention(qkv: Tensor, options: AttentionOptions = {}): Tensor {
+  if (qkv.rank !== 5 || qkv.shape[2] !== 3) {
+    throw new Error(`peco: selfAttention: qkv must be [B, T, 3, H, D], got [${qkv.shape}]`);
+  }
+  const [, T, , , D] = qkv.shape;
+  const fits = !options.bias && qkv.dtype === "f32" && fusedAttentionFits(T, D, qkv.size);
+  const fallback = PACKED_ATTENTION_VARIANTS[
+    fits && gpu().info.software && T <= FUSED_ATTENTION_DEFAULT_MAX_T ? 0 : 1
+  ];
+  const chosen = chooseVariant("attentionPacked", "", PACKED_ATTENTION_VARIANTS, fallback).config;
+  if (chosen === "fused" && fits) {
+    return fusedAttention(qkv, options.scale ?? 1 / Math.sqrt(D), "tokens");
+  }
+  return permute(attentionPacked(permute(qkv, [2, 0, 3, 1, 4]), options), [0, 2, 1, 3]);
 }

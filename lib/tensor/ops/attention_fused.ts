@@ -36,9 +36,45 @@ export function fusedAttentionFits(t: number, d: number, packedFloats: number): 
     fitsFlat(packedFloats);
 }
 
-// Params of all three kernels: rows = B·H·T (or B·H·S for the key side), len = T, n4 = texels per
-// part of qkv, scale.
-const PARAMS = "struct P { rows: u32, len: u32, n4: u32, scale: f32 }";
+// Params of all three kernels: rows = B·H·T (the query or key rows, z·T + t with z = b·H + h), len =
+// T, n4 = texels per part of qkv, scale, heads = H.
+const PARAMS = "struct P { rows: u32, len: u32, n4: u32, scale: f32, heads: u32 }";
+
+/**
+ * Where q, k, v and the output live. "heads": qkv [3, B, H, T, D], output [B, H, T, D]; "tokens":
+ * qkv [B, T, 3, H, D] (a qkv projection's output as it is), output [B, T, H, D] (the output
+ * projection's input as it is), so neither side needs a permuting copy.
+ */
+export type AttentionLayout = "heads" | "tokens";
+
+/**
+ * WGSL addressing, in texels (vec4s): `part_at(part, r)` the first texel of row r (= z·T + t) of q
+ * (part 0), k (1) or v (2); `out_at(r)` that of row r of the output (and of its gradient);
+ * `part_stride()`, `out_stride()` the texels from one row t of a head to the next.
+ */
+function addressing(d4: number, layout: AttentionLayout): string {
+  if (layout === "heads") {
+    return /* wgsl */ `
+fn part_at(part: u32, r: u32) -> u32 { return part * p.n4 + r * ${d4}u; }
+fn out_at(r: u32) -> u32 { return r * ${d4}u; }
+fn part_stride() -> u32 { return ${d4}u; }
+fn out_stride() -> u32 { return ${d4}u; }`;
+  }
+  return /* wgsl */ `
+// r = (b·H + h)·T + t → token b·T + t, head h.
+fn token_of(r: u32) -> u32 {
+  let z = r / p.len;
+  return (z / p.heads) * p.len + (r - z * p.len);
+}
+fn head_of(r: u32) -> u32 { return (r / p.len) % p.heads; }
+fn part_at(part: u32, r: u32) -> u32 {
+  return ((token_of(r) * 3u + part) * p.heads + head_of(r)) * ${d4}u;
+}
+fn out_at(r: u32) -> u32 { return (token_of(r) * p.heads + head_of(r)) * ${d4}u; }
+// Texels from one row of a head to the next (q, k, v; the output).
+fn part_stride() -> u32 { return 3u * p.heads * ${d4}u; }
+fn out_stride() -> u32 { return p.heads * ${d4}u; }`;
+}
 
 /** `name0 … name{d4-1}` bound to `expr(i)`, one line each. */
 const lets = (d4: number, name: string, expr: (i: number) => string) =>
@@ -50,7 +86,7 @@ const dots = (d4: number, a: string, b: (i: number) => string) =>
 const lines = (d4: number, line: (i: number) => string) =>
   Array.from({ length: d4 }, (_, i) => line(i)).join("\n    ");
 
-function forwardSource(d4: number): string {
+function forwardSource(d4: number, layout: AttentionLayout): string {
   return /* wgsl */ `
 ${PARAMS}
 @group(0) @binding(0) var tqkv: texture_2d<f32>;
@@ -58,20 +94,21 @@ ${PARAMS}
 @group(0) @binding(2) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(3) var<uniform> p: P;
 ${FLAT_WGSL}
+${addressing(d4, layout)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let r = gid.x + gid.y * nwg.x * ${WG}u;
   if (r >= p.rows) { return; }
-  let z = r / p.len;
-  let kb = p.n4 + z * p.len * ${d4}u;
-  let vb = 2u * p.n4 + z * p.len * ${d4}u;
-  ${lets(d4, "q", (i) => `flat_texel(tqkv, r * ${d4}u + ${i}u) * p.scale`)}
+  let first = (r / p.len) * p.len;
+  let qb = part_at(0u, r);
+  ${lets(d4, "q", (i) => `flat_texel(tqkv, qb + ${i}u) * p.scale`)}
   ${vars(d4, "a")}
   var m = -3.0e38;
   var l = 0.0;
+  let step = part_stride();
+  var ks = part_at(1u, first);
+  var vs = part_at(2u, first);
   for (var s = 0u; s < p.len; s++) {
-    let ks = kb + s * ${d4}u;
-    let vs = vb + s * ${d4}u;
     let sc = ${dots(d4, "q", (i) => `flat_texel(tqkv, ks + ${i}u)`)};
     let mn = max(m, sc);
     let corr = exp(m - mn);
@@ -79,15 +116,18 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
     l = l * corr + e;
     ${lines(d4, (i) => `a${i} = a${i} * corr + e * flat_texel(tqkv, vs + ${i}u);`)}
     m = mn;
+    ks += step;
+    vs += step;
   }
   let inv = 1.0 / l;
-  ${lines(d4, (i) => `out[r * ${d4}u + ${i}u] = a${i} * inv;`)}
+  let ob = out_at(r);
+  ${lines(d4, (i) => `out[ob + ${i}u] = a${i} * inv;`)}
   lse[r] = m + log(l);
 }
 `;
 }
 
-function gradQuerySource(d4: number): string {
+function gradQuerySource(d4: number, layout: AttentionLayout): string {
   return /* wgsl */ `
 ${PARAMS}
 @group(0) @binding(0) var tqkv: texture_2d<f32>;
@@ -98,34 +138,38 @@ ${PARAMS}
 @group(0) @binding(5) var<storage, read_write> delta: array<f32>;
 @group(0) @binding(6) var<uniform> p: P;
 ${FLAT_WGSL}
+${addressing(d4, layout)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let r = gid.x + gid.y * nwg.x * ${WG}u;
   if (r >= p.rows) { return; }
-  let z = r / p.len;
-  let kb = p.n4 + z * p.len * ${d4}u;
-  let vb = 2u * p.n4 + z * p.len * ${d4}u;
-  ${lets(d4, "g", (i) => `flat_texel(tdo, r * ${d4}u + ${i}u)`)}
-  let dl = ${dots(d4, "g", (i) => `o[r * ${d4}u + ${i}u]`)};
+  let first = (r / p.len) * p.len;
+  let ob = out_at(r);
+  ${lets(d4, "g", (i) => `flat_texel(tdo, ob + ${i}u)`)}
+  let dl = ${dots(d4, "g", (i) => `o[ob + ${i}u]`)};
   delta[r] = dl;
-  ${lets(d4, "q", (i) => `flat_texel(tqkv, r * ${d4}u + ${i}u) * p.scale`)}
+  let qb = part_at(0u, r);
+  ${lets(d4, "q", (i) => `flat_texel(tqkv, qb + ${i}u) * p.scale`)}
   let L = lse[r];
   ${vars(d4, "dq")}
+  let step = part_stride();
+  var ks = part_at(1u, first);
+  var vs = part_at(2u, first);
   for (var s = 0u; s < p.len; s++) {
-    let ks = kb + s * ${d4}u;
-    let vs = vb + s * ${d4}u;
     ${lines(d4, (i) => `let k${i} = flat_texel(tqkv, ks + ${i}u);`)}
     let pr = exp(${dots(d4, "q", (i) => `k${i}`)} - L);
     let dp = ${dots(d4, "g", (i) => `flat_texel(tqkv, vs + ${i}u)`)};
     let ds = pr * (dp - dl);
     ${lines(d4, (i) => `dq${i} += ds * k${i};`)}
+    ks += step;
+    vs += step;
   }
-  ${lines(d4, (i) => `dqkv[r * ${d4}u + ${i}u] = dq${i} * p.scale;`)}
+  ${lines(d4, (i) => `dqkv[qb + ${i}u] = dq${i} * p.scale;`)}
 }
 `;
 }
 
-function gradKeyValueSource(d4: number): string {
+function gradKeyValueSource(d4: number, layout: AttentionLayout): string {
   return /* wgsl */ `
 ${PARAMS}
 @group(0) @binding(0) var tqkv: texture_2d<f32>;
@@ -135,42 +179,57 @@ ${PARAMS}
 @group(0) @binding(4) var<storage, read_write> dqkv: array<vec4f>;
 @group(0) @binding(5) var<uniform> p: P;
 ${FLAT_WGSL}
+${addressing(d4, layout)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let r = gid.x + gid.y * nwg.x * ${WG}u;
   if (r >= p.rows) { return; }
-  let z = r / p.len;
-  let first = z * p.len;
-  ${lets(d4, "k", (i) => `flat_texel(tqkv, p.n4 + r * ${d4}u + ${i}u)`)}
-  ${lets(d4, "v", (i) => `flat_texel(tqkv, 2u * p.n4 + r * ${d4}u + ${i}u)`)}
+  let first = (r / p.len) * p.len;
+  let kb = part_at(1u, r);
+  let vb = part_at(2u, r);
+  ${lets(d4, "k", (i) => `flat_texel(tqkv, kb + ${i}u)`)}
+  ${lets(d4, "v", (i) => `flat_texel(tqkv, vb + ${i}u)`)}
   ${vars(d4, "dk")}
   ${vars(d4, "dv")}
+  let qstep = part_stride();
+  let gstep = out_stride();
+  var qt = part_at(0u, first);
+  var gt = out_at(first);
   for (var t = 0u; t < p.len; t++) {
     let rt = first + t;
-    ${lines(d4, (i) => `let q${i} = flat_texel(tqkv, rt * ${d4}u + ${i}u) * p.scale;`)}
-    ${lines(d4, (i) => `let g${i} = flat_texel(tdo, rt * ${d4}u + ${i}u);`)}
+    ${lines(d4, (i) => `let q${i} = flat_texel(tqkv, qt + ${i}u) * p.scale;`)}
+    ${lines(d4, (i) => `let g${i} = flat_texel(tdo, gt + ${i}u);`)}
     let pr = exp(${dots(d4, "q", (i) => `k${i}`)} - lse[rt]);
     let dp = ${dots(d4, "g", (i) => `v${i}`)};
     let ds = pr * (dp - delta[rt]);
     ${lines(d4, (i) => `dv${i} += pr * g${i};`)}
     ${lines(d4, (i) => `dk${i} += ds * q${i};`)}
+    qt += qstep;
+    gt += gstep;
   }
-  ${lines(d4, (i) => `dqkv[p.n4 + r * ${d4}u + ${i}u] = dk${i};`)}
-  ${lines(d4, (i) => `dqkv[2u * p.n4 + r * ${d4}u + ${i}u] = dv${i};`)}
+  ${lines(d4, (i) => `dqkv[kb + ${i}u] = dk${i};`)}
+  ${lines(d4, (i) => `dqkv[vb + ${i}u] = dv${i};`)}
 }
 `;
 }
 
 const cache = new Map<string, Kernel>();
-function kernel(kind: "forward" | "grad_q" | "grad_kv", d4: number): Kernel {
-  const name = `attention_fused_${kind}_d${4 * d4}`;
+function kernel(
+  kind: "forward" | "grad_q" | "grad_kv",
+  d4: number,
+  layout: AttentionLayout,
+): Kernel {
+  const name = `attention_fused_${kind}_d${4 * d4}_${layout}`;
   let k = cache.get(name);
   if (!k) {
     const [source, bindings] = kind === "forward"
-      ? [forwardSource(d4), ["texture", "write", "write"] as const]
+      ? [forwardSource(d4, layout), ["texture", "write", "write"] as const]
       : kind === "grad_q"
-      ? [gradQuerySource(d4), ["texture", "texture", "read", "read", "write", "write"] as const]
-      : [gradKeyValueSource(d4), ["texture", "texture", "read", "read", "write"] as const];
+      ? [
+        gradQuerySource(d4, layout),
+        ["texture", "texture", "read", "read", "write", "write"] as const,
+      ]
+      : [gradKeyValueSource(d4, layout), ["texture", "texture", "read", "read", "write"] as const];
     k = defineKernel({ name, source, bindings: [...bindings] });
     cache.set(name, k);
   }
@@ -178,22 +237,29 @@ function kernel(kind: "forward" | "grad_q" | "grad_kv", d4: number): Kernel {
 }
 
 /**
- * softmax(q·kᵀ·scale)·v of qkv [3, B, H, T, D] → [B, H, T, D], with its backward rule (to qkv).
- * The caller has checked the shape, dtype and `fusedAttentionFits`.
+ * softmax(q·kᵀ·scale)·v of qkv [3, B, H, T, D] → [B, H, T, D] ("heads"), or of qkv [B, T, 3, H, D]
+ * → [B, T, H, D] ("tokens"), with its backward rule (to qkv). The caller has checked the shape,
+ * dtype and `fusedAttentionFits`.
  */
-export function fusedAttention(qkv: Tensor, scale: number): Tensor {
-  const [, B, H, T, D] = qkv.shape;
+export function fusedAttention(
+  qkv: Tensor,
+  scale: number,
+  layout: AttentionLayout = "heads",
+): Tensor {
+  const [B, T, H, D] = layout === "heads"
+    ? [qkv.shape[1], qkv.shape[3], qkv.shape[2], qkv.shape[4]]
+    : [qkv.shape[0], qkv.shape[1], qkv.shape[3], qkv.shape[4]];
   const d4 = D / 4;
   const rows = B * H * T;
   const n4 = rows * d4;
   const recorder = gpu().recorder;
   const pool = gpu().pool;
-  const params = [rows, T, n4, f32bits(scale)];
-  const out = new Tensor([B, H, T, D], "f32");
+  const params = [rows, T, n4, f32bits(scale), H];
+  const out = new Tensor(layout === "heads" ? [B, H, T, D] : [B, T, H, D], "f32");
   const lse = new Tensor([rows], "f32");
   const texQkv = acquireFlat(qkv, "attention qkv");
   try {
-    recorder.dispatch(kernel("forward", d4), {
+    recorder.dispatch(kernel("forward", d4, layout), {
       buffers: [texQkv.view, out.binding, lse.binding],
       params,
       workgroups: grid1d(rows, WG),
@@ -206,12 +272,12 @@ export function fusedAttention(qkv: Tensor, scale: number): Tensor {
     const delta = new Tensor([rows], "f32");
     const [tq, tg] = [acquireFlat(qkv, "attention qkv"), acquireFlat(g, "attention dO")];
     try {
-      recorder.dispatch(kernel("grad_q", d4), {
+      recorder.dispatch(kernel("grad_q", d4, layout), {
         buffers: [tq.view, tg.view, out.binding, lse.binding, grad.binding, delta.binding],
         params,
         workgroups: grid1d(rows, WG),
       });
-      recorder.dispatch(kernel("grad_kv", d4), {
+      recorder.dispatch(kernel("grad_kv", d4, layout), {
         buffers: [tq.view, tg.view, lse.binding, delta.binding, grad.binding],
         params,
         workgroups: grid1d(rows, WG),
