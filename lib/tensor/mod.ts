@@ -17,3 +17,4 @@ export * from "./ops/pool.ts";
 export * from "./ops/softmax.ts";
 export * from "./ops/attention.ts";
 export * from "./ops/residual.ts";
+export * from "./ops/mlp.ts";
