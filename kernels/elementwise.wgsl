@@ -1,26 +1,16 @@
 // Elementwise kernels: unary maps (forward and gradient side by side), broadcasting binary ops,
 // fill and in-place accumulate. The op is an override constant, so each (kernel, OP) pair
-// compiles to straight-line code.
+// compiles to straight-line code. GELU comes from kernels/gelu.wgsl (prepended by the op module).
 
 override WG: u32 = 256;
 override OP: u32 = 0;
 override BROADCAST: bool = true;
+// Dims a broadcasting binary op walks (its loop's trip count, fixed per pipeline).
+override RANK: i32 = 6;
 
 struct Unary { n: u32, a: f32, b: f32, row: u32 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-
-const SQRT_HALF: f32 = 0.70710678118654752;
-const INV_SQRT_2PI: f32 = 0.39894228040143268;
-
-// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): WGSL has no erf, and GELU needs it.
-fn erf(v: f32) -> f32 {
-  let s = sign(v);
-  let a = abs(v);
-  let t = 1.0 / (1.0 + 0.3275911 * a);
-  let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
-  return s * (1.0 - poly * exp(-a * a));
-}
 
 fn sigmoid(v: f32) -> f32 {
   return 1.0 / (1.0 + exp(-v));
@@ -42,7 +32,7 @@ fn unary_f(v: f32, a: f32, b: f32) -> f32 {
     case 4u: { return sqrt(v); }
     case 5u: { return inverseSqrt(v); }
     case 6u: { return max(v, 0.0); }
-    case 7u: { return 0.5 * v * (1.0 + erf(v * SQRT_HALF)); }
+    case 7u: { return gelu_f(v); }
     case 8u: { return v * sigmoid(v); }
     case 9u: { return sigmoid(v); }
     case 10u: { return tanh(clamp(v, -15.0, 15.0)); }
@@ -66,7 +56,7 @@ fn unary_df(v: f32, y: f32, a: f32, b: f32) -> f32 {
     case 4u: { return 0.5 / y; }
     case 5u: { return -0.5 * y * y * y; }
     case 6u: { return select(0.0, 1.0, v > 0.0); }
-    case 7u: { return 0.5 * (1.0 + erf(v * SQRT_HALF)) + v * INV_SQRT_2PI * exp(-0.5 * v * v); }
+    case 7u: { return gelu_df(v); }
     case 8u: { let s = sigmoid(v); return s * (1.0 + v * (1.0 - s)); }
     case 9u: { return y * (1.0 - y); }
     case 10u: { return 1.0 - y * y; }
@@ -146,13 +136,17 @@ fn binary(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nw
   var rest = i;
   var ia = 0u;
   var ib = 0u;
-  for (var k = 5; k >= 0; k--) {
+  // Inner dims by division; the outermost index is what remains (i < n bounds it).
+  for (var k = 5; k > 6 - RANK; k--) {
     let d = dims[k];
-    let c = rest % d;
-    rest = rest / d;
+    let q = rest / d;
+    let c = rest - q * d;
+    rest = q;
     ia += c * sa[k];
     ib += c * sb[k];
   }
+  ia += rest * sa[6 - RANK];
+  ib += rest * sb[6 - RANK];
   bin_out[i] = binary_f(x[ia], bin_b[ib]);
 }
 

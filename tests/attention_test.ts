@@ -1,6 +1,8 @@
 import { assertClose, checkGrad, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
-import { throws } from "node:assert/strict";
+import assert, { throws } from "node:assert/strict";
+import { forceVariant } from "../lib/gpu/autotune.ts";
+import { gpu } from "../lib/gpu/device.ts";
 
 const [B, H, T_, S, D] = [2, 3, 5, 7, 3];
 
@@ -112,6 +114,156 @@ Deno.test("attention rejects mismatched shapes with clear errors", () => {
     throws(
       () => T.attention(z(2, 3, 5, 3), z(2, 3, 7, 3), z(2, 3, 7, 3), { bias: z(4, 5, 7) }),
       /peco: attention: bias \[4,5,7\] does not broadcast to scores \[2,3,5,7\]/,
+    );
+  });
+});
+
+// ---- attentionPacked: q, k, v packed as [3, B, H, T, D] --------------------------------------
+
+/** float64 self-attention of packed qkv [3, b, h, t, d] (the keys are the queries' positions). */
+function packedRef(qkv: number[], [b, h, t, d]: number[], scale: number): number[] {
+  const n = b * h * t * d;
+  const [q, k, v] = [0, 1, 2].map((i) => qkv.slice(i * n, (i + 1) * n));
+  const out: number[] = [];
+  for (let z = 0; z < b * h; z++) {
+    for (let i = 0; i < t; i++) {
+      const scores = Array.from({ length: t }, (_, j) => {
+        let dot = 0;
+        for (let c = 0; c < d; c++) dot += q[(z * t + i) * d + c] * k[(z * t + j) * d + c];
+        return dot * scale;
+      });
+      const max = Math.max(...scores);
+      const e = scores.map((x) => Math.exp(x - max));
+      const sum = e.reduce((x, y) => x + y, 0);
+      for (let c = 0; c < d; c++) {
+        let acc = 0;
+        for (let j = 0; j < t; j++) acc += (e[j] / sum) * v[(z * t + j) * d + c];
+        out.push(acc);
+      }
+    }
+  }
+  return out;
+}
+
+// [2, 2, 5, 16]: each part is 320 floats (a 256-byte multiple): every variant runs as named.
+// [1, 3, 7, 8]: the fused kernels fit (D a multiple of 4), the packed views do not (168 floats).
+// [1, 3, 5, 3]: only the slices fit, whatever is forced.
+for (const dims of [[2, 2, 5, 16], [1, 3, 7, 8], [1, 3, 5, 3]]) {
+  for (const variant of ["fused", "packed", "composed"]) {
+    Deno.test(`attentionPacked [3,${dims}] (${variant}): forward and backward`, async () => {
+      const qkv = {
+        data: randArray(3 * dims.reduce((a, b) => a * b), 7, -1.5, 1.5),
+        shape: [3, ...dims],
+      };
+      forceVariant("attentionPacked", variant);
+      try {
+        const out = await runOp((x) => T.attentionPacked(x), [qkv]);
+        assertClose(out.shape, dims, { what: "shape" });
+        const scale = 1 / Math.sqrt(dims[3]);
+        assertClose(out.data, packedRef(qkv.data, dims, scale), { what: "attentionPacked" });
+        await checkGrad(
+          (x) => T.attentionPacked(x, { scale: 0.6 }),
+          (x) => packedRef(x, dims, 0.6),
+          [qkv],
+        );
+      } finally {
+        forceVariant("attentionPacked", null);
+      }
+    });
+  }
+}
+
+Deno.test("attentionPacked: the packed path takes fewer dispatches than three slices", () => {
+  const count = (variant: string) => {
+    forceVariant("attentionPacked", variant);
+    try {
+      return T.tidy(() => {
+        const x = T.normal([3, 2, 2, 5, 16], 1);
+        x.requiresGrad = true;
+        const before = gpu().recorder.dispatches;
+        T.backward(T.sum(T.attentionPacked(x)));
+        return gpu().recorder.dispatches - before;
+      });
+    } finally {
+      forceVariant("attentionPacked", null);
+    }
+  };
+  const [packed, composed] = [count("packed"), count("composed")];
+  assert.ok(packed < composed, `packed ${packed} dispatches, composed ${composed}`);
+});
+
+Deno.test("attentionPacked rejects a tensor that is not [3, B, H, T, D]", () => {
+  T.tidy(() => {
+    throws(
+      () => T.attentionPacked(T.zeros([2, 1, 2, 5, 4])),
+      /peco: attentionPacked: qkv must be \[3, B, H, T, D\]/,
+    );
+  });
+});
+
+// ---- selfAttention: a qkv projection's output [B, T, 3, H, D] as it is -------------------------
+
+/** [B, T, 3, H, D] → [3, B, H, T, D] (float64, for the reference). */
+function tokensToHeads(x: number[], [b, t, h, d]: number[]): number[] {
+  const out = new Array(x.length);
+  for (let bi = 0; bi < b; bi++) {
+    for (let ti = 0; ti < t; ti++) {
+      for (let p = 0; p < 3; p++) {
+        for (let hi = 0; hi < h; hi++) {
+          for (let di = 0; di < d; di++) {
+            out[((((p * b + bi) * h + hi) * t + ti) * d) + di] =
+              x[((((bi * t + ti) * 3 + p) * h + hi) * d) + di];
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** float64 selfAttention: [B, T, 3, H, D] → [B, T, H, D]. */
+function tokensRef(x: number[], [b, t, h, d]: number[], scale: number): number[] {
+  const heads = packedRef(tokensToHeads(x, [b, t, h, d]), [b, h, t, d], scale);
+  const out: number[] = [];
+  for (let bi = 0; bi < b; bi++) {
+    for (let ti = 0; ti < t; ti++) {
+      for (let hi = 0; hi < h; hi++) {
+        for (let di = 0; di < d; di++) out.push(heads[((bi * h + hi) * t + ti) * d + di]);
+      }
+    }
+  }
+  return out;
+}
+
+// [B, T, H, D]: [2, 5, 2, 16] (every variant runs as named), [1, 7, 3, 8] (fused, not packed),
+// [2, 3, 2, 3] (slices only).
+for (const [b, t, h, d] of [[2, 5, 2, 16], [1, 7, 3, 8], [2, 3, 2, 3]]) {
+  for (const variant of ["fused", "packed", "composed"]) {
+    Deno.test(`selfAttention [${b},${t},3,${h},${d}] (${variant}): forward and backward`, async () => {
+      const qkv = { data: randArray(b * t * 3 * h * d, 11, -1.5, 1.5), shape: [b, t, 3, h, d] };
+      forceVariant("attentionPacked", variant);
+      try {
+        const out = await runOp((x) => T.selfAttention(x), [qkv]);
+        assertClose(out.shape, [b, t, h, d], { what: "shape" });
+        const ref = tokensRef(qkv.data, [b, t, h, d], 1 / Math.sqrt(d));
+        assertClose(out.data, ref, { what: "selfAttention" });
+        await checkGrad(
+          (x) => T.selfAttention(x, { scale: 0.6 }),
+          (x) => tokensRef(x, [b, t, h, d], 0.6),
+          [qkv],
+        );
+      } finally {
+        forceVariant("attentionPacked", null);
+      }
+    });
+  }
+}
+
+Deno.test("selfAttention rejects a tensor that is not [B, T, 3, H, D]", () => {
+  T.tidy(() => {
+    throws(
+      () => T.selfAttention(T.zeros([2, 5, 2, 1, 4])),
+      /peco: selfAttention: qkv must be \[B, T, 3, H, D\]/,
     );
   });
 });

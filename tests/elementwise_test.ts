@@ -101,6 +101,11 @@ const shapePairs: [number[], number[]][] = [
   [[2, 3, 1, 5], [3, 7, 1]],
   [[7], []],
   [[1, 6], [5, 1]],
+  // Walks that merge dims (a row vector over [B, T, C]; a column block) and a rank-7 broadcast
+  // that merges down to the kernel's 6.
+  [[3, 4, 5], [5]],
+  [[2, 3, 4, 5], [2, 3, 1, 1]],
+  [[2, 2, 2, 2, 2, 2, 2], [2, 2, 1, 1, 2, 2, 2]],
 ];
 
 for (const [name, op, f] of binaryCases) {
@@ -119,6 +124,27 @@ for (const [name, op, f] of binaryCases) {
     });
   }
 }
+
+Deno.test("broadcastWalk merges dims both operands run across alike", () => {
+  assert.deepEqual(T.broadcastWalk([32, 50, 64], [64], [32, 50, 64]), {
+    dims: [1600, 64],
+    sa: [64, 1],
+    sb: [0, 1],
+  });
+  assert.deepEqual(T.broadcastWalk([4, 1, 3], [5, 1], [4, 5, 3]), {
+    dims: [4, 5, 3],
+    sa: [3, 0, 1],
+    sb: [0, 1, 0],
+  });
+  assert.deepEqual(
+    T.broadcastWalk([2, 2, 2, 2, 2, 2, 2], [2, 2, 1, 1, 2, 2, 2], [2, 2, 2, 2, 2, 2, 2]),
+    {
+      dims: [4, 4, 8],
+      sa: [32, 8, 1],
+      sb: [8, 0, 1],
+    },
+  );
+});
 
 Deno.test("sum and mean over axes: forward and backward", async () => {
   const shape = [3, 5, 7];

@@ -237,6 +237,14 @@ Deno.test("concat of 3 tensors of different sizes along axis 1: forward and back
   await checkGrad((...ts) => T.concat(ts, 1), lastRef, last, { which: [1] });
 });
 
+Deno.test("concat backward: parts on 256-byte boundaries of the gradient are views of it", async () => {
+  // Parts start at floats 0, 64 and 128 (256-byte multiples: views) and 71 (a copy).
+  const shapes = [[64], [7], [57], [64]];
+  const xs = shapes.map((s, i) => input(s, 30 + i));
+  const ref = (...ds: number[][]) => concatRef(ds, shapes, 0);
+  await checkGrad((...ts) => T.concat(ts, 0), ref, xs);
+});
+
 Deno.test("concat: up to 4 tensors in one dispatch, 5 by copies; integers keep their bits", async () => {
   const shapes = [[2, 3], [2, 1], [2, 4], [2, 2], [2, 5]];
   const xs = shapes.map((s, i) => input(s, 50 + i));

@@ -29,7 +29,8 @@ import { Rng, truncNormal } from "../tensor/init.ts";
 import { full, tensor, zeros } from "../tensor/ops/creation.ts";
 import { add, affine, broadcastTo, mul, mulScalar } from "../tensor/ops/elementwise.ts";
 import { mean } from "../tensor/ops/reduce.ts";
-import { attention } from "../tensor/ops/attention.ts";
+import { selfAttention } from "../tensor/ops/attention.ts";
+import { residualScaled } from "../tensor/ops/residual.ts";
 import { linear } from "../tensor/ops/matmul.ts";
 import { dropPath } from "../tensor/ops/random.ts";
 import { concat, embedding, gather, permute, reshape, slice } from "../tensor/ops/shape.ts";
@@ -309,14 +310,10 @@ export class BeitAttention extends Module {
     const qkvBias = this.qBias && this.vBias
       ? concat([this.qBias, this.#kBias!, this.vBias], 0)
       : null;
-    // [B, T, 3·C] → [3, B, heads, T, headDim]
-    const qkv = permute(
-      reshape(linear(x, this.qkv.weight, qkvBias), [b, t, 3, this.heads, this.headDim]),
-      [2, 0, 3, 1, 4],
-    );
-    const part = (i: number) => reshape(slice(qkv, 0, i, i + 1), [b, this.heads, t, this.headDim]);
-    const out = attention(part(0), part(1), part(2), { bias });
-    return this.proj.forward(reshape(permute(out, [0, 2, 1, 3]), [b, t, c]));
+    // [B, T, 3·C] seen as [B, T, 3, heads, headDim]; the output [B, T, heads, headDim] as [B, T, C].
+    const qkv = reshape(linear(x, this.qkv.weight, qkvBias), [b, t, 3, this.heads, this.headDim]);
+    const out = selfAttention(qkv, { bias });
+    return this.proj.forward(reshape(out, [b, t, c]));
   }
 
   override dispose(): void {
@@ -352,14 +349,15 @@ export class BeitBlock extends Module {
 
   /** `seed`: drop-path seed of this step and block (used only in training with a rate > 0). */
   forward(x: Tensor, bias: Tensor | undefined, seed: number): Tensor {
-    const branch = (h: Tensor, gamma: Tensor | null, k: number) => {
+    const dropping = this.training && this.dropRate > 0;
+    // x + drop_path(h · gamma); without drop path, one fused op for the scale and the add.
+    const residual = (x: Tensor, h: Tensor, gamma: Tensor | null, k: number) => {
+      if (gamma && !dropping) return residualScaled(x, h, gamma);
       const scaled = gamma ? mul(h, gamma) : h;
-      return this.training && this.dropRate > 0
-        ? dropPath(scaled, this.dropRate, (seed + k) >>> 0)
-        : scaled;
+      return add(x, dropping ? dropPath(scaled, this.dropRate, (seed + k) >>> 0) : scaled);
     };
-    const h = add(x, branch(this.attn.forward(this.norm1.forward(x), bias), this.gamma1, 0));
-    return add(h, branch(this.mlp.forward(this.norm2.forward(h)), this.gamma2, 1));
+    const h = residual(x, this.attn.forward(this.norm1.forward(x), bias), this.gamma1, 0);
+    return residual(h, this.mlp.forward(this.norm2.forward(h)), this.gamma2, 1);
   }
 }
 

@@ -6,7 +6,8 @@ import { Module } from "./module.ts";
 import { Conv2d, GroupNorm, Linear } from "./layers.ts";
 import type { Rng } from "../tensor/init.ts";
 import { attention } from "../tensor/ops/attention.ts";
-import { add, gelu } from "../tensor/ops/elementwise.ts";
+import { mlpGelu } from "../tensor/ops/mlp.ts";
+import { add } from "../tensor/ops/elementwise.ts";
 import { permute, reshape, slice } from "../tensor/ops/shape.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 
@@ -22,7 +23,8 @@ export class Mlp extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return this.fc2.forward(gelu(this.fc1.forward(x)));
+    const { fc1, fc2 } = this;
+    return mlpGelu(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias);
   }
 }
 

@@ -16,3 +16,5 @@ export * from "./ops/matmul.ts";
 export * from "./ops/pool.ts";
 export * from "./ops/softmax.ts";
 export * from "./ops/attention.ts";
+export * from "./ops/residual.ts";
+export * from "./ops/mlp.ts";

@@ -100,48 +100,72 @@ export function broadcastShapes(a: Shape, b: Shape): number[] {
   return out;
 }
 
-/** Strides of `shape` read through broadcast to `out` (0 on broadcast dims), padded to rank 6. */
+/** Strides of `shape` (same rank as `out`) read through broadcast to `out`: 0 on broadcast dims. */
 function broadcastStrides(shape: Shape, out: Shape): number[] {
-  const strides = new Array(MAX_RANK).fill(0);
+  const strides = new Array(shape.length).fill(0);
   let stride = 1;
   for (let i = shape.length - 1; i >= 0; i--) {
-    const k = MAX_RANK - (shape.length - i);
-    strides[k] = shape[i] === 1 && out[out.length - (shape.length - i)] !== 1 ? 0 : stride;
+    strides[i] = shape[i] === 1 && out[i] !== 1 ? 0 : stride;
     stride *= shape[i];
   }
   return strides;
 }
 
-/** Collapses size-1 dims out of a broadcast (they change no index), keeping rank ≤ 6. */
+/**
+ * A broadcast as the kernel walks it: the output's dims with size-1 dims dropped and neighbours
+ * merged wherever both operands run contiguously (or both broadcast) across them, so a bias added
+ * along the last dim of [B, T, C] is a rank-2 walk. Each dim costs the kernel a division and a
+ * remainder per element — on a CPU driver that is most of a broadcast's time.
+ */
+export function broadcastWalk(
+  a: Shape,
+  b: Shape,
+  shape: Shape,
+): { dims: number[]; sa: number[]; sb: number[] } {
+  const keep = shape.map((_, i) => i).filter((i) => shape[i] !== 1);
+  const pad = (s: Shape) => {
+    const full = [...new Array(shape.length - s.length).fill(1), ...s];
+    return keep.map((i) => full[i]);
+  };
+  const dims = keep.map((i) => shape[i]);
+  const [sa, sb] = [broadcastStrides(pad(a), dims), broadcastStrides(pad(b), dims)];
+  // Merge dim k into dim k + 1 (inner) where each operand's stride over k is its stride over
+  // k + 1 times the inner size (true for both a broadcast, 0 = 0, and a contiguous run).
+  for (let k = dims.length - 2; k >= 0; k--) {
+    const inner = dims[k + 1];
+    if (sa[k] === sa[k + 1] * inner && sb[k] === sb[k + 1] * inner) {
+      dims.splice(k, 2, dims[k] * inner);
+      sa.splice(k, 1);
+      sb.splice(k, 1);
+    }
+  }
+  return { dims, sa, sb };
+}
+
+/** One binary kernel launch (no autograd); the kernel's loop runs over the walk's RANK dims. */
 function binaryDispatch(op: keyof typeof BINARY, a: Tensor, b: Tensor, shape: number[]): Tensor {
   const out = new Tensor(shape, "f32");
   const same = a.size === out.size && b.size === out.size;
   let params: number[];
+  let rank = 1; // (unused by the same-shape path)
   if (same) {
     params = [out.size, 0];
   } else {
-    const keep = shape.map((_, i) => i).filter((i) => shape[i] !== 1);
-    if (keep.length > MAX_RANK) {
+    const { dims, sa, sb } = broadcastWalk(a.shape, b.shape, shape);
+    if (dims.length > MAX_RANK) {
       throw new Error(`peco: ${op} broadcasts over more than ${MAX_RANK} dims`);
     }
-    const pad = (s: Shape) => {
-      const full = [...new Array(shape.length - s.length).fill(1), ...s];
-      return keep.map((i) => full[i]);
-    };
-    const dims = keep.map((i) => shape[i]);
-    const dimsPadded = [...new Array(MAX_RANK - dims.length).fill(1), ...dims];
-    params = [
-      out.size,
-      dims.length,
-      ...dimsPadded,
-      ...broadcastStrides(pad(a.shape), dims),
-      ...broadcastStrides(pad(b.shape), dims),
+    rank = dims.length;
+    const front = (xs: number[], fill: number) => [
+      ...new Array(MAX_RANK - xs.length).fill(fill),
+      ...xs,
     ];
+    params = [out.size, rank, ...front(dims, 1), ...front(sa, 0), ...front(sb, 0)];
   }
   gpu().recorder.dispatch(elementwiseKernels.binary, {
     buffers: [a.binding, b.binding, out.binding],
     params,
-    constants: { OP: BINARY[op], BROADCAST: same ? 0 : 1 },
+    constants: { OP: BINARY[op], BROADCAST: same ? 0 : 1, RANK: rank },
     workgroups: grid1d(out.size, WG),
   });
   return out;

@@ -1,10 +1,15 @@
 // The elementwise and reduction kernels that the core ops share.
 
 import { defineKernel } from "../../gpu/pipelines.ts";
-import elementwise from "../../../kernels/elementwise.wgsl" with { type: "text" };
+import elementwiseWgsl from "../../../kernels/elementwise.wgsl" with { type: "text" };
+import gelu from "../../../kernels/gelu.wgsl" with { type: "text" };
 import reduce from "../../../kernels/reduce.wgsl" with { type: "text" };
 
 export const WG = 256;
+
+/** GELU and its derivative in WGSL (kernels/gelu.wgsl), for sources that apply it. */
+export const GELU_WGSL = gelu;
+const elementwise = gelu + elementwiseWgsl;
 
 export const elementwiseKernels = {
   unary: defineKernel({

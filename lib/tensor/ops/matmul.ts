@@ -28,6 +28,8 @@ import { chooseVariant, tune, type TuneResult, type Variant } from "../../gpu/au
 import { record, type Shape, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
 import { zeros } from "./creation.ts";
+import { elementwiseKernels, GELU_WGSL, WG } from "./kernels.ts";
+import { grid1d } from "../../gpu/recorder.ts";
 import source from "../../../kernels/matmul.wgsl" with { type: "text" };
 
 const BINDINGS: ("read" | "write")[] = ["read", "read", "read", "read", "read", "write"];
@@ -96,13 +98,47 @@ const TEX_WG = 8;
 type TexFill = "pack" | "flat" | "flatT";
 
 /**
+ * What a matmul's store may apply to each value o of C (+ bias) at flat index i, with an auxiliary
+ * tensor of C's shape: "gelu" stores gelu(o) and keeps o in aux (the pre-activation, for
+ * backward); "geluGrad" stores o · gelu'(aux[i]) (the gradient through a GELU whose input was aux).
+ */
+export type EpilogueKind = "gelu" | "geluGrad";
+export interface Epilogue {
+  kind: EpilogueKind;
+  aux: Tensor;
+}
+const EPILOGUE_BINDING: Record<EpilogueKind, "read" | "write"> = {
+  gelu: "write",
+  geluGrad: "read",
+};
+
+/** WGSL of `epilogue(o, i)` (and the aux binding) for a tex kernel's store. */
+function epilogueSource(epi: EpilogueKind | null): string {
+  if (!epi) return "fn epilogue(o: f32, i: u32) -> f32 { return o; }";
+  const access = epi === "gelu" ? "read_write" : "read";
+  const body = epi === "gelu" ? "aux[i] = o;\n  return gelu_f(o);" : "return o * gelu_df(aux[i]);";
+  return `${GELU_WGSL}
+@group(0) @binding(4) var<storage, ${access}> aux: array<f32>;
+fn epilogue(o: f32, i: u32) -> f32 {
+  ${body}
+}`;
+}
+
+/**
  * The texture matmul kernel for a tm × tn block per invocation (both multiples of 4), generated
  * unrolled: accumulators must stay in SSA registers on lavapipe (see kernels/matmul.wgsl). `a`, `b`:
  * how each operand's texture is laid out (see TexFill); for flat ones aRows / bRows are texels per
  * matrix and aPitch / bPitch texels per stored row. `laneM`: invocations along x (the CPU driver's
  * SIMD lanes) take consecutive row blocks rather than column blocks (see `lanesAlongM`).
  */
-function texSource(tm: number, tn: number, a: TexFill, b: TexFill, laneM: boolean): string {
+function texSource(
+  tm: number,
+  tn: number,
+  a: TexFill,
+  b: TexFill,
+  laneM: boolean,
+  epi: EpilogueKind | null,
+): string {
   const tn4 = tn / 4;
   const decl: string[] = [];
   const pre: string[] = [];
@@ -176,9 +212,10 @@ struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch
 @group(0) @binding(1) var tb: texture_2d<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
+@group(0) @binding(${epi ? 5 : 4}) var<uniform> p: Params;
 
 ${FLAT_WGSL}
+${epilogueSource(epi)}
 fn store4(z: u32, m: u32, n: u32, v: vec4f) {
   if (m >= p.M || n >= p.N) { return; }
   var o = v;
@@ -190,10 +227,10 @@ fn store4(z: u32, m: u32, n: u32, v: vec4f) {
     if (n + 3u < p.N) { o.w += bias[n + 3u]; }
   }
   let i = (z * p.M + m) * p.N + n;
-  c[i] = o.x;
-  if (n + 1u < p.N) { c[i + 1u] = o.y; }
-  if (n + 2u < p.N) { c[i + 2u] = o.z; }
-  if (n + 3u < p.N) { c[i + 3u] = o.w; }
+  c[i] = epilogue(o.x, i);
+  if (n + 1u < p.N) { c[i + 1u] = epilogue(o.y, i + 1u); }
+  if (n + 2u < p.N) { c[i + 2u] = epilogue(o.z, i + 2u); }
+  if (n + 3u < p.N) { c[i + 3u] = epilogue(o.w, i + 3u); }
 }
 
 @compute @workgroup_size(${TEX_WG}, ${TEX_WG})
@@ -216,13 +253,22 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
 
 const TEX_BINDINGS: ("texture" | "read" | "write")[] = ["texture", "texture", "read", "write"];
 const texKernels = new Map<string, Kernel>();
-function texKernel(tm: number, tn: number, a: TexFill, b: TexFill, laneM: boolean): Kernel {
+function texKernel(
+  tm: number,
+  tn: number,
+  a: TexFill,
+  b: TexFill,
+  laneM: boolean,
+  epi: EpilogueKind | null,
+): Kernel {
   const suffix = (x: string, fill: TexFill) => fill === "pack" ? "" : `_${x}${fill.toLowerCase()}`;
-  const name = `matmul_tex${tm}x${tn}${suffix("a", a)}${suffix("b", b)}${laneM ? "_m" : ""}`;
+  const name = `matmul_tex${tm}x${tn}${suffix("a", a)}${suffix("b", b)}${laneM ? "_m" : ""}` +
+    (epi ? `_${epi}` : "");
   let kernel = texKernels.get(name);
   if (!kernel) {
-    const source = texSource(tm, tn, a, b, laneM);
-    kernel = defineKernel({ name, source, bindings: TEX_BINDINGS });
+    const source = texSource(tm, tn, a, b, laneM, epi);
+    const bindings = epi ? [...TEX_BINDINGS, EPILOGUE_BINDING[epi]] : TEX_BINDINGS;
+    kernel = defineKernel({ name, source, bindings });
     texKernels.set(name, kernel);
   }
   return kernel;
@@ -505,7 +551,10 @@ const biasConstants = (bias: Bias | null) => ({
   BIAS_ROW: Number(bias?.perRow ?? false),
 });
 
-/** Records the kernel launch(es) of one problem into `out` (no autograd). */
+/**
+ * Records the kernel launch(es) of one problem into `out` (no autograd). An epilogue runs in the
+ * texture kernels' store; the buffer kernels apply it with one elementwise dispatch after.
+ */
 function launch(
   a: Tensor,
   b: Tensor,
@@ -513,13 +562,33 @@ function launch(
   out: Tensor,
   p: Problem,
   variant = variantFor(p),
+  epilogue: Epilogue | null = null,
 ): void {
   if (out.size === 0) return;
   if (variant.config.kind === "tex") {
     const { tm, tn } = variant.config;
     const layout = texLayout(p, tm, tn);
-    if (layout) return launchTex(a, b, bias, out, p, tm, tn, layout);
+    if (layout) return launchTex(a, b, bias, out, p, tm, tn, layout, epilogue);
     variant = bufferDefault(p);
+  }
+  if (epilogue) {
+    // The product into aux (gelu: the pre-activation it keeps) or a temporary, then the map.
+    const product = epilogue.kind === "gelu" ? epilogue.aux : new Tensor(out.shape, "f32");
+    launch(a, b, bias, product, p, variant);
+    const gelu = { n: out.size, params: [out.size, 0, 0, 0], constants: { OP: 7 } };
+    gpu().recorder.dispatch(
+      epilogue.kind === "gelu" ? elementwiseKernels.unary : elementwiseKernels.unaryGrad,
+      {
+        buffers: epilogue.kind === "gelu"
+          ? [product.binding, out.binding]
+          : [epilogue.aux.binding, epilogue.aux.binding, product.binding, out.binding],
+        params: gelu.params,
+        constants: gelu.constants,
+        workgroups: grid1d(gelu.n, WG),
+      },
+    );
+    if (product !== epilogue.aux) product.dispose();
+    return;
   }
   // lavapipe ends every loop after 65535 iterations per invocation, silently: the buffer kernels
   // loop once per k, so a longer K would give wrong sums. Refuse it rather than compute garbage.
@@ -588,6 +657,7 @@ function launchTex(
   tm: number,
   tn: number,
   L: TexLayout,
+  epilogue: Epilogue | null,
 ): void {
   const { pool, recorder } = gpu();
   const height = (t: OperandTexture, stride: number) => t.height(stride ? L.zc : 1);
@@ -601,7 +671,7 @@ function launchTex(
   const [flatA, flatB] = [packFrom(a, L.a), packFrom(b, L.b)];
   try {
     const laneM = lanesAlongM(p.M, p.N, tm, tn);
-    const kernel = texKernel(tm, tn, L.a.fill, L.b.fill, laneM);
+    const kernel = texKernel(tm, tn, L.a.fill, L.b.fill, laneM, epilogue?.kind ?? null);
     const [gm, gn] = [Math.ceil(L.Mp / (tm * TEX_WG)), Math.ceil(L.Np / (tn * TEX_WG))];
     for (let z0 = 0; z0 < p.batch; z0 += L.zc) {
       const n = Math.min(L.zc, p.batch - z0);
@@ -617,7 +687,13 @@ function launchTex(
         } else pack(b, flatB, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
       }
       recorder.dispatch(kernel, {
-        buffers: [texA.view, texB.view, (bias?.tensor ?? b).binding, out.binding],
+        buffers: [
+          texA.view,
+          texB.view,
+          (bias?.tensor ?? b).binding,
+          out.binding,
+          ...(epilogue ? [epilogue.aux.binding] : []),
+        ],
         params: [
           p.M,
           p.N,
@@ -740,6 +816,41 @@ function product(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor
   const out = new Tensor(outShape, "f32");
   launch(a, b, null, out, problem);
   return out;
+}
+
+/**
+ * op(a) · op(b) written into `out` (no autograd): a fused op's backward that fills the parts of one
+ * gradient buffer through views of it (256-byte aligned) instead of concatenating them afterwards.
+ */
+export function matmulInto(a: Tensor, b: Tensor, out: Tensor, options: MatmulOptions = {}): void {
+  const { problem, outShape } = plan("matmul", a, b, !!options.transA, !!options.transB);
+  if (out.size !== outShape.reduce((x, y) => x * y, 1)) {
+    throw new Error(`peco: matmul: output ${out.describe()} does not hold [${outShape}]`);
+  }
+  launch(a, b, null, out, problem);
+}
+
+/**
+ * op(a) · op(b) (+ bias per column of C) with `epilogue` applied as C is stored, written into
+ * `out` (no autograd): the building block of fused ops (mlp.ts).
+ */
+export function matmulEpilogueInto(
+  a: Tensor,
+  b: Tensor,
+  bias: Tensor | null,
+  out: Tensor,
+  epilogue: Epilogue | null,
+  options: MatmulOptions = {},
+): void {
+  const { problem, outShape } = plan("matmul", a, b, !!options.transA, !!options.transB);
+  const size = outShape.reduce((x, y) => x * y, 1);
+  if (out.size !== size || (epilogue && epilogue.aux.size !== size)) {
+    throw new Error(`peco: matmul: output ${out.describe()} does not hold [${outShape}]`);
+  }
+  if (bias && bias.size !== problem.N) {
+    throw new Error(`peco: matmul: bias ${bias.describe()} must have ${problem.N} values`);
+  }
+  launch(a, b, bias && { tensor: bias, perRow: false }, out, problem, undefined, epilogue);
 }
 
 /** Sums a batched gradient [...batch, R, C] over its batch dims to `shape` [R, C]. */

@@ -337,7 +337,10 @@ export function concat(xs: readonly Tensor[], axis: number): Tensor {
   return record("concat", out, xs, (g) =>
     xs.map((t, i) => {
       if (!t.requiresGrad) return null;
-      return crop("concat", g, shape.map((_, k) => (k === a ? starts[i] : 0)), t.shape);
+      // A part that is a contiguous, aligned run of g (e.g. the q and v biases joined along their
+      // only axis) is a view of it, no copy.
+      return sliceView(g, a, starts[i], t.shape) ??
+        crop("concat", g, shape.map((_, k) => (k === a ? starts[i] : 0)), t.shape);
     }));
 }
 

@@ -60,7 +60,22 @@ function perWorkgroup(len: number): boolean {
   return chooseVariant("softmax", "", SOFTMAX_VARIANTS, fallback).config === "workgroup";
 }
 
-function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: number): Tensor {
+/** A softmax over `axis` of x as the kernels see it: rows of `len`, `inner` apart. */
+interface SoftmaxRows {
+  params: number[];
+  constants: Record<string, number>;
+  len: number;
+  inner: number;
+  rows: number;
+}
+
+function softmaxRows(
+  op: string,
+  x: Tensor,
+  axis: number,
+  log: boolean,
+  scale: number,
+): SoftmaxRows {
   if (x.dtype !== "f32") throw new Error(`peco: ${op}: needs f32, got ${x.describe()}`);
   const a = axis < 0 ? axis + x.rank : axis;
   if (!Number.isInteger(a) || a < 0 || a >= x.rank) {
@@ -69,41 +84,70 @@ function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: num
   const outer = x.shape.slice(0, a).reduce((p, d) => p * d, 1);
   const len = x.shape[a];
   const inner = x.shape.slice(a + 1).reduce((p, d) => p * d, 1);
-  const rows = outer * inner;
-  const params = [outer, len, inner, f32bits(scale)];
-  const constants = { LOG: Number(log) };
-  const launch = (
-    kRows: typeof kernels.rows,
-    kWg: typeof kernels.wg,
-    buffers: (GPUBuffer | BufferSlice)[],
-  ) => {
-    if (x.size === 0) return;
-    const wg = perWorkgroup(len);
-    gpu().recorder.dispatch(wg ? kWg : kRows, {
-      buffers,
-      params,
-      constants,
-      workgroups: wg ? grid1d(rows, 1) : grid1d(rows, WG),
-    });
+  return {
+    params: [outer, len, inner, f32bits(scale)],
+    constants: { LOG: Number(log) },
+    len,
+    inner,
+    rows: outer * inner,
   };
+}
+
+function launchRows(
+  r: SoftmaxRows,
+  kRows: typeof kernels.rows,
+  kWg: typeof kernels.wg,
+  buffers: (GPUBuffer | BufferSlice)[],
+): void {
+  if (r.rows * r.len === 0) return;
+  const wg = perWorkgroup(r.len);
+  gpu().recorder.dispatch(wg ? kWg : kRows, {
+    buffers,
+    params: r.params,
+    constants: r.constants,
+    workgroups: wg ? grid1d(r.rows, 1) : grid1d(r.rows, WG),
+  });
+}
+
+/** (log-)softmax of x · scale along `axis`, without autograd. */
+export function softmaxForward(x: Tensor, axis: number, log: boolean, scale: number): Tensor {
+  const r = softmaxRows(log ? "logSoftmax" : "softmax", x, axis, log, scale);
   const out = new Tensor(x.shape, "f32");
-  if (x.size > 0 && inner === 1 && gpu().info.software && fitsFlat(x.size) && !perWorkgroup(len)) {
+  if (
+    x.size > 0 && r.inner === 1 && gpu().info.software && fitsFlat(x.size) && !perWorkgroup(r.len)
+  ) {
     // Contiguous rows on a software adapter: x is read from a flat texture (a memcpy away).
     withFlatTexture(x, "softmax input", (view) =>
       gpu().recorder.dispatch(kernels.rowsTex, {
         buffers: [view, out.binding],
-        params,
-        constants,
-        workgroups: grid1d(rows, WG),
+        params: r.params,
+        constants: r.constants,
+        workgroups: grid1d(r.rows, WG),
       }));
   } else {
-    launch(kernels.rows, kernels.wg, [x.binding, out.binding]);
+    launchRows(r, kernels.rows, kernels.wg, [x.binding, out.binding]);
   }
-  return record(op, out, [x], (g) => {
-    const gx = new Tensor(x.shape, "f32");
-    launch(kernels.gradRows, kernels.gradWg, [out.binding, g.binding, gx.binding]);
-    return [gx];
-  });
+  return out;
+}
+
+/** The gradient of x for `softmaxForward`'s output `out` and its gradient g (no autograd). */
+export function softmaxBackward(
+  out: Tensor,
+  g: Tensor,
+  axis: number,
+  log: boolean,
+  scale: number,
+): Tensor {
+  const r = softmaxRows(log ? "logSoftmax" : "softmax", out, axis, log, scale);
+  const gx = new Tensor(out.shape, "f32");
+  launchRows(r, kernels.gradRows, kernels.gradWg, [out.binding, g.binding, gx.binding]);
+  return gx;
+}
+
+function softmaxOp(op: string, x: Tensor, axis: number, log: boolean, scale: number): Tensor {
+  softmaxRows(op, x, axis, log, scale);
+  const out = softmaxForward(x, axis, log, scale);
+  return record(op, out, [x], (g) => [softmaxBackward(out, g, axis, log, scale)]);
 }
 
 /** exp(x − max) / Σ exp(x − max) along `axis`, of x · scale (one pass, no scaled copy). */
