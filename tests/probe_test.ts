@@ -9,7 +9,7 @@ import { Rng } from "../lib/tensor/init.ts";
 import { relu, type Tensor, tensor } from "../lib/tensor/mod.ts";
 import { gaussianWindow, meanSsim, ssimPerImage, ssimWindowSize } from "../lib/train/ssim.ts";
 import { extractFeatures, trainLinearProbe } from "../lib/train/probe.ts";
-import { evaluateClassifier, finetune } from "../lib/train/finetune.ts";
+import { evaluateClassifier, finetune, type FinetuneData } from "../lib/train/finetune.ts";
 
 // ---- SSIM -----------------------------------------------------------------------------------
 
@@ -183,14 +183,13 @@ Deno.test("finetune lowers the loss on a toy task and reports held-out top-1", a
   const train = toyProblem(160, d, k, 6);
   const val = toyProblem(97, d, k, 7);
   const model = new ToyClassifier(d, k, new Rng(1));
-  let cursor = 0;
-  const stream = {
-    next: () => {
-      const from = cursor % 10;
-      cursor++;
-      return Promise.resolve(from);
+  // Ten batches an epoch; batch b of every epoch is the same slice of the toy problem.
+  const stream: FinetuneData<{ n: number; b: number }> = {
+    stepsPerEpoch: 10,
+    async *batches({ step }) {
+      for (let b = step;; b = (b + 1) % 10) yield { n: batch, b };
     },
-    upload: (b: number) => ({
+    upload: ({ b }) => ({
       x: tensor(train.x.slice(b * batch * d, (b + 1) * batch * d), [batch, d]),
       labels: tensor(train.labels.slice(b * batch, (b + 1) * batch), [batch], "i32"),
     }),
@@ -218,7 +217,7 @@ Deno.test("finetune lowers the loss on a toy task and reports held-out top-1", a
       numLayers: 1,
       layerId: (name) => name.startsWith("patch_embed") ? 0 : name.startsWith("blocks") ? 1 : 2,
     },
-    onLog: (p) => void logged.push(p.step),
+    onLog: (r) => void logged.push(r.step),
   });
   const losses = result.curve.filter((p) => p.loss !== undefined).map((p) => p.loss!);
   assert.equal(losses.length, 4);

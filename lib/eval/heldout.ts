@@ -5,10 +5,10 @@
 // pair up (docs/statistics.md).
 
 import { augmentViews, identityAugmentations, uploadPixels } from "../data/augment.ts";
-import { Loader, shardSource } from "../data/loader.ts";
+import { type HostBatch, Loader, shardSource } from "../data/loader.ts";
 import type { ShardSet, SplitReader } from "../data/shards.ts";
 import { add, affine, clamp, mul, type Tensor, tensor } from "../tensor/mod.ts";
-import type { BatchStream, EvalSet } from "../train/finetune.ts";
+import type { EvalSet, FinetuneData } from "../train/finetune.ts";
 
 /** Host images of one split: the first n records, uint8 [n, C, H, W] with labels. */
 export interface HostSet {
@@ -88,17 +88,16 @@ export function evalSetOf(set: HostSet, count: number, spec: ImageSpec): EvalSet
 }
 
 /**
- * Training batches of the train split (seeded order, no augmentation) for a classifier. The stream
- * can start at a later step (a resumed fine-tuning run sees the batches the uninterrupted one saw).
+ * Training batches of the train split (seeded order, no augmentation) for a classifier, by step:
+ * a resumed fine-tuning run sees the batches the uninterrupted one saw.
  */
 export function trainStream(
   shards: ShardSet,
   batch: number,
   seed: number,
   spec: ImageSpec,
-): { stream: BatchStream<unknown>; close: () => Promise<void> } {
+): FinetuneData<HostBatch> {
   const loader = new Loader(shardSource(shards.splits.train), { batchSize: batch, seed });
-  let batches = loader.batches();
   const view = [{
     height: spec.size,
     width: spec.size,
@@ -106,19 +105,12 @@ export function trainStream(
     std: spec.std.slice(0, loader.source.channels),
   }];
   return {
-    stream: {
-      next: async () => (await batches.next()).value!,
-      upload: (b) => {
-        const g = loader.toGpu(b as Parameters<typeof loader.toGpu>[0], view);
-        return { x: g.views[0], labels: g.labels };
-      },
-      startAt: (step) => {
-        void batches.return(undefined);
-        const perEpoch = loader.stepsPerEpoch;
-        batches = loader.batches({ epoch: Math.floor(step / perEpoch), step: step % perEpoch });
-      },
+    stepsPerEpoch: loader.stepsPerEpoch,
+    batches: (at) => loader.batches(at),
+    upload: (b) => {
+      const g = loader.toGpu(b, view);
+      return { x: g.views[0], labels: g.labels };
     },
-    close: async () => void await batches.return(undefined),
   };
 }
 
