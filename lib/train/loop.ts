@@ -163,9 +163,10 @@ export async function trainLoop<B extends LoopBatch>(
   let pending: Tensor[][] = [];
   let intervalStart = performance.now();
   let intervalImages = 0;
-  const evaluatesAt = (done: number) =>
+  /** Whether the held-out numbers are measured after `done` steps (at log steps by default). */
+  const evaluatesAt = (done: number, logStep: boolean) =>
     spec.evaluate !== undefined &&
-    (spec.evalEvery === undefined || done % spec.evalEvery === 0 || done === steps);
+    (spec.evalEvery === undefined ? logStep : done % spec.evalEvery === 0 || done === steps);
   /** The held-out numbers after `done` steps (not counted as training time). */
   const evaluate = async (done: number) => {
     const started = performance.now();
@@ -196,7 +197,9 @@ export async function trainLoop<B extends LoopBatch>(
       const done = step + 1;
       if (!(done % spec.logEvery === 0 || done === steps)) {
         flush();
-        if (evaluatesAt(done)) await metrics.write({ step: done, ...(await evaluate(done)) });
+        if (evaluatesAt(done, false)) {
+          await metrics.write({ step: done, ...(await evaluate(done)) });
+        }
         continue;
       }
       const interval = pending;
@@ -205,7 +208,7 @@ export async function trainLoop<B extends LoopBatch>(
       const seconds = (performance.now() - intervalStart) / 1000;
       trainSeconds += seconds;
       images += intervalImages;
-      const evaluated = evaluatesAt(done) ? await evaluate(done) : {};
+      const evaluated = evaluatesAt(done, true) ? await evaluate(done) : {};
       last = {
         ...means,
         ...evaluated,
