@@ -26,7 +26,7 @@ import {
   type LoopBatch,
   type LoopData,
   type LoopRecord,
-  type LoopSinks,
+  recordSinks,
   type TrainingLoop,
   trainLoop,
 } from "./loop.ts";
@@ -254,18 +254,10 @@ export async function finetune<B extends LoopBatch>(
     evalEvery: evalEvery > 0 ? evalEvery : steps,
   };
   // The records become the curve (carried in the checkpoint); nothing is drawn or written here.
-  const sinks: LoopSinks = {
-    openMetrics: () =>
-      Promise.resolve({
-        write: async (record: LoopRecord) => {
-          curve.push(curvePoint(record));
-          await onLog?.(record);
-        },
-        close: () => {},
-      }),
-    progress: () => ({ update: () => {}, finish: () => {} }),
-    log: () => {},
-  };
+  const sinks = recordSinks(async (record) => {
+    curve.push(curvePoint(record));
+    await onLog?.(record);
+  });
   try {
     const resumeStep = checkpoint ? await resumableStep(checkpoint) : null;
     model.train();

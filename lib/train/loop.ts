@@ -74,6 +74,16 @@ export interface LoopSinks {
   log(line: string): void;
 }
 
+/** Sinks of a run whose records only go to `onRecord` (a run inside a stage, e.g. fine-tuning). */
+export function recordSinks(onRecord: (record: LoopRecord) => void | Promise<void>): LoopSinks {
+  return {
+    openMetrics: () =>
+      Promise.resolve({ write: async (record) => await onRecord(record), close: () => {} }),
+    progress: () => ({ update: () => {}, finish: () => {} }),
+    log: () => {},
+  };
+}
+
 /** What a stage gives the loop. */
 export interface TrainingLoop<B extends LoopBatch> {
   /** The stage's name, for messages and the checkpoint. */
