@@ -4,7 +4,7 @@
 // every seed is scored on the same held-out images in the same order, so their per-image outcomes
 // pair up (docs/statistics.md).
 
-import { augmentViews, identityAugmentations, uploadPixels } from "../data/augment.ts";
+import { hostImageViews } from "../data/augment.ts";
 import { type HostBatch, Loader, shardSource } from "../data/loader.ts";
 import type { ShardSet, SplitReader } from "../data/shards.ts";
 import { add, affine, clamp, mul, type Tensor, tensor } from "../tensor/mod.ts";
@@ -34,22 +34,12 @@ export async function readSet(split: SplitReader, n: number): Promise<HostSet> {
 
 /** Images [from, to) of a host set as f32 [n, C, size, size], normalised as `spec`. */
 export function gpuImages(set: HostSet, from: number, to: number, spec: ImageSpec): Tensor {
-  const bytes = set.channels * set.size * set.size;
-  const n = to - from;
-  const upload = uploadPixels(
-    set.pixels.subarray(from * bytes, to * bytes),
-    n,
-    set.channels,
-    set.size,
-    set.size,
-  );
-  const [x] = augmentViews(upload, identityAugmentations(n, set.size, set.size), [{
+  const [x] = hostImageViews(set.pixels, [set.channels, set.size, set.size], from, to, [{
     height: spec.size,
     width: spec.size,
     mean: spec.mean.slice(0, set.channels),
     std: spec.std.slice(0, set.channels),
   }]);
-  upload.pixels.dispose();
   return x;
 }
 

@@ -12,7 +12,7 @@ import { type TrainingOptions, type TrainingOutcome, trainStage } from "../cli/t
 import { openShards, type ShardSet, type SplitReader } from "../data/shards.ts";
 import { Loader } from "../data/loader.ts";
 import { trainingSource } from "../data/shard_reads.ts";
-import { pixelsToFloat, uploadPixels, type ViewSpec } from "../data/augment.ts";
+import { hostImageViews, type ViewSpec } from "../data/augment.ts";
 import type { TrainingState } from "../train/checkpoint.ts";
 import { sha256File, sha256Hex } from "../io/hash.ts";
 import { writeImageGrid } from "../io/png.ts";
@@ -237,20 +237,12 @@ async function heldOutImages(val: SplitReader, count: number) {
     n: b.count,
     /** Images [from, to) as f32 [n, C, H, W] in [−1, 1]. */
     images(from: number, to: number): Tensor {
-      const bytes = channels * height * width;
-      const upload = uploadPixels(
-        b.pixels.subarray(from * bytes, to * bytes),
-        to - from,
-        channels,
+      const signed = { mean: SIGNED.slice(0, channels), std: SIGNED.slice(0, channels) };
+      return hostImageViews(b.pixels, [channels, height, width], from, to, [{
         height,
         width,
-      );
-      const x = pixelsToFloat(upload, {
-        mean: SIGNED.slice(0, channels),
-        std: SIGNED.slice(0, channels),
-      });
-      upload.pixels.dispose();
-      return x;
+        ...signed,
+      }])[0];
     },
   };
 }
