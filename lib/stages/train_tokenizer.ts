@@ -26,7 +26,7 @@ import {
 import { loadBuiltinPerceptual } from "../models/moco.ts";
 import { discriminatorLayersFor, PatchDiscriminator } from "../models/discriminator.ts";
 import { CodeUsage, distinctCodes, type QuantizerKind } from "../models/quantizer.ts";
-import type { TokenizerPreset } from "../models/tokenizer_config.ts";
+import { presetVqVaeConfig, type TokenizerPreset } from "../models/tokenizer_config.ts";
 import { resolveVqVaeConfig, VqVae } from "../models/vqvae.ts";
 import { Adam, warmupCosine } from "../optim/mod.ts";
 import { noGrad, readAll, type Tensor, tidy } from "../tensor/mod.ts";
@@ -190,13 +190,12 @@ export function resolveTokenizerConfig(
     discWeight: o["disc-weight"] ?? preset.train.discWeight,
     discStart: o["disc-start"] ?? preset.train.discStart,
   };
-  const kind = (o.quantizer as QuantizerKind | undefined) ?? preset.model.quantizer?.kind ?? "ema";
-  const model = resolveVqVaeConfig({
-    ...preset.model,
-    imageSize: image.size,
-    inChannels: image.channels,
-    quantizer: { ...preset.model.quantizer, kind, seed: o.seed },
-  });
+  const model = resolveVqVaeConfig(
+    presetVqVaeConfig(preset, image, {
+      kind: o.quantizer as QuantizerKind | undefined,
+      seed: o.seed,
+    }),
+  );
   const lambda = o.perceptual === "none" ? 0 : o.lambda;
   const disc = train.discWeight > 0
     ? {
