@@ -10,7 +10,7 @@ import { type BenchCase, measureSteps } from "./harness.ts";
 import { MOCO_ENCODER_DEFAULT, MocoEncoder } from "../lib/models/moco.ts";
 import { discriminatorLayersFor, PatchDiscriminator } from "../lib/models/discriminator.ts";
 import { freeze } from "../lib/models/perceptual/net.ts";
-import { tokenizerPreset } from "../lib/models/tokenizer_config.ts";
+import { presetVqVaeConfig, tokenizerPreset } from "../lib/models/tokenizer_config.ts";
 import { VqVae } from "../lib/models/vqvae.ts";
 import { Adam } from "../lib/optim/mod.ts";
 import { Rng } from "../lib/tensor/init.ts";
@@ -29,7 +29,7 @@ interface Setup {
 
 async function trainThroughput(name: string, s: Setup, slow = false) {
   const preset = tokenizerPreset(s.preset);
-  const model = new VqVae({ ...preset.model, imageSize: s.size, inChannels: s.channels }, 0);
+  const model = new VqVae(presetVqVaeConfig(preset, { size: s.size, channels: s.channels }), 0);
   const optimizer = new Adam(model.parameters(), {
     lr: preset.train.lr,
     betas: preset.train.betas,

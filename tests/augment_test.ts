@@ -1,6 +1,8 @@
 import { assert, assertClose, assertThrows, rng as testRng } from "./util.ts";
 import {
   augmentViews,
+  hostImageViews,
+  identityAugmentations,
   type ImageAug,
   pixelsToFloat,
   sampleAugmentations,
@@ -151,6 +153,27 @@ Deno.test("augmentViews without jitter (factors 1) and pixelsToFloat are exact c
   );
   view.dispose();
   batch.pixels.dispose();
+});
+
+Deno.test("hostImageViews: a chunk of host images as unaugmented views, the reference's resize and normalisation", async () => {
+  const [N, C, H, W] = [5, 3, 4, 7];
+  const bytes = randomBytes(N * C * H * W, 9);
+  const views = [{ height: H, width: W, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] }, {
+    height: 3,
+    width: 5,
+  }];
+  const [from, to] = [1, 4];
+  const chunk = bytes.subarray(from * C * H * W, to * C * H * W);
+  const outs = hostImageViews(bytes, [C, H, W], from, to, views);
+  assert(outs.length === 2 && outs[1].shape.join() === `${to - from},${C},3,5`, "shapes");
+  for (const [i, view] of views.entries()) {
+    assertClose(
+      await outs[i].toArray(),
+      referenceViews(chunk, [to - from, C, H, W], identityAugmentations(to - from, H, W), view),
+      { atol: 2e-6, what: `view ${i}` },
+    );
+    outs[i].dispose();
+  }
 });
 
 Deno.test("sampleCrop follows torchvision: bounds, ranges, determinism, centre-crop fallback", () => {

@@ -50,12 +50,21 @@ function data(seed: number, poison?: number) {
 /** A loop over a fresh model in `dir`, resuming the checkpoint found there. */
 async function runIn(
   dir: string,
-  { steps = 8, stopAt, poison }: { steps?: number; stopAt?: number; poison?: number } = {},
+  { steps = 8, stopAt, poison, evalEvery, keep = true }: {
+    steps?: number;
+    stopAt?: number;
+    poison?: number;
+    evalEvery?: number;
+    /** false: the run keeps no checkpoint file. */
+    keep?: boolean;
+  } = {},
 ) {
   const model = new Linear(IN, OUT, new Rng(7));
   const optimizer = new Adam(model.parameters(), { lr: 0.05 });
-  const checkpoint = join(dir, CHECKPOINT_FILE);
-  const resumeFrom = await readCheckpointMeta(checkpoint).then((m) => m, () => null);
+  const checkpoint = keep ? join(dir, CHECKPOINT_FILE) : null;
+  const resumeFrom = checkpoint
+    ? await readCheckpointMeta(checkpoint).then((m) => m, () => null)
+    : null;
   const run: LoopRun = { checkpoint, fingerprint: "loop-test", resumeFrom };
   const lines: string[] = [];
   const spec: TrainingLoop<Batch> = {
@@ -85,6 +94,8 @@ async function runIn(
       return [loss, tensor([step], [1])];
     },
     evaluate: (done) => Promise.resolve({ evaluated_at: done }),
+    evalEvery,
+    carry: () => ({ note: `carried at ${optimizer.steps}` }),
   };
   const sinks = stageSinks({ out: dir }, {
     label: "loop-test",
@@ -161,6 +172,24 @@ Deno.test("loop: each log step records its interval's means, held-out numbers, l
   }
   // Checkpoints every 4 steps and at the end.
   assert.equal((await readCheckpointMeta(join(dir, CHECKPOINT_FILE))).step, 5);
+});
+
+Deno.test("loop: evalEvery evaluates at its own steps (a record of its own off the log steps); carried data; no checkpoint file", async () => {
+  const dir = join(root, "eval-every");
+  await Deno.mkdir(dir);
+  await runIn(dir, { steps: 5, evalEvery: 3 });
+  const logged = await records(dir);
+  assert.deepEqual(logged.map((r) => r.step), [2, 3, 4, 5]);
+  assert.deepEqual(logged[1], { step: 3, evaluated_at: 3 }, "step 3: the evaluation alone");
+  assert.deepEqual(logged.map((r) => r.evaluated_at), [undefined, 3, undefined, 5]);
+  assert.deepEqual(logged.map((r) => r.step_id), [0.5, undefined, 2.5, 4]);
+  const meta = await readCheckpointMeta(join(dir, CHECKPOINT_FILE));
+  assert.deepEqual(meta.carried, { note: "carried at 5" });
+  const none = join(root, "no-checkpoint");
+  await Deno.mkdir(none);
+  const { result } = await runIn(none, { steps: 5, keep: false });
+  assert.equal(result.status, "done");
+  assert.deepEqual([...Deno.readDirSync(none)].map((e) => e.name), ["metrics.jsonl"]);
 });
 
 Deno.test("loop: a NaN loss stops the run naming its step and the last good checkpoint", async () => {

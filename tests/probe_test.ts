@@ -2,6 +2,7 @@
 // the fine-tuning helper on a toy task. Tiny shapes only.
 
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { assertClose, randArray, rng } from "./util.ts";
 import { Linear } from "../lib/nn/layers.ts";
 import { Module } from "../lib/nn/module.ts";
@@ -9,7 +10,7 @@ import { Rng } from "../lib/tensor/init.ts";
 import { relu, type Tensor, tensor } from "../lib/tensor/mod.ts";
 import { gaussianWindow, meanSsim, ssimPerImage, ssimWindowSize } from "../lib/train/ssim.ts";
 import { extractFeatures, trainLinearProbe } from "../lib/train/probe.ts";
-import { evaluateClassifier, finetune } from "../lib/train/finetune.ts";
+import { evaluateClassifier, finetune, type FinetuneData } from "../lib/train/finetune.ts";
 
 // ---- SSIM -----------------------------------------------------------------------------------
 
@@ -178,23 +179,38 @@ class ToyClassifier extends Module {
   }
 }
 
+/**
+ * Ten batches an epoch of a toy problem (batch b of every epoch the same slice); `poison`: the
+ * batch of that step gets a NaN input.
+ */
+function toyStream(
+  train: { x: number[]; labels: Int32Array },
+  d: number,
+  batch: number,
+  poison?: number,
+): FinetuneData<{ n: number; b: number; step: number }> {
+  return {
+    stepsPerEpoch: 10,
+    async *batches({ epoch, step }) {
+      for (let s = epoch * 10 + step;; s++) yield { n: batch, b: s % 10, step: s };
+    },
+    upload: ({ b, step }) => {
+      const x = train.x.slice(b * batch * d, (b + 1) * batch * d);
+      if (step === poison) x[0] = NaN;
+      return {
+        x: tensor(x, [batch, d]),
+        labels: tensor(train.labels.slice(b * batch, (b + 1) * batch), [batch], "i32"),
+      };
+    },
+  };
+}
+
 Deno.test("finetune lowers the loss on a toy task and reports held-out top-1", async () => {
   const d = 5, k = 3, batch = 16;
   const train = toyProblem(160, d, k, 6);
   const val = toyProblem(97, d, k, 7);
   const model = new ToyClassifier(d, k, new Rng(1));
-  let cursor = 0;
-  const stream = {
-    next: () => {
-      const from = cursor % 10;
-      cursor++;
-      return Promise.resolve(from);
-    },
-    upload: (b: number) => ({
-      x: tensor(train.x.slice(b * batch * d, (b + 1) * batch * d), [batch, d]),
-      labels: tensor(train.labels.slice(b * batch, (b + 1) * batch), [batch], "i32"),
-    }),
-  };
+  const stream = toyStream(train, d, batch);
   const evalSet = {
     count: val.labels.length,
     labels: val.labels,
@@ -218,7 +234,7 @@ Deno.test("finetune lowers the loss on a toy task and reports held-out top-1", a
       numLayers: 1,
       layerId: (name) => name.startsWith("patch_embed") ? 0 : name.startsWith("blocks") ? 1 : 2,
     },
-    onLog: (p) => void logged.push(p.step),
+    onLog: (r) => void logged.push(r.step),
   });
   const losses = result.curve.filter((p) => p.loss !== undefined).map((p) => p.loss!);
   assert.equal(losses.length, 4);
@@ -238,4 +254,54 @@ Deno.test("finetune lowers the loss on a toy task and reports held-out top-1", a
     /peco: finetune: steps 5 must be ≥ 1 and exceed warmupSteps 5/,
   );
   model.dispose();
+});
+
+Deno.test("finetune's checkpoint: a NaN names the last good one, and the rerun resumes it to the uninterrupted result", async () => {
+  const d = 5, k = 3, batch = 16;
+  const train = toyProblem(160, d, k, 6);
+  const val = toyProblem(97, d, k, 7);
+  const evalSet = {
+    count: val.labels.length,
+    labels: val.labels,
+    inputs: (from: number, to: number) => tensor(val.x.slice(from * d, to * d), [to - from, d]),
+  };
+  const config = { steps: 30, lr: 3e-2, warmupSteps: 5, weightDecay: 0.05, evalEvery: 15 };
+  const dir = await Deno.makeTempDir({ prefix: "peco-finetune-" });
+  const run = async (folder: string, poison?: number) => {
+    const model = new ToyClassifier(d, k, new Rng(1));
+    await Deno.mkdir(folder, { recursive: true });
+    try {
+      return await finetune(
+        model,
+        { train: toyStream(train, d, batch, poison), val: evalSet },
+        config,
+        {
+          checkpoint: {
+            path: join(folder, "checkpoint.safetensors"),
+            every: 10,
+            stage: "finetune-test",
+            fingerprint: "toy",
+            run: "toy-run",
+          },
+        },
+      );
+    } finally {
+      model.dispose();
+    }
+  };
+  const whole = await run(join(dir, "whole"));
+  assert.equal(whole.resumedFrom, 0);
+  assert.deepEqual(whole.curve.map((p) => p.step), [10, 15, 20, 30]);
+  const broken = join(dir, "broken");
+  await assert.rejects(
+    () => run(broken, 24),
+    // The NaN input does not reach the loss through the ReLU but poisons the gradients: the
+    // parameters it leaves are refused at the next checkpoint.
+    /peco: finetune-test: parameters hold NaN\/Inf .* at step 30; last good checkpoint: .*checkpoint\.safetensors \(step 20\)/,
+  );
+  const resumed = await run(broken);
+  assert.equal(resumed.resumedFrom, 20);
+  assert.deepEqual(resumed.curve, whole.curve);
+  assert.deepEqual(resumed.outcomes, whole.outcomes);
+  await Deno.remove(dir, { recursive: true });
 });

@@ -158,7 +158,7 @@ function evaluateArgs(out: string): string[] {
 /** The fine-tuning run a checkpoint holds, or null when there is none (yet). */
 async function checkpointRun(path: string): Promise<string | null> {
   try {
-    return String((await readCheckpointMeta(path)).metrics?.run ?? "");
+    return String((await readCheckpointMeta(path)).carried?.run ?? "");
   } catch {
     return null;
   }

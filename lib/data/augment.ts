@@ -278,6 +278,35 @@ export function augmentViews(
   return outputs;
 }
 
+/**
+ * Images [from, to) of host pixels uint8 [N, C, H, W] (`shape` = [C, H, W]) uploaded and rendered
+ * unaugmented as each of `views` (resized, normalised): one f32 tensor [to − from, C, view.height,
+ * view.width] per view. How held-out sets kept on the host reach the GPU, a chunk at a time.
+ */
+export function hostImageViews(
+  pixels: Uint8Array,
+  shape: readonly [number, number, number],
+  from: number,
+  to: number,
+  views: readonly ViewSpec[],
+): Tensor[] {
+  const [channels, height, width] = shape;
+  const bytes = channels * height * width;
+  const n = to - from;
+  const upload = uploadPixels(
+    pixels.subarray(from * bytes, to * bytes),
+    n,
+    channels,
+    height,
+    width,
+  );
+  try {
+    return augmentViews(upload, identityAugmentations(n, height, width), views);
+  } finally {
+    upload.pixels.dispose();
+  }
+}
+
 /** uint8 → f32 [n, C, H, W] in [0, 1], optionally normalised: the evaluation path. */
 export function pixelsToFloat(
   batch: PixelBatch,

@@ -82,7 +82,6 @@ export async function finetuneRun(
   if (finished) return finished;
   const seed = seedFor(run.seed, "finetune");
   const model = new BeitClassifier({ ...run.vit, dropPath: budget.dropPath }, data.classes, seed);
-  const { stream, close } = trainStream(data.shards, budget.batch, seed, run.spec);
   try {
     if (run.weights) {
       try {
@@ -100,7 +99,10 @@ export async function finetuneRun(
     };
     const result = await finetune(
       model,
-      { train: stream, val: evalSetOf(data.val, data.evalImages, run.spec) },
+      {
+        train: trainStream(data.shards, budget.batch, seed, run.spec),
+        val: evalSetOf(data.val, data.evalImages, run.spec),
+      },
       {
         steps: budget.steps,
         lr: budget.lr,
@@ -116,7 +118,7 @@ export async function finetuneRun(
       },
       {
         layers: { numLayers: run.vit.depth, layerId: (n) => model.layerId(n) },
-        onLog: (p) => onProgress?.(p.step, p.loss !== undefined ? { loss: p.loss } : {}),
+        onLog: (r) => onProgress?.(r.step, r.loss !== undefined ? { loss: r.loss } : {}),
         checkpoint,
       },
     );
@@ -134,7 +136,6 @@ export async function finetuneRun(
       provenance: result.resumedFrom ? { resumedFrom: result.resumedFrom } : "run",
     };
   } finally {
-    await close();
     model.dispose();
   }
 }

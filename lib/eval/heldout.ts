@@ -4,11 +4,11 @@
 // every seed is scored on the same held-out images in the same order, so their per-image outcomes
 // pair up (docs/statistics.md).
 
-import { augmentViews, identityAugmentations, uploadPixels } from "../data/augment.ts";
-import { Loader, shardSource } from "../data/loader.ts";
+import { hostImageViews } from "../data/augment.ts";
+import { type HostBatch, Loader, shardSource } from "../data/loader.ts";
 import type { ShardSet, SplitReader } from "../data/shards.ts";
 import { add, affine, clamp, mul, type Tensor, tensor } from "../tensor/mod.ts";
-import type { BatchStream, EvalSet } from "../train/finetune.ts";
+import type { EvalSet, FinetuneData } from "../train/finetune.ts";
 
 /** Host images of one split: the first n records, uint8 [n, C, H, W] with labels. */
 export interface HostSet {
@@ -34,22 +34,12 @@ export async function readSet(split: SplitReader, n: number): Promise<HostSet> {
 
 /** Images [from, to) of a host set as f32 [n, C, size, size], normalised as `spec`. */
 export function gpuImages(set: HostSet, from: number, to: number, spec: ImageSpec): Tensor {
-  const bytes = set.channels * set.size * set.size;
-  const n = to - from;
-  const upload = uploadPixels(
-    set.pixels.subarray(from * bytes, to * bytes),
-    n,
-    set.channels,
-    set.size,
-    set.size,
-  );
-  const [x] = augmentViews(upload, identityAugmentations(n, set.size, set.size), [{
+  const [x] = hostImageViews(set.pixels, [set.channels, set.size, set.size], from, to, [{
     height: spec.size,
     width: spec.size,
     mean: spec.mean.slice(0, set.channels),
     std: spec.std.slice(0, set.channels),
   }]);
-  upload.pixels.dispose();
   return x;
 }
 
@@ -88,17 +78,16 @@ export function evalSetOf(set: HostSet, count: number, spec: ImageSpec): EvalSet
 }
 
 /**
- * Training batches of the train split (seeded order, no augmentation) for a classifier. The stream
- * can start at a later step (a resumed fine-tuning run sees the batches the uninterrupted one saw).
+ * Training batches of the train split (seeded order, no augmentation) for a classifier, by step:
+ * a resumed fine-tuning run sees the batches the uninterrupted one saw.
  */
 export function trainStream(
   shards: ShardSet,
   batch: number,
   seed: number,
   spec: ImageSpec,
-): { stream: BatchStream<unknown>; close: () => Promise<void> } {
+): FinetuneData<HostBatch> {
   const loader = new Loader(shardSource(shards.splits.train), { batchSize: batch, seed });
-  let batches = loader.batches();
   const view = [{
     height: spec.size,
     width: spec.size,
@@ -106,19 +95,12 @@ export function trainStream(
     std: spec.std.slice(0, loader.source.channels),
   }];
   return {
-    stream: {
-      next: async () => (await batches.next()).value!,
-      upload: (b) => {
-        const g = loader.toGpu(b as Parameters<typeof loader.toGpu>[0], view);
-        return { x: g.views[0], labels: g.labels };
-      },
-      startAt: (step) => {
-        void batches.return(undefined);
-        const perEpoch = loader.stepsPerEpoch;
-        batches = loader.batches({ epoch: Math.floor(step / perEpoch), step: step % perEpoch });
-      },
+    stepsPerEpoch: loader.stepsPerEpoch,
+    batches: (at) => loader.batches(at),
+    upload: (b) => {
+      const g = loader.toGpu(b, view);
+      return { x: g.views[0], labels: g.labels };
     },
-    close: async () => void await batches.return(undefined),
   };
 }
 

@@ -50,10 +50,9 @@ export async function trainRealClassifier(
     new Rng(seedFor(seed, "classifier")),
     config.width,
   );
-  const { stream, close } = trainStream(data.shards, config.batch, seed, spec);
   try {
     const result = await finetune(model, {
-      train: stream,
+      train: trainStream(data.shards, config.batch, seed, spec),
       val: evalSetOf(val, data.evalImages, spec),
     }, {
       steps: config.steps,
@@ -62,12 +61,10 @@ export async function trainRealClassifier(
       weightDecay: 0.01,
       logEvery: 10,
       evalBatch,
-    }, { onLog: (p) => onProgress?.(p.step, p.loss !== undefined ? { loss: p.loss } : {}) });
+    }, { onLog: (r) => onProgress?.(r.step, r.loss !== undefined ? { loss: r.loss } : {}) });
     return { model, spec, accuracy: result.accuracy, outcomes: result.outcomes };
   } catch (error) {
     model.dispose();
     throw error;
-  } finally {
-    await close();
   }
 }

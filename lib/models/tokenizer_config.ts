@@ -6,6 +6,7 @@
 // tokens: cheap), K = 512 codes of dimension 32. Measured there: ~0.15–0.2 s per training image
 // (the 28×28 convolutions dominate), so the default trains 240 steps of 8 images (~6 minutes).
 
+import type { QuantizerKind } from "./quantizer.ts";
 import type { VqVaeConfig } from "./vqvae.ts";
 
 export type PixelLoss = "l1" | "l2";
@@ -98,4 +99,26 @@ export function tokenizerPreset(name: string): TokenizerPreset {
     );
   }
   return structuredClone(TOKENIZER_PRESETS[name as TokenizerPresetName]) as TokenizerPreset;
+}
+
+/**
+ * The VQ-VAE a preset makes for square images of `image.size` with `image.channels`: the quantizer
+ * of the kind given, else the preset's, else EMA, seeded with `seed` when given. The stage's config
+ * and the benchmark's model come from here.
+ */
+export function presetVqVaeConfig(
+  preset: TokenizerPreset,
+  image: { channels: number; size: number },
+  quantizer: { kind?: QuantizerKind; seed?: number } = {},
+): VqVaeConfig {
+  return {
+    ...preset.model,
+    imageSize: image.size,
+    inChannels: image.channels,
+    quantizer: {
+      ...preset.model.quantizer,
+      kind: quantizer.kind ?? preset.model.quantizer?.kind ?? "ema",
+      ...(quantizer.seed === undefined ? {} : { seed: quantizer.seed }),
+    },
+  };
 }

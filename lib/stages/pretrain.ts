@@ -10,12 +10,7 @@ import { openShards, type ShardSet } from "../data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../data/token_shards.ts";
 import { Loader } from "../data/loader.ts";
 import { type ClosableRecordSource, trainingSource } from "../data/shard_reads.ts";
-import {
-  augmentViews,
-  identityAugmentations,
-  uploadPixels,
-  type ViewSpec,
-} from "../data/augment.ts";
+import { hostImageViews, type ViewSpec } from "../data/augment.ts";
 import { sha256File } from "../io/hash.ts";
 import {
   Beit,
@@ -29,7 +24,7 @@ import { Tokenizer, TOKENIZER_FILE } from "../models/tokenizer.ts";
 import { CodeUsage } from "../models/quantizer.ts";
 import { AdamW, paramGroups, warmupCosine } from "../optim/mod.ts";
 import { Rng } from "../tensor/init.ts";
-import { readAll, tensor, tidy } from "../tensor/mod.ts";
+import { readAll, tensor } from "../tensor/mod.ts";
 import type { TrainingState } from "../train/checkpoint.ts";
 import {
   checkPretrainData,
@@ -398,16 +393,7 @@ async function buildHeldOut(
   const chunks = [];
   for (let from = 0; from < count; from += config.train.batch) {
     const n = Math.min(count, from + config.train.batch) - from;
-    const [x, tokView] = tidy(() => {
-      const upload = uploadPixels(
-        b.pixels.subarray(from * c * h * w, (from + n) * c * h * w),
-        n,
-        c,
-        h,
-        w,
-      );
-      return augmentViews(upload, identityAugmentations(n, h, w), views);
-    });
+    const [x, tokView] = hostImageViews(b.pixels, [c, h, w], from, from + n, views);
     const codes = ids
       ? tensor(ids.subarray(from * tokensPerImage, (from + n) * tokensPerImage), [
         n,

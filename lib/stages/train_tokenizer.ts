@@ -12,7 +12,7 @@ import { type TrainingOptions, type TrainingOutcome, trainStage } from "../cli/t
 import { openShards, type ShardSet, type SplitReader } from "../data/shards.ts";
 import { Loader } from "../data/loader.ts";
 import { trainingSource } from "../data/shard_reads.ts";
-import { pixelsToFloat, uploadPixels, type ViewSpec } from "../data/augment.ts";
+import { hostImageViews, type ViewSpec } from "../data/augment.ts";
 import type { TrainingState } from "../train/checkpoint.ts";
 import { sha256File, sha256Hex } from "../io/hash.ts";
 import { writeImageGrid } from "../io/png.ts";
@@ -26,7 +26,7 @@ import {
 import { loadBuiltinPerceptual } from "../models/moco.ts";
 import { discriminatorLayersFor, PatchDiscriminator } from "../models/discriminator.ts";
 import { CodeUsage, distinctCodes, type QuantizerKind } from "../models/quantizer.ts";
-import type { TokenizerPreset } from "../models/tokenizer_config.ts";
+import { presetVqVaeConfig, type TokenizerPreset } from "../models/tokenizer_config.ts";
 import { resolveVqVaeConfig, VqVae } from "../models/vqvae.ts";
 import { Adam, warmupCosine } from "../optim/mod.ts";
 import { noGrad, readAll, type Tensor, tidy } from "../tensor/mod.ts";
@@ -190,13 +190,12 @@ export function resolveTokenizerConfig(
     discWeight: o["disc-weight"] ?? preset.train.discWeight,
     discStart: o["disc-start"] ?? preset.train.discStart,
   };
-  const kind = (o.quantizer as QuantizerKind | undefined) ?? preset.model.quantizer?.kind ?? "ema";
-  const model = resolveVqVaeConfig({
-    ...preset.model,
-    imageSize: image.size,
-    inChannels: image.channels,
-    quantizer: { ...preset.model.quantizer, kind, seed: o.seed },
-  });
+  const model = resolveVqVaeConfig(
+    presetVqVaeConfig(preset, image, {
+      kind: o.quantizer as QuantizerKind | undefined,
+      seed: o.seed,
+    }),
+  );
   const lambda = o.perceptual === "none" ? 0 : o.lambda;
   const disc = train.discWeight > 0
     ? {
@@ -237,20 +236,12 @@ async function heldOutImages(val: SplitReader, count: number) {
     n: b.count,
     /** Images [from, to) as f32 [n, C, H, W] in [−1, 1]. */
     images(from: number, to: number): Tensor {
-      const bytes = channels * height * width;
-      const upload = uploadPixels(
-        b.pixels.subarray(from * bytes, to * bytes),
-        to - from,
-        channels,
+      const signed = { mean: SIGNED.slice(0, channels), std: SIGNED.slice(0, channels) };
+      return hostImageViews(b.pixels, [channels, height, width], from, to, [{
         height,
         width,
-      );
-      const x = pixelsToFloat(upload, {
-        mean: SIGNED.slice(0, channels),
-        std: SIGNED.slice(0, channels),
-      });
-      upload.pixels.dispose();
-      return x;
+        ...signed,
+      }])[0];
     },
   };
 }

@@ -57,6 +57,8 @@ export interface CheckpointMeta {
   config: unknown;
   /** Metrics carried across a resume (running averages, best values, …). */
   metrics?: Record<string, unknown>;
+  /** What else the stage carries across a resume (e.g. a fine-tuning run's name and records). */
+  carried?: Record<string, unknown>;
 }
 
 interface OptimizerMeta {

@@ -1,13 +1,13 @@
 // Fine-tuning a classifier (paper §4.1, docs/paper-to-code.md; BEiT's run_class_finetuning): AdamW
 // with no weight decay on 1-D parameters, biases and tokens, layer-wise lr decay through parameter
 // groups, label-smoothed cross-entropy, linear warmup then cosine to a floor, gradient clipping.
-// Stochastic depth (drop path) lives in the model: it is active in training mode, which this loop
-// sets; a model with a `dropSeed` (lib/models/beit.ts) gets one per step, derived from the seed and
-// the step, so two runs with one seed drop the same samples. Losses are read back only at log
-// steps; held-out top-1 is measured at eval steps and at the end. With `checkpoint`, the run keeps
-// an atomic checkpoint (model, AdamW, curve) and a rerun resumes from it: every random draw derives
-// from (seed, step) and the batch stream restarts at the step, so the resumed run ends where the
-// uninterrupted one does.
+// Stochastic depth (drop path) lives in the model: it is active in training mode, which this
+// module sets; a model with a `dropSeed` (lib/models/beit.ts) gets one per step, derived from the
+// seed and the step, so two runs with one seed drop the same samples. The run is the training
+// loop's (lib/train/loop.ts): the fine-tuning step is its `step`, held-out top-1 its `evaluate`,
+// the model and its AdamW its state; the loop reads losses at log steps, stops at a NaN naming the
+// last good checkpoint and, given a checkpoint path, keeps an atomic checkpoint (which also carries
+// the run's name and curve) that a rerun resumes, ending where the uninterrupted run does.
 
 import { failer } from "../io/errors.ts";
 import { Conv2d, Linear } from "../nn/layers.ts";
@@ -21,7 +21,15 @@ import { crossEntropy } from "../tensor/ops/loss.ts";
 import { argmax } from "../tensor/ops/reduce_index.ts";
 import { reshape } from "../tensor/ops/shape.ts";
 import { noGrad, readAll, type Tensor, tidy } from "../tensor/tensor.ts";
-import { CheckpointGuard, loadCheckpoint, readCheckpointMeta } from "./checkpoint.ts";
+import { readCheckpointMeta } from "./checkpoint.ts";
+import {
+  type LoopBatch,
+  type LoopData,
+  type LoopRecord,
+  recordSinks,
+  type TrainingLoop,
+  trainLoop,
+} from "./loop.ts";
 
 const fail: (what: string) => never = failer("finetune");
 
@@ -31,12 +39,12 @@ export interface ClassifierModel extends Module {
   dropSeed?: number;
 }
 
-/** Training batches: prepared on the host (async), then uploaded inside the step's scope. */
-export interface BatchStream<T> {
-  next(): Promise<T>;
-  upload(batch: T): { x: Tensor; labels: Tensor };
-  /** Makes the next batch the one of optimizer step `step` (0-based): what resuming needs. */
-  startAt?(step: number): void;
+/**
+ * Training batches by step (the loop's data: host batches, prefetched, restartable at a step) and
+ * their upload, made inside the step's scope.
+ */
+export interface FinetuneData<B extends LoopBatch> extends LoopData<B> {
+  upload(batch: B): { x: Tensor; labels: Tensor };
 }
 
 /** A held-out set: `inputs(from, to)` gives the model's inputs of items [from, to). */
@@ -170,19 +178,28 @@ function checkConfig(c: FinetuneConfig, layers: LayerIds | undefined): void {
   }
 }
 
+/** The curve's point of a loop record: the loss and lr of a log step, the accuracy of an eval step. */
+function curvePoint(record: LoopRecord): CurvePoint {
+  const point: CurvePoint = { step: record.step };
+  if (record.loss !== undefined) Object.assign(point, { loss: record.loss, lr: record.lr });
+  if (record.val_acc !== undefined) point.val_acc = record.val_acc;
+  return point;
+}
+
 /**
- * Fine-tunes `model` on `train` batches for `config.steps` steps and returns its held-out top-1 on
- * `val` with the loss / lr / accuracy curve. `onLog` sees every logged point as it is made
- * (metrics files, progress bars). With `checkpoint`, a checkpoint of this run at its path is
- * resumed (the stream must offer `startAt`) and a new one is written every `checkpoint.every` steps.
+ * Fine-tunes `model` on `train` batches for `config.steps` steps on the training loop
+ * (lib/train/loop.ts) and returns its held-out top-1 on `val` with the loss / lr / accuracy curve.
+ * `onLog` sees every record as the loop makes it (progress bars). With `checkpoint`, a checkpoint
+ * of this run at its path is resumed and a new one is written every `checkpoint.every` steps and
+ * after the last.
  */
-export async function finetune<T>(
+export async function finetune<B extends LoopBatch>(
   model: ClassifierModel,
-  data: { train: BatchStream<T>; val: EvalSet },
+  data: { train: FinetuneData<B>; val: EvalSet },
   config: FinetuneConfig,
   { layers, onLog, checkpoint }: {
     layers?: LayerIds;
-    onLog?: (point: CurvePoint) => void | Promise<void>;
+    onLog?: (record: LoopRecord) => void | Promise<void>;
     checkpoint?: FinetuneCheckpoint;
   } = {},
 ): Promise<FinetuneResult> {
@@ -191,6 +208,7 @@ export async function finetune<T>(
   if (checkpoint && (!(checkpoint.every > 0) || checkpoint.every % logEvery !== 0)) {
     fail(`checkpoint every ${checkpoint.every} steps must be a multiple of logEvery ${logEvery}`);
   }
+  const seed = config.seed ?? 0;
   const decay = config.layerDecay !== undefined && config.layerDecay !== 1;
   const groups = paramGroups(model.namedParameters(), {
     weightDecay: config.weightDecay,
@@ -204,100 +222,74 @@ export async function finetune<T>(
     minLr: Math.min(config.minLr ?? 0, config.lr),
   });
   const started = performance.now();
-  let pending: Tensor[] = [];
+  let curve: CurvePoint[] = [];
+  let outcomes: Uint8Array | null = null;
+  const loop: TrainingLoop<B> = {
+    stage: checkpoint?.stage ?? "finetune",
+    steps,
+    seed,
+    config,
+    logEvery,
+    ckptEvery: checkpoint?.every ?? steps,
+    state: { modules: { model }, optimizers: { optim: optimizer } },
+    restored: (meta) => void (curve = (meta.carried?.curve ?? []) as CurvePoint[]),
+    carry: () => ({ run: checkpoint?.run, curve }),
+    data: data.train,
+    lr: { schedule, optimizers: [optimizer] },
+    terms: ["loss"],
+    step: (batch, step) => {
+      if ("dropSeed" in model) model.dropSeed = dropSeed(seed, step);
+      const { x, labels } = data.train.upload(batch);
+      const loss = crossEntropy(model.forward(x), labels, { labelSmoothing });
+      backward(loss);
+      if (config.clipNorm !== undefined) clipGradNorm(model.parameters(), config.clipNorm);
+      optimizer.step();
+      optimizer.zeroGrad();
+      return [loss.detach()];
+    },
+    evaluate: async () => {
+      outcomes = await classifierOutcomes(model, data.val, evalBatch);
+      return { val_acc: fractionOf(outcomes) };
+    },
+    evalEvery: evalEvery > 0 ? evalEvery : steps,
+  };
+  // The records become the curve (carried in the checkpoint); nothing is drawn or written here.
+  const sinks = recordSinks(async (record) => {
+    curve.push(curvePoint(record));
+    await onLog?.(record);
+  });
   try {
-    const state = { modules: { model }, optimizers: { optim: optimizer } };
-    const resumed = checkpoint ? await resumeFrom(checkpoint, state, data.train) : null;
-    const first = resumed?.step ?? 0;
-    const curve: CurvePoint[] = resumed?.curve ?? [];
-    const guard = checkpoint
-      ? new CheckpointGuard(checkpoint.stage, checkpoint.path, resumed ? first : null)
-      : null;
-    let finalOutcomes: Uint8Array = new Uint8Array(0);
+    const resumeStep = checkpoint ? await resumableStep(checkpoint) : null;
     model.train();
-    for (let step = first; step < steps; step++) {
-      const host = await data.train.next();
-      optimizer.lr = schedule(step);
-      if ("dropSeed" in model) model.dropSeed = dropSeed(config.seed ?? 0, step);
-      pending.push(tidy(() => {
-        const { x, labels } = data.train.upload(host);
-        const loss = crossEntropy(model.forward(x), labels, { labelSmoothing });
-        backward(loss);
-        if (config.clipNorm !== undefined) clipGradNorm(model.parameters(), config.clipNorm);
-        optimizer.step();
-        optimizer.zeroGrad();
-        return loss.detach();
-      }));
-      const done = step + 1;
-      const point: CurvePoint = { step: done };
-      if (done % logEvery === 0 || done === steps) {
-        const values = await readAll(pending);
-        pending.forEach((t) => t.dispose());
-        const loss = values.reduce((s, v) => s + v[0], 0) / values.length;
-        pending = [];
-        if (!Number.isFinite(loss)) {
-          fail(
-            `the training loss is ${loss} at step ${done}` +
-              (guard ? `; last good checkpoint: ${guard.describeLastGood()}` : ""),
-          );
-        }
-        guard?.check(done, { loss });
-        Object.assign(point, { loss, lr: optimizer.lr });
-      } else flush();
-      if (done === steps || (evalEvery > 0 && done % evalEvery === 0)) {
-        finalOutcomes = await classifierOutcomes(model, data.val, evalBatch);
-        point.val_acc = fractionOf(finalOutcomes);
-      }
-      if (Object.keys(point).length > 1) {
-        curve.push(point);
-        await onLog?.(point);
-      }
-      if (guard && checkpoint && done < steps && done % checkpoint.every === 0) {
-        await guard.save(state, {
-          stage: checkpoint.stage,
-          fingerprint: checkpoint.fingerprint,
-          step: done,
-          epoch: 0,
-          seed: config.seed ?? 0,
-          config,
-          metrics: { run: checkpoint.run, curve },
-        });
-      }
-    }
+    await trainLoop(loop, {
+      checkpoint: checkpoint?.path ?? null,
+      fingerprint: checkpoint?.fingerprint ?? "",
+      resumeFrom: resumeStep === null ? null : { step: resumeStep },
+    }, sinks);
+    // Resumed from its last checkpoint, a finished run evaluated nothing this time.
+    const final = outcomes ?? await classifierOutcomes(model, data.val, evalBatch);
     return {
-      accuracy: curve.at(-1)!.val_acc!,
-      outcomes: finalOutcomes,
-      resumedFrom: first,
+      accuracy: fractionOf(final),
+      outcomes: final,
+      resumedFrom: resumeStep ?? 0,
       curve,
       seconds: (performance.now() - started) / 1000,
     };
   } finally {
-    pending.forEach((t) => t.dispose());
     optimizer.dispose();
   }
 }
 
-/**
- * The step and curve of this run's checkpoint at `checkpoint.path` after restoring it into
- * `state`, with the stream moved to that step; null when there is none of this run.
- */
-async function resumeFrom<T>(
-  checkpoint: FinetuneCheckpoint,
-  state: Parameters<typeof loadCheckpoint>[1],
-  train: BatchStream<T>,
-): Promise<{ step: number; curve: CurvePoint[] } | null> {
+/** The step of this run's checkpoint at `checkpoint.path`, or null when it holds no such run. */
+async function resumableStep(checkpoint: FinetuneCheckpoint): Promise<number | null> {
   const exists = await Deno.stat(checkpoint.path).then((s) => s.isFile, () => false);
   if (!exists) return null;
   const meta = await readCheckpointMeta(checkpoint.path);
   if (
     meta.stage !== checkpoint.stage || meta.fingerprint !== checkpoint.fingerprint ||
-    meta.metrics?.run !== checkpoint.run
+    meta.carried?.run !== checkpoint.run
   ) return null; // another run's: this one starts afresh (and replaces it at its first save)
-  const startAt = train.startAt?.bind(train);
-  if (!startAt) fail(`resuming ${checkpoint.run} needs a batch stream that can start later`);
-  await loadCheckpoint(checkpoint.path, state);
-  startAt(meta.step);
-  return { step: meta.step, curve: (meta.metrics?.curve ?? []) as CurvePoint[] };
+  return meta.step;
 }
 
 // ---- a small reference classifier -------------------------------------------------------------

@@ -1,5 +1,5 @@
-// The training loop every training stage runs (train-perceptual, train-tokenizer, pretrain). A
-// stage supplies what differs — its data, its step, its held-out evaluation, the state its
+// The training loop every training stage runs (train-perceptual, train-tokenizer, pretrain) and
+// fine-tuning (lib/train/finetune.ts). A stage supplies what differs — its data, its step, its held-out evaluation, the state its
 // checkpoint holds — and the loop does what is the same for all of them:
 //
 // - resume: the checkpoint of an interrupted run (lib/train/checkpoint.ts) is loaded into the
@@ -11,9 +11,12 @@
 // - NaN/Inf: every step's scalars are checked, and the first bad one stops the run with an error
 //   naming the step and the last good checkpoint (CheckpointGuard), which is never overwritten;
 // - metrics: one record per log step, every name snake_case: `step`, the mean of each term over the
-//   interval, the stage's held-out numbers, `lr`, `images_per_s` and `peak_gpu_bytes`;
-// - atomic checkpoints every `ckptEvery` steps and at the end, carrying the last record and the
-//   training seconds across a resume;
+//   interval, the stage's held-out numbers, `lr`, `images_per_s` and `peak_gpu_bytes`; with
+//   `evalEvery`, the held-out numbers come at their own steps instead (a record of their own there
+//   when it is not a log step);
+// - atomic checkpoints every `ckptEvery` steps and at the end, carrying the last record, the
+//   training seconds and what the stage asks to carry across a resume (a run without a checkpoint
+//   file, e.g. a short classifier's, keeps none);
 // - `stopAt`: stop after the first checkpoint at or after that step, as if killed (status
 //   "stopped", no manifest: rerunning resumes);
 // - the progress bar with its ETA and the run's common summary numbers.
@@ -45,8 +48,8 @@ export interface LoopData<B extends LoopBatch> {
 
 /** The run the loop trains in (a StageRun of lib/cli/stage.ts is one). */
 export interface LoopRun {
-  /** The checkpoint file. */
-  checkpoint: string;
+  /** The checkpoint file; null: the run keeps none (it starts afresh when rerun). */
+  checkpoint: string | null;
   /** The stage fingerprint: a checkpoint only resumes the same run. */
   fingerprint: string;
   /** The checkpoint to resume from, or null for a fresh run. */
@@ -71,6 +74,16 @@ export interface LoopSinks {
   log(line: string): void;
 }
 
+/** Sinks of a run whose records only go to `onRecord` (a run inside a stage, e.g. fine-tuning). */
+export function recordSinks(onRecord: (record: LoopRecord) => void | Promise<void>): LoopSinks {
+  return {
+    openMetrics: () =>
+      Promise.resolve({ write: async (record) => await onRecord(record), close: () => {} }),
+    progress: () => ({ update: () => {}, finish: () => {} }),
+    log: () => {},
+  };
+}
+
 /** What a stage gives the loop. */
 export interface TrainingLoop<B extends LoopBatch> {
   /** The stage's name, for messages and the checkpoint. */
@@ -88,6 +101,8 @@ export interface TrainingLoop<B extends LoopBatch> {
   state: TrainingState;
   /** Called after a checkpoint was loaded into `state` (e.g. derived state to rebuild). */
   restored?(meta: CheckpointMeta): Promise<void> | void;
+  /** What else the checkpoint carries (its `carried`, read back in `restored`). */
+  carry?(): Record<string, unknown>;
   data: LoopData<B>;
   /** The learning rate of each step, set on every optimizer before the step. */
   lr: { schedule(step: number): number; optimizers: Optimizer[] };
@@ -97,6 +112,8 @@ export interface TrainingLoop<B extends LoopBatch> {
   step(batch: B, step: number): Tensor[];
   /** Held-out numbers (and others) logged at each log step after `step` steps. */
   evaluate?(step: number): Promise<Record<string, number>>;
+  /** Evaluate every N steps and after the last instead of at each log step. */
+  evalEvery?: number;
   /** Called after each checkpoint (e.g. an image grid). */
   checkpointed?(step: number): Promise<void>;
   /** What the progress bar shows of a record. */
@@ -134,6 +151,7 @@ export async function trainLoop<B extends LoopBatch>(
   const { steps, stage } = spec;
   let meta: CheckpointMeta | null = null;
   if (run.resumeFrom) {
+    if (run.checkpoint === null) throw new Error(`peco: ${stage}: resuming needs a checkpoint`);
     meta = await loadCheckpoint(run.checkpoint, spec.state);
     await spec.restored?.(meta);
   }
@@ -144,7 +162,7 @@ export async function trainLoop<B extends LoopBatch>(
   delete carried[TRAIN_SECONDS];
   delete carried[TRAIN_IMAGES];
   let last: Record<string, number> = carried;
-  const guard = new CheckpointGuard(stage, run.checkpoint, meta ? first : null);
+  const guard = new CheckpointGuard(stage, run.checkpoint ?? "", meta ? first : null);
   const metrics = await sinks.openMetrics(meta ? first : null);
   const progress = sinks.progress(first);
   const { stepsPerEpoch } = spec.data;
@@ -155,6 +173,17 @@ export async function trainLoop<B extends LoopBatch>(
   let pending: Tensor[][] = [];
   let intervalStart = performance.now();
   let intervalImages = 0;
+  /** Whether the held-out numbers are measured after `done` steps (at log steps by default). */
+  const evaluatesAt = (done: number, logStep: boolean) =>
+    spec.evaluate !== undefined &&
+    (spec.evalEvery === undefined ? logStep : done % spec.evalEvery === 0 || done === steps);
+  /** The held-out numbers after `done` steps (not counted as training time). */
+  const evaluate = async (done: number) => {
+    const started = performance.now();
+    const evaluated = await spec.evaluate!(done);
+    intervalStart += performance.now() - started;
+    return evaluated;
+  };
   const result = (status: LoopResult["status"], step: number): LoopResult => ({
     status,
     step,
@@ -178,6 +207,9 @@ export async function trainLoop<B extends LoopBatch>(
       const done = step + 1;
       if (!(done % spec.logEvery === 0 || done === steps)) {
         flush();
+        if (evaluatesAt(done, false)) {
+          await metrics.write({ step: done, ...(await evaluate(done)) });
+        }
         continue;
       }
       const interval = pending;
@@ -186,7 +218,7 @@ export async function trainLoop<B extends LoopBatch>(
       const seconds = (performance.now() - intervalStart) / 1000;
       trainSeconds += seconds;
       images += intervalImages;
-      const evaluated = spec.evaluate ? await spec.evaluate(done) : {};
+      const evaluated = evaluatesAt(done, true) ? await evaluate(done) : {};
       last = {
         ...means,
         ...evaluated,
@@ -197,7 +229,7 @@ export async function trainLoop<B extends LoopBatch>(
       const record: LoopRecord = { step: done, ...last };
       await metrics.write(record);
       progress.update(done, spec.shown?.(record) ?? { loss: last.loss });
-      if (done % spec.ckptEvery === 0 || done === steps) {
+      if (run.checkpoint !== null && (done % spec.ckptEvery === 0 || done === steps)) {
         await guard.save(spec.state, {
           stage,
           fingerprint: run.fingerprint,
@@ -206,6 +238,7 @@ export async function trainLoop<B extends LoopBatch>(
           seed: spec.seed,
           config: spec.config,
           metrics: { ...last, [TRAIN_SECONDS]: trainSeconds, [TRAIN_IMAGES]: images },
+          ...(spec.carry ? { carried: spec.carry() } : {}),
         });
         await spec.checkpointed?.(done);
         if (spec.stopAt !== undefined && done >= spec.stopAt && done < steps) {
