@@ -14,8 +14,7 @@
 import { join } from "node:path";
 import { type Parsed, parseOrExit, runTask, UsageError } from "../lib/cli/args.ts";
 import { openShards } from "../lib/data/shards.ts";
-import { Loader, memorySource } from "../lib/data/loader.ts";
-import { augmentViews, identityAugmentations, uploadPixels } from "../lib/data/augment.ts";
+import { memorySource } from "../lib/data/loader.ts";
 import {
   BEIT_MODEL_FILE,
   BeitClassifier,
@@ -23,16 +22,10 @@ import {
   readBeitMeta,
   resolveBeitConfig,
 } from "../lib/models/beit.ts";
-import {
-  type BatchStream,
-  type CurvePoint,
-  type EvalSet,
-  finetune,
-  type FinetuneConfig,
-} from "../lib/train/finetune.ts";
+import { type CurvePoint, finetune, type FinetuneConfig } from "../lib/train/finetune.ts";
+import { evalSetOf, type HostSet, type ImageSpec, recordStream } from "../lib/eval/heldout.ts";
 import { Rng } from "../lib/tensor/init.ts";
 import { initGpu } from "../lib/tensor/engine.ts";
-import type { Tensor } from "../lib/tensor/tensor.ts";
 
 const sweepCommand = {
   usage: "deno task finetune-sweep",
@@ -127,77 +120,8 @@ function grid(o: SweepOptions): Point[] {
   return points as unknown as Point[];
 }
 
-interface Images {
-  pixels: Uint8Array;
-  labels: Int32Array;
-  channels: number;
-  size: number;
-}
-
-interface ImageSpec {
-  size: number;
-  mean: number[];
-  std: number[];
-}
-
-function viewOf(spec: ImageSpec, channels: number) {
-  return {
-    height: spec.size,
-    width: spec.size,
-    mean: spec.mean.slice(0, channels),
-    std: spec.std.slice(0, channels),
-  };
-}
-
-/** Training batches of `images` as evaluate's trainStream makes them (seeded order, no aug). */
-function trainStream(images: Images, batch: number, seed: number, spec: ImageSpec) {
-  const { channels, size } = images;
-  const source = memorySource(images.pixels, images.labels, {
-    channels,
-    height: size,
-    width: size,
-    chunkSize: 1000,
-  });
-  const loader = new Loader(source, { batchSize: batch, seed });
-  const batches = loader.batches();
-  const view = [viewOf(spec, channels)];
-  const stream: BatchStream<unknown> = {
-    next: async () => (await batches.next()).value!,
-    upload: (b) => {
-      const g = loader.toGpu(b as Parameters<typeof loader.toGpu>[0], view);
-      return { x: g.views[0], labels: g.labels };
-    },
-  };
-  return { stream, close: async () => void await batches.return(undefined) };
-}
-
-/** The validation images as an EvalSet (identity view, normalised as `spec`). */
-function evalSet(images: Images, spec: ImageSpec): EvalSet {
-  const { channels, size } = images;
-  const bytes = channels * size * size;
-  return {
-    count: images.labels.length,
-    labels: images.labels,
-    inputs: (from: number, to: number): Tensor => {
-      const n = to - from;
-      const upload = uploadPixels(
-        images.pixels.subarray(from * bytes, to * bytes),
-        n,
-        channels,
-        size,
-        size,
-      );
-      const [x] = augmentViews(upload, identityAugmentations(n, size, size), [
-        viewOf(spec, channels),
-      ]);
-      upload.pixels.dispose();
-      return x;
-    },
-  };
-}
-
 /** The train / validation images: the last `val` training records are the validation split. */
-async function carve(o: SweepOptions): Promise<{ train: Images; val: Images }> {
+async function carve(o: SweepOptions): Promise<{ train: HostSet; val: HostSet }> {
   const shards = await openShards(o.shards);
   const split = shards.splits.train;
   if (!split) throw new UsageError(`--shards ${o.shards} has no train split`);
@@ -207,15 +131,16 @@ async function carve(o: SweepOptions): Promise<{ train: Images; val: Images }> {
   }
   const rest = split.count - val;
   const limit = o["train-limit"] > 0 ? Math.min(o["train-limit"], rest) : rest;
-  const read = async (from: number, to: number): Promise<Images> => {
+  const read = async (from: number, to: number): Promise<HostSet> => {
     const b = await split.readRange(from, to);
-    return { pixels: b.pixels, labels: b.labels, channels: split.channels, size: split.height };
+    const common = { channels: split.channels, size: split.height };
+    return { n: to - from, pixels: b.pixels, labels: b.labels, ...common };
   };
   return { train: await read(0, limit), val: await read(rest, split.count) };
 }
 
 /** The ViT's config and input spec: the pretrain folder's, else the MNIST preset at half/half. */
-async function architecture(o: SweepOptions, images: Images) {
+async function architecture(o: SweepOptions, images: HostSet) {
   if (o.pretrain) {
     const meta = await readBeitMeta(join(o.pretrain, BEIT_MODEL_FILE));
     return { config: meta.config, spec: meta.image as ImageSpec };
@@ -238,13 +163,20 @@ interface Row extends Point {
 
 async function runPoint(
   p: Point,
-  data: { train: Images; val: Images },
+  data: { train: HostSet; val: HostSet },
   vit: { config: BeitConfig; spec: ImageSpec },
   o: SweepOptions,
 ): Promise<Row> {
   const seed = new Rng(o.seed).fork("finetune").key;
   const model = new BeitClassifier({ ...vit.config, dropPath: p.dropPath }, 10, seed);
-  const { stream, close } = trainStream(data.train, p.batch, seed, vit.spec);
+  const { train } = data;
+  const source = memorySource(train.pixels, train.labels, {
+    channels: train.channels,
+    height: train.size,
+    width: train.size,
+    chunkSize: 1000,
+  });
+  const stream = recordStream(source, p.batch, seed, vit.spec);
   try {
     if (p.arm === "pretrained") await model.loadPretrained(join(o.pretrain, BEIT_MODEL_FILE));
     const config: FinetuneConfig = {
@@ -261,7 +193,7 @@ async function runPoint(
     };
     const result = await finetune(
       model,
-      { train: stream, val: evalSet(data.val, vit.spec) },
+      { train: stream, val: evalSetOf(data.val, data.val.n, vit.spec) },
       config,
       {
         layers: { numLayers: vit.config.depth, layerId: (n) => model.layerId(n) },
@@ -269,7 +201,6 @@ async function runPoint(
     );
     return { ...p, ...result };
   } finally {
-    await close();
     model.dispose();
   }
 }

@@ -5,7 +5,7 @@
 // pair up (docs/statistics.md).
 
 import { hostImageViews } from "../data/augment.ts";
-import { type HostBatch, Loader, shardSource } from "../data/loader.ts";
+import { type HostBatch, Loader, type RecordSource, shardSource } from "../data/loader.ts";
 import type { ShardSet, SplitReader } from "../data/shards.ts";
 import { add, affine, clamp, mul, type Tensor, tensor } from "../tensor/mod.ts";
 import type { EvalSet, FinetuneData } from "../train/finetune.ts";
@@ -87,7 +87,17 @@ export function trainStream(
   seed: number,
   spec: ImageSpec,
 ): FinetuneData<HostBatch> {
-  const loader = new Loader(shardSource(shards.splits.train), { batchSize: batch, seed });
+  return recordStream(shardSource(shards.splits.train), batch, seed, spec);
+}
+
+/** As trainStream, over any record source (e.g. images in memory). */
+export function recordStream(
+  source: RecordSource,
+  batch: number,
+  seed: number,
+  spec: ImageSpec,
+): FinetuneData<HostBatch> {
+  const loader = new Loader(source, { batchSize: batch, seed });
   const view = [{
     height: spec.size,
     width: spec.size,
