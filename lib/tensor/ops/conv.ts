@@ -368,12 +368,13 @@ const IM2COL_MAX_K = 16384;
  * at N=16, 32², C=O=16; 4.3 vs 2.6 at 288, 7², C=O=32; 420 vs 186 at 576, N=16, 32², C=O=64), so
  * the matmul takes over from 144; it also takes every stride > 1 (the implicit GEMM computes the
  * stride-1 result). The weight gradient takes dYᵀ·cols wherever im2col is allowed: the
- * weight-gradient kernel is slower at every size measured but a single output channel.
+ * weight-gradient kernel is slower at every size measured, a single output channel included since
+ * the bias gradient joined the products' batch sum (N=8, 16 → 1, 28²: conv forward + backward
+ * 14–15 against 17.5–19 CPU ms).
  */
 const IM2COL_MIN_K = 144;
 /**
- * Fewer output channels than this leave the matmul's tiles mostly empty: the forward and the weight
- * gradient are slower.
+ * Fewer output channels than this leave the matmul's tiles mostly empty: the forward is slower.
  */
 const IM2COL_MIN_O = 8;
 
@@ -396,8 +397,7 @@ function im2colAllowed(g: Geometry): boolean {
 }
 
 /** The weight gradient as dYᵀ·cols (else the weight-gradient kernel). */
-const weightGradByIm2col = (g: Geometry) =>
-  im2colAllowed(g) && (lowering === "im2col" || g.o >= IM2COL_MIN_O);
+const weightGradByIm2col = (g: Geometry) => im2colAllowed(g);
 
 /** Forward (and with it the input gradient) through im2col + matmul: the size rule. */
 function forwardByIm2col(g: Geometry): boolean {
