@@ -575,3 +575,40 @@ fn conv_im2col(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroup
     }
   }
 }
+
+// ---- weight-gradient batch sum with the bias gradient --------------------------------------------
+
+// The last pass of the im2col weight gradient, with the bias gradient folded in (one dispatch where
+// there were two): invocations i < wtotal sum the per-image partial products, dw[i] =
+// Σ_b parts[b, i] (parts [n, wtotal]); the next o invocations sum the output gradient over images
+// and pixels, db[j] = Σ_b Σ_p dy[b, j, p] (dy [n, o, pixels], n·pixels loop iterations: the host
+// keeps that under lavapipe's per-invocation loop budget).
+struct WFinish { wtotal: u32, n: u32, o: u32, pixels: u32 }
+
+@group(0) @binding(0) var<storage, read> wfin_parts: array<f32>;
+@group(0) @binding(1) var<storage, read> wfin_dy: array<f32>;
+@group(0) @binding(2) var<storage, read_write> wfin_dw: array<f32>;
+@group(0) @binding(3) var<storage, read_write> wfin_db: array<f32>;
+@group(0) @binding(4) var<uniform> wfin: WFinish;
+
+@compute @workgroup_size(WG)
+fn conv_wgrad_finish(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i < wfin.wtotal) {
+    var acc = 0.0;
+    for (var b = 0u; b < wfin.n; b++) {
+      acc += wfin_parts[b * wfin.wtotal + i];
+    }
+    wfin_dw[i] = acc;
+    return;
+  }
+  let j = i - wfin.wtotal;
+  if (j >= wfin.o) { return; }
+  let len = wfin.n * wfin.pixels;
+  var acc = 0.0;
+  for (var t = 0u; t < len; t++) {
+    let b = t / wfin.pixels;
+    acc += wfin_dy[(b * wfin.o + j) * wfin.pixels + t % wfin.pixels];
+  }
+  wfin_db[j] = acc;
+}

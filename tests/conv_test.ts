@@ -2,6 +2,7 @@ import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
 import { convRef, convVjpRef, type Pad } from "./reference.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
+import { forceVariant } from "../lib/gpu/autotune.ts";
 
 interface ConvCase {
   name: string;
@@ -157,6 +158,61 @@ for (const tc of [...gradCases, ...im2colCases.slice(-7, -4), ...im2colCases.sli
     () => withLowering("im2col", () => checkBackward(tc)),
   );
 }
+
+// The im2col weight gradient's batch sum also sums the bias gradient (one pass, conv_wgrad_finish);
+// the separate bias reduction stays selectable and must agree.
+async function withBiasGrad<R>(name: "finish" | "separate", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dBiasGrad", name === "separate" ? "separate" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dBiasGrad", null);
+  }
+}
+
+for (const tc of [gradCases[0], gradCases[1], im2colCases.at(-5)!]) {
+  Deno.test(
+    `conv2d im2col ${tc.name}, separate bias reduction: backward matches finite differences`,
+    () => withLowering("im2col", () => withBiasGrad("separate", () => checkBackward(tc))),
+  );
+}
+
+Deno.test("conv2d: bias gradient in the weight gradient's pass agrees with the separate sum", async () => {
+  for (
+    const [mode, xs, ws, opts] of [
+      ["im2col", [3, 13, 21, 17], [23, 13, 3, 3], { stride: 2, padding: 1 }],
+      ["im2col", [5, 8, 9, 11], [9, 8, 3, 3], { stride: 1, padding: 1 }],
+      // auto on a software adapter: the direct forward with the im2col weight gradient (C·9 < 144).
+      ["auto", [2, 3, 13, 10], [9, 3, 3, 3], { stride: 1, padding: 1 }],
+    ] as const
+  ) {
+    const x = T.tensor(randArray(prod([...xs]), 31), [...xs]);
+    const w = T.tensor(randArray(prod([...ws]), 32), [...ws]);
+    const b = T.tensor(randArray(ws[0], 33), [ws[0]]);
+    for (const t of [x, w, b]) t.requiresGrad = true;
+    const run = (name: "finish" | "separate") =>
+      withLowering(mode, () =>
+        withBiasGrad(name, async () => {
+          T.tidy(() => {
+            const y = T.conv2d(x, w, b, opts);
+            const seed = T.tensor(randArray(y.size, 34), y.shape);
+            T.backward(T.sum(T.mul(y, seed)));
+          });
+          const grads = await Promise.all([x, w, b].map((t) => t.grad!.toArray()));
+          for (const t of [x, w, b]) {
+            t.grad!.dispose();
+            t.grad = null;
+          }
+          return grads;
+        }));
+    const folded = await run("finish");
+    const separate = await run("separate");
+    ["dx", "dw", "db"].forEach((what, i) =>
+      assertClose(folded[i], separate[i], { atol: 1e-4, rtol: 1e-4, what: `${what} ${xs} ${ws}` })
+    );
+    for (const t of [x, w, b]) t.dispose();
+  }
+});
 
 Deno.test("conv2d: im2col and direct paths agree (output and all gradients) at a larger size", async () => {
   const xs = [3, 13, 21, 17], ws = [23, 13, 3, 3];

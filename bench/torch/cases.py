@@ -1,7 +1,10 @@
 """`deno task bench --torch` runs this with /usr/bin/python3: the PyTorch time of the bench cases
-that have a twin here, one JSON line each ({"name", "torch_ms"}), names equal to the TypeScript
-cases' names. Arguments: [--filter TEXT] [--quick] (as bench/main.ts; the ViT-B case only when the
-filter names it, as bench/pretrain.ts). Two threads, as the 2-core machine the figures compare on.
+that have a twin here, one JSON line each ({"name", "torch_ms", "torch_cpu_ms"}), names equal to
+the TypeScript cases' names; torch_cpu_ms is the process CPU time per step of a second run on one
+thread (the work itself, without OpenMP's spinning), which a busy machine inflates far less than
+the wall time. Arguments: [--filter TEXT] [--quick] (as bench/main.ts; the ViT-B case only when
+the filter names it, as bench/pretrain.ts). Wall time on two threads, as the 2-core machine the
+figures compare on.
 """
 
 import json
@@ -17,14 +20,17 @@ torch.set_num_threads(2)
 
 
 def time_steps(step, warmup=2, min_iters=3, min_ms=1000.0):
+    """(wall ms, process CPU ms) per step."""
     for _ in range(warmup):
         step()
     iters = 0
+    cpu_start = time.process_time()
     start = time.perf_counter()
     while iters < min_iters or (time.perf_counter() - start) * 1e3 < min_ms:
         step()
         iters += 1
-    return (time.perf_counter() - start) * 1e3 / iters
+    wall = (time.perf_counter() - start) * 1e3 / iters
+    return wall, (time.process_time() - cpu_start) * 1e3 / iters
 
 
 def mim_step_case(preset, image_size, channels, vocab, batch, timing):
@@ -113,7 +119,14 @@ def main(argv):
             continue
         if quick and slow:
             continue
-        print(json.dumps({"name": name, "torch_ms": run()}, ensure_ascii=False), flush=True)
+        wall_ms, _ = run()
+        # CPU time from a second run on one thread: with two, OpenMP's waiting threads spin, and on
+        # a busy machine that spinning (counted as CPU time) grew PyTorch's CPU time per step 5-25x.
+        torch.set_num_threads(1)
+        _, cpu_ms = run()
+        torch.set_num_threads(2)
+        print(json.dumps({"name": name, "torch_ms": wall_ms, "torch_cpu_ms": cpu_ms},
+                         ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
 import { reduceRaw, sumOuterInner } from "./reduce.ts";
 import { matmul, matmulRowBias } from "./matmul.ts";
 import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
+import { forcedVariant } from "../../gpu/autotune.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
 
 /** Workgroup size of the elementwise-style kernels (copy, weight re-layout, windows). */
@@ -50,6 +51,12 @@ const kernels = {
     source: src,
     entry: "conv_im2col",
     bindings: ["read", "write"],
+  }),
+  weightGradFinish: defineKernel({
+    name: "conv_wgrad_finish",
+    source: src,
+    entry: "conv_wgrad_finish",
+    bindings: ["read", "read", "write", "write"],
   }),
   windowSum: defineKernel({
     name: "conv_window_sum",
@@ -361,12 +368,13 @@ const IM2COL_MAX_K = 16384;
  * at N=16, 32², C=O=16; 4.3 vs 2.6 at 288, 7², C=O=32; 420 vs 186 at 576, N=16, 32², C=O=64), so
  * the matmul takes over from 144; it also takes every stride > 1 (the implicit GEMM computes the
  * stride-1 result). The weight gradient takes dYᵀ·cols wherever im2col is allowed: the
- * weight-gradient kernel is slower at every size measured but a single output channel.
+ * weight-gradient kernel is slower at every size measured, a single output channel included since
+ * the bias gradient joined the products' batch sum (N=8, 16 → 1, 28²: conv forward + backward
+ * 14–15 against 17.5–19 CPU ms).
  */
 const IM2COL_MIN_K = 144;
 /**
- * Fewer output channels than this leave the matmul's tiles mostly empty: the forward and the weight
- * gradient are slower.
+ * Fewer output channels than this leave the matmul's tiles mostly empty: the forward is slower.
  */
 const IM2COL_MIN_O = 8;
 
@@ -389,8 +397,7 @@ function im2colAllowed(g: Geometry): boolean {
 }
 
 /** The weight gradient as dYᵀ·cols (else the weight-gradient kernel). */
-const weightGradByIm2col = (g: Geometry) =>
-  im2colAllowed(g) && (lowering === "im2col" || g.o >= IM2COL_MIN_O);
+const weightGradByIm2col = (g: Geometry) => im2colAllowed(g);
 
 /** Forward (and with it the input gradient) through im2col + matmul: the size rule. */
 function forwardByIm2col(g: Geometry): boolean {
@@ -534,15 +541,52 @@ function forwardIm2col(
   });
 }
 
-/** dL/dw = dYᵀ · cols: grad [N, O, Hout, Wout] → [O, C, kh, kw] (no autograd). */
-function weightGradIm2col(grad: Tensor, cols: Tensor, g: Geometry): Tensor {
+/**
+ * Loop iterations one invocation of conv_wgrad_finish may run for a bias sum (lavapipe ends an
+ * invocation's loops past a budget; see fused_norm.ts).
+ */
+const FINISH_MAX_ITERATIONS = 10_000;
+
+/**
+ * Whether the bias gradient folds into the weight gradient's batch sum (conv_wgrad_finish): a
+ * batch to sum, a bias sum within the loop budget, and not switched off by
+ * `forceVariant("conv2dBiasGrad", "separate")` (tests compare the two).
+ */
+function biasGradInFinish(g: Geometry): boolean {
+  return g.n > 1 && g.n * g.hout * g.wout <= FINISH_MAX_ITERATIONS &&
+    forcedVariant("conv2dBiasGrad") !== "separate";
+}
+
+/**
+ * dL/dw = dYᵀ · cols: grad [N, O, Hout, Wout] → [O, C, kh, kw], and with `withBias` dL/db [O] from
+ * the same final pass where biasGradInFinish allows (else null: the caller sums it) (no autograd).
+ */
+function weightGradIm2col(
+  grad: Tensor,
+  cols: Tensor,
+  g: Geometry,
+  withBias = false,
+): { dw: Tensor; db: Tensor | null } {
   const { n, c, o, kh, kw, hout, wout } = g;
   return noGrad(() => {
     const k = c * kh * kw;
     // Per image dY_b [O, P] · cols_b [P, K], summed over the batch: each reduction is P long.
     const parts = matmul(grad.view([n, o, hout * wout]), cols.view([n, hout * wout, k])); // [N, O, K]
-    const dw = n === 1 ? parts : reduceRaw(parts, 0, "sum");
-    return dw.view([o, c, kh, kw]);
+    const wShape = [o, c, kh, kw];
+    if (n === 1) return { dw: parts.view(wShape), db: null };
+    if (!withBias || !biasGradInFinish(g)) {
+      return { dw: reduceRaw(parts, 0, "sum").view(wShape), db: null };
+    }
+    const dw = new Tensor(wShape, "f32");
+    const db = new Tensor([o], "f32");
+    gpu().recorder.dispatch(kernels.weightGradFinish, {
+      buffers: [parts.binding, grad.binding, dw.binding, db.binding],
+      params: [o * k, n, o, hout * wout],
+      constants: { WG },
+      workgroups: grid1d(o * k + o, WG),
+    });
+    parts.dispose();
+    return { dw, db };
   });
 }
 
@@ -568,10 +612,13 @@ export function conv2d(
     const { out, cols } = forwardIm2col(x, weight, bias, g0, keepCols);
     return record("conv2d", out, inputs, (grad) => {
       const gs = grad.view(outShape);
+      const w = weight.requiresGrad
+        ? weightGradIm2col(gs, cols ?? im2col(x, g0), g0, bias?.requiresGrad)
+        : null;
       return [
         x.requiresGrad ? inputGrad(gs, weight, g0).view(x.shape) : null,
-        weight.requiresGrad ? weightGradIm2col(gs, cols ?? im2col(x, g0), g0) : null,
-        biasGrad(gs),
+        w?.dw ?? null,
+        w?.db ?? biasGrad(gs),
       ];
     });
   }
@@ -595,14 +642,19 @@ export function conv2d(
   return record("conv2d", out, inputs, (grad) => {
     const gs = grad.view([n, o, hout, wout]);
     let dw: Tensor | null = null;
+    let db: Tensor | null = null;
     if (weight.requiresGrad && weightGradByIm2col(g0)) {
       const cols = im2col(x, g0);
-      dw = weightGradIm2col(grad.view(outShape), cols, g0);
+      ({ dw, db } = weightGradIm2col(grad.view(outShape), cols, g0, bias?.requiresGrad));
       cols.dispose();
     } else if (weight.requiresGrad) {
       dw = weightGrad(gs, xPadded, g);
     }
-    return [x.requiresGrad ? inputGrad(gs, weight, g).view(x.shape) : null, dw, biasGrad(gs)];
+    return [
+      x.requiresGrad ? inputGrad(gs, weight, g).view(x.shape) : null,
+      dw,
+      db ?? biasGrad(gs),
+    ];
   });
 }
 
