@@ -229,8 +229,8 @@ async function manifestOnly(
  */
 async function lambdaArms() {
   const perceptual = await manifestOnly("perceptual", "train-perceptual", {}, {
-    knnAccuracy: 0.824,
-    knnK: 20,
+    knn_accuracy: 0.824, // the keys of train-perceptual's summary (tests/train_perceptual_test.ts)
+    knn_k: 20,
   });
   const tokenizer = await manifestOnly("tokenizer", "train-tokenizer", { perceptual }, {});
   const l1 = await tinyExport(root, "export-l1", shardDir, K, { lambda: 1, seed: 3, tokenizer });

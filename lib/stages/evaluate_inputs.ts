@@ -253,11 +253,12 @@ export function perceptualKnn(exportRun: StageFolder, folders: StageFolder[]): P
   if (!perceptual) {
     return unknown("its train-perceptual folder is not among the --curves folders");
   }
-  const knn = perceptual.manifest.summary?.knnAccuracy;
+  // train-perceptual's summary keys (lib/stages/train_perceptual.ts; its test reads them too).
+  const knn = perceptual.manifest.summary?.knn_accuracy;
   if (typeof knn !== "number" || !Number.isFinite(knn)) {
     return { accuracy: null, dir: perceptual.dir, note: "its summary records no k-NN accuracy" };
   }
-  const k = perceptual.manifest.summary?.knnK;
+  const k = perceptual.manifest.summary?.knn_k;
   return {
     accuracy: knn,
     dir: perceptual.dir,
