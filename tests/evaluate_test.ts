@@ -338,7 +338,10 @@ Deno.test("evaluate: arms with seeds, per-image outcomes, claims with intervals,
   assert.match(md, /\| λ=1 \| 1 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \(2\) \|/);
   assert.match(md, /pretraining beats scratch: fine-tuned top-1 \(fraction\) [+-][0-9.]+ \[/);
   assert.ok(lines.some((l) => l.includes('claim "pretraining beats scratch"')));
-  assert.match(md, /Claim \(1\) rests on the perceptual network: λ=1: k-NN top-1 82\.4%/);
+  assert.match(
+    md,
+    /Claim \(1\) rests on the perceptual network: λ=1: k-NN top-1 82\.4% \(k = 20, on held-out images\)\./,
+  );
 });
 
 Deno.test("evaluate over two seeds of tiny arms: claims on 2 seeds, mean ± sd, what is shared", async () => {

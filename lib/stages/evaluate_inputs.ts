@@ -262,7 +262,7 @@ export function perceptualKnn(exportRun: StageFolder, folders: StageFolder[]): P
   return {
     accuracy: knn,
     dir: perceptual.dir,
-    note: `k-NN (k = ${typeof k === "number" ? k : "?"}) top-1 on held-out images`,
+    note: `k = ${typeof k === "number" ? k : "?"}, on held-out images`,
   };
 }
 
