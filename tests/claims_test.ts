@@ -68,6 +68,25 @@ Deno.test("claims: each pairs its two arms seed by seed; missing arms are noted,
     only.notes[0],
     /"semantic codes: codeword probe" left out: no arm's tokenizer records λ = 0/,
   );
+  // Claim (2) is PeCo's arm against scratch even when the main (first) arm is λ = 0, as in
+  // `deno task experiment` (λ ∈ {0, 1}); without a pretrained λ > 0 arm, the main arm's.
+  const both = [
+    ...records,
+    ...[0, 1].map((seed) => ({
+      arm: "λ=0",
+      seed,
+      metric: "finetune.pretrained_acc" as const,
+      outcomes: first(130),
+    })),
+  ];
+  const pixelFirst = [{ label: "λ=0", lambda: 0 }, { label: "λ=1", lambda: 1 }];
+  const pick = (arms: typeof pixelFirst, rs: OutcomeRecord[]) =>
+    deriveClaims(arms, rs, 0).claims.find((c) => c.name === "pretraining beats scratch")!;
+  assert.equal(pick(pixelFirst, both).candidate, "λ=1");
+  const pixelOnly = both.filter((r) =>
+    !(r.arm === "λ=1" && r.metric === "finetune.pretrained_acc")
+  );
+  assert.equal(pick(pixelFirst, pixelOnly).candidate, "λ=0");
   // Arms without a recorded λ: neither (1) nor (3).
   const unknown = deriveClaims([{ label: "λ=1", lambda: null }], records, 0);
   assert.deepEqual(unknown.claims.map((c) => c.name), ["pretraining beats scratch"]);

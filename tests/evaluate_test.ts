@@ -229,8 +229,8 @@ async function manifestOnly(
  */
 async function lambdaArms() {
   const perceptual = await manifestOnly("perceptual", "train-perceptual", {}, {
-    knnAccuracy: 0.824,
-    knnK: 20,
+    knn_accuracy: 0.824, // the keys of train-perceptual's summary (tests/train_perceptual_test.ts)
+    knn_k: 20,
   });
   const tokenizer = await manifestOnly("tokenizer", "train-tokenizer", { perceptual }, {});
   const l1 = await tinyExport(root, "export-l1", shardDir, K, { lambda: 1, seed: 3, tokenizer });
@@ -338,7 +338,82 @@ Deno.test("evaluate: arms with seeds, per-image outcomes, claims with intervals,
   assert.match(md, /\| λ=1 \| 1 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \(2\) \|/);
   assert.match(md, /pretraining beats scratch: fine-tuned top-1 \(fraction\) [+-][0-9.]+ \[/);
   assert.ok(lines.some((l) => l.includes('claim "pretraining beats scratch"')));
-  assert.match(md, /Claim \(1\) rests on the perceptual network: λ=1: k-NN top-1 82\.4%/);
+  assert.match(
+    md,
+    /Claim \(1\) rests on the perceptual network: λ=1: k-NN top-1 82\.4% \(k = 20, on held-out images\)\./,
+  );
+});
+
+Deno.test("evaluate over two seeds of tiny arms: claims on 2 seeds, mean ± sd, what is shared", async () => {
+  // Per seed: a λ = 1 arm (its own tokenizer on the one perceptual network, its own pretraining)
+  // and a λ = 0 arm, as `deno task experiment --seeds 0,1` lays them out.
+  const { l1, l0, p1, perceptual, tokenizer } = await lambdaArms();
+  const tokenizer1 = await manifestOnly("seed-1/tokenizer", "train-tokenizer", { perceptual }, {});
+  const l1b = await tinyExport(root, "seed-1/export-l1", shardDir, K, {
+    lambda: 1,
+    seed: 4,
+    tokenizer: tokenizer1,
+  });
+  const l0b = await tinyExport(root, "seed-1/export-l0", shardDir, K, { lambda: 0, seed: 6 });
+  const p1b = join(root, "seed-1/pretrain-l1");
+  await runPretrain(
+    parseOptions(pretrainCommand, [
+      ...["--shards", shardDir, "--tokenizer", l1b, "--out", p1b, "--dim", "16", "--depth", "2"],
+      ...["--heads", "2", "--limit", "8", "--batch", "4", "--steps", "2", "--seed", "1"],
+      ...["--log-every", "1", "--ckpt-every", "2", "--eval-images", "5", "--quiet"],
+    ])!,
+    quiet,
+  );
+  const out = join(root, "evaluate-two-seeds");
+  const o = options(out, [
+    ...["--export", [l1, l0, l1b, l0b].join(","), "--pretrain", `${p1},,${p1b},`],
+    ...["--labels", "λ=1,λ=0,λ=1,λ=0", "--arm-seeds", "0,0,1,1"],
+    ...["--curves", [perceptual, tokenizer, tokenizer1].join(",")],
+  ]);
+  assert.equal((await runEvaluate(o, quiet)).status, "done");
+  const report = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
+  assert.deepEqual(reportProblems(report), []);
+  assert.deepEqual(
+    report.claims.map((c: { name: string; seeds: number; images: number }) => [
+      c.name,
+      c.seeds,
+      c.images,
+    ]),
+    [
+      ["semantic codes: codeword probe", 2, 7],
+      ["semantic codes: reconstruction classification", 2, 7],
+      ["pretraining beats scratch", 2, 7],
+    ],
+  );
+  for (const c of report.claims) {
+    assert.ok(c.ci95[0] <= c.difference && c.difference <= c.ci95[1], c.name);
+    assert.ok(["holds", "does not hold", "cannot tell"].includes(c.verdict), c.verdict);
+  }
+  // Every arm's row: the mean ± sd over its two seeds, (2) beside it.
+  const md = await Deno.readTextFile(join(out, "report.md"));
+  assert.match(md, /\| λ=1 \| 1 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \(2\) \|/);
+  assert.match(md, /\| λ=0 \| 0 \| 0, 1 \| [0-9.]+ ± [0-9.]+ \(2\) \|/);
+  assert.match(md, /\| ViT from scratch \| – \| 0, 1 \|/);
+  // What the seeds share, read from the inputs' manifests.
+  assert.deepEqual(report.seed_sharing, {
+    seeds: [0, 1],
+    runs: [
+      { what: "the shards and held-out images", sharing: "shared", dirs: [shardDir] },
+      { what: "the perceptual network", sharing: "shared", dirs: [perceptual] },
+      { what: "the tokenizers", sharing: "per seed", dirs: [tokenizer, tokenizer1] },
+      { what: "the codebook exports", sharing: "per seed", dirs: [l1, l0, l1b, l0b] },
+      { what: "the pretraining runs", sharing: "per seed", dirs: [p1, p1b] },
+    ],
+  });
+  assert.match(
+    md,
+    new RegExp(
+      "## Seeds: what is shared\n\nSeeds 0, 1\\. Shared by every seed \\(their randomness is " +
+        `not in the intervals\\): the shards and held-out images \\(\`${shardDir}\`\\); the ` +
+        `perceptual network \\(\`${perceptual}\`\\); the classifier of real images \\(seed 0\\)\\. ` +
+        "Each seed's own: the tokenizers; the codebook exports; the pretraining runs; ",
+    ),
+  );
 });
 
 Deno.test("evaluate: --arm-seeds is checked with --export and --labels, every problem named", async () => {

@@ -11,6 +11,7 @@ import {
   type PipelineResult,
   type PipelineStep,
   prepareSteps,
+  problemLines,
   runPipeline,
   seedPlan,
   seedPlanLines,
@@ -24,7 +25,7 @@ import {
   withSteps,
 } from "../lib/cli/pipeline_config.ts";
 import { evaluateCommand } from "../lib/stages/evaluate_options.ts";
-import { checkConfig, schemas, STAGES } from "../tasks/pipeline.ts";
+import { checkChain, checkConfig, schemas, STAGES } from "../tasks/pipeline.ts";
 import { experimentConfig, lambdaArms } from "../tasks/experiment.ts";
 import { commandOutput } from "./stage_fixtures.ts";
 import demoConfig from "../configs/demo.json" with { type: "json" };
@@ -337,6 +338,48 @@ Deno.test("deno task experiment: a bad seed list or budget stops it at once, not
     assert.ok(!(await exists(out)), "no run folder");
   } finally {
     await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("3 seeds: the whole up-front check passes; --dry-run prints each seed's plan", async () => {
+  // The chain's check of every step (each stage's own check, then the rules between a stage and
+  // what earlier stages imply: lib/stages/chain_checks.ts) over the demos' budgets with 3 seeds.
+  for (const [raw, file] of [[demoConfig, "demo"], [quickConfig, "demo-quick"]] as const) {
+    const config = withSeeds(await checkConfig(raw, `configs/${file}.json`), [0, 1, 2], file);
+    const { steps, problems } = await checkChain({ config, out: "/x", arms: lambdaArms([0, 1]) });
+    assert.deepEqual(problemLines(problems), [], file);
+    assert.equal(steps.length, 2 + 3 * 6 + 1, file);
+    const evaluate = steps.at(-1)!;
+    assert.equal(evaluate.options["arm-seeds"], "0,0,1,1,2,2");
+    assert.ok(evaluate.access.read.includes("/x/seed-2/pretrain-l1"), "evaluate reads seed 2");
+    assert.deepEqual(evaluate.access.write, ["/x/evaluate"]);
+  }
+  const out = await Deno.makeTempDir({ prefix: "peco-dry-" });
+  try {
+    const dry = await experiment("--quick", "--seeds", "0,1,2", "--out", out, "--dry-run");
+    assert.equal(dry.code, 0, dry.text);
+    const lines = dry.text.trim().split("\n");
+    const arms = "tokenizer-l0, tokenizer-l1, export-l0, export-l1, pretrain-l0, pretrain-l1";
+    assert.deepEqual(lines.slice(0, 4), [
+      "# seeds 0, 1, 2: shared by every seed: shard, perceptual, evaluate",
+      `# seed 0 (in <out>): ${arms}`,
+      `# seed 1 (in <out>/seed-1): ${arms}`,
+      `# seed 2 (in <out>/seed-2): ${arms}`,
+    ]);
+    const commands = lines.filter((l) => l.startsWith("deno run "));
+    assert.equal(commands.length, 21);
+    for (const seed of [1, 2]) {
+      assert.ok(
+        commands.some((l) =>
+          l.includes(`--seed ${seed} `) && l.endsWith(`--out ${out}/seed-${seed}/pretrain-l1`)
+        ),
+        `seed ${seed}'s pretraining`,
+      );
+    }
+    assert.ok(commands.at(-1)!.includes("--arm-seeds 0,0,1,1,2,2 "));
+    assert.deepEqual([...Deno.readDirSync(out)], [], "nothing written");
+  } finally {
+    await Deno.remove(out, { recursive: true });
   }
 });
 

@@ -33,6 +33,7 @@ export function reportJson(r: EvaluateReport): Record<string, unknown> {
   json.claims = r.claims;
   json.claim_notes = r.claimNotes;
   json.perceptual_knn = r.perceptualKnn;
+  if (r.seedSharing) json.seed_sharing = r.seedSharing;
   json.arms = r.arms.map((a) => ({
     label: a.label,
     seed: a.seed,

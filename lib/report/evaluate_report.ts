@@ -62,6 +62,15 @@ export interface ArmReport {
   finetuneCurve?: CurvePoint[];
 }
 
+/** How a kind of run serves the seeds: one for every seed, one per seed, or some of each. */
+export type Sharing = "shared" | "per seed" | "partly shared";
+
+/** Which of the runs an evaluation read serve every seed and which each seed has its own of. */
+export interface SeedSharing {
+  seeds: number[];
+  runs: { what: string; sharing: Sharing; dirs: string[] }[];
+}
+
 export interface StageCurves {
   dir: string;
   stage: string;
@@ -108,6 +117,8 @@ export interface EvaluateReport {
   }[];
   /** Per-image 0/1 outcomes of every accuracy of every arm and seed. */
   outcomes: OutcomeRecord[];
+  /** With several seeds: which runs serve every seed and which are each seed's own. */
+  seedSharing: SeedSharing | null;
   /** A smoke run: its budgets support no claim, and the report says so first. */
   smoke: boolean;
   curves: StageCurves[];
@@ -270,6 +281,31 @@ function claimBlocks(r: EvaluateReport): Block[] {
   return blocks;
 }
 
+/** With several seeds: what they share (randomness the intervals do not cover) and what not. */
+function seedSharingBlocks(r: EvaluateReport): Block[] {
+  const sharing = r.seedSharing;
+  if (!sharing) return [];
+  const list = (kind: Sharing) =>
+    sharing.runs.filter((x) => x.sharing === kind).map((x) =>
+      `${x.what} (${x.dirs.length === 1 ? `\`${x.dirs[0]}\`` : `${x.dirs.length} folders`})`
+    );
+  const shared = [...list("shared"), `the classifier of real images (seed ${r.classifier.seed})`];
+  const own = [
+    ...sharing.runs.filter((x) => x.sharing === "per seed").map((x) => x.what),
+    "the probes' and fine-tuning's initialisation, batch order and drop-path draws",
+    ...(r.scratch.length ? ["fine-tuning from scratch"] : []),
+  ];
+  const partly = list("partly shared");
+  return [
+    heading(2, "Seeds: what is shared"),
+    text(
+      `Seeds ${sharing.seeds.join(", ")}. Shared by every seed (their randomness is not in the ` +
+        `intervals): ${shared.join("; ")}. Each seed's own: ${own.join("; ")}.` +
+        (partly.length ? ` Shared by some seeds only: ${partly.join("; ")}.` : ""),
+    ),
+  ];
+}
+
 function verdictWords(v: ClaimOf["verdict"]): string {
   return v === "cannot tell" ? "cannot tell at this budget" : v;
 }
@@ -313,6 +349,7 @@ export async function reportBlocks(out: string, r: EvaluateReport): Promise<Bloc
         `${seedList.join(", ")}.`,
     ),
     ...claimBlocks(r),
+    ...seedSharingBlocks(r),
     heading(2, "Every figure, mean ± sd over seeds"),
     text(
       "One row per arm; with several seeds a cell is the mean ± sample standard deviation over " +

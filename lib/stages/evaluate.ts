@@ -37,7 +37,13 @@ import { reportJson } from "../report/evaluate_json.ts";
 import { writeMaskFigure } from "../report/masked_prediction.ts";
 import { finetuneWarmup, maskRatios, SCRATCH_LABEL } from "./evaluate_options.ts";
 import type { EvaluateOptions } from "./evaluate_options.ts";
-import { type Arm, type Inputs, pretrainMaskedAcc, type StageFolder } from "./evaluate_inputs.ts";
+import {
+  type Arm,
+  type Inputs,
+  pretrainMaskedAcc,
+  seedSharing,
+  type StageFolder,
+} from "./evaluate_inputs.ts";
 
 const STAGE = "evaluate";
 const fail: (what: string) => never = failer(STAGE);
@@ -448,6 +454,7 @@ export async function evaluate(
       ...inputs.perceptual[i],
     })),
     outcomes,
+    seedSharing: seedSharing(inputs),
     smoke: config.smoke,
     curves,
     finetuneCharts: finetune,

@@ -19,7 +19,7 @@ import {
   resolveBeitConfig,
 } from "../models/beit.ts";
 import { TOKENIZER_FILE } from "../models/tokenizer.ts";
-import type { ExportCodebook } from "../report/evaluate_report.ts";
+import type { ExportCodebook, SeedSharing, Sharing } from "../report/evaluate_report.ts";
 import {
   type ArmPaths,
   checkEvaluateData,
@@ -253,15 +253,16 @@ export function perceptualKnn(exportRun: StageFolder, folders: StageFolder[]): P
   if (!perceptual) {
     return unknown("its train-perceptual folder is not among the --curves folders");
   }
-  const knn = perceptual.manifest.summary?.knnAccuracy;
+  // train-perceptual's summary keys (lib/stages/train_perceptual.ts; its test reads them too).
+  const knn = perceptual.manifest.summary?.knn_accuracy;
   if (typeof knn !== "number" || !Number.isFinite(knn)) {
     return { accuracy: null, dir: perceptual.dir, note: "its summary records no k-NN accuracy" };
   }
-  const k = perceptual.manifest.summary?.knnK;
+  const k = perceptual.manifest.summary?.knn_k;
   return {
     accuracy: knn,
     dir: perceptual.dir,
-    note: `k-NN (k = ${typeof k === "number" ? k : "?"}) top-1 on held-out images`,
+    note: `k = ${typeof k === "number" ? k : "?"}, on held-out images`,
   };
 }
 
@@ -295,4 +296,68 @@ export async function pretrainMaskedAcc(
     // No metrics: reported as not measured.
   }
   return { value: null, split: "train", key: "none" };
+}
+
+/**
+ * Whether the runs keyed by `key` (a folder, null: not known) are one per seed, one for every
+ * seed, or some of each, within each group of arms (null: no group spans two seeds).
+ */
+export function sharingOf(
+  arms: readonly { group: string; seed: number; key: string | null }[],
+): Sharing | null {
+  const groups = new Map<string, Map<string, Set<number>>>();
+  for (const a of arms) {
+    if (a.key === null) continue;
+    const byKey = groups.get(a.group) ?? new Map<string, Set<number>>();
+    groups.set(a.group, byKey.set(a.key, (byKey.get(a.key) ?? new Set()).add(a.seed)));
+  }
+  let spans = false, shared = true, perSeed = true;
+  for (const byKey of groups.values()) {
+    const seeds = new Set([...byKey.values()].flatMap((s) => [...s]));
+    if (seeds.size < 2) continue;
+    spans = true;
+    shared &&= byKey.size === 1;
+    perSeed &&= [...byKey.values()].every((s) => s.size === 1);
+  }
+  return !spans ? null : shared ? "shared" : perSeed ? "per seed" : "partly shared";
+}
+
+/**
+ * What the arms' seeds share and what each seed has its own of, read from the inputs: the one
+ * shard folder; the perceptual network behind the λ > 0 arms (their manifests' chain); each
+ * label's tokenizers, exports and pretraining runs (one folder per seed, or one for all). Null
+ * with a single seed.
+ */
+export function seedSharing(inputs: Inputs): SeedSharing | null {
+  const seeds = [...new Set(inputs.arms.map((a) => a.seed))];
+  if (seeds.length < 2) return null;
+  const runs: SeedSharing["runs"] = [
+    { what: "the shards and held-out images", sharing: "shared", dirs: [inputs.shardsRef.dir] },
+  ];
+  const add = (what: string, rows: { group: string; seed: number; key: string | null }[]) => {
+    const sharing = sharingOf(rows);
+    const dirs = [...new Set(rows.flatMap((r) => r.key === null ? [] : [r.key]))];
+    if (sharing) runs.push({ what, sharing, dirs });
+  };
+  add(
+    "the perceptual network",
+    inputs.arms.map((a, i) => ({ group: "", seed: a.seed, key: inputs.perceptual[i].dir })),
+  );
+  add(
+    "the tokenizers",
+    inputs.arms.map((a) => ({
+      group: a.label,
+      seed: a.seed,
+      key: a.exportRun.manifest.inputs?.tokenizer?.dir ?? null,
+    })),
+  );
+  add(
+    "the codebook exports",
+    inputs.arms.map((a) => ({ group: a.label, seed: a.seed, key: a.exportRun.dir })),
+  );
+  add(
+    "the pretraining runs",
+    inputs.arms.map((a) => ({ group: a.label, seed: a.seed, key: a.pretrainRun?.dir ?? null })),
+  );
+  return { seeds, runs };
 }
