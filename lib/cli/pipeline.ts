@@ -25,6 +25,7 @@ import { exitCode, permissionFlags, sandboxedCommand, type StageAccess } from ".
 import { formatDuration } from "./progress.ts";
 import type { OptionValue, PipelineConfig, StageSchema } from "./pipeline_config.ts";
 import type { Problem } from "./problems.ts";
+import { failer } from "../io/errors.ts";
 
 // ---- stages and steps -------------------------------------------------------------------------
 
@@ -124,9 +125,7 @@ export function toArgv(args: Record<string, OptionValue>): string[] {
   return argv;
 }
 
-function fail(what: string): never {
-  throw new Error(`peco: pipeline: ${what}`);
-}
+const fail: (what: string) => never = failer("pipeline");
 
 /**
  * Checks every step's options with its stage's own check (the one it runs at its start) and

@@ -16,6 +16,7 @@ import { greyOf, greyPlanes, type Planes } from "./decode.ts";
 import { loadImageFile, type LoadOptions, readFailure } from "./load_image.ts";
 import type { Rejection } from "./manifest.ts";
 import { fitImage } from "./resize.ts";
+import { failer } from "../io/errors.ts";
 
 export { type LoadOptions, readFailure } from "./load_image.ts";
 
@@ -57,9 +58,7 @@ export type InputSpec =
   | { kind: "mnist" }
   | { kind: "idx"; images: string; labels?: string };
 
-function fail(what: string): never {
-  throw new Error(`peco: shard: ${what}`);
-}
+const fail: (what: string) => never = failer("shard");
 
 /** Parses --input: "mnist", "idx:IMAGES[,LABELS]" or a folder path (made absolute). */
 export function parseInputSpec(input: string): InputSpec {

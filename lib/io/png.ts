@@ -6,6 +6,7 @@ import { Buffer } from "node:buffer";
 import { PNG } from "pngjs";
 import { Tensor } from "../tensor/tensor.ts";
 import { writeFileAtomic } from "./atomic.ts";
+import { failer } from "./errors.ts";
 
 /** Host images: planar values, shape [C,H,W] (one image) or [N,C,H,W]. */
 export interface HostImages {
@@ -37,9 +38,7 @@ export interface GridOptions extends RangeOptions {
   background?: number;
 }
 
-function fail(what: string): never {
-  throw new Error(`peco: png: ${what}`);
-}
+const fail: (what: string) => never = failer("png");
 
 /** [N, C, H, W] of a shape, checking it describes images of 1 or 3 channels. */
 function imageDims(shape: readonly number[], what: string): [number, number, number, number] {

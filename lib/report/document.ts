@@ -6,6 +6,7 @@
 import { Buffer } from "node:buffer";
 import { join } from "node:path";
 import type { GridLayout } from "./images.ts";
+import { failer } from "../io/errors.ts";
 
 /** A table cell: text or a number, "–" when missing, or an image file (path from the report). */
 export type Cell = string | number | null | undefined | { image: string; alt: string };
@@ -36,9 +37,7 @@ export type Block =
 
 export type Align = "l" | "r";
 
-function fail(what: string): never {
-  throw new Error(`peco: report: ${what}`);
-}
+const fail: (what: string) => never = failer("report");
 
 // ---- markdown -------------------------------------------------------------------------------
 

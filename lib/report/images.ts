@@ -4,10 +4,9 @@
 // headers with the cells.
 
 import { type ByteImage, type HostImages, toBytes } from "../io/png.ts";
+import { failer } from "../io/errors.ts";
 
-function fail(what: string): never {
-  throw new Error(`peco: images: ${what}`);
-}
+const fail: (what: string) => never = failer("images");
 
 /** One image of a host batch [N, C, H, W] as bytes, values mapped from `range`. */
 export function imageAt(

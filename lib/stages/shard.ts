@@ -52,6 +52,7 @@ import {
   shardPaths,
   VAL_FRACTION_WITH_VAL,
 } from "./shard_options.ts";
+import { failer } from "../io/errors.ts";
 
 export { shardCommand, type ShardOptions };
 
@@ -84,9 +85,7 @@ const OUR_FILE = new RegExp(
   }|${TEMP_PREFIX.replace(".", "\\.")}.*)$`,
 );
 
-function fail(what: string): never {
-  throw new Error(`peco: shard: ${what}`);
-}
+const fail: (what: string) => never = failer("shard");
 
 /** Validates options and resolves paths; the launcher and the stage share it. */
 export function resolveOptions(o: ShardOptions): { spec: InputSpec; out: string } {

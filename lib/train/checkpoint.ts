@@ -26,6 +26,7 @@ import {
   toGpu,
   writeSafetensors,
 } from "../io/safetensors.ts";
+import { reason } from "../io/errors.ts";
 
 /** The file name a stage's checkpoint has in its output folder. */
 export const CHECKPOINT_FILE = "checkpoint.safetensors";
@@ -303,7 +304,7 @@ function restoreOptimizer(
     const state: OptimizerState = { steps: saved.paramSteps, tensors: uploaded };
     optimizer.loadStateDict(state);
   } catch (error) {
-    fail(path, (error as Error).message.replace(/^peco: /, ""));
+    fail(path, reason(error));
   } finally {
     for (const t of Object.values(uploaded)) t.dispose();
   }
