@@ -7,7 +7,7 @@
 import { join, resolve } from "node:path";
 import { METRICS_FILE, readMetrics } from "../cli/metrics.ts";
 import { MANIFEST_FILE } from "../cli/stage.ts";
-import { openShards, type ShardSet } from "../data/shards.ts";
+import type { ShardSet } from "../data/shards.ts";
 import { sha256Hex } from "../io/hash.ts";
 import { failer, reason } from "../io/errors.ts";
 import type { RunRef } from "../io/report.ts";
@@ -27,8 +27,10 @@ import {
   type EvaluateOptions,
   nonEmpty,
 } from "./evaluate_options.ts";
+import { openStageShards } from "./stage_shards.ts";
 
-const fail: (what: string) => never = failer("evaluate");
+const STAGE = "evaluate";
+const fail: (what: string) => never = failer(STAGE);
 
 export interface StageFolder {
   dir: string;
@@ -196,20 +198,14 @@ export async function openArm(paths: ArmPaths, index: number, shards: ShardSet, 
 
 /** Opens and checks every input; nothing is computed or written before this returns. */
 export async function openInputs(o: EvaluateOptions, paths: ArmPaths[]): Promise<Inputs> {
-  let shards: ShardSet;
-  const dir = resolve(o.shards);
-  try {
-    shards = await openShards(dir);
-  } catch (error) {
-    return fail(`--shards: ${reason(error)}`);
-  }
-  for (const split of ["train", "val"]) {
-    if (!shards.splits[split]?.count) fail(`--shards ${dir} has no "${split}" images`);
-  }
-  const data = checkEvaluateData(o, shards.splits.train.count);
-  if (data.length) fail(`--shards ${dir}: ${data[0].message}`);
-  const labels = checkEvaluateLabels(shards.manifest.labelled, shards.manifest.classes.length);
-  if (labels.length) fail(`--shards ${dir}: ${labels[0].message}`);
+  const shards = await openStageShards(STAGE, o.shards, {
+    splits: ["train", "val"],
+    check: ({ splits, manifest }) => [
+      ...checkEvaluateData(o, splits.train.count),
+      ...checkEvaluateLabels(manifest.labelled, manifest.classes.length),
+    ],
+  });
+  const dir = shards.dir;
   const shardsRef = await stageFolder("--shards", dir, "shard");
   const arms: Arm[] = [];
   for (const [i, p] of paths.entries()) arms.push(await openArm(p, i, shards, shardsRef));

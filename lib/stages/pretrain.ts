@@ -6,7 +6,6 @@ import { join, resolve } from "node:path";
 import { adapterInfo, initGpu } from "../tensor/engine.ts";
 import { failer, MANIFEST_FILE, type StageRun } from "../cli/stage.ts";
 import { type TrainingOptions, type TrainingOutcome, trainStage } from "../cli/training.ts";
-import { openShards, type ShardSet } from "../data/shards.ts";
 import { openTokenShards, type TokenSplit } from "../data/token_shards.ts";
 import { Loader } from "../data/loader.ts";
 import { type ClosableRecordSource, trainingSource } from "../data/shard_reads.ts";
@@ -32,6 +31,7 @@ import {
   type PretrainOptions,
   resolvePretrainGeometry,
 } from "./pretrain_options.ts";
+import { openStageShards } from "./stage_shards.ts";
 import {
   augmentConfig,
   type AugmentMode,
@@ -71,17 +71,10 @@ const fail = failer(STAGE);
 
 /** Opens and checks every input; nothing is trained or written before this passes. */
 export async function openPretrainInputs(o: PretrainOptions) {
-  let shards: ShardSet;
-  try {
-    shards = await openShards(resolve(o.shards));
-  } catch (error) {
-    return fail("--shards", error);
-  }
-  for (const split of ["train", "val"]) {
-    if (!shards.splits[split]?.count) fail(`--shards ${shards.dir} has no "${split}" images`);
-  }
-  const data = checkPretrainData(o, shards.splits.train.count);
-  if (data.length) fail(`--shards ${shards.dir}: ${data[0].message}`);
+  const shards = await openStageShards(STAGE, o.shards, {
+    splits: ["train", "val"],
+    check: ({ splits }) => checkPretrainData(o, splits.train.count),
+  });
   const exportDir = resolve(o.tokenizer);
   try {
     await Deno.stat(join(exportDir, MANIFEST_FILE));

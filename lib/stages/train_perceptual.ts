@@ -6,12 +6,12 @@
 import { join, resolve } from "node:path";
 import { adapterInfo } from "../tensor/engine.ts";
 import { failOnProblems } from "../cli/problems.ts";
-import { failer, type StageRun } from "../cli/stage.ts";
+import type { StageRun } from "../cli/stage.ts";
 import { type TrainingOptions, type TrainingOutcome, trainStage } from "../cli/training.ts";
 import type { AugmentConfig } from "../data/augment.ts";
 import { Loader } from "../data/loader.ts";
 import { workerShardSource } from "../data/shard_reads.ts";
-import { openShards, type SplitReader } from "../data/shards.ts";
+import type { SplitReader } from "../data/shards.ts";
 import {
   ENCODER_FILE,
   MOCO_ENCODER_DEFAULT,
@@ -31,6 +31,7 @@ import {
   checkTrainPerceptualOptions,
   type TrainPerceptualOptions,
 } from "./train_perceptual_options.ts";
+import { openStageShards } from "./stage_shards.ts";
 
 export const TRAIN_PERCEPTUAL_STAGE = "train-perceptual";
 const STAGE = TRAIN_PERCEPTUAL_STAGE;
@@ -93,21 +94,20 @@ export function resolvePerceptualOptions(
   };
 }
 
-const fail = failer(STAGE);
-
 /** The train and val splits, checked before any training starts. */
 export async function openPerceptualData(dir: string, o: TrainPerceptualOptions) {
-  const set = await openShards(dir);
+  const set = await openStageShards(STAGE, dir, {
+    splits: ["train", "val"],
+    check: ({ splits: { train } }) =>
+      train.channels !== 1 && train.channels !== 3
+        ? [{ options: ["shards"], message: `images have ${train.channels} channels, need 1 or 3` }]
+        : checkTrainPerceptualImages(o, {
+          height: train.height,
+          width: train.width,
+          train: train.count,
+        }),
+  });
   const { train, val } = set.splits;
-  if (!train || !val) {
-    fail(`${dir} needs a train and a val split, has ${Object.keys(set.splits).join(", ")}`);
-  }
-  if (train.channels !== 1 && train.channels !== 3) {
-    fail(`${dir}: images have ${train.channels} channels, need 1 or 3`);
-  }
-  const images = { height: train.height, width: train.width, train: train.count };
-  const problems = checkTrainPerceptualImages(o, images);
-  if (problems.length) fail(`${dir}: ${problems[0].message}`);
   return { set, train, val, labelled: set.manifest.labelled !== false };
 }
 

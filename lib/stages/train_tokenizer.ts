@@ -9,7 +9,7 @@ import { join, resolve } from "node:path";
 import { adapterInfo } from "../tensor/engine.ts";
 import { failer, MANIFEST_FILE, reason, stageFingerprint, type StageRun } from "../cli/stage.ts";
 import { type TrainingOptions, type TrainingOutcome, trainStage } from "../cli/training.ts";
-import { openShards, type ShardSet, type SplitReader } from "../data/shards.ts";
+import type { ShardSet, SplitReader } from "../data/shards.ts";
 import { Loader } from "../data/loader.ts";
 import { trainingSource } from "../data/shard_reads.ts";
 import { hostImageViews, type ViewSpec } from "../data/augment.ts";
@@ -38,6 +38,7 @@ import {
   checkTrainTokenizerImages,
   type TrainTokenizerOptions,
 } from "./train_tokenizer_options.ts";
+import { openStageShards } from "./stage_shards.ts";
 
 export const TRAIN_TOKENIZER_STAGE = "train-tokenizer";
 const STAGE = TRAIN_TOKENIZER_STAGE;
@@ -69,21 +70,14 @@ const fail = failer(STAGE);
 
 /** Opens the shards and checks that the preset's architecture fits their images. */
 export async function openTokenizerShards(o: TrainTokenizerOptions) {
-  let shards: ShardSet;
-  try {
-    shards = await openShards(resolve(o.shards));
-  } catch (error) {
-    return fail("--shards", error);
-  }
-  const { channels, height, width } = shards.manifest.image;
-  for (const split of ["train", "val"]) {
-    if (!shards.splits[split]?.count) fail(`--shards ${shards.dir} has no "${split}" images`);
-  }
-  const problems = [
-    ...checkTrainTokenizerImages(o, { height, width }),
-    ...checkTrainTokenizerData(o, shards.splits.train.count),
-  ];
-  if (problems.length) fail(`--shards ${shards.dir}: ${problems[0].message}`);
+  const shards = await openStageShards(STAGE, o.shards, {
+    splits: ["train", "val"],
+    check: ({ manifest, splits }) => [
+      ...checkTrainTokenizerImages(o, manifest.image),
+      ...checkTrainTokenizerData(o, splits.train.count),
+    ],
+  });
+  const { channels, height } = shards.manifest.image;
   return { shards, image: { channels, size: height } };
 }
 
