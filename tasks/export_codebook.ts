@@ -12,36 +12,23 @@
 // figures/patches_code_<id>.png (paper Figure 3: held-out patches per code, for the most frequent
 // codes and a seeded sample of other used codes), figures/patches_overview.png, codebook.md, and
 // manifest.json last (lib/cli/stage.ts). An interrupted run starts again cleanly; a finished one
-// with the same inputs and options is skipped.
+// with the same inputs and options is skipped. The work is lib/stages/export_codebook.ts.
 //
 // Least privilege (lib/cli/permissions.ts): reads only the two input folders and --out, writes
 // only --out.
 
-import { join, resolve } from "node:path";
-import { initGpu, peakGpuBytes } from "../lib/tensor/engine.ts";
+import { resolve } from "node:path";
+import { initGpu } from "../lib/tensor/engine.ts";
 import { failOnProblems } from "../lib/cli/problems.ts";
 import { type StageAccess } from "../lib/cli/permissions.ts";
 import { stageMain } from "../lib/cli/stage_main.ts";
+import { beginStage, finishStage, type StageResult } from "../lib/cli/stage.ts";
 import {
-  beginStage,
-  failer,
-  finishStage,
-  readStageManifest,
-  type StageManifest,
-  type StageResult,
-  type StageRun,
-} from "../lib/cli/stage.ts";
-import { signedUnitNorm } from "../lib/data/augment.ts";
-import { openShards, type ShardSet } from "../lib/data/shards.ts";
-import { reason } from "../lib/io/errors.ts";
-import { sha256File } from "../lib/io/hash.ts";
-import { CHECKPOINT_FILE } from "../lib/train/checkpoint.ts";
-import { loadTrainedVqVae, Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
-import { type ResolvedVqVaeConfig, resolveVqVaeConfig } from "../lib/models/vqvae.ts";
-import {
-  type ExportSettings,
-  tokenizeSplits,
-  writeCodebookReport,
+  EXPORT_CODEBOOK_STAGE as STAGE,
+  exportCodebook,
+  type ExportCodebookConfig,
+  openExportCodebookInputs,
+  resolveExportCodebookConfig,
 } from "../lib/stages/export_codebook.ts";
 import {
   checkExportCodebookOptions,
@@ -49,14 +36,11 @@ import {
   type ExportCodebookOptions,
 } from "../lib/stages/export_codebook_options.ts";
 
-const STAGE = "export-codebook";
-
-export { exportCodebookCommand, type ExportCodebookOptions };
+export { exportCodebookCommand, type ExportCodebookConfig, type ExportCodebookOptions };
 
 export type ExportCodebookResult = StageResult;
 
-const fail: (what: string) => never = failer(STAGE);
-
+/** Checks the options (usage errors, exit 2): every problem at once. */
 function checkOptions(o: ExportCodebookOptions): void {
   failOnProblems(checkExportCodebookOptions(o));
 }
@@ -67,70 +51,14 @@ export function exportCodebookAccess(o: ExportCodebookOptions): StageAccess {
   return { read: [resolve(o.tokenizer), resolve(o.shards), out], write: [out] };
 }
 
-/** The tokenizer run's manifest and model config, and the shards; checked against each other. */
-async function openInputs(o: ExportCodebookOptions) {
-  const dir = resolve(o.tokenizer);
-  let run: StageManifest;
-  try {
-    run = await readStageManifest(dir);
-  } catch (error) {
-    return fail(`--tokenizer: ${reason(error).replace(/^stage: /, "")}`);
-  }
-  if (run.stage !== "train-tokenizer") {
-    fail(`--tokenizer ${dir} holds a ${run.stage} run, not a train-tokenizer run`);
-  }
-  const trained = run.config as Record<string, unknown> | null;
-  let model: ResolvedVqVaeConfig;
-  try {
-    model = resolveVqVaeConfig(trained?.model as ResolvedVqVaeConfig);
-  } catch (error) {
-    return fail(
-      `--tokenizer ${join(dir, "manifest.json")}: config.model: ` +
-        reason(error),
-    );
-  }
-  const entry = run.files[CHECKPOINT_FILE];
-  if (!entry) fail(`--tokenizer ${dir}: its manifest lists no ${CHECKPOINT_FILE}`);
-  let shards: ShardSet;
-  try {
-    shards = await openShards(resolve(o.shards));
-  } catch (error) {
-    return fail(`--shards: ${reason(error)}`);
-  }
-  const { channels, height, width } = shards.manifest.image;
-  if (channels !== model.inChannels || height !== model.imageSize || width !== model.imageSize) {
-    fail(
-      `--shards ${shards.dir}: images are ${channels}×${height}×${width}, the tokenizer takes ` +
-        `${model.inChannels}×${model.imageSize}×${model.imageSize}`,
-    );
-  }
-  const splits = Object.keys(shards.splits).filter((s) => shards.splits[s].count > 0);
-  if (!splits.includes("train")) fail(`--shards ${shards.dir} has no "train" images`);
-  return { dir, run, model, checkpoint: { path: join(dir, CHECKPOINT_FILE), ...entry }, shards };
-}
-
-/** The resolved, fingerprinted options of a run (no paths, no display switches). */
-export type ExportCodebookConfig = ExportSettings;
-
 export async function runExportCodebook(
   o: ExportCodebookOptions,
   { log = (line: string) => console.error(line) } = {},
 ): Promise<ExportCodebookResult> {
   checkOptions(o);
-  const inputs = await openInputs(o);
+  const inputs = await openExportCodebookInputs(o);
   await initGpu();
-  const f = 2 ** (inputs.model.channelMult.length - 1);
-  const config: ExportCodebookConfig = {
-    batch: o.batch,
-    perShard: o["per-shard"],
-    limit: o.limit ?? null,
-    patches: {
-      codes: o["patches-codes"],
-      perCode: o["patches-per-code"],
-      margin: o["patch-margin"] ?? Math.floor(f / 2),
-    },
-    seed: o.seed,
-  };
+  const config = resolveExportCodebookConfig(o, inputs);
   const run = await beginStage({
     name: STAGE,
     out: o.out,
@@ -140,71 +68,9 @@ export async function runExportCodebook(
     log,
   });
   if (run.status === "skip") return { status: "skip", out: run.out, summary: run.manifest.summary };
-  return await exportRun(o, config, inputs, run, log);
-}
-
-async function exportRun(
-  o: ExportCodebookOptions,
-  config: ExportCodebookConfig,
-  inputs: Awaited<ReturnType<typeof openInputs>>,
-  run: StageRun,
-  log: (line: string) => void,
-): Promise<ExportCodebookResult> {
-  const started = performance.now();
-  const { checkpoint, shards } = inputs;
-  // The checkpoint must be the one the run finished with.
-  const actual = await sha256File(checkpoint.path).catch((error) =>
-    fail(`--tokenizer: cannot read ${checkpoint.path} (${(error as Error).message})`)
-  );
-  if (actual.sha256 !== checkpoint.sha256 || actual.bytes !== checkpoint.bytes) {
-    fail(`--tokenizer: ${checkpoint.path} differs from its manifest (sha256 or size)`);
-  }
-  const model = await loadTrainedVqVae(checkpoint.path, inputs.model).catch((error) =>
-    fail(`--tokenizer: ${reason(error)}`)
-  );
-  const trained = inputs.run.config as Record<string, Record<string, unknown>>;
-  const channels = inputs.model.inChannels;
-  const tokenizer = Tokenizer.fromModel(model, {
-    image: {
-      channels,
-      size: inputs.model.imageSize,
-      // The train-tokenizer stage's input normalisation.
-      ...signedUnitNorm(channels),
-    },
-    provenance: {
-      stage: inputs.run.stage,
-      manifestSha256: run.inputs.tokenizer.sha256,
-      fingerprint: inputs.run.fingerprint,
-      checkpointSha256: checkpoint.sha256,
-      preset: trained.preset ?? null,
-      steps: trained.train?.steps ?? null,
-      seed: trained.seed ?? null,
-      pixelLoss: trained.train?.pixelLoss ?? null,
-      lambda: trained.perceptual?.lambda ?? null,
-      perceptual: trained.perceptual ?? null,
-      trainingShardsManifestSha256:
-        (inputs.run.inputs?.shards as { sha256?: string } | undefined)?.sha256 ?? null,
-      metrics: inputs.run.summary ?? {},
-    },
-  });
-  try {
-    await tokenizer.save(join(run.out, TOKENIZER_FILE));
-    const tokenized = await tokenizeSplits(config, tokenizer, shards, run, { log, quiet: o.quiet });
-    const report = await writeCodebookReport(config, tokenizer, shards, run, tokenized);
-    const seconds = (performance.now() - started) / 1000;
-    const summary = {
-      ...report,
-      images: tokenized.images,
-      tokenize_seconds: tokenized.seconds,
-      tokenize_images_per_s: tokenized.images / tokenized.seconds,
-      export_seconds: seconds,
-      peak_gpu_bytes: peakGpuBytes(),
-    };
-    await finishStage(run, { summary });
-    return { status: "done", out: run.out, summary };
-  } finally {
-    tokenizer.dispose();
-  }
+  const summary = await exportCodebook(run, config, inputs, { log, quiet: o.quiet });
+  await finishStage(run, { summary });
+  return { status: "done", out: run.out, summary };
 }
 
 // ---- command line ---------------------------------------------------------------------------

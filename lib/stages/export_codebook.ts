@@ -1,13 +1,15 @@
-// The export-codebook stage's work (tasks/export_codebook.ts wires options and inputs to it):
-// tokenising every split of a shard set into token shards, and the codebook's report —
-// codebook.json, the code-frequency chart, the patches-per-code figures (the paper's Figure 3) and
-// codebook.md.
+// The export-codebook stage's work (tasks/export_codebook.ts is its command line): its inputs
+// opened and checked (the train-tokenizer run's manifest, model config and checkpoint against the
+// shards), its config resolved, and the export — the portable tokenizer file, every split of the
+// shards tokenised into token shards, and the codebook's report: codebook.json, the code-frequency
+// chart, the patches-per-code figures (the paper's Figure 3) and codebook.md.
 
-import { join } from "node:path";
-import { adapterInfo } from "../tensor/engine.ts";
+import { join, resolve } from "node:path";
+import { adapterInfo, peakGpuBytes } from "../tensor/engine.ts";
 import type { Tensor } from "../tensor/tensor.ts";
 import { Progress } from "../cli/progress.ts";
-import type { StageRun } from "../cli/stage.ts";
+import { failer, readStageManifest, type StageManifest, type StageRun } from "../cli/stage.ts";
+import { signedUnitNorm } from "../data/augment.ts";
 import type { ShardSet, SplitReader } from "../data/shards.ts";
 import {
   openTokenShards,
@@ -17,9 +19,14 @@ import {
   writeTokenManifest,
 } from "../data/token_shards.ts";
 import { writeFileAtomic, writeJsonAtomic } from "../io/atomic.ts";
+import { reason } from "../io/errors.ts";
 import { sha256File } from "../io/hash.ts";
 import { distinctCodes } from "../models/quantizer.ts";
-import { type Tokenizer, TOKENIZER_FILE } from "../models/tokenizer.ts";
+import { loadTrainedVqVae, Tokenizer, TOKENIZER_FILE } from "../models/tokenizer.ts";
+import { type ResolvedVqVaeConfig, resolveVqVaeConfig } from "../models/vqvae.ts";
+import { CHECKPOINT_FILE } from "../train/checkpoint.ts";
+import type { ExportCodebookOptions } from "./export_codebook_options.ts";
+import { openStageShards } from "./stage_shards.ts";
 import {
   codebookMarkdown,
   type CodeFigure,
@@ -35,10 +42,15 @@ import {
   writePatchOverview,
 } from "../report/codebook.ts";
 
+export const EXPORT_CODEBOOK_STAGE = "export-codebook";
+const STAGE = EXPORT_CODEBOOK_STAGE;
 export const TOKENS_DIR = "tokens";
 const FIGURES_DIR = "figures";
 
-export interface ExportSettings {
+const fail: (what: string) => never = failer(STAGE);
+
+/** The resolved, fingerprinted options of a run (no paths, no display switches). */
+export interface ExportCodebookConfig {
   /** Images per tokenised batch. */
   batch: number;
   /** Images per token shard file. */
@@ -47,6 +59,127 @@ export interface ExportSettings {
   limit: number | null;
   patches: { codes: number; perCode: number; margin: number };
   seed: number;
+}
+
+/** The tokenizer run's manifest and model config, and the shards; checked against each other. */
+export async function openExportCodebookInputs(o: ExportCodebookOptions) {
+  const dir = resolve(o.tokenizer);
+  let run: StageManifest;
+  try {
+    run = await readStageManifest(dir);
+  } catch (error) {
+    return fail(`--tokenizer: ${reason(error).replace(/^stage: /, "")}`);
+  }
+  if (run.stage !== "train-tokenizer") {
+    fail(`--tokenizer ${dir} holds a ${run.stage} run, not a train-tokenizer run`);
+  }
+  const trained = run.config as Record<string, unknown> | null;
+  let model: ResolvedVqVaeConfig;
+  try {
+    model = resolveVqVaeConfig(trained?.model as ResolvedVqVaeConfig);
+  } catch (error) {
+    return fail(`--tokenizer ${join(dir, "manifest.json")}: config.model: ${reason(error)}`);
+  }
+  const entry = run.files[CHECKPOINT_FILE];
+  if (!entry) fail(`--tokenizer ${dir}: its manifest lists no ${CHECKPOINT_FILE}`);
+  const shards = await openStageShards(STAGE, o.shards, {
+    splits: ["train"],
+    check: ({ manifest: { image } }) =>
+      image.channels !== model.inChannels || image.height !== model.imageSize ||
+        image.width !== model.imageSize
+        ? [{
+          options: ["shards", "tokenizer"],
+          message: `images are ${image.channels}×${image.height}×${image.width}, the tokenizer ` +
+            `takes ${model.inChannels}×${model.imageSize}×${model.imageSize}`,
+        }]
+        : [],
+  });
+  return { dir, run, model, checkpoint: { path: join(dir, CHECKPOINT_FILE), ...entry }, shards };
+}
+
+export type ExportCodebookInputs = Awaited<ReturnType<typeof openExportCodebookInputs>>;
+
+/** The run's config from the options and the tokenizer's downsample factor. */
+export function resolveExportCodebookConfig(
+  o: ExportCodebookOptions,
+  inputs: ExportCodebookInputs,
+): ExportCodebookConfig {
+  const f = 2 ** (inputs.model.channelMult.length - 1);
+  return {
+    batch: o.batch,
+    perShard: o["per-shard"],
+    limit: o.limit ?? null,
+    patches: {
+      codes: o["patches-codes"],
+      perCode: o["patches-per-code"],
+      margin: o["patch-margin"] ?? Math.floor(f / 2),
+    },
+    seed: o.seed,
+  };
+}
+
+/**
+ * The export into the begun run's folder: the tokenizer file (from the checkpoint the tokenizer run
+ * finished with, checked against its manifest), the token shards and the codebook report; returns
+ * the summary.
+ */
+export async function exportCodebook(
+  run: StageRun,
+  config: ExportCodebookConfig,
+  inputs: ExportCodebookInputs,
+  { log, quiet = false }: { log: (line: string) => void; quiet?: boolean },
+): Promise<Record<string, unknown>> {
+  const started = performance.now();
+  const { checkpoint, shards } = inputs;
+  const actual = await sha256File(checkpoint.path).catch((error) =>
+    fail(`--tokenizer: cannot read ${checkpoint.path} (${(error as Error).message})`)
+  );
+  if (actual.sha256 !== checkpoint.sha256 || actual.bytes !== checkpoint.bytes) {
+    fail(`--tokenizer: ${checkpoint.path} differs from its manifest (sha256 or size)`);
+  }
+  const model = await loadTrainedVqVae(checkpoint.path, inputs.model).catch((error) =>
+    fail(`--tokenizer: ${reason(error)}`)
+  );
+  const trained = inputs.run.config as Record<string, Record<string, unknown>>;
+  const channels = inputs.model.inChannels;
+  const tokenizer = Tokenizer.fromModel(model, {
+    image: {
+      channels,
+      size: inputs.model.imageSize,
+      // The train-tokenizer stage's input normalisation.
+      ...signedUnitNorm(channels),
+    },
+    provenance: {
+      stage: inputs.run.stage,
+      manifestSha256: run.inputs.tokenizer.sha256,
+      fingerprint: inputs.run.fingerprint,
+      checkpointSha256: checkpoint.sha256,
+      preset: trained.preset ?? null,
+      steps: trained.train?.steps ?? null,
+      seed: trained.seed ?? null,
+      pixelLoss: trained.train?.pixelLoss ?? null,
+      lambda: trained.perceptual?.lambda ?? null,
+      perceptual: trained.perceptual ?? null,
+      trainingShardsManifestSha256:
+        (inputs.run.inputs?.shards as { sha256?: string } | undefined)?.sha256 ?? null,
+      metrics: inputs.run.summary ?? {},
+    },
+  });
+  try {
+    await tokenizer.save(join(run.out, TOKENIZER_FILE));
+    const tokenized = await tokenizeSplits(config, tokenizer, shards, run, { log, quiet });
+    const report = await writeCodebookReport(config, tokenizer, shards, run, tokenized);
+    return {
+      ...report,
+      images: tokenized.images,
+      tokenize_seconds: tokenized.seconds,
+      tokenize_images_per_s: tokenized.images / tokenized.seconds,
+      export_seconds: (performance.now() - started) / 1000,
+      peak_gpu_bytes: peakGpuBytes(),
+    };
+  } finally {
+    tokenizer.dispose();
+  }
 }
 
 /** Per-split code counts of a tokenisation, and how long it took. */
@@ -62,7 +195,7 @@ export interface Tokenized {
  * the previous one's ids are read back and written), counting codes per split on the way.
  */
 export async function tokenizeSplits(
-  config: ExportSettings,
+  config: ExportCodebookConfig,
   tokenizer: Tokenizer,
   shards: ShardSet,
   run: StageRun,
@@ -140,7 +273,7 @@ export async function tokenizeSplits(
 
 /** codebook.json, the figures and codebook.md; returns the summary numbers. */
 export async function writeCodebookReport(
-  config: ExportSettings,
+  config: ExportCodebookConfig,
   tokenizer: Tokenizer,
   shards: ShardSet,
   run: StageRun,
