@@ -214,7 +214,7 @@ Deno.test("input rules are checked against what the earlier stages' options impl
       parseOptions(perceptual.command, ["--shards", shards, "--out", join(tmp, "p")]),
       quiet,
     ),
-    new RegExp(`^Error: peco: train-perceptual: ${shards}: ${batchRule}$`),
+    new RegExp(`^Error: peco: train-perceptual: --shards ${shards}: ${batchRule}$`),
   );
   const tokenizer = await STAGES["train-tokenizer"].load();
   await assert.rejects(
