@@ -342,13 +342,17 @@ export async function writeCodebookReport(
     ? await writePatchOverview(join(run.out, overview), rows, Math.min(10, p.perCode))
     : [];
 
-  const json = {
+  // What codebook.json and codebook.md both state.
+  const shared = {
     codebookSize: k,
     grid,
     downsampleFactor: f,
     distinctCodes: distinct,
     splits: stats,
     deadEverywhere,
+  };
+  const json = {
+    ...shared,
     topCodes,
     patches: { split: patchSplit, margin: p.margin, codes: figures },
     counts: Object.fromEntries(names.map((n) => [n, Array.from(counts[n])])),
@@ -356,12 +360,7 @@ export async function writeCodebookReport(
   await writeJsonAtomic(join(run.out, "codebook.json"), json);
   const t = tokenizer.info;
   const md = codebookMarkdown({
-    codebookSize: k,
-    grid,
-    downsampleFactor: f,
-    distinctCodes: distinct,
-    splits: stats,
-    deadEverywhere,
+    ...shared,
     topCodes: topCodes.slice(0, 10),
     patchSplit,
     patchMargin: p.margin,

@@ -1,6 +1,7 @@
 // The training loop every training stage runs (train-perceptual, train-tokenizer, pretrain) and
-// fine-tuning (lib/train/finetune.ts). A stage supplies what differs — its data, its step, its held-out evaluation, the state its
-// checkpoint holds — and the loop does what is the same for all of them:
+// fine-tuning (lib/train/finetune.ts). A stage supplies what differs — its data, its step, its
+// held-out evaluation, the state its checkpoint holds — and the loop does what is the same for all
+// of them:
 //
 // - resume: the checkpoint of an interrupted run (lib/train/checkpoint.ts) is loaded into the
 //   state and the data resumes at the next step, so a resumed run equals an uninterrupted one bit
