@@ -13,7 +13,8 @@
 // the same order (it may be shorter: later arms have none); --labels names the arms. Every arm's
 // tokenizer gets the codeword and reconstruction measures; every arm with a pretrain folder gets
 // fine-tuning, linear probes and the masked-prediction figure; fine-tuning from scratch runs once
-// per seed, with the main pretrained arm's architecture and budget. --arm-seeds gives each arm its
+// per seed, with the main pretrained arm's architecture and the same budget but for the layer-wise
+// lr decay (--scratch-layer-decay, default --layer-decay). --arm-seeds gives each arm its
 // seed: arms sharing a label are replicates of one arm, and the report states the paper's claims as
 // paired differences over seeds and held-out images with 95% intervals (docs/statistics.md). All
 // measures use the same held-out "val" images. Everything is checked before any work (folders, manifests, files, that each export and

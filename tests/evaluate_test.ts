@@ -126,8 +126,21 @@ Deno.test("evaluate writes report.json with every key finite, report.md, report.
   assert.ok(manifest.files["report.json"] && manifest.files["report.md"]);
   assert.ok(manifest.files["report.html"]);
   assert.equal(manifest.inputs["export.1"].dir, exportDir);
-  // Up to date: skipped.
+  // One layer decay for both runs (no --scratch-layer-decay): the config has no scratch entry.
+  assert.equal(report.config.finetune.layerDecay, 0.75);
+  assert.equal("scratchLayerDecay" in report.config.finetune, false);
+  assert.equal(report["finetune.pretrained_acc"].layer_decay, 0.75);
+  assert.equal(report.arms[0].metrics["finetune.scratch_acc"].layer_decay, 0.75);
+  assert.ok(md.includes("layer decay 0.75, label smoothing"));
+  // Up to date: skipped; --scratch-layer-decay equal to --layer-decay is the same config, another
+  // value is another run.
   assert.equal((await runEvaluate(options(out), quiet)).status, "skip");
+  const same = options(out, ["--scratch-layer-decay", "0.75"]);
+  assert.equal((await runEvaluate(same, quiet)).status, "skip");
+  await assert.rejects(
+    () => runEvaluate(options(out, ["--scratch-layer-decay", "1"]), quiet),
+    /holds a finished evaluate run with another config or inputs/,
+  );
   // Least privilege: exactly the inputs and --out.
   const access = evaluateAccess(options(out));
   assert.deepEqual(access.write, [out]);
@@ -254,11 +267,25 @@ Deno.test("evaluate: arms with seeds, per-image outcomes, claims with intervals,
   const o = options(out, [
     ...["--export", `${l1},${l1},${l0}`, "--pretrain", `${p1},${p1}`],
     ...["--labels", "λ=1,λ=1,λ=0", "--arm-seeds", "0,1,0", "--smoke"],
-    ...["--curves", `${tokenizer},${perceptual}`],
+    ...["--curves", `${tokenizer},${perceptual}`, "--scratch-layer-decay", "1"],
   ]);
   assert.equal((await runEvaluate(o, { log: (l) => lines.push(l) })).status, "done");
   const report = JSON.parse(await Deno.readTextFile(join(out, "report.json")));
   assert.deepEqual(reportProblems(report), []);
+  // The runs from scratch had their own layer decay: recorded in the config and each measurement.
+  assert.equal(report.config.finetune.layerDecay, 0.75);
+  assert.equal(report.config.finetune.scratchLayerDecay, 1);
+  for (const a of report.arms.filter((a: { pretrain: unknown }) => a.pretrain)) {
+    assert.equal(a.metrics["finetune.pretrained_acc"].layer_decay, 0.75);
+    assert.equal(a.metrics["finetune.scratch_acc"].layer_decay, 1);
+  }
+  const manifest = JSON.parse(await Deno.readTextFile(join(out, "manifest.json")));
+  assert.equal(manifest.config.finetune.scratchLayerDecay, 1);
+  assert.ok(
+    (await Deno.readTextFile(join(out, "report.md"))).includes(
+      "layer decay 0.75 (from scratch: 1), label smoothing",
+    ),
+  );
   assert.deepEqual(
     report.arms.map((
       a: { label: string; seed: number; lambda: number },

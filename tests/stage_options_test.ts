@@ -153,6 +153,18 @@ const RULES: [string, Record<string, OptionValue>, string, string][] = [
   ],
   [
     "evaluate",
+    { "scratch-layer-decay": 0 },
+    "scratch-layer-decay",
+    "--scratch-layer-decay must be in (0, 1], got 0",
+  ],
+  [
+    "evaluate",
+    { "scratch-layer-decay": 1.5 },
+    "scratch-layer-decay",
+    "--scratch-layer-decay must be in (0, 1], got 1.5",
+  ],
+  [
+    "evaluate",
     { "mask-ratios": "0.5,1.5" },
     "mask-ratios",
     '--mask-ratios must be numbers in (0, 1), got "0.5,1.5"',

@@ -3,12 +3,13 @@
 //
 //   deno task finetune-sweep --shards runs/demo/shard --lr 1e-3,2e-3 --steps 300,600
 //   deno task finetune-sweep --shards runs/demo/shard --pretrain runs/demo/pretrain \
-//     --arms scratch,pretrained --layer-decay 1,0.75
+//     --arms scratch,pretrained --layer-decay 0.65,0.75,1 --scratch-layer-decay 1
 //
 // Every point of the grid (the Cartesian product of the comma lists) fine-tunes a BeitClassifier
 // with lib/train/finetune.ts, the evaluate stage's loop, fed as the evaluate stage feeds it
 // (seeded order, no augmentation, images normalised as the pretrained model's inputs) but from the
-// first count − val training records only; it prints one table row per point (validation top-1 at
+// first count − val training records only. The pretrained arm sweeps --layer-decay, the scratch arm
+// --scratch-layer-decay (default: the same list), as the evaluate stage's two options; it prints one table row per point (validation top-1 at
 // each eval step, seconds) and, with --json, writes the rows to a file.
 
 import { join } from "node:path";
@@ -27,7 +28,7 @@ import { evalSetOf, type HostSet, type ImageSpec, recordStream } from "../lib/ev
 import { Rng } from "../lib/tensor/init.ts";
 import { initGpu } from "../lib/tensor/engine.ts";
 
-const sweepCommand = {
+export const sweepCommand = {
   usage: "deno task finetune-sweep",
   summary:
     "Fine-tunes from scratch and/or from a pretrain folder over a grid of budgets, scored\n" +
@@ -53,7 +54,15 @@ const sweepCommand = {
     steps: { type: "string", default: "150", help: "fine-tuning steps (list)" },
     lr: { type: "string", default: "2e-3", help: "peak lr (list)" },
     warmup: { type: "string", default: "15", help: "warmup steps (list)" },
-    "layer-decay": { type: "string", default: "0.75", help: "layer-wise lr decay (list)" },
+    "layer-decay": {
+      type: "string",
+      default: "0.75",
+      help: "layer-wise lr decay (list): the pretrained arm's, and the scratch arm's by default",
+    },
+    "scratch-layer-decay": {
+      type: "string",
+      help: "layer-wise lr decay of the scratch arm (list; default: --layer-decay)",
+    },
     "label-smoothing": { type: "string", default: "0.1", help: "label smoothing (list)" },
     "drop-path": { type: "string", default: "0.1", help: "stochastic depth rate (list)" },
     "weight-decay": { type: "string", default: "0.05", help: "AdamW weight decay (list)" },
@@ -68,11 +77,15 @@ const sweepCommand = {
   },
 } as const;
 
-type SweepOptions = Parsed<typeof sweepCommand.options>;
+export type SweepOptions = Parsed<typeof sweepCommand.options>;
 
 /** A comma list of numbers, or a usage error naming the option. */
-function numbers(o: SweepOptions, name: keyof SweepOptions): number[] {
-  const raw = String(o[name]);
+function numbers(
+  o: SweepOptions,
+  name: keyof SweepOptions,
+  fallback?: keyof SweepOptions,
+): number[] {
+  const raw = String(o[name] ?? (fallback && o[fallback]));
   const values = raw.split(",").map((s) => Number(s.trim()));
   if (raw.trim() === "" || values.some((v) => !Number.isFinite(v))) {
     throw new UsageError(`--${name} expects a comma list of numbers, got "${raw}"`);
@@ -80,7 +93,7 @@ function numbers(o: SweepOptions, name: keyof SweepOptions): number[] {
   return values;
 }
 
-interface Point {
+export interface Point {
   arm: "scratch" | "pretrained";
   steps: number;
   lr: number;
@@ -92,8 +105,11 @@ interface Point {
   batch: number;
 }
 
-/** The Cartesian product of the option lists, arm by arm. */
-function grid(o: SweepOptions): Point[] {
+/**
+ * The Cartesian product of the option lists, arm by arm (layer decay: --layer-decay for the
+ * pretrained arm, --scratch-layer-decay for the scratch one).
+ */
+export function grid(o: SweepOptions): Point[] {
   const arms = o.arms.split(",").map((s) => s.trim());
   for (const a of arms) {
     if (a !== "scratch" && a !== "pretrained") {
@@ -103,25 +119,39 @@ function grid(o: SweepOptions): Point[] {
       throw new UsageError("--arms pretrained needs --pretrain");
     }
   }
-  const axes: [keyof Point, number[]][] = [
-    ["steps", numbers(o, "steps")],
-    ["lr", numbers(o, "lr")],
-    ["warmup", numbers(o, "warmup")],
-    ["layerDecay", numbers(o, "layer-decay")],
-    ["labelSmoothing", numbers(o, "label-smoothing")],
-    ["dropPath", numbers(o, "drop-path")],
-    ["weightDecay", numbers(o, "weight-decay")],
-    ["batch", numbers(o, "batch")],
+  const decays = {
+    pretrained: numbers(o, "layer-decay"),
+    scratch: numbers(o, "scratch-layer-decay", "layer-decay"),
+  };
+  for (const [arm, values] of Object.entries(decays)) {
+    if (values.some((v) => !(v > 0 && v <= 1))) {
+      const name = arm === "scratch" && o["scratch-layer-decay"] !== undefined
+        ? "scratch-layer-decay"
+        : "layer-decay";
+      throw new UsageError(`--${name} must be numbers in (0, 1], got "${values.join(",")}"`);
+    }
+  }
+  const axes: [keyof Point, (arm: string) => number[]][] = [
+    ["steps", () => numbers(o, "steps")],
+    ["lr", () => numbers(o, "lr")],
+    ["warmup", () => numbers(o, "warmup")],
+    ["layerDecay", (arm) => arm === "scratch" ? decays.scratch : decays.pretrained],
+    ["labelSmoothing", () => numbers(o, "label-smoothing")],
+    ["dropPath", () => numbers(o, "drop-path")],
+    ["weightDecay", () => numbers(o, "weight-decay")],
+    ["batch", () => numbers(o, "batch")],
   ];
   let points: Record<string, number | string>[] = arms.map((arm) => ({ arm }));
   for (const [key, values] of axes) {
-    points = points.flatMap((p) => values.map((v) => ({ ...p, [key]: v })));
+    points = points.flatMap((p) => values(p.arm as string).map((v) => ({ ...p, [key]: v })));
   }
   return points as unknown as Point[];
 }
 
 /** The train / validation images: the last `val` training records are the validation split. */
-async function carve(o: SweepOptions): Promise<{ train: HostSet; val: HostSet }> {
+async function carve(
+  o: SweepOptions,
+): Promise<{ train: HostSet; val: HostSet; classes: number }> {
   const shards = await openShards(o.shards);
   const split = shards.splits.train;
   if (!split) throw new UsageError(`--shards ${o.shards} has no train split`);
@@ -136,7 +166,11 @@ async function carve(o: SweepOptions): Promise<{ train: HostSet; val: HostSet }>
     const common = { channels: split.channels, size: split.height };
     return { n: to - from, pixels: b.pixels, labels: b.labels, ...common };
   };
-  return { train: await read(0, limit), val: await read(rest, split.count) };
+  return {
+    train: await read(0, limit),
+    val: await read(rest, split.count),
+    classes: shards.manifest.classes.length,
+  };
 }
 
 /** The ViT's config and input spec: the pretrain folder's, else the MNIST preset at half/half. */
@@ -155,7 +189,7 @@ async function architecture(o: SweepOptions, images: HostSet) {
   return { config, spec: { size: images.size, mean: half, std: half } };
 }
 
-interface Row extends Point {
+export interface Row extends Point {
   accuracy: number;
   curve: CurvePoint[];
   seconds: number;
@@ -163,12 +197,12 @@ interface Row extends Point {
 
 async function runPoint(
   p: Point,
-  data: { train: HostSet; val: HostSet },
+  data: { train: HostSet; val: HostSet; classes: number },
   vit: { config: BeitConfig; spec: ImageSpec },
   o: SweepOptions,
 ): Promise<Row> {
   const seed = new Rng(o.seed).fork("finetune").key;
-  const model = new BeitClassifier({ ...vit.config, dropPath: p.dropPath }, 10, seed);
+  const model = new BeitClassifier({ ...vit.config, dropPath: p.dropPath }, data.classes, seed);
   const { train } = data;
   const source = memorySource(train.pixels, train.labels, {
     channels: train.channels,
@@ -228,28 +262,33 @@ function rowLine(r: Row): string {
   ].join(" ");
 }
 
+/** Runs every point of the grid in order, printing a row each (and --json's file); the rows. */
+export async function runSweep(
+  o: SweepOptions,
+  log: (line: string) => void = console.log,
+): Promise<Row[]> {
+  const points = grid(o);
+  await initGpu();
+  const data = await carve(o);
+  const vit = await architecture(o, data.train);
+  log(
+    `finetune-sweep: ${points.length} point(s); train ${data.train.labels.length} images, ` +
+      `validation ${data.val.labels.length} (the last training records)`,
+  );
+  log("arm        steps      lr warmup  ld    ls    dp    wd    batch top-1%   sec   loss along");
+  const rows: Row[] = [];
+  for (const p of points) {
+    const row = await runPoint(p, data, vit, o);
+    rows.push(row);
+    log(rowLine(row));
+    if (o.json) await Deno.writeTextFile(o.json, JSON.stringify(rows, null, 1) + "\n");
+  }
+  return rows;
+}
+
 async function main(): Promise<void> {
   const o = parseOrExit(sweepCommand);
-  await runTask(sweepCommand.usage, async () => {
-    const points = grid(o);
-    await initGpu();
-    const data = await carve(o);
-    const vit = await architecture(o, data.train);
-    console.log(
-      `finetune-sweep: ${points.length} point(s); train ${data.train.labels.length} images, ` +
-        `validation ${data.val.labels.length} (the last training records)`,
-    );
-    console.log(
-      "arm        steps      lr warmup  ld    ls    dp    wd    batch top-1%   sec   loss along",
-    );
-    const rows: Row[] = [];
-    for (const p of points) {
-      const row = await runPoint(p, data, vit, o);
-      rows.push(row);
-      console.log(rowLine(row));
-      if (o.json) await Deno.writeTextFile(o.json, JSON.stringify(rows, null, 1) + "\n");
-    }
-  });
+  await runTask(sweepCommand.usage, async () => void await runSweep(o));
 }
 
 if (import.meta.main) await main();

@@ -1,6 +1,7 @@
 // Fine-tuning inside the evaluate stage (paper Table 1): a BeitClassifier, from a pretrain run's
-// weights or from random initialisation, fine-tuned with the stage's shared budget and the arm's
-// seed, scored on the held-out images. A run keeps its checkpoint in the stage's folder (one file,
+// weights or from random initialisation, fine-tuned with the stage's shared budget (but for the
+// layer-wise lr decay, which a run from scratch may have its own of) and the arm's seed, scored on
+// the held-out images. A run keeps its checkpoint in the stage's folder (one file,
 // replaced atomically, naming the run it holds) and, once finished, its result in
 // `finetune/<run>.json`: a rerun of an interrupted stage skips finished runs and resumes the one
 // the checkpoint holds, ending with the figures an uninterrupted run gives.
@@ -29,13 +30,21 @@ export interface FinetuneBudget {
   batch: number;
   lr: number;
   warmupSteps: number;
+  /** Layer-wise lr decay of the runs from pretrained weights (and from scratch, by default). */
   layerDecay: number;
+  /** Layer-wise lr decay of the runs from random initialisation; absent: `layerDecay`. */
+  scratchLayerDecay?: number;
   labelSmoothing: number;
   dropPath: number;
   weightDecay: number;
   betas: [number, number];
   /** Checkpoint every N steps (a multiple of the log interval, 10). */
   checkpointEvery: number;
+}
+
+/** The layer-wise lr decay of a run of `budget`: pretrained (weights given) or from scratch. */
+export function runLayerDecay(budget: FinetuneBudget, pretrained: boolean): number {
+  return pretrained ? budget.layerDecay : budget.scratchLayerDecay ?? budget.layerDecay;
 }
 
 /** Steps between logged losses. */
@@ -109,7 +118,7 @@ export async function finetuneRun(
         warmupSteps: budget.warmupSteps,
         weightDecay: budget.weightDecay,
         betas: budget.betas,
-        layerDecay: budget.layerDecay,
+        layerDecay: runLayerDecay(budget, run.weights !== null),
         labelSmoothing: budget.labelSmoothing,
         logEvery: LOG_EVERY,
         evalEvery: Math.max(1, Math.floor(budget.steps / 2)),

@@ -94,6 +94,8 @@ export interface EvaluateReport {
     batch: number;
     lr: number;
     layerDecay: number;
+    /** The runs from scratch's layer decay where it differs from `layerDecay`. */
+    scratchLayerDecay?: number;
     labelSmoothing: number;
     dropPath: number;
     warmupSteps: number;
@@ -439,11 +441,15 @@ export async function reportBlocks(out: string, r: EvaluateReport): Promise<Bloc
     blocks.push(text("Fine-tuning and ViT probes: not measured (no arm has a --pretrain folder)."));
   } else {
     const f = r.finetune;
+    const scratchDecay = f.scratchLayerDecay ?? f.layerDecay;
+    const decay = scratchDecay === f.layerDecay
+      ? `layer decay ${f.layerDecay}`
+      : `layer decay ${f.layerDecay} (from scratch: ${scratchDecay})`;
     blocks.push(
       heading(2, "Fine-tuning (paper Table 1)"),
       text(
         `Same budget for every row, each with its arm's seed: ${f.steps} steps of ${f.batch} ` +
-          `images, AdamW peak lr ${f.lr}, layer decay ${f.layerDecay}, label smoothing ` +
+          `images, AdamW peak lr ${f.lr}, ${decay}, label smoothing ` +
           `${f.labelSmoothing}, drop path ${f.dropPath}, warmup ${f.warmupSteps} + cosine. ` +
           "Top-1 on the val images.",
       ),

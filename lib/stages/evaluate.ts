@@ -14,7 +14,7 @@ import { measurement, type RunRef, writeReport } from "../io/report.ts";
 import { Beit, BEIT_MODEL_FILE } from "../models/beit.ts";
 import { Tokenizer, TOKENIZER_FILE } from "../models/tokenizer.ts";
 import { deriveClaims } from "../eval/claims.ts";
-import { finetuneRun, type FinetuneRunResult } from "../eval/finetune_run.ts";
+import { finetuneRun, type FinetuneRunResult, runLayerDecay } from "../eval/finetune_run.ts";
 import { type HostSet, type ImageSpec, type OnProgress, readSet } from "../eval/heldout.ts";
 import { maskedPrediction } from "../eval/masked_prediction.ts";
 import { encodeOutcomes, type OutcomeMetric, type OutcomeRecord } from "../eval/outcomes.ts";
@@ -35,7 +35,12 @@ import {
 } from "../report/evaluate_report.ts";
 import { reportJson } from "../report/evaluate_json.ts";
 import { writeMaskFigure } from "../report/masked_prediction.ts";
-import { finetuneWarmup, maskRatios, SCRATCH_LABEL } from "./evaluate_options.ts";
+import {
+  finetuneWarmup,
+  maskRatios,
+  SCRATCH_LABEL,
+  scratchLayerDecay,
+} from "./evaluate_options.ts";
 import type { EvaluateOptions } from "./evaluate_options.ts";
 import {
   type Arm,
@@ -51,6 +56,7 @@ const fail: (what: string) => never = failer(STAGE);
 /** The resolved, fingerprinted config (paths are not part of it: the inputs' hashes are). */
 export function resolveEvaluateConfig(o: EvaluateOptions, inputs: Inputs) {
   const evalImages = Math.min(o["eval-images"], inputs.shards.splits.val.count);
+  const scratchDecay = scratchLayerDecay(o);
   return {
     arms: inputs.arms.map((a) => ({
       label: a.label,
@@ -66,6 +72,9 @@ export function resolveEvaluateConfig(o: EvaluateOptions, inputs: Inputs) {
       lr: o["finetune-lr"],
       warmupSteps: finetuneWarmup(o),
       layerDecay: o["layer-decay"],
+      // Only when it differs: a config without it (every one before the option) keeps its
+      // fingerprint, so its finished folder stays up to date.
+      ...(scratchDecay !== o["layer-decay"] ? { scratchLayerDecay: scratchDecay } : {}),
       labelSmoothing: o["label-smoothing"],
       dropPath: o["drop-path"],
       weightDecay: o["weight-decay"],
@@ -367,6 +376,7 @@ export async function evaluate(
     });
     result.metrics["finetune.pretrained_acc"] = measurement(r.accuracy, "val", result.pretrain!, {
       steps: ft.steps,
+      layer_decay: runLayerDecay(ft, true),
       seed: arm.seed,
     });
     result.finetuneCurve = r.curve;
@@ -398,6 +408,7 @@ export async function evaluate(
       const own = scratch.find((x) => x.seed === a.seed)!;
       a.metrics["finetune.scratch_acc"] = measurement(own.accuracy, "val", a.pretrain, {
         steps: ft.steps,
+        layer_decay: runLayerDecay(ft, false),
         seed: a.seed,
         note: "random initialisation, the architecture of the main pretrain run",
       });

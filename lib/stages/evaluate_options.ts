@@ -59,7 +59,16 @@ export const evaluateCommand = {
       help: `fine-tuning warmup steps (default: ${FINETUNE_WARMUP.steps}, or a tenth of ` +
         `--finetune-steps when that is less)`,
     },
-    "layer-decay": { type: "number", default: 0.75, help: "layer-wise lr decay of fine-tuning" },
+    "layer-decay": {
+      type: "number",
+      default: 0.75,
+      help: "layer-wise lr decay of fine-tuning (the pretrained runs'; the scratch runs' too " +
+        "unless --scratch-layer-decay)",
+    },
+    "scratch-layer-decay": {
+      type: "number",
+      help: "layer-wise lr decay of the fine-tuning from scratch (default: --layer-decay; 1: none)",
+    },
     "label-smoothing": { type: "number", default: 0.1, help: "fine-tuning label smoothing" },
     "drop-path": { type: "number", default: 0.1, help: "fine-tuning stochastic depth rate" },
     "weight-decay": { type: "number", default: 0.05, help: "fine-tuning AdamW weight decay" },
@@ -102,6 +111,15 @@ export type EvaluateOptions = Parsed<typeof evaluateCommand.options>;
 export function finetuneWarmup(o: EvaluateOptions): number {
   return o["finetune-warmup"] ??
     Math.min(FINETUNE_WARMUP.steps, Math.floor(o["finetune-steps"] * FINETUNE_WARMUP.fraction));
+}
+
+/**
+ * The layer-wise lr decay of fine-tuning from scratch: --scratch-layer-decay, else --layer-decay.
+ * BEiT decays the lr layer by layer only for pretrained models; a ViT from scratch must learn its
+ * embeddings and first blocks from nothing (README "Fine-tuning budgets").
+ */
+export function scratchLayerDecay(o: EvaluateOptions): number {
+  return o["scratch-layer-decay"] ?? o["layer-decay"];
 }
 
 /** A comma list, entries trimmed ("" → [""]). */
@@ -231,6 +249,7 @@ export function checkEvaluateOptions(o: EvaluateOptions): Problem[] {
   p.within("finetune-lr", o["finetune-lr"], 0, Infinity, "lo");
   p.within("probe-lr", o["probe-lr"], 0, Infinity, "lo");
   p.within("layer-decay", o["layer-decay"], 0, 1, "lo");
+  p.within("scratch-layer-decay", o["scratch-layer-decay"], 0, 1, "lo");
   for (const name of ["label-smoothing", "drop-path", "weight-decay"] as const) {
     p.within(name, o[name], 0, 1, "hi");
   }
