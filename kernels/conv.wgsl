@@ -95,6 +95,25 @@ fn conv_wprep(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups
   wprep_out[ob / wpp.bpc * wpp.cstride + ob % wpp.bpc * wpp.bsize + i % wpp.bsize] = v;
 }
 
+// The input gradient's weight for the im2col lowering (the transposed, flipped kernel as a matrix
+// [c, o·kh·kw]): wf[c, o, t] = w[o, c, taps − 1 − t], t = ky·kw + kx, taps = kh·kw (flipping the
+// flattened tap index flips both axes).
+struct WFlip { total: u32, o: u32, c: u32, taps: u32 }
+
+@group(0) @binding(0) var<storage, read> wflip_src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> wflip_out: array<f32>;
+@group(0) @binding(2) var<uniform> wfl: WFlip;
+
+@compute @workgroup_size(WG)
+fn conv_wflip(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= wfl.total) { return; }
+  let t = i % wfl.taps;
+  let o = (i / wfl.taps) % wfl.o;
+  let c = i / (wfl.taps * wfl.o);
+  wflip_out[i] = wflip_src[(o * wfl.c + c) * wfl.taps + wfl.taps - 1u - t];
+}
+
 // ---- register blocks shared by both GEMMs --------------------------------------------------------
 
 /** Up to 9 consecutive vec4s of a row (one more than a block's pixel groups, for the shifts). */

@@ -246,11 +246,21 @@ Deno.test("conv2d: im2col and direct paths agree (output and all gradients) at a
   );
 });
 
-// ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
+// ---- the input gradient through im2col + matmul (stride 1: the padding is im2col's index math) --
 
-/** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */
-async function checkDirectLarge(tc: ConvCase): Promise<void> {
-  await withLowering("direct", async () => {
+/** Runs fn with the stride-1 input gradient on im2col + matmul (the default) or forced direct. */
+async function withInputGrad<R>(name: "im2col" | "direct", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dInputGrad", name === "direct" ? "direct" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dInputGrad", null);
+  }
+}
+
+/** Output and all gradients under `mode` against float64 (the reference's vector-Jacobian). */
+async function checkVjp(tc: ConvCase, mode: ConvLowering): Promise<void> {
+  await withLowering(mode, async () => {
     const xd = randArray(prod(tc.xs), 11), wd = randArray(prod(tc.ws), 12);
     const bd = randArray(tc.ws[0], 13);
     const x = T.tensor(xd, tc.xs), w = T.tensor(wd, tc.ws), b = T.tensor(bd, [tc.ws[0]]);
@@ -276,6 +286,52 @@ async function checkDirectLarge(tc: ConvCase): Promise<void> {
     }
   });
 }
+
+const inputGradCases: ConvCase[] = [
+  // Odd channels and sizes, asymmetric padding (the transposed conv's k − 1 − pad differs by side).
+  {
+    name: "C=5 O=7 3x3 pad {0,2,1,0}",
+    xs: [2, 5, 9, 7],
+    ws: [7, 5, 3, 3],
+    stride: 1,
+    padding: { top: 0, bottom: 2, left: 1, right: 0 },
+  },
+  // O a multiple of 4: the gradient's im2col reads it from a texture.
+  {
+    name: "C=9 O=12 3x3 p1 (texture)",
+    xs: [3, 9, 11, 13],
+    ws: [12, 9, 3, 3],
+    stride: 1,
+    padding: 1,
+  },
+  // Unpadded 2x4 kernel: the transposed conv pads by k − 1 on every side.
+  { name: "C=3 O=8 2x4 p0 (texture)", xs: [1, 3, 6, 10], ws: [8, 3, 2, 4], stride: 1, padding: 0 },
+  // What auto's size rule sends to im2col on a software adapter: O·9 ≥ 144 and C ≥ 8.
+  { name: "C=9 O=17 3x3 p1", xs: [2, 9, 13, 10], ws: [17, 9, 3, 3], stride: 1, padding: 1 },
+  // Padding beyond k − 1 on one side: the implicit GEMM (it crops) whatever the setting.
+  { name: "C=4 O=6 2x2 p2", xs: [1, 4, 3, 5], ws: [6, 4, 2, 2], stride: 1, padding: 2 },
+];
+
+for (const tc of inputGradCases) {
+  for (const path of ["im2col", "direct"] as const) {
+    for (const mode of ["im2col", "auto"] as const) {
+      Deno.test(
+        `conv2d ${tc.name}, ${mode} lowering, input gradient ${path}: output and gradients match float64`,
+        () => withInputGrad(path, () => checkVjp(tc, mode)),
+      );
+    }
+    if (prod(tc.xs) + prod(tc.ws) > 1000) continue; // finite differences: small cases only
+    Deno.test(
+      `conv2d ${tc.name}, im2col lowering, input gradient ${path}: backward matches finite differences`,
+      () => withLowering("im2col", () => withInputGrad(path, () => checkBackward(tc))),
+    );
+  }
+}
+
+// ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
+
+/** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */
+const checkDirectLarge = (tc: ConvCase) => checkVjp(tc, "direct");
 
 const largeWeightCases: ConvCase[] = [
   // Forward: 3 blocks of 16 channels, one 67·9·16-float block per 64 KiB slot (3 dispatches);

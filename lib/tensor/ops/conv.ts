@@ -40,6 +40,12 @@ const kernels = {
     entry: "conv_fwd",
     bindings: ["read", "read", "read", "write", "uniform"],
   }),
+  weightFlip: defineKernel({
+    name: "conv_wflip",
+    source: src,
+    entry: "conv_wflip",
+    bindings: ["read", "write"],
+  }),
   weightGrad: defineKernel({
     name: "conv_wgrad",
     source: src,
@@ -659,10 +665,73 @@ export function conv2d(
 }
 
 /**
- * dL/dx: a stride-1 convolution of the output gradient, dilated by the stride and padded by
- * k − 1 − pad (cropped where that is negative), with the weight transposed (O ↔ C) and flipped.
+ * The input gradient of a stride-1 convolution g as a convolution of its own: the output gradient
+ * [N, O, Hout, Wout] padded by k − 1 − pad on each side, with the weight transposed (O ↔ C) and
+ * flipped, gives [N, C, H, W]. Null where the stride is not 1 or a side's padding exceeds k − 1
+ * (the gradient would be cropped, not padded).
+ */
+function transposedGeometry(g: Geometry): Geometry | null {
+  const { kh, kw, pad } = g;
+  const tpad = {
+    top: kh - 1 - pad.top,
+    bottom: kh - 1 - pad.bottom,
+    left: kw - 1 - pad.left,
+    right: kw - 1 - pad.right,
+  };
+  if (g.stride !== 1 || Object.values(tpad).some((v) => v < 0)) return null;
+  const { n, h, w } = g;
+  return {
+    n,
+    c: g.o,
+    h: g.hout,
+    w: g.wout,
+    o: g.c,
+    kh,
+    kw,
+    stride: 1,
+    pad: tpad,
+    hout: h,
+    wout: w,
+    h1: h,
+    w1: w,
+  };
+}
+
+/**
+ * Whether the input gradient runs through im2col + matmul (the forward's size rule applied to the
+ * transposed convolution gt), unless `forceVariant("conv2dInputGrad", "direct")` keeps it on the
+ * implicit GEMM (tests compare the two).
+ */
+function inputGradByIm2col(gt: Geometry): boolean {
+  return forcedVariant("conv2dInputGrad") !== "direct" && forwardByIm2col(gt);
+}
+
+/** weight [O, C, kh, kw] → [C, O, kh, kw] flipped along both kernel axes (see conv_wflip). */
+function flipWeight(weight: Tensor, g: Geometry): Tensor {
+  const out = new Tensor([g.c, g.o, g.kh, g.kw], "f32");
+  gpu().recorder.dispatch(kernels.weightFlip, {
+    buffers: [weight.binding, out.binding],
+    params: [out.size, g.o, g.c, g.kh * g.kw],
+    constants: { WG },
+    workgroups: grid1d(out.size, WG),
+  });
+  return out;
+}
+
+/**
+ * dL/dx: through im2col + matmul where inputGradByIm2col says so, else (implicit GEMM) a stride-1
+ * convolution of the output gradient, dilated by the stride and padded by k − 1 − pad (cropped
+ * where that is negative), with the weight transposed (O ↔ C) and flipped.
  */
 function inputGrad(grad: Tensor, weight: Tensor, g: Geometry): Tensor {
+  const gt = transposedGeometry(g);
+  if (gt && inputGradByIm2col(gt)) {
+    // The padding is im2col's index math: no padded copy of the gradient is made.
+    const flipped = flipWeight(weight, g);
+    const { out } = forwardIm2col(grad, flipped, null, gt, false);
+    flipped.dispose();
+    return out;
+  }
   const { c, h, w, o, kh, kw, stride, pad } = g;
   const gPadded = copyPlanes(grad, h + kh - 1, 4 * paddedRow4(w, kw), {
     top: kh - 1 - pad.top,
