@@ -328,6 +328,45 @@ for (const tc of inputGradCases) {
   }
 }
 
+// ---- pointwise convolutions as plain matmuls (where im2col is allowed) ---------------------------
+
+/** Runs fn with pointwise convolutions as matmuls (the default) or forced onto the direct path. */
+async function withPointwise<R>(name: "matmul" | "direct", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dPointwise", name === "direct" ? "direct" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dPointwise", null);
+  }
+}
+
+const pointwiseCases: ConvCase[] = [
+  // Odd channels, H·W not a multiple of 4 (the matmul packs x), one image and several.
+  { name: "1x1 C=5 O=7 7x7", xs: [3, 5, 7, 7], ws: [7, 5, 1, 1], stride: 1, padding: 0 },
+  { name: "1x1 C=9 O=3 5x3 N=1", xs: [1, 9, 5, 3], ws: [3, 9, 1, 1], stride: 1, padding: 0 },
+  // Channels multiples of 4, H·W too (the matmul copies its operands flat).
+  { name: "1x1 C=12 O=8 4x6", xs: [2, 12, 4, 6], ws: [8, 12, 1, 1], stride: 1, padding: 0 },
+];
+
+for (const tc of pointwiseCases) {
+  for (const path of ["matmul", "direct"] as const) {
+    for (const mode of ["im2col", "auto"] as const) {
+      Deno.test(
+        `conv2d ${tc.name}, ${mode} lowering, pointwise ${path}: output and gradients match float64`,
+        () => withPointwise(path, () => checkVjp(tc, mode)),
+      );
+    }
+    Deno.test(
+      `conv2d ${tc.name}, pointwise ${path}: backward matches finite differences`,
+      () => withLowering("auto", () => withPointwise(path, () => checkBackward(tc))),
+    );
+    Deno.test(
+      `conv2d ${tc.name}, pointwise ${path}, separate bias reduction: backward matches finite differences`,
+      () => withBiasGrad("separate", () => withPointwise(path, () => checkBackward(tc))),
+    );
+  }
+}
+
 // ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
 
 /** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */

@@ -578,22 +578,72 @@ function weightGradIm2col(
     const k = c * kh * kw;
     // Per image dY_b [O, P] · cols_b [P, K], summed over the batch: each reduction is P long.
     const parts = matmul(grad.view([n, o, hout * wout]), cols.view([n, hout * wout, k])); // [N, O, K]
-    const wShape = [o, c, kh, kw];
-    if (n === 1) return { dw: parts.view(wShape), db: null };
-    if (!withBias || !biasGradInFinish(g)) {
-      return { dw: reduceRaw(parts, 0, "sum").view(wShape), db: null };
-    }
-    const dw = new Tensor(wShape, "f32");
-    const db = new Tensor([o], "f32");
-    gpu().recorder.dispatch(kernels.weightGradFinish, {
-      buffers: [parts.binding, grad.binding, dw.binding, db.binding],
-      params: [o * k, n, o, hout * wout],
-      constants: { WG },
-      workgroups: grid1d(o * k + o, WG),
-    });
-    parts.dispose();
-    return { dw, db };
+    return batchSumWeightGrad(parts, grad, g, withBias);
   });
+}
+
+/**
+ * The weight gradient from its per-image parts [N, O, C·kh·kw]: their sum over the batch, with the
+ * bias gradient (Σ of grad [N, O, Hout, Wout] over images and pixels) in the same pass where
+ * `withBias` and biasGradInFinish allow (else db is null: the caller sums it). Takes over parts.
+ */
+function batchSumWeightGrad(
+  parts: Tensor,
+  grad: Tensor,
+  g: Geometry,
+  withBias: boolean,
+): { dw: Tensor; db: Tensor | null } {
+  const { n, c, o, kh, kw, hout, wout } = g;
+  const k = c * kh * kw;
+  const wShape = [o, c, kh, kw];
+  if (n === 1) return { dw: parts.view(wShape), db: null };
+  if (!withBias || !biasGradInFinish(g)) {
+    return { dw: reduceRaw(parts, 0, "sum").view(wShape), db: null };
+  }
+  const dw = new Tensor(wShape, "f32");
+  const db = new Tensor([o], "f32");
+  gpu().recorder.dispatch(kernels.weightGradFinish, {
+    buffers: [parts.binding, grad.binding, dw.binding, db.binding],
+    params: [o * k, n, o, hout * wout],
+    constants: { WG },
+    workgroups: grid1d(o * k + o, WG),
+  });
+  parts.dispose();
+  return { dw, db };
+}
+
+/**
+ * Whether a pointwise convolution (see isPointwise) runs as plain matmuls (pointwiseConv): where
+ * im2col is allowed (software adapters, or forced), unless
+ * `forceVariant("conv2dPointwise", "direct")` keeps it on the implicit GEMM (tests compare the two).
+ */
+function pointwiseByMatmul(g: Geometry): boolean {
+  return isPointwise(g) && im2colAllowed(g) && forcedVariant("conv2dPointwise") !== "direct";
+}
+
+/**
+ * A pointwise convolution as per-image matmuls on x viewed as [N, C, H·W]: no padded copy, no
+ * weight re-layout, no im2col. y_b = W·x_b (+ bias per row), dx_b = Wᵀ·dy_b, dw = Σ_b dy_b·x_bᵀ
+ * (the bias gradient in the same batch sum: batchSumWeightGrad).
+ */
+function pointwiseConv(x: Tensor, weight: Tensor, bias: Tensor | null, g: Geometry): Tensor {
+  const { n, c, o, h, w } = g;
+  const [x3, w2] = [x.view([n, c, h * w]), weight.view([o, c])];
+  const out = noGrad(() => bias ? matmulRowBias(w2, x3, bias) : matmul(w2, x3));
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  return record("conv2d", out.view([n, o, h, w]), inputs, (grad) =>
+    noGrad(() => {
+      const g3 = grad.view([n, o, h * w]);
+      const withBias = bias?.requiresGrad ?? false;
+      const wg = weight.requiresGrad
+        ? batchSumWeightGrad(matmul(g3, x3, { transB: true }), g3, g, withBias)
+        : null;
+      return [
+        x.requiresGrad ? matmul(w2, g3, { transA: true }).view(x.shape) : null,
+        wg?.dw ?? null,
+        wg?.db ?? (withBias ? sumOuterInner(g3, n, o, h * w) : null),
+      ];
+    }));
 }
 
 /**
@@ -612,6 +662,7 @@ export function conv2d(
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const biasGrad = (gs: Tensor) =>
     bias?.requiresGrad ? sumOuterInner(gs, g0.n, g0.o, g0.hout * g0.wout) : null;
+  if (pointwiseByMatmul(g0)) return pointwiseConv(x, weight, bias, g0);
   if (forwardByIm2col(g0)) {
     // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
     const keepCols = isGradEnabled() && weight.requiresGrad;
