@@ -367,6 +367,54 @@ for (const tc of pointwiseCases) {
   }
 }
 
+// ---- the texture im2col's row variant (stride 1, rows of whole texels) ---------------------------
+
+/** Runs fn with the texture im2col's row variant where it applies (default) or forced off. */
+async function withIm2col<R>(name: "rows" | "window", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dIm2col", name === "window" ? "window" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dIm2col", null);
+  }
+}
+
+// C and W multiples of 4 (the input texture's rows are whole texels), Wout too; odd N, H, O.
+const rowIm2colCases: ConvCase[] = [
+  { name: "rows C=8 3x3 p1", xs: [3, 8, 5, 12], ws: [7, 8, 3, 3], stride: 1, padding: 1 },
+  // No left padding, and left padding beyond a texel (the taps reach two texels back).
+  {
+    name: "rows C=4 1x3 pad {1,0,0,2}",
+    xs: [1, 4, 3, 8],
+    ws: [5, 4, 1, 3],
+    stride: 1,
+    padding: { top: 1, bottom: 0, left: 0, right: 2 },
+  },
+  {
+    name: "rows C=4 2x7 pad {0,1,5,1}",
+    xs: [1, 4, 3, 8],
+    ws: [3, 4, 2, 7],
+    stride: 1,
+    padding: { top: 0, bottom: 1, left: 5, right: 1 },
+  },
+  // O a multiple of 4 as well: the input gradient's im2col of dy takes the row variant too.
+  { name: "rows C=4 O=8 3x3 p1", xs: [2, 4, 3, 4], ws: [8, 4, 3, 3], stride: 1, padding: 1 },
+];
+
+for (const tc of rowIm2colCases) {
+  for (const path of ["rows", "window"] as const) {
+    Deno.test(
+      `conv2d im2col ${tc.name}, ${path}: output and gradients match float64`,
+      () => withIm2col(path, () => checkVjp(tc, "im2col")),
+    );
+    if (prod(tc.xs) + prod(tc.ws) > 1000) continue; // finite differences: small cases only
+    Deno.test(
+      `conv2d im2col ${tc.name}, ${path}: backward matches finite differences`,
+      () => withLowering("im2col", () => withIm2col(path, () => checkBackward(tc))),
+    );
+  }
+}
+
 // ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
 
 /** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */

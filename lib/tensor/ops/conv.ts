@@ -413,6 +413,39 @@ function forwardByIm2col(g: Geometry): boolean {
   return g.stride > 1 || g.c * g.kh * g.kw >= IM2COL_MIN_K;
 }
 
+/** The parameters, bindings and texel helpers both texture im2col kernels share. */
+const IM2COL_TEX_HEADER = /* wgsl */ `
+struct Params {
+  total: u32, c: u32, h: u32, w: u32, hout: u32, wout: u32, stride: u32, top: u32, left: u32,
+}
+@group(0) @binding(0) var src: texture_2d<f32>;
+@group(0) @binding(1) var<storage, read_write> cols: array<vec4f>;
+@group(0) @binding(2) var<uniform> p: Params;
+
+${FLAT_WGSL}`;
+
+/**
+ * The vec4 stores of one window: its kh·kw taps of 4 channels (value q = ci·taps + tap, 4 to a
+ * vec4) at cols[first + j], from `value(ci, ky, kx)` (a WGSL expression).
+ */
+function windowStores(
+  kh: number,
+  kw: number,
+  first: string,
+  value: (ci: number, ky: number, kx: number) => string,
+): string[] {
+  const taps = kh * kw;
+  const lines: string[] = [];
+  for (let j = 0; j < taps; j++) {
+    const vals = [0, 1, 2, 3].map((e) => {
+      const [ci, tap] = [Math.floor((4 * j + e) / taps), (4 * j + e) % taps];
+      return value(ci, Math.floor(tap / kw), tap % kw);
+    });
+    lines.push(`cols[${first} + ${j}u] = vec4f(${vals.join(", ")});`);
+  }
+  return lines;
+}
+
 /**
  * im2col from a texture, for software adapters: the input is read from a flat texture (see
  * flat.ts). Each invocation writes the 4·kh·kw values of one
@@ -428,25 +461,18 @@ function im2colTexSource(kh: number, kw: number): string {
   for (let kx = 0; kx < kw; kx++) {
     lines.push(`let ix${kx} = x0 + ${kx}; let okx${kx} = ix${kx} >= 0 && ix${kx} < i32(p.w);`);
   }
-  const value = (q: number) => {
-    const [ci, tap] = [Math.floor(q / taps), q % taps];
-    const [ky, kx] = [Math.floor(tap / kw), tap % kw];
-    return `tap(base + ${ci} * plane + iy${ky} * i32(p.w) + ix${kx}, oky${ky} && okx${kx})`;
-  };
-  for (let j = 0; j < taps; j++) {
-    const vals = [0, 1, 2, 3].map((e) => value(4 * j + e)).join(", ");
-    lines.push(`cols[first + ${j}u] = vec4f(${vals});`);
-  }
+  lines.push(
+    ...windowStores(
+      kh,
+      kw,
+      "first",
+      (ci, ky, kx) =>
+        `tap(base + ${ci} * plane + iy${ky} * i32(p.w) + ix${kx}, oky${ky} && okx${kx})`,
+    ),
+  );
   return /* wgsl */ `
 // cols[r, k] (see conv_im2col) for ${kh} × ${kw} windows, 4 channels per invocation, from a texture.
-struct Params {
-  total: u32, c: u32, h: u32, w: u32, hout: u32, wout: u32, stride: u32, top: u32, left: u32,
-}
-@group(0) @binding(0) var src: texture_2d<f32>;
-@group(0) @binding(1) var<storage, read_write> cols: array<vec4f>;
-@group(0) @binding(2) var<uniform> p: Params;
-
-${FLAT_WGSL}
+${IM2COL_TEX_HEADER}
 // x at flat index f, or 0 where ok is false (the padding).
 fn tap(f: i32, ok: bool) -> f32 {
   return select(0.0, flat_value(src, u32(max(f, 0))), ok);
@@ -473,19 +499,102 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 `;
 }
 
+/**
+ * The row variant of the texture im2col (stride 1, input and output rows whole texels: W and Wout
+ * multiples of 4): each invocation writes the windows of 4 consecutive output pixels for 4
+ * channels. The input values they read along a row form whole texels (a texel lies entirely inside
+ * or outside the row, so the padding is one check per texel), each fetched once and shared by every
+ * tap and pixel that reads it, where the per-window kernel fetches a texel per value. `left` (the
+ * left padding) fixes which texel and component each tap of each pixel reads: generated per
+ * (kh, kw, left).
+ */
+function im2colTexRowSource(kh: number, kw: number, left: number): string {
+  const taps = kh * kw;
+  // Pixel j's tap kx reads row element 4·ox4 + d, d = j + kx − left: texel ⌊d / 4⌋, component d mod 4.
+  const t0 = Math.floor(-left / 4);
+  const t1 = Math.floor((3 + kw - 1 - left) / 4);
+  const lines: string[] = [];
+  for (let ci = 0; ci < 4; ci++) {
+    for (let ky = 0; ky < kh; ky++) {
+      lines.push(`let row${ci}_${ky} = (base + ${ci}u * plane) + u32(max(y0 + ${ky}, 0)) * w4;`);
+      for (let t = t0; t <= t1; t++) {
+        const id = `${ci}_${ky}_${t - t0}`;
+        lines.push(
+          `let v${id} = select(vec4f(0.0), flat_texel(src, row${ci}_${ky} + u32(max(tx + ${t}, 0))), ` +
+            `oky${ky} && tx + ${t} >= 0 && tx + ${t} < i32(w4));`,
+        );
+      }
+    }
+  }
+  for (let ky = 0; ky < kh; ky++) {
+    lines.splice(
+      0,
+      0,
+      `let oky${kh - 1 - ky} = y0 + ${kh - 1 - ky} >= 0 && y0 + ${kh - 1 - ky} < i32(p.h);`,
+    );
+  }
+  const comp = "xyzw";
+  for (let j = 0; j < 4; j++) {
+    lines.push(...windowStores(kh, kw, `first + ${j * taps}u * groups`, (ci, ky, kx) => {
+      const d = j + kx - left;
+      const t = Math.floor(d / 4);
+      return `v${ci}_${ky}_${t - t0}.${comp[d - 4 * t]}`;
+    }));
+  }
+  return /* wgsl */ `
+// cols[r, k] (see conv_im2col) for ${kh} × ${kw} windows at stride 1, left padding ${left}: 4
+// channels × 4 consecutive pixels of a row per invocation, from a texture.
+${IM2COL_TEX_HEADER}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * ${WG}u;
+  if (i >= p.total) { return; }
+  let groups = p.c / 4u;
+  let c0 = (i % groups) * 4u;
+  let q = i / groups;
+  let wout4 = p.wout / 4u;
+  let ox4 = q % wout4;
+  let t = q / wout4;
+  let oy = t % p.hout;
+  let b = t / p.hout;
+  let r = (b * p.hout + oy) * p.wout + ox4 * 4u;
+  let y0 = i32(oy) - i32(p.top);
+  let w4 = p.w / 4u;
+  let tx = i32(ox4);
+  // In texels: where channel c0's plane starts, and a plane's length.
+  let plane = p.h * w4;
+  let base = (b * p.c + c0) * plane;
+  // Pixel j's window for the 4 channels: ${taps} vec4s from cols[first + ${taps}·j·groups].
+  let first = ((r * p.c + c0) / 4u) * ${taps}u;
+  ${lines.join("\n  ")}
+}
+`;
+}
+
 const im2colTexKernels = new Map<string, Kernel>();
-function im2colTexKernel(kh: number, kw: number): Kernel {
-  const name = `conv_im2col_tex${kh}x${kw}`;
+function im2colTexKernel(kh: number, kw: number, rowLeft: number | null): Kernel {
+  const name = rowLeft === null
+    ? `conv_im2col_tex${kh}x${kw}`
+    : `conv_im2col_texrow${kh}x${kw}l${rowLeft}`;
   let kernel = im2colTexKernels.get(name);
   if (!kernel) {
     kernel = defineKernel({
       name,
-      source: im2colTexSource(kh, kw),
+      source: rowLeft === null ? im2colTexSource(kh, kw) : im2colTexRowSource(kh, kw, rowLeft),
       bindings: ["texture", "write"],
     });
     im2colTexKernels.set(name, kernel);
   }
   return kernel;
+}
+
+/**
+ * Whether the texture im2col of g runs as its row variant (im2colTexRowSource): stride 1, whole
+ * texels per input and output row, unless `forceVariant("conv2dIm2col", "window")` (tests compare).
+ */
+function im2colByRows(g: Geometry): boolean {
+  return g.stride === 1 && g.w % 4 === 0 && g.wout % 4 === 0 &&
+    forcedVariant("conv2dIm2col") !== "window";
 }
 
 /** Whether x [N, C, H, W] takes the texture im2col: 4-channel groups, and a texture that fits. */
@@ -500,12 +609,13 @@ function im2col(x: Tensor, g: Geometry): Tensor {
   const geometry = [g.c, g.h, g.w];
   const window = [g.hout, g.wout, g.stride, g.pad.top, g.pad.left];
   if (im2colByTexture(g)) {
-    const total = (rows * g.c) / 4;
+    const byRows = im2colByRows(g);
+    const total = (rows * g.c) / (byRows ? 16 : 4);
     withFlatTexture(
       x,
       "im2col input",
       (view) =>
-        gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw), {
+        gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw, byRows ? g.pad.left : null), {
           buffers: [view, cols.binding],
           params: [total, ...geometry, ...window],
           workgroups: grid1d(total, WG),
