@@ -415,6 +415,39 @@ for (const tc of rowIm2colCases) {
   }
 }
 
+// ---- the im2col weight gradient over the images' stacked pixels (software adapters, P % 4 ≠ 0) --
+
+/** Runs fn with the stacked weight gradient where it applies (default) or per-image products. */
+async function withWeightGrad<R>(name: "stacked" | "batched", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dWeightGrad", name === "batched" ? "batched" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dWeightGrad", null);
+  }
+}
+
+// Hout·Wout not a multiple of 4, N·Hout·Wout a multiple of 4; odd channels; stride 1 and 2.
+const stackedCases: ConvCase[] = [
+  { name: "stacked 3x3 p1 N=4 7x7", xs: [4, 5, 7, 7], ws: [6, 5, 3, 3], stride: 1, padding: 1 },
+  { name: "stacked 3x3 s2 N=4 5x6", xs: [4, 3, 5, 6], ws: [7, 3, 3, 3], stride: 2, padding: 1 },
+  { name: "stacked 2x2 p0 N=2 4x3", xs: [2, 3, 4, 3], ws: [5, 3, 2, 2], stride: 1, padding: 0 },
+];
+
+for (const tc of stackedCases) {
+  for (const path of ["stacked", "batched"] as const) {
+    Deno.test(
+      `conv2d im2col ${tc.name}, ${path}: output and gradients match float64`,
+      () => withWeightGrad(path, () => checkVjp(tc, "im2col")),
+    );
+    if (prod(tc.xs) + prod(tc.ws) > 1000) continue; // finite differences: small cases only
+    Deno.test(
+      `conv2d im2col ${tc.name}, ${path}: backward matches finite differences`,
+      () => withLowering("im2col", () => withWeightGrad(path, () => checkBackward(tc))),
+    );
+  }
+}
+
 // ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
 
 /** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */

@@ -7,6 +7,7 @@ import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
 import { reduceRaw, sumOuterInner } from "./reduce.ts";
 import { matmul, matmulRowBias } from "./matmul.ts";
+import { permute } from "./shape.ts";
 import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
 import { forcedVariant } from "../../gpu/autotune.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
@@ -686,10 +687,30 @@ function weightGradIm2col(
   const { n, c, o, kh, kw, hout, wout } = g;
   return noGrad(() => {
     const k = c * kh * kw;
+    const pixels = hout * wout;
+    if (weightGradStacked(g)) {
+      // dY permuted to [O, N·P] · cols [N·P, K]: one product over every image's pixels.
+      const dyT = permute(grad.view([n, o, pixels]), [1, 0, 2]).view([o, n * pixels]);
+      const dw = matmul(dyT, cols.view([n * pixels, k])).view([o, c, kh, kw]);
+      return { dw, db: null };
+    }
     // Per image dY_b [O, P] · cols_b [P, K], summed over the batch: each reduction is P long.
-    const parts = matmul(grad.view([n, o, hout * wout]), cols.view([n, hout * wout, k])); // [N, O, K]
+    const parts = matmul(grad.view([n, o, pixels]), cols.view([n, pixels, k])); // [N, O, K]
     return batchSumWeightGrad(parts, grad, g, withBias);
   });
+}
+
+/**
+ * Whether the im2col weight gradient runs as one product over the images' stacked pixels (dY
+ * permuted to [O, N·P], one dispatch) rather than per image then summed: on software adapters where
+ * P = Hout·Wout is not a multiple of 4 (the per-image products would pack both operands into
+ * textures, two dispatches, where the stacked ones copy them) and N·P is; not where
+ * `forceVariant("conv2dWeightGrad", "batched")` keeps the per-image products (tests compare).
+ */
+function weightGradStacked(g: Geometry): boolean {
+  const pixels = g.hout * g.wout;
+  return gpu().info.software && g.n > 1 && pixels % 4 !== 0 && (g.n * pixels) % 4 === 0 &&
+    forcedVariant("conv2dWeightGrad") !== "batched";
 }
 
 /**
@@ -872,9 +893,9 @@ function flipWeight(weight: Tensor, g: Geometry): Tensor {
   const out = new Tensor([g.c, g.o, g.kh, g.kw], "f32");
   gpu().recorder.dispatch(kernels.weightFlip, {
     buffers: [weight.binding, out.binding],
-    params: [out.size, g.o, g.c, g.kh * g.kw],
+    params: [g.c * g.o, g.o, g.c, g.kh * g.kw],
     constants: { WG },
-    workgroups: grid1d(out.size, WG),
+    workgroups: grid1d(g.c * g.o, WG),
   });
   return out;
 }
