@@ -308,6 +308,23 @@ const inputGradCases: ConvCase[] = [
   { name: "C=3 O=8 2x4 p0 (texture)", xs: [1, 3, 6, 10], ws: [8, 3, 2, 4], stride: 1, padding: 0 },
   // What auto's size rule sends to im2col on a software adapter: O·9 ≥ 144 and C ≥ 8.
   { name: "C=9 O=17 3x3 p1", xs: [2, 9, 13, 10], ws: [17, 9, 3, 3], stride: 1, padding: 1 },
+  // Strided: the output gradient dilated by im2col's index math (O a multiple of 4: from a
+  // texture); the downsampling form (padding right and bottom only), and rows no window covers.
+  { name: "s2 C=3 O=8 3x3 p1", xs: [2, 3, 9, 7], ws: [8, 3, 3, 3], stride: 2, padding: 1 },
+  {
+    name: "s2 C=5 O=4 3x3 pad {0,1,0,1}",
+    xs: [1, 5, 6, 8],
+    ws: [4, 5, 3, 3],
+    stride: 2,
+    padding: { top: 0, bottom: 1, left: 0, right: 1 },
+  },
+  {
+    name: "s3 C=2 O=4 2x3 p0 (uncovered rows)",
+    xs: [1, 2, 7, 8],
+    ws: [4, 2, 2, 3],
+    stride: 3,
+    padding: 0,
+  },
   // Padding beyond k − 1 on one side: the implicit GEMM (it crops) whatever the setting.
   { name: "C=4 O=6 2x2 p2", xs: [1, 4, 3, 5], ws: [6, 4, 2, 2], stride: 1, padding: 2 },
 ];

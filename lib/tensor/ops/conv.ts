@@ -110,6 +110,11 @@ interface Geometry {
   /** Size of the stride-1 result the strided one is picked from. */
   h1: number;
   w1: number;
+  /**
+   * The input as seen by the window (im2col only): dilated by this factor, a zero between
+   * neighbours (the strided convolution's output gradient in its input gradient); absent: 1.
+   */
+  dil?: number;
 }
 
 function geometry(x: Tensor, w: Tensor, bias: Tensor | null, options: Conv2dOptions): Geometry {
@@ -453,15 +458,18 @@ function windowStores(
  * window for 4 channels, contiguous in cols, as vec4 stores. The kernel is generated per kernel size,
  * unrolled, so that every tap's position is a constant.
  */
-function im2colTexSource(kh: number, kw: number): string {
+function im2colTexSource(kh: number, kw: number, dil: number): string {
   const taps = kh * kw;
   const lines: string[] = [];
-  for (let ky = 0; ky < kh; ky++) {
-    lines.push(`let iy${ky} = y0 + ${ky}; let oky${ky} = iy${ky} >= 0 && iy${ky} < i32(p.h);`);
-  }
-  for (let kx = 0; kx < kw; kx++) {
-    lines.push(`let ix${kx} = x0 + ${kx}; let okx${kx} = ix${kx} >= 0 && ix${kx} < i32(p.w);`);
-  }
+  // With dil > 1 the window moves over the dilated input: position i holds x[i / dil] where
+  // dil divides i, else 0; iy, ix are then the source row and column.
+  const axis = (v: string, k: number, at: string, len: string) =>
+    dil === 1
+      ? `let i${v}${k} = ${at} + ${k}; let ok${v}${k} = i${v}${k} >= 0 && i${v}${k} < i32(${len});`
+      : `let d${v}${k} = ${at} + ${k}; let i${v}${k} = max(d${v}${k}, 0) / ${dil}; ` +
+        `let ok${v}${k} = d${v}${k} >= 0 && d${v}${k} % ${dil} == 0 && i${v}${k} < i32(${len});`;
+  for (let ky = 0; ky < kh; ky++) lines.push(axis("y", ky, "y0", "p.h"));
+  for (let kx = 0; kx < kw; kx++) lines.push(axis("x", kx, "x0", "p.w"));
   lines.push(
     ...windowStores(
       kh,
@@ -573,15 +581,15 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 }
 
 const im2colTexKernels = new Map<string, Kernel>();
-function im2colTexKernel(kh: number, kw: number, rowLeft: number | null): Kernel {
+function im2colTexKernel(kh: number, kw: number, rowLeft: number | null, dil = 1): Kernel {
   const name = rowLeft === null
-    ? `conv_im2col_tex${kh}x${kw}`
+    ? `conv_im2col_tex${kh}x${kw}${dil > 1 ? `d${dil}` : ""}`
     : `conv_im2col_texrow${kh}x${kw}l${rowLeft}`;
   let kernel = im2colTexKernels.get(name);
   if (!kernel) {
     kernel = defineKernel({
       name,
-      source: rowLeft === null ? im2colTexSource(kh, kw) : im2colTexRowSource(kh, kw, rowLeft),
+      source: rowLeft === null ? im2colTexSource(kh, kw, dil) : im2colTexRowSource(kh, kw, rowLeft),
       bindings: ["texture", "write"],
     });
     im2colTexKernels.set(name, kernel);
@@ -594,7 +602,7 @@ function im2colTexKernel(kh: number, kw: number, rowLeft: number | null): Kernel
  * texels per input and output row, unless `forceVariant("conv2dIm2col", "window")` (tests compare).
  */
 function im2colByRows(g: Geometry): boolean {
-  return g.stride === 1 && g.w % 4 === 0 && g.wout % 4 === 0 &&
+  return g.stride === 1 && (g.dil ?? 1) === 1 && g.w % 4 === 0 && g.wout % 4 === 0 &&
     forcedVariant("conv2dIm2col") !== "window";
 }
 
@@ -616,7 +624,7 @@ function im2col(x: Tensor, g: Geometry): Tensor {
       x,
       "im2col input",
       (view) =>
-        gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw, byRows ? g.pad.left : null), {
+        gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw, byRows ? g.pad.left : null, g.dil), {
           buffers: [view, cols.binding],
           params: [total, ...geometry, ...window],
           workgroups: grid1d(total, WG),
@@ -624,6 +632,7 @@ function im2col(x: Tensor, g: Geometry): Tensor {
     );
     return cols;
   }
+  if ((g.dil ?? 1) > 1) throw new Error("peco: conv2d: a dilated im2col needs the texture kernel");
   gpu().recorder.dispatch(kernels.im2col, {
     buffers: [x.binding, cols.binding],
     params: [rows * g.c, ...geometry, g.kh, g.kw, ...window],
@@ -847,20 +856,21 @@ export function conv2d(
 }
 
 /**
- * The input gradient of a stride-1 convolution g as a convolution of its own: the output gradient
- * [N, O, Hout, Wout] padded by k − 1 − pad on each side, with the weight transposed (O ↔ C) and
- * flipped, gives [N, C, H, W]. Null where the stride is not 1 or a side's padding exceeds k − 1
- * (the gradient would be cropped, not padded).
+ * The input gradient of convolution g as a stride-1 convolution of its own: the output gradient
+ * [N, O, Hout, Wout], dilated by the stride and padded by k − 1 − pad before (after: what makes the
+ * result [N, C, H, W]), with the weight transposed (O ↔ C) and flipped. Null where a side's
+ * padding would be negative (the gradient would be cropped, not padded).
  */
 function transposedGeometry(g: Geometry): Geometry | null {
-  const { kh, kw, pad } = g;
+  const { kh, kw, pad, stride } = g;
+  const [hd, wd] = [(g.hout - 1) * stride + 1, (g.wout - 1) * stride + 1];
   const tpad = {
     top: kh - 1 - pad.top,
-    bottom: kh - 1 - pad.bottom,
+    bottom: g.h + kh - 1 - hd - (kh - 1 - pad.top),
     left: kw - 1 - pad.left,
-    right: kw - 1 - pad.right,
+    right: g.w + kw - 1 - wd - (kw - 1 - pad.left),
   };
-  if (g.stride !== 1 || Object.values(tpad).some((v) => v < 0)) return null;
+  if (Object.values(tpad).some((v) => v < 0)) return null;
   const { n, h, w } = g;
   return {
     n,
@@ -876,16 +886,18 @@ function transposedGeometry(g: Geometry): Geometry | null {
     wout: w,
     h1: h,
     w1: w,
+    dil: stride,
   };
 }
 
 /**
  * Whether the input gradient runs through im2col + matmul (the forward's size rule applied to the
- * transposed convolution gt), unless `forceVariant("conv2dInputGrad", "direct")` keeps it on the
- * implicit GEMM (tests compare the two).
+ * transposed convolution gt; a dilated one only from a texture), unless
+ * `forceVariant("conv2dInputGrad", "direct")` keeps it on the implicit GEMM (tests compare the two).
  */
 function inputGradByIm2col(gt: Geometry): boolean {
-  return forcedVariant("conv2dInputGrad") !== "direct" && forwardByIm2col(gt);
+  return forcedVariant("conv2dInputGrad") !== "direct" && forwardByIm2col(gt) &&
+    ((gt.dil ?? 1) === 1 || im2colByTexture(gt));
 }
 
 /** weight [O, C, kh, kw] → [C, O, kh, kw] flipped along both kernel axes (see conv_wflip). */
