@@ -713,13 +713,14 @@ function weightGradIm2col(
  * Whether the im2col weight gradient runs as one product over the images' stacked pixels (dY
  * permuted to [O, N·P], one dispatch) rather than per image then summed: on software adapters where
  * P = Hout·Wout is not a multiple of 4 (the per-image products would pack both operands into
- * textures, two dispatches, where the stacked ones copy them) and N·P is; not where
+ * textures, two dispatches, where the stacked ones copy them) and N·P is (and within the
+ * longest reduction allowed); not where
  * `forceVariant("conv2dWeightGrad", "batched")` keeps the per-image products (tests compare).
  */
 function weightGradStacked(g: Geometry): boolean {
   const pixels = g.hout * g.wout;
   return gpu().info.software && g.n > 1 && pixels % 4 !== 0 && (g.n * pixels) % 4 === 0 &&
-    forcedVariant("conv2dWeightGrad") !== "batched";
+    g.n * pixels <= IM2COL_MAX_K && forcedVariant("conv2dWeightGrad") !== "batched";
 }
 
 /**
