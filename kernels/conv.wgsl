@@ -95,6 +95,29 @@ fn conv_wprep(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups
   wprep_out[ob / wpp.bpc * wpp.cstride + ob % wpp.bpc * wpp.bsize + i % wpp.bsize] = v;
 }
 
+// The input gradient's weight for the im2col lowering (the transposed, flipped kernel as a matrix
+// [c, o·kh·kw]): wf[c, o, t] = w[o, c, taps − 1 − t], t = ky·kw + kx, taps = kh·kw (flipping the
+// flattened tap index flips both axes). One invocation per (c, o) moves its taps: integer division
+// is a scalar loop per lane on lavapipe, so it is done once per kernel rather than once per tap.
+struct WFlip { pairs: u32, o: u32, c: u32, taps: u32 }
+
+@group(0) @binding(0) var<storage, read> wflip_src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> wflip_out: array<f32>;
+@group(0) @binding(2) var<uniform> wfl: WFlip;
+
+@compute @workgroup_size(WG)
+fn conv_wflip(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= wfl.pairs) { return; }
+  let o = i % wfl.o;
+  let c = i / wfl.o;
+  let src = (o * wfl.c + c + 1u) * wfl.taps - 1u;
+  let dst = i * wfl.taps;
+  for (var t = 0u; t < wfl.taps; t++) {
+    wflip_out[dst + t] = wflip_src[src - t];
+  }
+}
+
 // ---- register blocks shared by both GEMMs --------------------------------------------------------
 
 /** Up to 9 consecutive vec4s of a row (one more than a block's pixel groups, for the shifts). */

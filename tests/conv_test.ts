@@ -246,11 +246,21 @@ Deno.test("conv2d: im2col and direct paths agree (output and all gradients) at a
   );
 });
 
-// ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
+// ---- the input gradient through im2col + matmul (stride 1: the padding is im2col's index math) --
 
-/** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */
-async function checkDirectLarge(tc: ConvCase): Promise<void> {
-  await withLowering("direct", async () => {
+/** Runs fn with the stride-1 input gradient on im2col + matmul (the default) or forced direct. */
+async function withInputGrad<R>(name: "im2col" | "direct", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dInputGrad", name === "direct" ? "direct" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dInputGrad", null);
+  }
+}
+
+/** Output and all gradients under `mode` against float64 (the reference's vector-Jacobian). */
+async function checkVjp(tc: ConvCase, mode: ConvLowering): Promise<void> {
+  await withLowering(mode, async () => {
     const xd = randArray(prod(tc.xs), 11), wd = randArray(prod(tc.ws), 12);
     const bd = randArray(tc.ws[0], 13);
     const x = T.tensor(xd, tc.xs), w = T.tensor(wd, tc.ws), b = T.tensor(bd, [tc.ws[0]]);
@@ -276,6 +286,189 @@ async function checkDirectLarge(tc: ConvCase): Promise<void> {
     }
   });
 }
+
+const inputGradCases: ConvCase[] = [
+  // Odd channels and sizes, asymmetric padding (the transposed conv's k − 1 − pad differs by side).
+  {
+    name: "C=5 O=7 3x3 pad {0,2,1,0}",
+    xs: [2, 5, 9, 7],
+    ws: [7, 5, 3, 3],
+    stride: 1,
+    padding: { top: 0, bottom: 2, left: 1, right: 0 },
+  },
+  // O a multiple of 4: the gradient's im2col reads it from a texture.
+  {
+    name: "C=9 O=12 3x3 p1 (texture)",
+    xs: [3, 9, 11, 13],
+    ws: [12, 9, 3, 3],
+    stride: 1,
+    padding: 1,
+  },
+  // Unpadded 2x4 kernel: the transposed conv pads by k − 1 on every side.
+  { name: "C=3 O=8 2x4 p0 (texture)", xs: [1, 3, 6, 10], ws: [8, 3, 2, 4], stride: 1, padding: 0 },
+  // What auto's size rule sends to im2col on a software adapter: O·9 ≥ 144 and C ≥ 8.
+  { name: "C=9 O=17 3x3 p1", xs: [2, 9, 13, 10], ws: [17, 9, 3, 3], stride: 1, padding: 1 },
+  // Strided: the output gradient dilated by im2col's index math (O a multiple of 4: from a
+  // texture); the downsampling form (padding right and bottom only), and rows no window covers.
+  { name: "s2 C=3 O=8 3x3 p1", xs: [2, 3, 9, 7], ws: [8, 3, 3, 3], stride: 2, padding: 1 },
+  {
+    name: "s2 C=5 O=4 3x3 pad {0,1,0,1}",
+    xs: [1, 5, 6, 8],
+    ws: [4, 5, 3, 3],
+    stride: 2,
+    padding: { top: 0, bottom: 1, left: 0, right: 1 },
+  },
+  {
+    name: "s3 C=2 O=4 2x3 p0 (uncovered rows)",
+    xs: [1, 2, 7, 8],
+    ws: [4, 2, 2, 3],
+    stride: 3,
+    padding: 0,
+  },
+  // Padding beyond k − 1 on one side: the implicit GEMM (it crops) whatever the setting.
+  { name: "C=4 O=6 2x2 p2", xs: [1, 4, 3, 5], ws: [6, 4, 2, 2], stride: 1, padding: 2 },
+];
+
+for (const tc of inputGradCases) {
+  for (const path of ["im2col", "direct"] as const) {
+    for (const mode of ["im2col", "auto"] as const) {
+      Deno.test(
+        `conv2d ${tc.name}, ${mode} lowering, input gradient ${path}: output and gradients match float64`,
+        () => withInputGrad(path, () => checkVjp(tc, mode)),
+      );
+    }
+    if (prod(tc.xs) + prod(tc.ws) > 1000) continue; // finite differences: small cases only
+    Deno.test(
+      `conv2d ${tc.name}, im2col lowering, input gradient ${path}: backward matches finite differences`,
+      () => withLowering("im2col", () => withInputGrad(path, () => checkBackward(tc))),
+    );
+  }
+}
+
+// ---- pointwise convolutions as plain matmuls (where im2col is allowed) ---------------------------
+
+/** Runs fn with pointwise convolutions as matmuls (the default) or forced onto the direct path. */
+async function withPointwise<R>(name: "matmul" | "direct", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dPointwise", name === "direct" ? "direct" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dPointwise", null);
+  }
+}
+
+const pointwiseCases: ConvCase[] = [
+  // Odd channels, H·W not a multiple of 4 (the matmul packs x), one image and several.
+  { name: "1x1 C=5 O=7 7x7", xs: [3, 5, 7, 7], ws: [7, 5, 1, 1], stride: 1, padding: 0 },
+  { name: "1x1 C=9 O=3 5x3 N=1", xs: [1, 9, 5, 3], ws: [3, 9, 1, 1], stride: 1, padding: 0 },
+  // Channels multiples of 4, H·W too (the matmul copies its operands flat).
+  { name: "1x1 C=12 O=8 4x6", xs: [2, 12, 4, 6], ws: [8, 12, 1, 1], stride: 1, padding: 0 },
+];
+
+for (const tc of pointwiseCases) {
+  for (const path of ["matmul", "direct"] as const) {
+    for (const mode of ["im2col", "auto"] as const) {
+      Deno.test(
+        `conv2d ${tc.name}, ${mode} lowering, pointwise ${path}: output and gradients match float64`,
+        () => withPointwise(path, () => checkVjp(tc, mode)),
+      );
+    }
+    Deno.test(
+      `conv2d ${tc.name}, pointwise ${path}: backward matches finite differences`,
+      () => withLowering("auto", () => withPointwise(path, () => checkBackward(tc))),
+    );
+    Deno.test(
+      `conv2d ${tc.name}, pointwise ${path}, separate bias reduction: backward matches finite differences`,
+      () => withBiasGrad("separate", () => withPointwise(path, () => checkBackward(tc))),
+    );
+  }
+}
+
+// ---- the texture im2col's row variant (stride 1, rows of whole texels) ---------------------------
+
+/** Runs fn with the texture im2col's row variant where it applies (default) or forced off. */
+async function withIm2col<R>(name: "rows" | "window", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dIm2col", name === "window" ? "window" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dIm2col", null);
+  }
+}
+
+// C and W multiples of 4 (the input texture's rows are whole texels), Wout too; odd N, H, O.
+const rowIm2colCases: ConvCase[] = [
+  { name: "rows C=8 3x3 p1", xs: [3, 8, 5, 12], ws: [7, 8, 3, 3], stride: 1, padding: 1 },
+  // No left padding, and left padding beyond a texel (the taps reach two texels back).
+  {
+    name: "rows C=4 1x3 pad {1,0,0,2}",
+    xs: [1, 4, 3, 8],
+    ws: [5, 4, 1, 3],
+    stride: 1,
+    padding: { top: 1, bottom: 0, left: 0, right: 2 },
+  },
+  {
+    name: "rows C=4 2x7 pad {0,1,5,1}",
+    xs: [1, 4, 3, 8],
+    ws: [3, 4, 2, 7],
+    stride: 1,
+    padding: { top: 0, bottom: 1, left: 5, right: 1 },
+  },
+  // O a multiple of 4 as well: the input gradient's im2col of dy takes the row variant too.
+  { name: "rows C=4 O=8 3x3 p1", xs: [2, 4, 3, 4], ws: [8, 4, 3, 3], stride: 1, padding: 1 },
+];
+
+for (const tc of rowIm2colCases) {
+  for (const path of ["rows", "window"] as const) {
+    Deno.test(
+      `conv2d im2col ${tc.name}, ${path}: output and gradients match float64`,
+      () => withIm2col(path, () => checkVjp(tc, "im2col")),
+    );
+    if (prod(tc.xs) + prod(tc.ws) > 1000) continue; // finite differences: small cases only
+    Deno.test(
+      `conv2d im2col ${tc.name}, ${path}: backward matches finite differences`,
+      () => withLowering("im2col", () => withIm2col(path, () => checkBackward(tc))),
+    );
+  }
+}
+
+// ---- the im2col weight gradient over the images' stacked pixels (software adapters, P % 4 ≠ 0) --
+
+/** Runs fn with the stacked weight gradient where it applies (default) or per-image products. */
+async function withWeightGrad<R>(name: "stacked" | "batched", fn: () => Promise<R>): Promise<R> {
+  forceVariant("conv2dWeightGrad", name === "batched" ? "batched" : null);
+  try {
+    return await fn();
+  } finally {
+    forceVariant("conv2dWeightGrad", null);
+  }
+}
+
+// Hout·Wout not a multiple of 4, N·Hout·Wout a multiple of 4; odd channels; stride 1 and 2.
+const stackedCases: ConvCase[] = [
+  { name: "stacked 3x3 p1 N=4 7x7", xs: [4, 5, 7, 7], ws: [6, 5, 3, 3], stride: 1, padding: 1 },
+  { name: "stacked 3x3 s2 N=4 5x6", xs: [4, 3, 5, 6], ws: [7, 3, 3, 3], stride: 2, padding: 1 },
+  { name: "stacked 2x2 p0 N=2 4x3", xs: [2, 3, 4, 3], ws: [5, 3, 2, 2], stride: 1, padding: 0 },
+];
+
+for (const tc of stackedCases) {
+  for (const path of ["stacked", "batched"] as const) {
+    Deno.test(
+      `conv2d im2col ${tc.name}, ${path}: output and gradients match float64`,
+      () => withWeightGrad(path, () => checkVjp(tc, "im2col")),
+    );
+    if (prod(tc.xs) + prod(tc.ws) > 1000) continue; // finite differences: small cases only
+    Deno.test(
+      `conv2d im2col ${tc.name}, ${path}: backward matches finite differences`,
+      () => withLowering("im2col", () => withWeightGrad(path, () => checkBackward(tc))),
+    );
+  }
+}
+
+// ---- the implicit GEMM's weight operand: 64 KiB uniform slots, or storage beyond one block ------
+
+/** Output and all gradients of the direct path (implicit GEMM both ways) against float64. */
+const checkDirectLarge = (tc: ConvCase) => checkVjp(tc, "direct");
 
 const largeWeightCases: ConvCase[] = [
   // Forward: 3 blocks of 16 channels, one 67·9·16-float block per 64 KiB slot (3 dispatches);

@@ -7,6 +7,7 @@ import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { isGradEnabled, noGrad, record, Tensor } from "../tensor.ts";
 import { reduceRaw, sumOuterInner } from "./reduce.ts";
 import { matmul, matmulRowBias } from "./matmul.ts";
+import { permute } from "./shape.ts";
 import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
 import { forcedVariant } from "../../gpu/autotune.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
@@ -39,6 +40,12 @@ const kernels = {
     source: src,
     entry: "conv_fwd",
     bindings: ["read", "read", "read", "write", "uniform"],
+  }),
+  weightFlip: defineKernel({
+    name: "conv_wflip",
+    source: src,
+    entry: "conv_wflip",
+    bindings: ["read", "write"],
   }),
   weightGrad: defineKernel({
     name: "conv_wgrad",
@@ -103,6 +110,11 @@ interface Geometry {
   /** Size of the stride-1 result the strided one is picked from. */
   h1: number;
   w1: number;
+  /**
+   * The input as seen by the window (im2col only): dilated by this factor, a zero between
+   * neighbours (the strided convolution's output gradient in its input gradient); absent: 1.
+   */
+  dil?: number;
 }
 
 function geometry(x: Tensor, w: Tensor, bias: Tensor | null, options: Conv2dOptions): Geometry {
@@ -407,32 +419,8 @@ function forwardByIm2col(g: Geometry): boolean {
   return g.stride > 1 || g.c * g.kh * g.kw >= IM2COL_MIN_K;
 }
 
-/**
- * im2col from a texture, for software adapters: the input is read from a flat texture (see
- * flat.ts). Each invocation writes the 4·kh·kw values of one
- * window for 4 channels, contiguous in cols, as vec4 stores. The kernel is generated per kernel size,
- * unrolled, so that every tap's position is a constant.
- */
-function im2colTexSource(kh: number, kw: number): string {
-  const taps = kh * kw;
-  const lines: string[] = [];
-  for (let ky = 0; ky < kh; ky++) {
-    lines.push(`let iy${ky} = y0 + ${ky}; let oky${ky} = iy${ky} >= 0 && iy${ky} < i32(p.h);`);
-  }
-  for (let kx = 0; kx < kw; kx++) {
-    lines.push(`let ix${kx} = x0 + ${kx}; let okx${kx} = ix${kx} >= 0 && ix${kx} < i32(p.w);`);
-  }
-  const value = (q: number) => {
-    const [ci, tap] = [Math.floor(q / taps), q % taps];
-    const [ky, kx] = [Math.floor(tap / kw), tap % kw];
-    return `tap(base + ${ci} * plane + iy${ky} * i32(p.w) + ix${kx}, oky${ky} && okx${kx})`;
-  };
-  for (let j = 0; j < taps; j++) {
-    const vals = [0, 1, 2, 3].map((e) => value(4 * j + e)).join(", ");
-    lines.push(`cols[first + ${j}u] = vec4f(${vals});`);
-  }
-  return /* wgsl */ `
-// cols[r, k] (see conv_im2col) for ${kh} × ${kw} windows, 4 channels per invocation, from a texture.
+/** The parameters, bindings and texel helpers both texture im2col kernels share. */
+const IM2COL_TEX_HEADER = /* wgsl */ `
 struct Params {
   total: u32, c: u32, h: u32, w: u32, hout: u32, wout: u32, stride: u32, top: u32, left: u32,
 }
@@ -440,7 +428,60 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> cols: array<vec4f>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-${FLAT_WGSL}
+${FLAT_WGSL}`;
+
+/**
+ * The vec4 stores of one window: its kh·kw taps of 4 channels (value q = ci·taps + tap, 4 to a
+ * vec4) at cols[first + j], from `value(ci, ky, kx)` (a WGSL expression).
+ */
+function windowStores(
+  kh: number,
+  kw: number,
+  first: string,
+  value: (ci: number, ky: number, kx: number) => string,
+): string[] {
+  const taps = kh * kw;
+  const lines: string[] = [];
+  for (let j = 0; j < taps; j++) {
+    const vals = [0, 1, 2, 3].map((e) => {
+      const [ci, tap] = [Math.floor((4 * j + e) / taps), (4 * j + e) % taps];
+      return value(ci, Math.floor(tap / kw), tap % kw);
+    });
+    lines.push(`cols[${first} + ${j}u] = vec4f(${vals.join(", ")});`);
+  }
+  return lines;
+}
+
+/**
+ * im2col from a texture, for software adapters: the input is read from a flat texture (see
+ * flat.ts). Each invocation writes the 4·kh·kw values of one
+ * window for 4 channels, contiguous in cols, as vec4 stores. The kernel is generated per kernel size,
+ * unrolled, so that every tap's position is a constant.
+ */
+function im2colTexSource(kh: number, kw: number, dil: number): string {
+  const taps = kh * kw;
+  const lines: string[] = [];
+  // With dil > 1 the window moves over the dilated input: position i holds x[i / dil] where
+  // dil divides i, else 0; iy, ix are then the source row and column.
+  const axis = (v: string, k: number, at: string, len: string) =>
+    dil === 1
+      ? `let i${v}${k} = ${at} + ${k}; let ok${v}${k} = i${v}${k} >= 0 && i${v}${k} < i32(${len});`
+      : `let d${v}${k} = ${at} + ${k}; let i${v}${k} = max(d${v}${k}, 0) / ${dil}; ` +
+        `let ok${v}${k} = d${v}${k} >= 0 && d${v}${k} % ${dil} == 0 && i${v}${k} < i32(${len});`;
+  for (let ky = 0; ky < kh; ky++) lines.push(axis("y", ky, "y0", "p.h"));
+  for (let kx = 0; kx < kw; kx++) lines.push(axis("x", kx, "x0", "p.w"));
+  lines.push(
+    ...windowStores(
+      kh,
+      kw,
+      "first",
+      (ci, ky, kx) =>
+        `tap(base + ${ci} * plane + iy${ky} * i32(p.w) + ix${kx}, oky${ky} && okx${kx})`,
+    ),
+  );
+  return /* wgsl */ `
+// cols[r, k] (see conv_im2col) for ${kh} × ${kw} windows, 4 channels per invocation, from a texture.
+${IM2COL_TEX_HEADER}
 // x at flat index f, or 0 where ok is false (the padding).
 fn tap(f: i32, ok: bool) -> f32 {
   return select(0.0, flat_value(src, u32(max(f, 0))), ok);
@@ -467,19 +508,102 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
 `;
 }
 
+/**
+ * The row variant of the texture im2col (stride 1, input and output rows whole texels: W and Wout
+ * multiples of 4): each invocation writes the windows of 4 consecutive output pixels for 4
+ * channels. The input values they read along a row form whole texels (a texel lies entirely inside
+ * or outside the row, so the padding is one check per texel), each fetched once and shared by every
+ * tap and pixel that reads it, where the per-window kernel fetches a texel per value. `left` (the
+ * left padding) fixes which texel and component each tap of each pixel reads: generated per
+ * (kh, kw, left).
+ */
+function im2colTexRowSource(kh: number, kw: number, left: number): string {
+  const taps = kh * kw;
+  // Pixel j's tap kx reads row element 4·ox4 + d, d = j + kx − left: texel ⌊d / 4⌋, component d mod 4.
+  const t0 = Math.floor(-left / 4);
+  const t1 = Math.floor((3 + kw - 1 - left) / 4);
+  const lines: string[] = [];
+  for (let ci = 0; ci < 4; ci++) {
+    for (let ky = 0; ky < kh; ky++) {
+      lines.push(`let row${ci}_${ky} = (base + ${ci}u * plane) + u32(max(y0 + ${ky}, 0)) * w4;`);
+      for (let t = t0; t <= t1; t++) {
+        const id = `${ci}_${ky}_${t - t0}`;
+        lines.push(
+          `let v${id} = select(vec4f(0.0), flat_texel(src, row${ci}_${ky} + u32(max(tx + ${t}, 0))), ` +
+            `oky${ky} && tx + ${t} >= 0 && tx + ${t} < i32(w4));`,
+        );
+      }
+    }
+  }
+  for (let ky = 0; ky < kh; ky++) {
+    lines.splice(
+      0,
+      0,
+      `let oky${kh - 1 - ky} = y0 + ${kh - 1 - ky} >= 0 && y0 + ${kh - 1 - ky} < i32(p.h);`,
+    );
+  }
+  const comp = "xyzw";
+  for (let j = 0; j < 4; j++) {
+    lines.push(...windowStores(kh, kw, `first + ${j * taps}u * groups`, (ci, ky, kx) => {
+      const d = j + kx - left;
+      const t = Math.floor(d / 4);
+      return `v${ci}_${ky}_${t - t0}.${comp[d - 4 * t]}`;
+    }));
+  }
+  return /* wgsl */ `
+// cols[r, k] (see conv_im2col) for ${kh} × ${kw} windows at stride 1, left padding ${left}: 4
+// channels × 4 consecutive pixels of a row per invocation, from a texture.
+${IM2COL_TEX_HEADER}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * ${WG}u;
+  if (i >= p.total) { return; }
+  let groups = p.c / 4u;
+  let c0 = (i % groups) * 4u;
+  let q = i / groups;
+  let wout4 = p.wout / 4u;
+  let ox4 = q % wout4;
+  let t = q / wout4;
+  let oy = t % p.hout;
+  let b = t / p.hout;
+  let r = (b * p.hout + oy) * p.wout + ox4 * 4u;
+  let y0 = i32(oy) - i32(p.top);
+  let w4 = p.w / 4u;
+  let tx = i32(ox4);
+  // In texels: where channel c0's plane starts, and a plane's length.
+  let plane = p.h * w4;
+  let base = (b * p.c + c0) * plane;
+  // Pixel j's window for the 4 channels: ${taps} vec4s from cols[first + ${taps}·j·groups].
+  let first = ((r * p.c + c0) / 4u) * ${taps}u;
+  ${lines.join("\n  ")}
+}
+`;
+}
+
 const im2colTexKernels = new Map<string, Kernel>();
-function im2colTexKernel(kh: number, kw: number): Kernel {
-  const name = `conv_im2col_tex${kh}x${kw}`;
+function im2colTexKernel(kh: number, kw: number, rowLeft: number | null, dil = 1): Kernel {
+  const name = rowLeft === null
+    ? `conv_im2col_tex${kh}x${kw}${dil > 1 ? `d${dil}` : ""}`
+    : `conv_im2col_texrow${kh}x${kw}l${rowLeft}`;
   let kernel = im2colTexKernels.get(name);
   if (!kernel) {
     kernel = defineKernel({
       name,
-      source: im2colTexSource(kh, kw),
+      source: rowLeft === null ? im2colTexSource(kh, kw, dil) : im2colTexRowSource(kh, kw, rowLeft),
       bindings: ["texture", "write"],
     });
     im2colTexKernels.set(name, kernel);
   }
   return kernel;
+}
+
+/**
+ * Whether the texture im2col of g runs as its row variant (im2colTexRowSource): stride 1, whole
+ * texels per input and output row, unless `forceVariant("conv2dIm2col", "window")` (tests compare).
+ */
+function im2colByRows(g: Geometry): boolean {
+  return g.stride === 1 && (g.dil ?? 1) === 1 && g.w % 4 === 0 && g.wout % 4 === 0 &&
+    forcedVariant("conv2dIm2col") !== "window";
 }
 
 /** Whether x [N, C, H, W] takes the texture im2col: 4-channel groups, and a texture that fits. */
@@ -494,12 +618,13 @@ function im2col(x: Tensor, g: Geometry): Tensor {
   const geometry = [g.c, g.h, g.w];
   const window = [g.hout, g.wout, g.stride, g.pad.top, g.pad.left];
   if (im2colByTexture(g)) {
-    const total = (rows * g.c) / 4;
+    const byRows = im2colByRows(g);
+    const total = (rows * g.c) / (byRows ? 16 : 4);
     withFlatTexture(
       x,
       "im2col input",
       (view) =>
-        gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw), {
+        gpu().recorder.dispatch(im2colTexKernel(g.kh, g.kw, byRows ? g.pad.left : null, g.dil), {
           buffers: [view, cols.binding],
           params: [total, ...geometry, ...window],
           workgroups: grid1d(total, WG),
@@ -507,6 +632,7 @@ function im2col(x: Tensor, g: Geometry): Tensor {
     );
     return cols;
   }
+  if ((g.dil ?? 1) > 1) throw new Error("peco: conv2d: a dilated im2col needs the texture kernel");
   gpu().recorder.dispatch(kernels.im2col, {
     buffers: [x.binding, cols.binding],
     params: [rows * g.c, ...geometry, g.kh, g.kw, ...window],
@@ -570,24 +696,95 @@ function weightGradIm2col(
   const { n, c, o, kh, kw, hout, wout } = g;
   return noGrad(() => {
     const k = c * kh * kw;
-    // Per image dY_b [O, P] · cols_b [P, K], summed over the batch: each reduction is P long.
-    const parts = matmul(grad.view([n, o, hout * wout]), cols.view([n, hout * wout, k])); // [N, O, K]
-    const wShape = [o, c, kh, kw];
-    if (n === 1) return { dw: parts.view(wShape), db: null };
-    if (!withBias || !biasGradInFinish(g)) {
-      return { dw: reduceRaw(parts, 0, "sum").view(wShape), db: null };
+    const pixels = hout * wout;
+    if (weightGradStacked(g)) {
+      // dY permuted to [O, N·P] · cols [N·P, K]: one product over every image's pixels.
+      const dyT = permute(grad.view([n, o, pixels]), [1, 0, 2]).view([o, n * pixels]);
+      const dw = matmul(dyT, cols.view([n * pixels, k])).view([o, c, kh, kw]);
+      return { dw, db: null };
     }
-    const dw = new Tensor(wShape, "f32");
-    const db = new Tensor([o], "f32");
-    gpu().recorder.dispatch(kernels.weightGradFinish, {
-      buffers: [parts.binding, grad.binding, dw.binding, db.binding],
-      params: [o * k, n, o, hout * wout],
-      constants: { WG },
-      workgroups: grid1d(o * k + o, WG),
-    });
-    parts.dispose();
-    return { dw, db };
+    // Per image dY_b [O, P] · cols_b [P, K], summed over the batch: each reduction is P long.
+    const parts = matmul(grad.view([n, o, pixels]), cols.view([n, pixels, k])); // [N, O, K]
+    return batchSumWeightGrad(parts, grad, g, withBias);
   });
+}
+
+/**
+ * Whether the im2col weight gradient runs as one product over the images' stacked pixels (dY
+ * permuted to [O, N·P], one dispatch) rather than per image then summed: on software adapters where
+ * P = Hout·Wout is not a multiple of 4 (the per-image products would pack both operands into
+ * textures, two dispatches, where the stacked ones copy them) and N·P is (and within the
+ * longest reduction allowed); not where
+ * `forceVariant("conv2dWeightGrad", "batched")` keeps the per-image products (tests compare).
+ */
+function weightGradStacked(g: Geometry): boolean {
+  const pixels = g.hout * g.wout;
+  return gpu().info.software && g.n > 1 && pixels % 4 !== 0 && (g.n * pixels) % 4 === 0 &&
+    g.n * pixels <= IM2COL_MAX_K && forcedVariant("conv2dWeightGrad") !== "batched";
+}
+
+/**
+ * The weight gradient from its per-image parts [N, O, C·kh·kw]: their sum over the batch, with the
+ * bias gradient (Σ of grad [N, O, Hout, Wout] over images and pixels) in the same pass where
+ * `withBias` and biasGradInFinish allow (else db is null: the caller sums it). Takes over parts.
+ */
+function batchSumWeightGrad(
+  parts: Tensor,
+  grad: Tensor,
+  g: Geometry,
+  withBias: boolean,
+): { dw: Tensor; db: Tensor | null } {
+  const { n, c, o, kh, kw, hout, wout } = g;
+  const k = c * kh * kw;
+  const wShape = [o, c, kh, kw];
+  if (n === 1) return { dw: parts.view(wShape), db: null };
+  if (!withBias || !biasGradInFinish(g)) {
+    return { dw: reduceRaw(parts, 0, "sum").view(wShape), db: null };
+  }
+  const dw = new Tensor(wShape, "f32");
+  const db = new Tensor([o], "f32");
+  gpu().recorder.dispatch(kernels.weightGradFinish, {
+    buffers: [parts.binding, grad.binding, dw.binding, db.binding],
+    params: [o * k, n, o, hout * wout],
+    constants: { WG },
+    workgroups: grid1d(o * k + o, WG),
+  });
+  parts.dispose();
+  return { dw, db };
+}
+
+/**
+ * Whether a pointwise convolution (see isPointwise) runs as plain matmuls (pointwiseConv): where
+ * im2col is allowed (software adapters, or forced), unless
+ * `forceVariant("conv2dPointwise", "direct")` keeps it on the implicit GEMM (tests compare the two).
+ */
+function pointwiseByMatmul(g: Geometry): boolean {
+  return isPointwise(g) && im2colAllowed(g) && forcedVariant("conv2dPointwise") !== "direct";
+}
+
+/**
+ * A pointwise convolution as per-image matmuls on x viewed as [N, C, H·W]: no padded copy, no
+ * weight re-layout, no im2col. y_b = W·x_b (+ bias per row), dx_b = Wᵀ·dy_b, dw = Σ_b dy_b·x_bᵀ
+ * (the bias gradient in the same batch sum: batchSumWeightGrad).
+ */
+function pointwiseConv(x: Tensor, weight: Tensor, bias: Tensor | null, g: Geometry): Tensor {
+  const { n, c, o, h, w } = g;
+  const [x3, w2] = [x.view([n, c, h * w]), weight.view([o, c])];
+  const out = noGrad(() => bias ? matmulRowBias(w2, x3, bias) : matmul(w2, x3));
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  return record("conv2d", out.view([n, o, h, w]), inputs, (grad) =>
+    noGrad(() => {
+      const g3 = grad.view([n, o, h * w]);
+      const withBias = bias?.requiresGrad ?? false;
+      const wg = weight.requiresGrad
+        ? batchSumWeightGrad(matmul(g3, x3, { transB: true }), g3, g, withBias)
+        : null;
+      return [
+        x.requiresGrad ? matmul(w2, g3, { transA: true }).view(x.shape) : null,
+        wg?.dw ?? null,
+        wg?.db ?? (withBias ? sumOuterInner(g3, n, o, h * w) : null),
+      ];
+    }));
 }
 
 /**
@@ -606,6 +803,7 @@ export function conv2d(
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const biasGrad = (gs: Tensor) =>
     bias?.requiresGrad ? sumOuterInner(gs, g0.n, g0.o, g0.hout * g0.wout) : null;
+  if (pointwiseByMatmul(g0)) return pointwiseConv(x, weight, bias, g0);
   if (forwardByIm2col(g0)) {
     // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
     const keepCols = isGradEnabled() && weight.requiresGrad;
@@ -659,10 +857,76 @@ export function conv2d(
 }
 
 /**
- * dL/dx: a stride-1 convolution of the output gradient, dilated by the stride and padded by
- * k − 1 − pad (cropped where that is negative), with the weight transposed (O ↔ C) and flipped.
+ * The input gradient of convolution g as a stride-1 convolution of its own: the output gradient
+ * [N, O, Hout, Wout], dilated by the stride and padded by k − 1 − pad before (after: what makes the
+ * result [N, C, H, W]), with the weight transposed (O ↔ C) and flipped. Null where a side's
+ * padding would be negative (the gradient would be cropped, not padded).
+ */
+function transposedGeometry(g: Geometry): Geometry | null {
+  const { kh, kw, pad, stride } = g;
+  const [hd, wd] = [(g.hout - 1) * stride + 1, (g.wout - 1) * stride + 1];
+  const tpad = {
+    top: kh - 1 - pad.top,
+    bottom: g.h + kh - 1 - hd - (kh - 1 - pad.top),
+    left: kw - 1 - pad.left,
+    right: g.w + kw - 1 - wd - (kw - 1 - pad.left),
+  };
+  if (Object.values(tpad).some((v) => v < 0)) return null;
+  const { n, h, w } = g;
+  return {
+    n,
+    c: g.o,
+    h: g.hout,
+    w: g.wout,
+    o: g.c,
+    kh,
+    kw,
+    stride: 1,
+    pad: tpad,
+    hout: h,
+    wout: w,
+    h1: h,
+    w1: w,
+    dil: stride,
+  };
+}
+
+/**
+ * Whether the input gradient runs through im2col + matmul (the forward's size rule applied to the
+ * transposed convolution gt; a dilated one only from a texture), unless
+ * `forceVariant("conv2dInputGrad", "direct")` keeps it on the implicit GEMM (tests compare the two).
+ */
+function inputGradByIm2col(gt: Geometry): boolean {
+  return forcedVariant("conv2dInputGrad") !== "direct" && forwardByIm2col(gt) &&
+    ((gt.dil ?? 1) === 1 || im2colByTexture(gt));
+}
+
+/** weight [O, C, kh, kw] → [C, O, kh, kw] flipped along both kernel axes (see conv_wflip). */
+function flipWeight(weight: Tensor, g: Geometry): Tensor {
+  const out = new Tensor([g.c, g.o, g.kh, g.kw], "f32");
+  gpu().recorder.dispatch(kernels.weightFlip, {
+    buffers: [weight.binding, out.binding],
+    params: [g.c * g.o, g.o, g.c, g.kh * g.kw],
+    constants: { WG },
+    workgroups: grid1d(g.c * g.o, WG),
+  });
+  return out;
+}
+
+/**
+ * dL/dx: through im2col + matmul where inputGradByIm2col says so, else (implicit GEMM) a stride-1
+ * convolution of the output gradient, dilated by the stride and padded by k − 1 − pad (cropped
+ * where that is negative), with the weight transposed (O ↔ C) and flipped.
  */
 function inputGrad(grad: Tensor, weight: Tensor, g: Geometry): Tensor {
+  const gt = transposedGeometry(g);
+  if (gt && inputGradByIm2col(gt)) {
+    // The padding is im2col's index math: no padded copy of the gradient is made.
+    const flipped = flipWeight(weight, g);
+    const { out } = forwardIm2col(grad, flipped, null, gt, false);
+    flipped.dispose();
+    return out;
+  }
   const { c, h, w, o, kh, kw, stride, pad } = g;
   const gPadded = copyPlanes(grad, h + kh - 1, 4 * paddedRow4(w, kw), {
     top: kh - 1 - pad.top,
