@@ -1,6 +1,6 @@
 // The input sequence of a ViT from its patch features, as one op (kernels/token_embed.wgsl): the
 // [CLS] token in front, masked patches replaced by the mask token (BEiT, docs/paper-to-code.md),
-// position embeddings added. One dispatch forward and one backward where the composed ops (a
+// position embeddings added. One dispatch forward and three backward where the composed ops (a
 // permute of the patch features, the mask's affine, two multiplies and an add, a broadcast, a
 // concat and the position add; in backward two crops, two multiplies, the permute back and four
 // reductions) take seventeen.
@@ -27,7 +27,19 @@ const kernels = {
     name: "token_embed_grad",
     source,
     entry: "backward",
-    bindings: ["read", "read", "write", "write", "write", "write"],
+    bindings: ["read", "read", "write"],
+  }),
+  backwardToken: defineKernel({
+    name: "token_embed_grad_token",
+    source,
+    entry: "backward_token",
+    bindings: ["read", "read", "write", "write", "write"],
+  }),
+  backwardParams: defineKernel({
+    name: "token_embed_grad_params",
+    source,
+    entry: "backward_params",
+    bindings: ["read", "read", "write", "write", "write"],
   }),
 };
 
@@ -105,32 +117,49 @@ export function tokenEmbed(
   }
   const inputs = [p, cls, ...(pos ? [pos] : []), ...(masked ? [masked.token] : [])];
   return record("tokenEmbed", out, inputs, (g) => {
-    const dp = new Tensor(p.shape, "f32");
+    const recorder = gpu().recorder;
+    const mask = (masked?.mask ?? g).binding;
+    let dp: Tensor | null = null;
+    if (p.requiresGrad) {
+      dp = new Tensor(p.shape, "f32");
+      if (dp.size > 0) {
+        recorder.dispatch(kernels.backward, {
+          buffers: [g.binding, mask, dp.binding],
+          params: dims,
+          constants,
+          workgroups: grid1d(dp.size, WG),
+        });
+      }
+    }
+    // The parameters' gradients, all computed (a dispatch for the [CLS] token and the position
+    // embeddings, one for the mask token); a dummy where there is no parameter (bindings must not
+    // alias).
     const dcls = new Tensor(cls.shape, "f32");
-    // A dummy gradient where there is nothing to write (bindings must not alias).
     const dpos = new Tensor(pos ? pos.shape : [1], "f32");
     const dtoken = new Tensor(masked ? masked.token.shape : [1], "f32");
-    const total = n * d * t + d + (pos ? (t + 1) * d : 0) + (masked ? d : 0);
+    const buffers = [g.binding, mask, dcls.binding, dpos.binding, dtoken.binding];
+    const total = d + (pos ? (t + 1) * d : 0);
     if (total > 0) {
-      gpu().recorder.dispatch(kernels.backward, {
-        buffers: [
-          g.binding,
-          (masked?.mask ?? g).binding,
-          dp.binding,
-          dcls.binding,
-          dpos.binding,
-          dtoken.binding,
-        ],
+      recorder.dispatch(kernels.backwardParams, {
+        buffers,
         params: dims,
         constants,
         workgroups: grid1d(total, WG),
       });
     }
-    const grads = [dp, dcls, ...(pos ? [dpos] : []), ...(masked ? [dtoken] : [])];
+    if (masked && d > 0) {
+      recorder.dispatch(kernels.backwardToken, {
+        buffers,
+        params: dims,
+        constants,
+        workgroups: grid1d(d, WG),
+      });
+    }
     if (!pos) dpos.dispose();
     if (!masked) dtoken.dispose();
+    const grads = [dp, dcls, ...(pos ? [dpos] : []), ...(masked ? [dtoken] : [])];
     return grads.map((gi, i) => {
-      if (inputs[i].requiresGrad) return gi;
+      if (!gi || inputs[i].requiresGrad) return gi;
       gi.dispose();
       return null;
     });
