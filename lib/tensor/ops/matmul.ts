@@ -138,7 +138,8 @@ fn epilogue(o: f32, i: u32) -> f32 {
  * SIMD lanes) take consecutive row blocks rather than column blocks (see `lanesAlongM`).
  * `sumA`: the invocations of the first column block also sum the rows of op(A) they read anyway,
  * sums[z·M + m] = Σ_k op(A)[z, m, k] (with A = dCᵀ, a linear layer's bias gradient beside its
- * weight gradient; no epilogue then).
+ * weight gradient; no epilogue then). One scalar per row: vec4 sums (4 registers a row) spilled
+ * the 16 × 16 kernels on lavapipe and cost more than a separate reduction.
  */
 function texSource(
   tm: number,
@@ -156,7 +157,7 @@ function texSource(
   const store: string[] = [];
   for (let r = 0; r < tm; r++) {
     for (let c = 0; c < tn4; c++) decl.push(`var acc${r}_${c} = vec4f(0.0);`);
-    if (sumA) decl.push(`var sa${r} = vec4f(0.0);`);
+    if (sumA) decl.push(`var sa${r} = 0.0;`);
   }
   const at = (x: string, y: string) => `textureLoad(ta, vec2i(i32(${x}), i32(${y})), 0)`;
   const bt = (x: string, y: string) => `textureLoad(tb, vec2i(i32(${x}), i32(${y})), 0)`;
@@ -202,7 +203,7 @@ function texSource(
       ? `flat_texel(ta, ar${r} + k4)`
       : at("k4", `za + m0 + ${r}u`);
     body.push(`{ let av = ${av};`);
-    if (sumA) body.push(`sa${r} += av;`);
+    if (sumA) body.push(`sa${r} += (av.x + av.y) + (av.z + av.w);`);
     for (let j = 0; j < 4; j++) {
       for (let c = 0; c < tn4; c++) {
         body.push(`acc${r}_${c} = fma(vec4f(av[${j}]), b${j}_${c}, acc${r}_${c});`);
@@ -219,7 +220,7 @@ function texSource(
     store.push("if (n4 == 0u) {");
     for (let r = 0; r < tm; r++) {
       store.push(
-        `  if (m0 + ${r}u < p.M) { sums[z * p.M + m0 + ${r}u] = dot(sa${r}, vec4f(1.0)); }`,
+        `  if (m0 + ${r}u < p.M) { sums[z * p.M + m0 + ${r}u] = sa${r}; }`,
       );
     }
     store.push("}");
