@@ -97,8 +97,11 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 @group(0) @binding(3) var<storage, read> stat_mean: array<f32>;
 @group(0) @binding(4) var<storage, read> stat_rstd: array<f32>;
 @group(0) @binding(5) var<storage, read> dy: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
-@group(0) @binding(7) var<uniform> bp: Norm;
+// With ACC, dx also adds the gradient x already had from its other consumers (autograd's prior).
+override ACC: bool = false;
+@group(0) @binding(6) var<storage, read> prior: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(8) var<uniform> bp: Norm;
 
 // dz: the gradient that reaches z = xhat · w + b (through the activation when there is one).
 fn dz_at(at: u32, xh: f32, w: f32, b: f32) -> f32 {
@@ -137,7 +140,9 @@ fn grad_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups
     let b = bias_at(c0 + ci);
     for (var k = 0u; k < bp.s; k++) {
       let xh = (x[at] - mean) * rstd;
-      dx[at] = rstd * (dz_at(at, xh, w, b) * w - s0 - xh * s1);
+      var v = rstd * (dz_at(at, xh, w, b) * w - s0 - xh * s1);
+      if (ACC) { v += prior[at]; }
+      dx[at] = v;
       at++;
     }
   }

@@ -29,9 +29,11 @@ fn valid_target(r: u32, k: u32) -> bool {
 @group(0) @binding(5) var<uniform> cp: Ce;
 
 // One invocation per row: log-sum-exp after subtracting the row max (no overflow), then
-//   rows[r] = w·(lse − (1 − ε)·z_t − ε·mean(z)),  rows[n + r] = w,
+//   rows[r] = w·(lse − (1 − ε)·z_t − ε·mean(z)),  rows[n + r] = w,  rows[2n + r] = w·[argmax = t],
 // where w is the row's mask (1 without one), and 0 when its target is outside [0, k): such a row
 // counts as masked out (like PyTorch's ignore_index) and its logits at the target are never read.
+// The argmax is the first index of the row's largest value (NaN skipped unless first), as argmax
+// in kernels/reduce_index.wgsl.
 @compute @workgroup_size(WG)
 fn ce_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let r = linear_index(gid, nwg);
@@ -39,10 +41,16 @@ fn ce_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   let base = r * cp.k;
   var top = logits[base];
   var total = 0.0;
+  var best = top;
+  var at = 0u;
   for (var j = 0u; j < cp.k; j++) {
     let v = logits[base + j];
     top = max(top, v);
     total += v;
+    if (v > best) {
+      best = v;
+      at = j;
+    }
   }
   var sum_exp = 0.0;
   for (var j = 0u; j < cp.k; j++) {
@@ -62,6 +70,9 @@ fn ce_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   }
   rows[r] = loss;
   rows[cp.n + r] = w;
+  var hit = 0.0;
+  if (w != 0.0 && at == u32(targets[r])) { hit = w; }
+  rows[2u * cp.n + r] = hit;
 }
 
 // The mean: Σ w·loss / Σ w, and 0 (not NaN) when no row counts.
@@ -72,6 +83,16 @@ fn ce_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 fn ce_finish() {
   let count = row_sums[1];
   mean_out[0] = select(0.0, row_sums[0] / count, count > 0.0);
+}
+
+// The mean and the accuracy Σ w·hit / Σ w (0 when no row counts), in one invocation.
+@group(0) @binding(2) var<storage, read_write> accuracy_out: array<f32>;
+
+@compute @workgroup_size(1)
+fn ce_finish_accuracy() {
+  let count = row_sums[1];
+  mean_out[0] = select(0.0, row_sums[0] / count, count > 0.0);
+  accuracy_out[0] = select(0.0, row_sums[2] / count, count > 0.0);
 }
 
 @group(0) @binding(2) var<storage, read> rows_in: array<f32>;

@@ -130,6 +130,62 @@ Deno.test("crossEntropy over many rows (workgroup reduction of the row sums)", a
   assertClose(out.data, ceRef(z, t, k, { mask }), { atol: 1e-5 });
 });
 
+/** float64 reference of the accuracy: Σ w·[first argmax = t] / Σ w over valid rows; 0 if none. */
+function accuracyRef(z: number[], t: number[], k: number, mask?: number[]): number {
+  let hits = 0;
+  let count = 0;
+  t.forEach((target, r) => {
+    const w = target >= 0 && target < k ? (mask ? mask[r] : 1) : 0;
+    const row = z.slice(r * k, (r + 1) * k);
+    const at = row.indexOf(Math.max(...row));
+    hits += at === target ? w : 0;
+    count += w;
+  });
+  return count > 0 ? hits / count : 0;
+}
+
+// Odd shapes; rows with ties (the first index wins), a masked row, an ignored target (−100).
+for (const [n, k, mask] of [[7, 11, undefined], [13, 37, true], [1031, 5, true]] as const) {
+  Deno.test(`crossEntropyAccuracy N=${n} K=${k}${mask ? " mask" : ""}: loss as crossEntropy, accuracy as argmax`, async () => {
+    const t = Array.from({ length: n }, (_, i) => (i * 7) % k);
+    t[n - 1] = -100;
+    const z = randArray(n * k, 21, -2, 2);
+    // Row 0: its target ties with an earlier index (not a hit); row 1: hit at a tie of later ones.
+    z[t[0]] = z[t[0] + 1] = 5;
+    if (t[0] > 0) z[0] = 5;
+    z[k + t[1]] = 6;
+    z[k + ((t[1] + 1) % k)] = 6;
+    // Rows 2..: some hits forced so the accuracy is neither 0 nor 1.
+    for (let r = 2; r < n; r += 3) z[r * k + t[r]] = 9;
+    const m = mask ? Array.from({ length: n }, (_, i) => (i % 4 === 1 ? 0 : 1)) : undefined;
+    const opts = { labelSmoothing: 0.1, mask: m };
+    const ts = [T.tensor(z, [n, k]), T.tensor(t, [n], "i32"), ...(m ? [T.tensor(m, [n])] : [])];
+    const { loss, accuracy } = T.crossEntropyAccuracy(ts[0], ts[1], { ...opts, mask: ts[2] });
+    const [l, a] = [await loss.toArray(), await accuracy.toArray()];
+    assertClose(l, ceRef(z, t, k, opts), { atol: 1e-5, what: "loss" });
+    const want = accuracyRef(z, t, k, m);
+    assert.ok(want > 0 && want < 1);
+    assertClose(a, [want], { atol: 1e-6, what: "accuracy" });
+    [loss, accuracy, ...ts].forEach((x) => x.dispose());
+    // Its loss has crossEntropy's gradient.
+    const op = (zz: T.Tensor) =>
+      T.crossEntropyAccuracy(zz, T.tensor(t, [n], "i32"), {
+        labelSmoothing: 0.1,
+        mask: m ? T.tensor(m, [n]) : undefined,
+      }).loss;
+    if (n < 100) await checkGrad(op, (zs) => ceRef(zs, t, k, opts), [{ data: z, shape: [n, k] }]);
+  });
+}
+
+Deno.test("crossEntropyAccuracy with every row masked out is 0 and 0", async () => {
+  const z = T.tensor(randArray(6, 3), [2, 3]);
+  const t = T.tensor([1, 2], [2], "i32");
+  const mask = T.tensor([0, 0], [2]);
+  const { loss, accuracy } = T.crossEntropyAccuracy(z, t, { mask });
+  assert.deepEqual([...await loss.toArray(), ...await accuracy.toArray()], [0, 0]);
+  [z, t, mask, loss, accuracy].forEach((x) => x.dispose());
+});
+
 // ---- mse and l1 ------------------------------------------------------------------------------
 
 const pairCases: [string, (a: T.Tensor, b: T.Tensor) => T.Tensor, (d: number) => number][] = [

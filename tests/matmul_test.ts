@@ -309,6 +309,68 @@ Deno.test("linear: forward and backward, with and without bias, 3-D input", asyn
   );
 });
 
+Deno.test("matmulRowSumsInto: the product and Σ_k op(A)[m, k], every layout, forced on and off", async () => {
+  // [M, K, N]: packed A (M = 13, K = 37 odd), copied A whose M is not a whole 16-row block
+  // (20), copied A of one 8-row block, a single column (N = 1: one column block), K = 1.
+  const shapes = [[13, 37, 9], [20, 40, 12], [8, 12, 4], [21, 16, 1], [5, 1, 3]];
+  try {
+    for (const variant of ["tex8x8", "tex16x16", "reg4x4", "separate"]) {
+      forceVariant("matmul", variant === "separate" ? "tex8x8" : variant);
+      forceVariant("matmulRowSums", variant === "separate" ? "separate" : null);
+      for (const [M, K, N] of shapes) {
+        for (const [ta, tb] of TRANS) {
+          const { a, b } = operands(M, K, N, ta, tb);
+          const [ta2, tb2] = [T.tensor(a.data, a.shape), T.tensor(b.data, b.shape)];
+          const [out, sums] = [T.zeros([M, N]), T.zeros([M])];
+          T.matmulRowSumsInto(ta2, tb2, out, sums, { transA: ta, transB: tb });
+          const what = `${variant} [${a.shape}]${ta ? "ᵀ" : ""}·[${b.shape}]${tb ? "ᵀ" : ""}`;
+          assertClose(await out.toArray(), matmulRef(a, b, ta, tb).data, {
+            atol: 1e-5,
+            rtol: 1e-4,
+            what: `${what} product`,
+          });
+          const want = Array.from({ length: M }, (_, m) => {
+            let acc = 0;
+            for (let k = 0; k < K; k++) acc += a.data[ta ? k * M + m : m * K + k];
+            return acc;
+          });
+          assertClose(await sums.toArray(), want, { atol: 1e-5, rtol: 1e-4, what: `${what} sums` });
+          [ta2, tb2, out, sums].forEach((t) => t.dispose());
+        }
+      }
+    }
+  } finally {
+    forceVariant("matmul", null);
+    forceVariant("matmulRowSums", null);
+  }
+  throws(
+    () => T.matmulRowSumsInto(T.zeros([3, 4]), T.zeros([4, 5]), T.zeros([3, 5]), T.zeros([5])),
+    /row sums .* 3 values/,
+  );
+});
+
+Deno.test("linear backward: the bias gradient from the weight gradient's pass, forced on and off", async () => {
+  // 3·7 = 21 rows (not a whole texel), 12 inputs (copied), 9 outputs (packed gᵀ).
+  const x = input(3, 7, 12);
+  const w = input(9, 12);
+  const bias = input(9);
+  const ref = (a: number[], b: number[], c: number[]) =>
+    linearRef({ data: a, shape: x.shape }, { data: b, shape: w.shape }, c);
+  try {
+    for (const variant of ["tex8x8", "tex16x16", "reg4x4", "separate"]) {
+      forceVariant("matmul", variant === "separate" ? "tex16x16" : variant);
+      forceVariant("matmulRowSums", variant === "separate" ? "separate" : null);
+      await checkGrad(T.linear, ref, [x, w, bias]);
+      // The bias alone (no weight gradient: its own reduction), and the weight alone.
+      await checkGrad(T.linear, ref, [x, w, bias], { which: [2] });
+      await checkGrad(T.linear, ref, [x, w, bias], { which: [1] });
+    }
+  } finally {
+    forceVariant("matmul", null);
+    forceVariant("matmulRowSums", null);
+  }
+});
+
 Deno.test("matmul and linear reject bad shapes and dtypes with clear errors", () => {
   const t = (shape: number[], dtype: T.DType = "f32") => T.zeros(shape, dtype);
   T.tidy(() => {

@@ -74,9 +74,19 @@ for (const c of cases) {
             // Only the input's gradient, then only the second layer's.
             await checkGrad(op, ref as (...xs: number[][]) => number[], inputs, { which: [0] });
             await checkGrad(op, ref as (...xs: number[][]) => number[], inputs, { which: [2] });
+            if (c.bias) {
+              // Biases without their weights (their own reductions), then with the row sums
+              // of the weight gradients' pass switched off.
+              await checkGrad(op, ref as (...xs: number[][]) => number[], inputs, {
+                which: [3, 4],
+              });
+              forceVariant("matmulRowSums", "separate");
+              await checkGrad(op, ref as (...xs: number[][]) => number[], inputs);
+            }
           } finally {
             forceVariant("mlpGelu", null);
             forceVariant("matmul", null);
+            forceVariant("matmulRowSums", null);
           }
         },
       );

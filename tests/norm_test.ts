@@ -2,6 +2,7 @@ import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import assert from "node:assert/strict";
 import { gpu } from "../lib/gpu/device.ts";
+import { forceVariant } from "../lib/gpu/autotune.ts";
 
 /** How a float64 reference groups [N, C, S]: `groups` channel groups, or per channel (batch). */
 type Grouping = { groups: number } | { batch: true };
@@ -105,6 +106,82 @@ Deno.test("layerNorm [3,5,7]: forward and backward", async () => {
 Deno.test("layerNorm [1,9] and [2,301] (a row split into several pieces)", async () => {
   await checkNorm([1, 9], [1, 9, 1], { groups: 1 }, ln, 2);
   await checkNorm([2, 301], [2, 301, 1], { groups: 1 }, ln, 3);
+});
+
+Deno.test("fused norms add x's (and a weight's) prior gradient in backward, forced on and off", async () => {
+  const shape = [3, 5, 7];
+  const dims = [15, 7, 1];
+  const x = randArray(prod(shape), 41, -2, 2);
+  const w = randArray(7, 42, 0.5, 1.5);
+  const b = randArray(7, 43);
+  const inputs = [input(x, shape), input(w, [7]), input(b, [7])];
+  const lnRef = (xs: number[], ws: number[], bs: number[]) =>
+    normRef(xs, dims, { groups: 1 }, ws, bs);
+  // x also feeds a later op (its gradient reaches x first, then the norm's adds to it), as a
+  // residual stream's x + f(norm(x)); then x feeds it directly; then the weight is used twice.
+  const cases: [string, (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.Tensor, typeof lnRef][] = [
+    [
+      "x, then x²",
+      (t, wt, bt) => T.add(T.layerNorm(t, wt, bt), T.mul(t, t)),
+      (xs, ws, bs) => lnRef(xs, ws, bs).map((v, i) => v + xs[i] * xs[i]),
+    ],
+    [
+      "x, then x",
+      (t, wt, bt) => T.add(T.layerNorm(t, wt, bt), t),
+      (xs, ws, bs) => lnRef(xs, ws, bs).map((v, i) => v + xs[i]),
+    ],
+    [
+      "weight twice",
+      (t, wt, bt) => T.add(T.layerNorm(t, wt, bt), T.mul(wt, wt)),
+      (xs, ws, bs) => lnRef(xs, ws, bs).map((v, i) => v + ws[i % 7] * ws[i % 7]),
+    ],
+    [
+      "groupNorm + silu, then x",
+      (t, wt, bt) => {
+        const r = T.reshape(t, [3, 7, 5]);
+        return T.add(T.groupNorm(r, 7, wt, bt, 1e-5, "silu"), r);
+      },
+      (xs, ws, bs) =>
+        normRef(xs, [3, 7, 5], { groups: 7 }, ws, bs).map((v, i) => silu64(v) + xs[i]),
+    ],
+  ];
+  const backwardDispatches = async (op: (typeof cases)[number][1]) => {
+    const ts = inputs.map((i) => {
+      const t = T.tensor(i.data, i.shape);
+      t.requiresGrad = true;
+      return t;
+    });
+    const count = T.tidy(() => {
+      const out = T.sum(op(ts[0], ts[1], ts[2]));
+      const start = gpu().recorder.dispatches;
+      T.backward(out);
+      return gpu().recorder.dispatches - start;
+    });
+    const grads = await Promise.all(ts.map((t) => t.grad!.toArray()));
+    ts.forEach((t) => {
+      t.grad?.dispose();
+      t.dispose();
+    });
+    return { count, grads };
+  };
+  try {
+    for (const [what, op, ref] of cases) {
+      for (const mode of ["fused", "add"]) {
+        forceVariant("gradAccumulate", mode === "add" ? "add" : null);
+        await checkGrad(op, ref, inputs);
+      }
+      forceVariant("gradAccumulate", "add");
+      const added = await backwardDispatches(op);
+      forceVariant("gradAccumulate", null);
+      const fused = await backwardDispatches(op);
+      // A weight's prior is added by an addition still (only dx's sum is in a kernel).
+      const saved = what === "weight twice" ? 0 : 1;
+      assert.equal(fused.count, added.count - saved, `${what}: ${saved} addition(s) less`);
+      fused.grads.forEach((g, i) => assertClose(g, added.grads[i], { atol: 1e-6, what }));
+    }
+  } finally {
+    forceVariant("gradAccumulate", null);
+  }
 });
 
 Deno.test("layerNorm stays accurate on rows with a large mean (1000 + noise)", async () => {

@@ -27,11 +27,12 @@ import { Mlp } from "../nn/blocks.ts";
 import { copyValues, keep, noGrad, type Tensor } from "../tensor/tensor.ts";
 import { Rng, truncNormal } from "../tensor/init.ts";
 import { full, tensor, zeros } from "../tensor/ops/creation.ts";
-import { add, affine, broadcastTo, mul, mulScalar } from "../tensor/ops/elementwise.ts";
+import { add, mul, mulScalar } from "../tensor/ops/elementwise.ts";
 import { mean } from "../tensor/ops/reduce.ts";
 import { selfAttention } from "../tensor/ops/attention.ts";
 import { residualScaled } from "../tensor/ops/residual.ts";
 import { linear } from "../tensor/ops/matmul.ts";
+import { tokenEmbed } from "../tensor/ops/token_embed.ts";
 import { dropPath } from "../tensor/ops/random.ts";
 import { concat, embedding, gather, permute, reshape, slice } from "../tensor/ops/shape.ts";
 import { readSafetensors, type TensorRecord } from "../io/safetensors.ts";
@@ -278,9 +279,14 @@ class PatchEmbed extends Module {
 
   /** [N, C, H, W] → tokens [N, T, dim] in row-major grid order. */
   forward(x: Tensor): Tensor {
+    return permute(this.channelsFirst(x), [0, 2, 1]);
+  }
+
+  /** [N, C, H, W] → patch features [N, dim, T] (the convolution's own layout, no copy). */
+  channelsFirst(x: Tensor): Tensor {
     const p = this.proj.forward(x);
     const [n, d, h, w] = p.shape;
-    return permute(reshape(p, [n, d, h * w]), [0, 2, 1]);
+    return reshape(p, [n, d, h * w]);
   }
 }
 
@@ -447,16 +453,14 @@ export class BeitBackbone extends Module {
 
   /** Embeddings → blocks: the last block's output [N, 1+T, D] and, if asked, every block's. */
   protected encode(x: Tensor, mask: Tensor | null, allBlocks: boolean) {
-    const [n] = x.shape;
-    const { dim } = this.config;
-    let tokens = this.patchEmbed.forward(x); // [N, T, D]
-    if (mask) {
-      // BEiT: x·(1 − w) + mask_token·w with w = mask per patch.
-      const w = mask.view([n, this.numPatches, 1]);
-      tokens = add(mul(tokens, affine(w, -1, 1)), mul(this.maskToken!, w));
-    }
-    let h = concat([broadcastTo(this.clsToken, [n, 1, dim]), tokens], 1);
-    if (this.posEmbed) h = add(h, this.posEmbed);
+    // [CLS], then the patches (BEiT: x·(1 − w) + mask_token·w with w = mask per patch), plus the
+    // position embeddings, in one op.
+    let h = tokenEmbed(
+      this.patchEmbed.channelsFirst(x),
+      this.clsToken,
+      this.posEmbed,
+      mask ? { mask, token: this.maskToken! } : null,
+    );
     const bias = this.relPosBias?.forward();
     const blocks: Tensor[] = [];
     this.blocks.forEach((block, i) => {

@@ -1,5 +1,6 @@
 // Reverse-mode autograd over the nodes that ops attach with `record`.
 
+import { forcedVariant } from "../gpu/autotune.ts";
 import { copyValues, keep, noGrad, Tensor } from "./tensor.ts";
 import { add, axpyInPlace } from "./ops/elementwise.ts";
 import { ones } from "./ops/creation.ts";
@@ -55,9 +56,17 @@ export function backward(root: Tensor, seed?: Tensor): void {
         accumulateLeaf(t, g);
         continue;
       }
-      const inputGrads = t.node.backward(g);
-      const needsGrad = t.node.needsGrad;
-      t.node.inputs.forEach((input, i) => {
+      const { inputs, needsGrad } = t.node;
+      // An accumulating op adds each input's prior gradient itself (see Node.accumulates), unless
+      // `forceVariant("gradAccumulate", "add")` (tests compare) leaves every sum to an addition.
+      const accumulates = t.node.accumulates && forcedVariant("gradAccumulate") !== "add";
+      const prior = inputs.map((input, i) =>
+        accumulates && needsGrad[i] && inputs.indexOf(input) === inputs.lastIndexOf(input)
+          ? grads.get(input) ?? null
+          : null
+      );
+      const inputGrads = t.node.backward(g, prior);
+      inputs.forEach((input, i) => {
         const gi = inputGrads[i];
         if (!gi || !needsGrad[i]) return;
         if (gi.size !== input.size) {
@@ -65,7 +74,7 @@ export function backward(root: Tensor, seed?: Tensor): void {
             `peco: backward of ${t.node!.op} gave [${gi.shape}] for input ${input.describe()}`,
           );
         }
-        const previous = grads.get(input);
+        const previous = prior[i] ? null : grads.get(input);
         grads.set(input, previous ? add(previous, gi) : gi);
       });
     }

@@ -18,3 +18,4 @@ export * from "./ops/softmax.ts";
 export * from "./ops/attention.ts";
 export * from "./ops/residual.ts";
 export * from "./ops/mlp.ts";
+export * from "./ops/token_embed.ts";

@@ -79,7 +79,17 @@ export interface Node {
    * from it even if backward runs after the restore.
    */
   readonly needsGrad: readonly boolean[];
-  readonly backward: (grad: Tensor) => readonly (Tensor | null)[];
+  /**
+   * With `accumulates`, backward gets `prior`: each input's gradient summed so far from the ops
+   * that consumed it later in the forward pass (null if none, or if the input appears twice), and
+   * returns each input's total, prior included (null: no contribution, the prior stands). A fused
+   * kernel then adds the prior as it writes, where a separate addition would take a dispatch.
+   */
+  readonly accumulates?: boolean;
+  readonly backward: (
+    grad: Tensor,
+    prior: readonly (Tensor | null)[],
+  ) => readonly (Tensor | null)[];
 }
 
 let nextTensorId = 1;
@@ -365,11 +375,18 @@ export function record(
   op: string,
   out: Tensor,
   inputs: readonly Tensor[],
-  backward: (grad: Tensor) => readonly (Tensor | null)[],
+  backward: (grad: Tensor, prior: readonly (Tensor | null)[]) => readonly (Tensor | null)[],
+  { accumulates = false }: { accumulates?: boolean } = {},
 ): Tensor {
   if (gradEnabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
-    out.node = { op, inputs, needsGrad: inputs.map((t) => t.requiresGrad), backward };
+    out.node = {
+      op,
+      inputs,
+      needsGrad: inputs.map((t) => t.requiresGrad),
+      accumulates,
+      backward,
+    };
   }
   return out;
 }

@@ -14,7 +14,7 @@ import { clipGradNorm } from "../optim/clip.ts";
 import { backward } from "../tensor/autograd.ts";
 import { tensor } from "../tensor/ops/creation.ts";
 import { abs, affine, clamp, sub } from "../tensor/ops/elementwise.ts";
-import { crossEntropy } from "../tensor/ops/loss.ts";
+import { crossEntropyAccuracy } from "../tensor/ops/loss.ts";
 import { mean } from "../tensor/ops/reduce.ts";
 import { argmax } from "../tensor/ops/reduce_index.ts";
 import { cast, gather } from "../tensor/ops/shape.ts";
@@ -195,11 +195,9 @@ export function mimLoss(
 ): MimOutput {
   const targets = gather(codes.view([codes.size]), maskedIndex, 0);
   const logits = model.mimLogits(x, masks, maskedIndex);
-  return {
-    loss: crossEntropy(logits, targets),
-    accuracy: maskedAccuracy(logits, targets),
-    targets,
-  };
+  // The accuracy comes from the loss's own pass over the rows (as maskedAccuracy computes it).
+  const { loss, accuracy } = crossEntropyAccuracy(logits, targets);
+  return { loss, accuracy, targets };
 }
 
 /** The names of the scalars mimStep returns, in order. */
@@ -315,7 +313,8 @@ export class HeldOutSet {
           ...noGrad(() =>
             tidy(() => {
               const logits = model.mimLogits(c.x, c.masks, c.maskedIndex);
-              return [crossEntropy(logits, c.targets), maskedAccuracy(logits, c.targets)];
+              const { loss, accuracy } = crossEntropyAccuracy(logits, c.targets);
+              return [loss, accuracy];
             })
           ),
         );

@@ -8,6 +8,7 @@ import { gpu } from "../../gpu/device.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { record, Tensor } from "../tensor.ts";
+import { add } from "./elementwise.ts";
 import source from "../../../kernels/fused_norm.wgsl" with { type: "text" };
 
 const WG = 64;
@@ -26,7 +27,16 @@ const kernel = (entry: string, bindings: ("read" | "write")[]) =>
 
 const kernels = {
   forward: kernel("forward", ["read", "read", "read", "write", "write", "write"]),
-  gradInput: kernel("grad_input", ["read", "read", "read", "read", "read", "read", "write"]),
+  gradInput: kernel("grad_input", [
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "read",
+    "write",
+  ]),
   gradParams: kernel("grad_params", [
     "read",
     "read",
@@ -96,25 +106,37 @@ export function fusedNorm(
     workgroups: grid1d(groups, WG),
   });
   const inputs = [x, weight, bias].filter((t): t is Tensor => t != null);
-  return record(silu ? `${l.op}+silu` : l.op, out, inputs, (dy) => {
+  // dx adds x's prior gradient as it is written (a residual stream's: one addition less).
+  return record(silu ? `${l.op}+silu` : l.op, out, inputs, (dy, prior) => {
     let gx: Tensor | null = null;
     if (x.requiresGrad) {
       gx = new Tensor(x.shape, "f32");
+      const acc = prior[0];
       recorder.dispatch(kernels.gradInput, {
-        buffers: [x.binding, ...affine, mean.binding, rstd.binding, dy.binding, gx.binding],
+        buffers: [
+          x.binding,
+          ...affine,
+          mean.binding,
+          rstd.binding,
+          dy.binding,
+          (acc ?? dy).binding,
+          gx.binding,
+        ],
         params,
-        constants,
+        constants: { ...constants, ACC: acc ? 1 : 0 },
         workgroups: grid1d(groups, WG),
       });
     }
     const [gw, gb] = weight?.requiresGrad || bias?.requiresGrad
       ? paramGrads(l, [x, weight, bias, mean, rstd, dy], constants)
       : [null, null];
+    // The weight's and bias's priors (a parameter used twice), added here.
+    const total = (g: Tensor | null, i: number) => g && prior[i] ? add(prior[i]!, g) : g;
     const grads: (Tensor | null)[] = [gx];
-    if (weight) grads.push(weight.requiresGrad ? gw : null);
-    if (bias) grads.push(bias.requiresGrad ? gb : null);
+    if (weight) grads.push(weight.requiresGrad ? total(gw, grads.length) : null);
+    if (bias) grads.push(bias.requiresGrad ? total(gb, grads.length) : null);
     return grads;
-  });
+  }, { accumulates: true });
 }
 
 /** Σ dy · xhat and Σ dy per channel over samples and positions: the weight and bias gradients. */

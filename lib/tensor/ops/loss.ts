@@ -21,6 +21,7 @@ const kernel = (entry: string, bindings: ("read" | "write")[], params = true) =>
 const kernels = {
   ceRows: kernel("ce_rows", ["read", "read", "read", "write", "write"]),
   ceFinish: kernel("ce_finish", ["read", "write"], false),
+  ceFinishAccuracy: kernel("ce_finish_accuracy", ["read", "write", "write"], false),
   ceGrad: kernel("ce_grad", ["read", "read", "read", "read", "read", "read", "write"]),
   pairPartial: kernel("pair_partial", ["read", "read", "write"]),
   pairGrad: kernel("pair_grad", ["read", "read", "read", "write"]),
@@ -44,9 +45,39 @@ export interface CrossEntropyOptions {
 export function crossEntropy(
   logits: Tensor,
   targets: Tensor,
-  { mask, labelSmoothing = 0 }: CrossEntropyOptions = {},
+  options: CrossEntropyOptions = {},
 ): Tensor {
-  const op = "crossEntropy";
+  return crossEntropyOp("crossEntropy", logits, targets, options, false).loss;
+}
+
+/**
+ * crossEntropy and, from the same row pass (no autograd), the accuracy: the share of the rows that
+ * count (weighted by the mask) whose argmax, the first index of the largest logit, is the target;
+ * 0 when no row counts. Three dispatches where the loss and a separate argmax, compare and mean
+ * take eleven.
+ */
+export function crossEntropyAccuracy(
+  logits: Tensor,
+  targets: Tensor,
+  options: CrossEntropyOptions = {},
+): { loss: Tensor; accuracy: Tensor } {
+  const { loss, accuracy } = crossEntropyOp(
+    "crossEntropyAccuracy",
+    logits,
+    targets,
+    options,
+    true,
+  );
+  return { loss, accuracy: accuracy! };
+}
+
+function crossEntropyOp(
+  op: string,
+  logits: Tensor,
+  targets: Tensor,
+  { mask, labelSmoothing = 0 }: CrossEntropyOptions,
+  withAccuracy: boolean,
+): { loss: Tensor; accuracy: Tensor | null } {
   if (logits.dtype !== "f32" || logits.rank !== 2) {
     throw new Error(`peco: ${op}: logits must be f32 [N, K], got ${logits.describe()}`);
   }
@@ -67,8 +98,9 @@ export function crossEntropy(
   }
   const recorder = gpu().recorder;
   const params = [n, k, f32bits(labelSmoothing)];
-  // rows: [weighted loss per row; weight per row] → sums [Σ w·loss, Σ w] → the mean.
-  const rows = new Tensor([2, n], "f32");
+  // rows: [weighted loss per row; weight per row; weighted hit per row] → sums [Σ w·loss, Σ w,
+  // Σ w·hit] → the mean (and the accuracy).
+  const rows = new Tensor([3, n], "f32");
   const lse = new Tensor([n], "f32");
   recorder.dispatch(kernels.ceRows, {
     buffers: [logits.binding, targets.binding, (mask ?? logits).binding, rows.binding, lse.binding],
@@ -78,8 +110,12 @@ export function crossEntropy(
   });
   const sums = reduceRaw(rows, 1, "sum");
   const out = new Tensor([], "f32");
-  recorder.dispatch(kernels.ceFinish, { buffers: [sums.binding, out.binding], workgroups: [1] });
-  return record(op, out, [logits], (g) => {
+  const accuracy = withAccuracy ? new Tensor([], "f32") : null;
+  recorder.dispatch(accuracy ? kernels.ceFinishAccuracy : kernels.ceFinish, {
+    buffers: accuracy ? [sums.binding, out.binding, accuracy.binding] : [sums.binding, out.binding],
+    workgroups: [1],
+  });
+  const loss = record(op, out, [logits], (g) => {
     const dz = new Tensor(logits.shape, "f32");
     gpu().recorder.dispatch(kernels.ceGrad, {
       buffers: [
@@ -96,6 +132,7 @@ export function crossEntropy(
     });
     return [dz];
   });
+  return { loss, accuracy };
 }
 
 /** mean((a − b)²) over all elements; a and b of the same shape. */

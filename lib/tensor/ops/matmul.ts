@@ -24,10 +24,16 @@ import { MAX_LOOP } from "./reduce.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import type { PooledTexture } from "../../gpu/pool.ts";
 import { acquireFlat, copyFlat, fitsFlat, FLAT_TEXELS, FLAT_WGSL, flatRows } from "./flat.ts";
-import { chooseVariant, tune, type TuneResult, type Variant } from "../../gpu/autotune.ts";
-import { record, type Shape, Tensor } from "../tensor.ts";
+import {
+  chooseVariant,
+  forcedVariant,
+  tune,
+  type TuneResult,
+  type Variant,
+} from "../../gpu/autotune.ts";
+import { copyValues, record, type Shape, Tensor } from "../tensor.ts";
 import { reduceRaw } from "./reduce.ts";
-import { zeros } from "./creation.ts";
+import { fillInPlace, zeros } from "./creation.ts";
 import { elementwiseKernels, GELU_WGSL, WG } from "./kernels.ts";
 import { grid1d } from "../../gpu/recorder.ts";
 import source from "../../../kernels/matmul.wgsl" with { type: "text" };
@@ -130,6 +136,10 @@ fn epilogue(o: f32, i: u32) -> f32 {
  * how each operand's texture is laid out (see TexFill); for flat ones aRows / bRows are texels per
  * matrix and aPitch / bPitch texels per stored row. `laneM`: invocations along x (the CPU driver's
  * SIMD lanes) take consecutive row blocks rather than column blocks (see `lanesAlongM`).
+ * `sumA`: the invocations of the first column block also sum the rows of op(A) they read anyway,
+ * sums[z·M + m] = Σ_k op(A)[z, m, k] (with A = dCᵀ, a linear layer's bias gradient beside its
+ * weight gradient; no epilogue then). One scalar per row: vec4 sums (4 registers a row) spilled
+ * the 16 × 16 kernels on lavapipe and cost more than a separate reduction.
  */
 function texSource(
   tm: number,
@@ -138,6 +148,7 @@ function texSource(
   b: TexFill,
   laneM: boolean,
   epi: EpilogueKind | null,
+  sumA = false,
 ): string {
   const tn4 = tn / 4;
   const decl: string[] = [];
@@ -146,6 +157,7 @@ function texSource(
   const store: string[] = [];
   for (let r = 0; r < tm; r++) {
     for (let c = 0; c < tn4; c++) decl.push(`var acc${r}_${c} = vec4f(0.0);`);
+    if (sumA) decl.push(`var sa${r} = 0.0;`);
   }
   const at = (x: string, y: string) => `textureLoad(ta, vec2i(i32(${x}), i32(${y})), 0)`;
   const bt = (x: string, y: string) => `textureLoad(tb, vec2i(i32(${x}), i32(${y})), 0)`;
@@ -191,6 +203,7 @@ function texSource(
       ? `flat_texel(ta, ar${r} + k4)`
       : at("k4", `za + m0 + ${r}u`);
     body.push(`{ let av = ${av};`);
+    if (sumA) body.push(`sa${r} += (av.x + av.y) + (av.z + av.w);`);
     for (let j = 0; j < 4; j++) {
       for (let c = 0; c < tn4; c++) {
         body.push(`acc${r}_${c} = fma(vec4f(av[${j}]), b${j}_${c}, acc${r}_${c});`);
@@ -203,6 +216,15 @@ function texSource(
       store.push(`store4(z, m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c});`);
     }
   }
+  if (sumA) {
+    store.push("if (n4 == 0u) {");
+    for (let r = 0; r < tm; r++) {
+      store.push(
+        `  if (m0 + ${r}u < p.M) { sums[z * p.M + m0 + ${r}u] = sa${r}; }`,
+      );
+    }
+    store.push("}");
+  }
   return /* wgsl */ `
 // C[z0 + z] = op(A)·op(B) (+ bias) from textures, ${tm} × ${tn} of C per invocation.
 override BIAS: bool = false;
@@ -212,7 +234,8 @@ struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch
 @group(0) @binding(1) var tb: texture_2d<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(${epi ? 5 : 4}) var<uniform> p: Params;
+${sumA ? "@group(0) @binding(4) var<storage, read_write> sums: array<f32>;" : ""}
+@group(0) @binding(${epi || sumA ? 5 : 4}) var<uniform> p: Params;
 
 ${FLAT_WGSL}
 ${epilogueSource(epi)}
@@ -260,14 +283,20 @@ function texKernel(
   b: TexFill,
   laneM: boolean,
   epi: EpilogueKind | null,
+  sumA = false,
 ): Kernel {
+  if (epi && sumA) throw new Error("peco: matmul: row sums of A take no epilogue");
   const suffix = (x: string, fill: TexFill) => fill === "pack" ? "" : `_${x}${fill.toLowerCase()}`;
   const name = `matmul_tex${tm}x${tn}${suffix("a", a)}${suffix("b", b)}${laneM ? "_m" : ""}` +
-    (epi ? `_${epi}` : "");
+    (epi ? `_${epi}` : "") + (sumA ? "_sumA" : "");
   let kernel = texKernels.get(name);
   if (!kernel) {
-    const source = texSource(tm, tn, a, b, laneM, epi);
-    const bindings = epi ? [...TEX_BINDINGS, EPILOGUE_BINDING[epi]] : TEX_BINDINGS;
+    const source = texSource(tm, tn, a, b, laneM, epi, sumA);
+    const bindings = epi
+      ? [...TEX_BINDINGS, EPILOGUE_BINDING[epi]]
+      : sumA
+      ? [...TEX_BINDINGS, "write" as const]
+      : TEX_BINDINGS;
     kernel = defineKernel({ name, source, bindings });
     texKernels.set(name, kernel);
   }
@@ -563,13 +592,20 @@ function launch(
   p: Problem,
   variant = variantFor(p),
   epilogue: Epilogue | null = null,
+  sums: Tensor | null = null,
 ): void {
   if (out.size === 0) return;
   if (variant.config.kind === "tex") {
     const { tm, tn } = variant.config;
     const layout = texLayout(p, tm, tn);
-    if (layout) return launchTex(a, b, bias, out, p, tm, tn, layout, epilogue);
+    if (layout) return launchTex(a, b, bias, out, p, tm, tn, layout, epilogue, sums);
     variant = bufferDefault(p);
+  }
+  if (sums) {
+    // Buffer kernels do not sum: op(A)'s rows in a reduction of their own.
+    launch(a, b, bias, out, p, variant, epilogue);
+    rowSumsInto(a, p, sums);
+    return;
   }
   if (epilogue) {
     // The product into aux (gelu: the pre-activation it keeps) or a temporary, then the map.
@@ -658,6 +694,7 @@ function launchTex(
   tn: number,
   L: TexLayout,
   epilogue: Epilogue | null,
+  sums: Tensor | null = null,
 ): void {
   const { pool, recorder } = gpu();
   const height = (t: OperandTexture, stride: number) => t.height(stride ? L.zc : 1);
@@ -671,7 +708,7 @@ function launchTex(
   const [flatA, flatB] = [packFrom(a, L.a), packFrom(b, L.b)];
   try {
     const laneM = lanesAlongM(p.M, p.N, tm, tn);
-    const kernel = texKernel(tm, tn, L.a.fill, L.b.fill, laneM, epilogue?.kind ?? null);
+    const kernel = texKernel(tm, tn, L.a.fill, L.b.fill, laneM, epilogue?.kind ?? null, !!sums);
     const [gm, gn] = [Math.ceil(L.Mp / (tm * TEX_WG)), Math.ceil(L.Np / (tn * TEX_WG))];
     for (let z0 = 0; z0 < p.batch; z0 += L.zc) {
       const n = Math.min(L.zc, p.batch - z0);
@@ -693,6 +730,7 @@ function launchTex(
           (bias?.tensor ?? b).binding,
           out.binding,
           ...(epilogue ? [epilogue.aux.binding] : []),
+          ...(sums ? [sums.binding] : []),
         ],
         params: [
           p.M,
@@ -831,6 +869,44 @@ export function matmulInto(a: Tensor, b: Tensor, out: Tensor, options: MatmulOpt
 }
 
 /**
+ * Σ_k op(A)[m, k] into sums [M] by a reduction of its own (A of rank 2): where the texture kernels
+ * do not sum as they multiply, or `forceVariant("matmulRowSums", "separate")` (tests compare).
+ */
+function rowSumsInto(a: Tensor, p: Problem, sums: Tensor): void {
+  const s = reduceRaw(a.view(p.transA ? [p.K, p.M] : [p.M, p.K]), p.transA ? 0 : 1, "sum");
+  copyValues(sums, s);
+  s.dispose();
+}
+
+/**
+ * op(a) · op(b) into `out` and Σ_k op(A)[m, k] into `sums` [M] (no autograd; a and b of rank 2):
+ * with a = dC stored [rows, M] and transA, a linear layer's weight gradient dCᵀ·x and its bias
+ * gradient Σ_rows dC from one pass on the texture kernels (the rows of A they read anyway).
+ */
+export function matmulRowSumsInto(
+  a: Tensor,
+  b: Tensor,
+  out: Tensor,
+  sums: Tensor,
+  options: MatmulOptions = {},
+): void {
+  const { problem, outShape } = plan("matmul", a, b, !!options.transA, !!options.transB);
+  if (out.size !== outShape.reduce((x, y) => x * y, 1) || problem.batch !== 1) {
+    throw new Error(`peco: matmul: output ${out.describe()} does not hold [${outShape}] (rank 2)`);
+  }
+  if (sums.size !== problem.M) {
+    throw new Error(`peco: matmul: row sums ${sums.describe()} must have ${problem.M} values`);
+  }
+  if (forcedVariant("matmulRowSums") === "separate" || out.size === 0) {
+    launch(a, b, null, out, problem);
+    if (problem.K === 0) fillInPlace(sums, 0);
+    else rowSumsInto(a, problem, sums);
+    return;
+  }
+  launch(a, b, null, out, problem, undefined, null, sums);
+}
+
+/**
  * op(a) · op(b) (+ bias per column of C) with `epilogue` applied as C is stored, written into
  * `out` (no autograd): the building block of fused ops (mlp.ts).
  */
@@ -936,8 +1012,15 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
   return record("linear", out, inputs, (g) => {
     const flat = (t: Tensor) => t.view([rows, t.shape[t.rank - 1]]);
     const g2 = flat(g);
+    const dx = x.requiresGrad ? product(g2, weight, false, false).view(x.shape) : null;
+    if (weight.requiresGrad && bias?.requiresGrad) {
+      // The bias gradient Σ_rows g from the weight gradient's pass over gᵀ.
+      const [dw, db] = [new Tensor(weight.shape, "f32"), new Tensor([outF], "f32")];
+      matmulRowSumsInto(g2, flat(x), dw, db, { transA: true });
+      return [dx, dw, db];
+    }
     return [
-      x.requiresGrad ? product(g2, weight, false, false).view(x.shape) : null,
+      dx,
       weight.requiresGrad ? product(g2, flat(x), true, false) : null,
       bias?.requiresGrad ? reduceRaw(g2, 0, "sum") : null,
     ];

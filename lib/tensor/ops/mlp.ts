@@ -6,8 +6,32 @@
 import { chooseVariant, type Variant } from "../../gpu/autotune.ts";
 import { record, Tensor } from "../tensor.ts";
 import { gelu } from "./elementwise.ts";
-import { linear, matmulEpilogueInto, matmulInto } from "./matmul.ts";
+import { linear, matmulEpilogueInto, matmulInto, matmulRowSumsInto } from "./matmul.ts";
 import { reduceRaw } from "./reduce_raw.ts";
+
+/**
+ * A layer's weight gradient dᵀ·input [out, in] and bias gradient Σ_rows d [out] (each null unless
+ * wanted), from one texture-kernel pass where both are (matmulRowSumsInto).
+ */
+function weightAndBiasGrads(
+  d: Tensor,
+  input: Tensor,
+  w: Tensor,
+  b: Tensor | null,
+): [Tensor | null, Tensor | null] {
+  const wantB = b?.requiresGrad ?? false;
+  if (w.requiresGrad && wantB) {
+    const [dw, db] = [new Tensor(w.shape, "f32"), new Tensor(b!.shape, "f32")];
+    matmulRowSumsInto(d, input, dw, db, { transA: true });
+    return [dw, db];
+  }
+  let dw: Tensor | null = null;
+  if (w.requiresGrad) {
+    dw = new Tensor(w.shape, "f32");
+    matmulInto(d, input, dw, { transA: true });
+  }
+  return [dw, wantB ? reduceRaw(d, 0, "sum") : null];
+}
 
 /** "fused": the GELU in the matmul epilogues; "composed": linear, gelu, linear. */
 export const MLP_VARIANTS: readonly Variant<"fused" | "composed">[] = [
@@ -53,21 +77,12 @@ export function mlpGelu(
   const inputs = [x, w1, b1, w2, b2].filter((t): t is Tensor => t !== null);
   return record("mlpGelu", out, inputs, (g) => {
     const g2 = g.view([rows, outF]);
-    let dw2: Tensor | null = null;
-    if (w2.requiresGrad) {
-      dw2 = new Tensor([outF, hidden], "f32");
-      matmulInto(g2, y, dw2, { transA: true });
-    }
-    const db2 = b2?.requiresGrad ? reduceRaw(g2, 0, "sum") : null;
+    const [dw2, db2] = weightAndBiasGrads(g2, y, w2, b2);
     let dx: Tensor | null = null, dw1: Tensor | null = null, db1: Tensor | null = null;
     if (x.requiresGrad || w1.requiresGrad || b1?.requiresGrad) {
       const du = new Tensor([rows, hidden], "f32");
       matmulEpilogueInto(g2, w2, null, du, { kind: "geluGrad", aux: u });
-      if (w1.requiresGrad) {
-        dw1 = new Tensor([hidden, inF], "f32");
-        matmulInto(du, x2, dw1, { transA: true });
-      }
-      if (b1?.requiresGrad) db1 = reduceRaw(du, 0, "sum");
+      [dw1, db1] = weightAndBiasGrads(du, x2, w1, b1);
       if (x.requiresGrad) {
         dx = new Tensor(x.shape, "f32");
         matmulInto(du, w1, dx.view([rows, inF]));

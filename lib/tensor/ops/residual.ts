@@ -1,8 +1,11 @@
 // A residual branch added with a layer scale, x + h · gamma (gamma per channel of the last dim), as
 // one op: one dispatch forward where mul and add take two (the first a broadcast), and one (two
 // when the rows are split into pieces) backward for dh and gamma's gradient, where the composed ops
-// take a broadcast multiply, a multiply and a reduction. dx is the output gradient itself.
+// take a broadcast multiply, a multiply and a reduction. dx is the output gradient itself. On a
+// software adapter the backward walks all rows of a channel in one invocation (one dispatch; the
+// cores are few, as fused_norm.ts's weight gradients do), elsewhere pieces of rows and a sum.
 
+import { forcedVariant } from "../../gpu/autotune.ts";
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { grid1d } from "../../gpu/recorder.ts";
@@ -33,6 +36,27 @@ const kernels = {
  */
 const targetInvocations = () => (gpu().info.software ? 512 : 8192);
 
+/**
+ * Rows one invocation walks at most in the one-piece backward (lavapipe silently ends an
+ * invocation's loops past a budget of iterations: see fused_norm.ts).
+ */
+const MAX_WHOLE_ROWS = 10_000;
+
+/**
+ * Rows per piece of the backward: all rows in one piece (no partial sums to add) on a software
+ * adapter where they fit MAX_WHOLE_ROWS, else pieces aiming at targetInvocations.
+ * `forceVariant("residualScaledGrad", "whole" | "pieces")` picks one (tests run both).
+ */
+function pieceRowsFor(rows: number, c: number): number {
+  const forced = forcedVariant("residualScaledGrad");
+  const whole = forced ? forced === "whole" : gpu().info.software;
+  if (whole && rows <= MAX_WHOLE_ROWS) return Math.max(1, rows);
+  return Math.max(
+    1,
+    Math.min(MAX_LOOP, Math.ceil(rows / Math.max(1, Math.floor(targetInvocations() / c)))),
+  );
+}
+
 /** x + h · gamma: x and h of one shape [..., C], gamma [C]. */
 export function residualScaled(x: Tensor, h: Tensor, gamma: Tensor): Tensor {
   const c = x.shape[x.rank - 1];
@@ -56,10 +80,7 @@ export function residualScaled(x: Tensor, h: Tensor, gamma: Tensor): Tensor {
     });
   }
   return record("residualScaled", out, [x, h, gamma], (g) => {
-    const pieceRows = Math.max(
-      1,
-      Math.min(MAX_LOOP, Math.ceil(rows / Math.max(1, Math.floor(targetInvocations() / c)))),
-    );
+    const pieceRows = pieceRowsFor(rows, c);
     const pieces = Math.max(1, Math.ceil(rows / pieceRows));
     const dh = new Tensor(h.shape, "f32");
     const partials = new Tensor([pieces, c], "f32");
