@@ -27,7 +27,9 @@
 // tables with the charts inline), figures/*.svg (charts: curves of every stage given and of the
 // fine-tuning runs, code frequencies, probes per block, the arms compared), figures/*.png (Figure 3
 // patches copied from each export, Figure 2/5 per pretrained arm), fine-tuning's checkpoint and
-// finished runs (finetune/*.json: a rerun after a kill resumes there) and manifest.json last. Least
+// finished runs (finetune/*.json: a rerun after a kill resumes there) and manifest.json last.
+// --stop-at N stops the first fine-tuning run to checkpoint at or after step N, as if killed: the
+// stage ends "stopped" with none of the report files and no manifest, and a rerun resumes. Least
 // privilege: reads only --shards, the export, pretrain and --curves folders and --out; writes only
 // --out.
 
@@ -96,9 +98,9 @@ export async function runEvaluate(
     log,
   });
   if (run.status === "skip") return { status: "skip", out: run.out, summary: run.manifest.summary };
-  const summary = await evaluate(o, config, inputs, run, log);
-  await finishStage(run, { summary });
-  return { status: "done", out: run.out, summary };
+  const { status, summary } = await evaluate(o, config, inputs, run, log);
+  if (status === "done") await finishStage(run, { summary });
+  return { status, out: run.out, summary };
 }
 
 if (import.meta.main) {
@@ -107,6 +109,10 @@ if (import.meta.main) {
     access: evaluateAccess,
     run: (options) => runEvaluate(options),
     describe: ({ status, out, summary }) => {
+      if (status === "stopped") {
+        return `${STAGE}: stopped: fine-tuning run ${summary.finetune_run} after its checkpoint ` +
+          `at step ${summary.step}, before the report, in ${out}; rerun to resume`;
+      }
       const p = (v: unknown) => typeof v === "number" ? `${pct(v)}%` : "–";
       return `${STAGE}: ${status}: fine-tuning pretrained ` +
         `${p(summary.finetune_pretrained_acc)} vs scratch ${p(summary.finetune_scratch_acc)}; ` +

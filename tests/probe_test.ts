@@ -256,7 +256,7 @@ Deno.test("finetune lowers the loss on a toy task and reports held-out top-1", a
   model.dispose();
 });
 
-Deno.test("finetune's checkpoint: a NaN names the last good one, and the rerun resumes it to the uninterrupted result", async () => {
+Deno.test("finetune's checkpoint: a NaN names the last good one, stopAt stops after one, and the rerun resumes it to the uninterrupted result", async () => {
   const d = 5, k = 3, batch = 16;
   const train = toyProblem(160, d, k, 6);
   const val = toyProblem(97, d, k, 7);
@@ -267,6 +267,13 @@ Deno.test("finetune's checkpoint: a NaN names the last good one, and the rerun r
   };
   const config = { steps: 30, lr: 3e-2, warmupSteps: 5, weightDecay: 0.05, evalEvery: 15 };
   const dir = await Deno.makeTempDir({ prefix: "peco-finetune-" });
+  const checkpoint = (folder: string) => ({
+    path: join(folder, "checkpoint.safetensors"),
+    every: 10,
+    stage: "finetune-test",
+    fingerprint: "toy",
+    run: "toy-run",
+  });
   const run = async (folder: string, poison?: number) => {
     const model = new ToyClassifier(d, k, new Rng(1));
     await Deno.mkdir(folder, { recursive: true });
@@ -275,15 +282,7 @@ Deno.test("finetune's checkpoint: a NaN names the last good one, and the rerun r
         model,
         { train: toyStream(train, d, batch, poison), val: evalSet },
         config,
-        {
-          checkpoint: {
-            path: join(folder, "checkpoint.safetensors"),
-            every: 10,
-            stage: "finetune-test",
-            fingerprint: "toy",
-            run: "toy-run",
-          },
-        },
+        { checkpoint: checkpoint(folder) },
       );
     } finally {
       model.dispose();
@@ -303,5 +302,18 @@ Deno.test("finetune's checkpoint: a NaN names the last good one, and the rerun r
   assert.equal(resumed.resumedFrom, 20);
   assert.deepEqual(resumed.curve, whole.curve);
   assert.deepEqual(resumed.outcomes, whole.outcomes);
+  // stopAt 15: stopped after the checkpoint at 20 (the first at or after 15), nothing evaluated;
+  // the rerun resumes there to the uninterrupted result.
+  const stopped = join(dir, "stopped");
+  await Deno.mkdir(stopped);
+  const model = new ToyClassifier(d, k, new Rng(1));
+  const stop = await finetune(model, { train: toyStream(train, d, batch), val: evalSet }, config, {
+    checkpoint: { ...checkpoint(stopped), stopAt: 15 },
+  }).finally(() => model.dispose());
+  assert.deepEqual(stop, { status: "stopped", step: 20, resumedFrom: 0 });
+  const rest = await run(stopped);
+  assert.equal(rest.resumedFrom, 20);
+  assert.deepEqual(rest.curve, whole.curve);
+  assert.deepEqual(rest.outcomes, whole.outcomes);
   await Deno.remove(dir, { recursive: true });
 });

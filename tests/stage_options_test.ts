@@ -169,6 +169,8 @@ const RULES: [string, Record<string, OptionValue>, string, string][] = [
     "mask-ratios",
     '--mask-ratios must be numbers in (0, 1), got "0.5,1.5"',
   ],
+  ["evaluate", { "stop-at": 0 }, "stop-at", "--stop-at must be an integer ≥ 1, got 0"],
+  ["evaluate", { "stop-at": 2.5 }, "stop-at", "--stop-at must be an integer ≥ 1, got 2.5"],
 ];
 
 for (const stage of Object.keys(CHECKS)) {

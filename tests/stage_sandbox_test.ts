@@ -2,6 +2,8 @@
 // least privilege), on tiny data:
 // - every training stage, killed with SIGKILL (its whole process group) after a checkpoint and
 //   started again, ends with the same weights, bit for bit, as a run that was never interrupted;
+// - evaluate, stopped by --stop-at in its fine-tuning, writes no report and no manifest, and its
+//   rerun writes the report of a run that was never stopped;
 // - every stage's sandbox is enforced by Deno: under the exact flags its launcher computes, a read
 //   outside its inputs, a write outside its folder, env, net and run are refused (NotCapable), and
 //   the stage itself, denied one of its inputs, fails with NotCapable and finishes nothing.
@@ -164,13 +166,21 @@ async function checkpointRun(path: string): Promise<string | null> {
   }
 }
 
-Deno.test("evaluate: SIGKILL during fine-tuning after a checkpoint, rerun = uninterrupted", async () => {
+/** The uninterrupted evaluate run of `evaluateArgs` (and the pretrain run it reads), made once. */
+async function wholeEvaluate(): Promise<string> {
   if (!(await exists(join(root, "pretrain-whole", "manifest.json")))) {
     await runTask("pretrain", TRAINING.pretrain(join(root, "pretrain-whole")));
   }
   const whole = join(root, "evaluate-whole");
+  if (!(await exists(join(whole, "manifest.json")))) await runTask("evaluate", evaluateArgs(whole));
+  return whole;
+}
+
+const reportOf = (dir: string) => Deno.readTextFile(join(dir, "report.json")).then(JSON.parse);
+
+Deno.test("evaluate: SIGKILL during fine-tuning after a checkpoint, rerun = uninterrupted", async () => {
+  const whole = await wholeEvaluate();
   const killed = join(root, "evaluate-killed");
-  await runTask("evaluate", evaluateArgs(whole));
   // Killed once the pretrained run has finished and the scratch run has written a checkpoint: the
   // rerun reads the first back and resumes the second.
   const child = startTask("evaluate", evaluateArgs(killed));
@@ -195,11 +205,67 @@ Deno.test("evaluate: SIGKILL during fine-tuning after a checkpoint, rerun = unin
   assert.match(text, /resuming the interrupted run/);
   assert.match(text, /fine-tune pretrained .*finished before the interruption/);
   assert.match(text, /fine-tune from scratch: .*resumed at step [1-3]0\)/);
-  const report = (dir: string) => Deno.readTextFile(join(dir, "report.json")).then(JSON.parse);
-  const [a, b] = [await report(whole), await report(killed)];
+  const [a, b] = [await reportOf(whole), await reportOf(killed)];
   assert.ok(a.finetune_scratch.length === 1 && a.outcomes.runs.length === 5);
   assert.deepEqual(b, a, "report.json after the kill and rerun = the uninterrupted run's");
   await assertSameWeights(whole, killed);
+});
+
+Deno.test("evaluate --stop-at: stopped after a fine-tuning checkpoint with no report; rerun = uninterrupted", async () => {
+  const whole = await wholeEvaluate();
+  const out = join(root, "evaluate-stopped");
+  const checkpoint = join(out, "checkpoint.safetensors");
+  const start = async (flags: string[]) => {
+    const { code, stdout, stderr } = await startTask("evaluate", [...evaluateArgs(out), ...flags])
+      .output();
+    const text = new TextDecoder().decode(stdout) + new TextDecoder().decode(stderr);
+    assert.equal(code, 0, text);
+    return text;
+  };
+  /** Stopped: no file of the report, no manifest; the checkpoint holds `run` at `step`. */
+  const assertStopped = async (text: string, run: string, step: number) => {
+    assert.match(text, /evaluate: stopped before the report \(--stop-at\); rerun to resume/);
+    assert.match(
+      text,
+      new RegExp(
+        `evaluate: stopped: fine-tuning run ${run}-\\S+ after its checkpoint at step ${step}`,
+      ),
+    );
+    for (const file of ["report.json", "report.md", "report.html", "manifest.json"]) {
+      assert.ok(!(await exists(join(out, file))), `stopped, yet ${file} was written`);
+    }
+    const meta = await readCheckpointMeta(checkpoint);
+    assert.ok(String(meta.carried?.run).startsWith(run), `checkpoint of ${meta.carried?.run}`);
+    assert.equal(meta.step, step);
+  };
+  // 40 steps a run, a checkpoint every 10: the pretrained run stops after its checkpoint at 30.
+  let text = await start(["--stop-at", "30"]);
+  assert.match(
+    text,
+    /fine-tune pretrained .*: stopped after the checkpoint at step 30 \(--stop-at\)/,
+  );
+  await assertStopped(text, "pretrained", 30);
+  // Again: the pretrained run resumes at 30 and finishes (its last step never stops it); the
+  // scratch run stops after its first checkpoint at or after 30.
+  text = await start(["--stop-at", "30"]);
+  assert.match(text, /fine-tune pretrained .*: top-1 .*\(resumed at step 30\)/);
+  assert.match(
+    text,
+    /fine-tune from scratch: stopped after the checkpoint at step 30 \(--stop-at\)/,
+  );
+  await assertStopped(text, "scratch", 30);
+  // Without --stop-at: the pretrained run is read back, the scratch run resumed, the report whole.
+  text = await start([]);
+  assert.match(text, /fine-tune pretrained .*finished before the interruption/);
+  assert.match(text, /fine-tune from scratch: .*resumed at step 30\)/);
+  assert.ok(await exists(join(out, "manifest.json")));
+  for (const file of ["report.md", "report.html"]) assert.ok(await exists(join(out, file)), file);
+  assert.deepEqual(
+    await reportOf(out),
+    await reportOf(whole),
+    "report.json = the uninterrupted run's",
+  );
+  await assertSameWeights(whole, out);
 });
 
 // ---- the sandbox of every stage ------------------------------------------------------------------

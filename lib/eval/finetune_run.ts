@@ -4,7 +4,9 @@
 // the held-out images. A run keeps its checkpoint in the stage's folder (one file,
 // replaced atomically, naming the run it holds) and, once finished, its result in
 // `finetune/<run>.json`: a rerun of an interrupted stage skips finished runs and resumes the one
-// the checkpoint holds, ending with the figures an uninterrupted run gives.
+// the checkpoint holds, ending with the figures an uninterrupted run gives. With the stage's
+// `stopAt` (--stop-at) a run stops after its first checkpoint at or after that step, as if killed,
+// and leaves no result: the rerun resumes it.
 
 import { join } from "node:path";
 import type { ShardSet } from "../data/shards.ts";
@@ -51,11 +53,21 @@ export function runLayerDecay(budget: FinetuneBudget, pretrained: boolean): numb
 const LOG_EVERY = 10;
 
 export interface FinetuneRunResult {
+  status: "done";
   accuracy: number;
   outcomes: Uint8Array;
   curve: CurvePoint[];
   /** Where the run came from this time: run, resumed at a step, or read back finished. */
   provenance: "run" | { resumedFrom: number } | "finished before";
+}
+
+/** A run stopped after a checkpoint (`FinetuneStage.stopAt`): no result; a rerun resumes it. */
+export interface FinetuneRunStopped {
+  status: "stopped";
+  /** The step of the checkpoint it stopped after. */
+  step: number;
+  /** Where the run came from this time: run, or resumed at a step. */
+  provenance: "run" | { resumedFrom: number };
 }
 
 export interface FinetuneRunSpec {
@@ -75,16 +87,21 @@ export interface FinetuneStage {
   out: string;
   fingerprint: string;
   checkpoint: string;
+  /** Stop each run after its first checkpoint at or after this step, as if killed (--stop-at). */
+  stopAt?: number;
 }
 
-/** Fine-tunes one run (or reads back its finished result) and returns its held-out outcomes. */
+/**
+ * Fine-tunes one run (or reads back its finished result) and returns its held-out outcomes, or
+ * status "stopped" when `stage.stopAt` stopped it after a checkpoint.
+ */
 export async function finetuneRun(
   run: FinetuneRunSpec,
   data: { shards: ShardSet; val: HostSet; evalImages: number; classes: number; evalBatch: number },
   budget: FinetuneBudget,
   stage: FinetuneStage,
   onProgress?: OnProgress,
-): Promise<FinetuneRunResult> {
+): Promise<FinetuneRunResult | FinetuneRunStopped> {
   const fail: (what: string) => never = failer(`${stage.name}: fine-tune ${run.name}`);
   const resultFile = join(stage.out, FINETUNE_RESULTS, `${run.name}.json`);
   const finished = await readResult(resultFile, data.evalImages);
@@ -105,6 +122,7 @@ export async function finetuneRun(
       stage: stage.name,
       fingerprint: stage.fingerprint,
       run: run.name,
+      stopAt: stage.stopAt,
     };
     const result = await finetune(
       model,
@@ -131,6 +149,8 @@ export async function finetuneRun(
         checkpoint,
       },
     );
+    const provenance = result.resumedFrom ? { resumedFrom: result.resumedFrom } : "run" as const;
+    if (result.status === "stopped") return { status: "stopped", step: result.step, provenance };
     await Deno.mkdir(join(stage.out, FINETUNE_RESULTS), { recursive: true });
     await writeJsonAtomic(resultFile, {
       run: run.name,
@@ -139,10 +159,11 @@ export async function finetuneRun(
       curve: result.curve,
     });
     return {
+      status: "done",
       accuracy: result.accuracy,
       outcomes: result.outcomes,
       curve: result.curve,
-      provenance: result.resumedFrom ? { resumedFrom: result.resumedFrom } : "run",
+      provenance,
     };
   } finally {
     model.dispose();
@@ -163,6 +184,7 @@ async function readResult(path: string, images: number): Promise<FinetuneRunResu
   ) return null;
   const outcomes = Uint8Array.from(decodeOutcomes(saved.outcomes, path));
   return {
+    status: "done",
     accuracy: saved.accuracy,
     outcomes,
     curve: saved.curve as CurvePoint[],

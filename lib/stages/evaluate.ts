@@ -4,17 +4,25 @@
 // tokenizer's reconstructions and codeword probe and, with a pretrain folder, the masked-prediction
 // figure and the ViT probes; then fine-tuning (each pretrained arm, and from scratch once per
 // seed), which checkpoints in the stage's folder so that a rerun after a kill resumes there.
+// --stop-at stops the first fine-tuning run that reaches a checkpoint at or after that step, as if
+// killed: the stage ends "stopped" before the report (no report.json / .md / .html, no manifest).
 
 import { join } from "node:path";
 import { adapterInfo } from "../tensor/engine.ts";
 import { Progress } from "../cli/progress.ts";
 import type { StageRun } from "../cli/stage.ts";
+import type { TrainingOutcome } from "../cli/training.ts";
 import { failer, reason } from "../io/errors.ts";
 import { measurement, type RunRef, writeReport } from "../io/report.ts";
 import { Beit, BEIT_MODEL_FILE } from "../models/beit.ts";
 import { Tokenizer, TOKENIZER_FILE } from "../models/tokenizer.ts";
 import { deriveClaims } from "../eval/claims.ts";
-import { finetuneRun, type FinetuneRunResult, runLayerDecay } from "../eval/finetune_run.ts";
+import {
+  finetuneRun,
+  type FinetuneRunResult,
+  type FinetuneRunStopped,
+  runLayerDecay,
+} from "../eval/finetune_run.ts";
 import { type HostSet, type ImageSpec, type OnProgress, readSet } from "../eval/heldout.ts";
 import { maskedPrediction } from "../eval/masked_prediction.ts";
 import { encodeOutcomes, type OutcomeMetric, type OutcomeRecord } from "../eval/outcomes.ts";
@@ -146,14 +154,17 @@ async function loadBeit(arm: Arm, seed: number): Promise<Beit> {
 
 const ref = (f: StageFolder): RunRef => ({ dir: f.dir, sha256: f.sha256 });
 
-/** Every measurement, the claims and the report; returns the stage's summary. */
+/**
+ * Every measurement, the claims and the report; returns the stage's summary, or status "stopped"
+ * (--stop-at: a fine-tuning run stopped after a checkpoint; nothing of the report is written).
+ */
 export async function evaluate(
   o: EvaluateOptions,
   config: EvaluateConfig,
   inputs: Inputs,
   run: StageRun,
   log: Log,
-): Promise<Record<string, unknown>> {
+): Promise<TrainingOutcome> {
   const started = performance.now();
   const { shards } = inputs;
   const n = config.evalImages;
@@ -348,11 +359,12 @@ export async function evaluate(
     out: run.out,
     fingerprint: run.fingerprint,
     checkpoint: run.checkpoint,
+    stopAt: o["stop-at"],
   };
   const fineTune = async (
     label: string,
     spec: Parameters<typeof finetuneRun>[0],
-  ): Promise<FinetuneRunResult> => {
+  ): Promise<FinetuneRunResult | FinetuneRunStopped> => {
     const m = measure(`fine-tune ${label}`, ft.steps, "step");
     const r = await finetuneRun(spec, data, ft, stage, m.progress);
     const how = r.provenance === "run"
@@ -360,20 +372,31 @@ export async function evaluate(
       : r.provenance === "finished before"
       ? " (finished before the interruption)"
       : ` (resumed at step ${r.provenance.resumedFrom})`;
-    m.done(`top-1 ${pct(r.accuracy)}% on ${n} val images${how}`);
+    m.done(
+      r.status === "stopped"
+        ? `stopped after the checkpoint at step ${r.step} (--stop-at)${how}`
+        : `top-1 ${pct(r.accuracy)}% on ${n} val images${how}`,
+    );
     return r;
+  };
+  /** The stage stopped in fine-tuning run `name` (--stop-at): no report; a rerun resumes. */
+  const stopped = (name: string, r: FinetuneRunStopped): TrainingOutcome => {
+    log(`${STAGE}: stopped before the report (--stop-at); rerun to resume`);
+    return { status: "stopped", summary: { finetune_run: name, step: r.step } };
   };
   const finetuneCurves: { label: string; curve: FinetuneRunResult["curve"] }[] = [];
   const pretrainedArms = inputs.arms.filter((a) => a.pretrainRun);
   for (const arm of pretrainedArms) {
     const result = arms[arm.index];
+    const runName = `pretrained-${arm.slug}-seed-${arm.seed}`;
     const r = await fineTune(`pretrained ${name(arm)}`, {
-      name: `pretrained-${arm.slug}-seed-${arm.seed}`,
+      name: runName,
       vit: arm.vit!.config,
       spec: result.vitSpec!,
       weights: join(arm.pretrainRun!.dir, BEIT_MODEL_FILE),
       seed: arm.seed,
     });
+    if (r.status === "stopped") return stopped(runName, r);
     result.metrics["finetune.pretrained_acc"] = measurement(r.accuracy, "val", result.pretrain!, {
       steps: ft.steps,
       layer_decay: runLayerDecay(ft, true),
@@ -389,13 +412,15 @@ export async function evaluate(
     const seeds = [...new Set(pretrainedArms.map((a) => a.seed))];
     for (const seed of seeds) {
       const label = seeds.length > 1 ? `from scratch seed ${seed}` : "from scratch";
+      const runName = `scratch-seed-${seed}`;
       const r = await fineTune(label, {
-        name: `scratch-seed-${seed}`,
+        name: runName,
         vit: main.vit!.config,
         spec: arms[main.index].vitSpec!,
         weights: null,
         seed,
       });
+      if (r.status === "stopped") return stopped(runName, r);
       scratch.push({ seed, accuracy: r.accuracy, curve: r.curve });
       finetuneCurves.push({
         label: seeds.length > 1 ? `scratch seed ${seed}` : "scratch",
@@ -482,7 +507,7 @@ export async function evaluate(
   const first = arms[0];
   const value = (k: string) => (first.metrics[k]?.value ?? null);
   const mainScratch = scratch.find((x) => x.seed === first.seed) ?? scratch[0];
-  return {
+  const summary = {
     arms: arms.map((a) => a.label),
     psnr: value("tokenizer.psnr"),
     ssim: value("tokenizer.ssim"),
@@ -496,4 +521,5 @@ export async function evaluate(
     seconds: total,
     measurement_seconds: seconds,
   };
+  return { status: "done", summary };
 }

@@ -54,6 +54,11 @@ export const evaluateCommand = {
       default: 50,
       help: "fine-tuning checkpoint every N steps (a multiple of 10; a rerun resumes there)",
     },
+    "stop-at": {
+      type: "number",
+      help: "stop after the first fine-tuning checkpoint at or after this step, as if killed, " +
+        "before the report (tests resuming)",
+    },
     "finetune-warmup": {
       type: "number",
       help: `fine-tuning warmup steps (default: ${FINETUNE_WARMUP.steps}, or a tenth of ` +
@@ -220,6 +225,7 @@ export function checkEvaluateOptions(o: EvaluateOptions): Problem[] {
     ["finetune-batch", o["finetune-batch"], 1],
     ["finetune-warmup", o["finetune-warmup"], 0],
     ["finetune-ckpt-every", o["finetune-ckpt-every"], 10],
+    ["stop-at", o["stop-at"], 1],
     ["probe-train", o["probe-train"], 10],
     ["probe-epochs", o["probe-epochs"], 1],
     ["probe-batch", o["probe-batch"], 1],

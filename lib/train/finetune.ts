@@ -7,7 +7,9 @@
 // loop's (lib/train/loop.ts): the fine-tuning step is its `step`, held-out top-1 its `evaluate`,
 // the model and its AdamW its state; the loop reads losses at log steps, stops at a NaN naming the
 // last good checkpoint and, given a checkpoint path, keeps an atomic checkpoint (which also carries
-// the run's name and curve) that a rerun resumes, ending where the uninterrupted run does.
+// the run's name and curve) that a rerun resumes, ending where the uninterrupted run does; with
+// `stopAt` it stops after its first checkpoint at or after that step, as if killed (the loop's
+// `stopAt`: the evaluate stage's --stop-at).
 
 import { failer } from "../io/errors.ts";
 import { Conv2d, Linear } from "../nn/layers.ts";
@@ -94,6 +96,8 @@ export interface FinetuneCheckpoint {
   fingerprint: string;
   /** The run's name within the stage: a checkpoint of another run at `path` is not resumed. */
   run: string;
+  /** Stop after the first checkpoint at or after this step, as if killed (--stop-at). */
+  stopAt?: number;
 }
 
 export interface CurvePoint {
@@ -104,6 +108,7 @@ export interface CurvePoint {
 }
 
 export interface FinetuneResult {
+  status: "done";
   /** Held-out top-1 after the last step. */
   accuracy: number;
   /** Per held-out item, 1 where the final model's top-1 is its label, else 0. */
@@ -113,6 +118,22 @@ export interface FinetuneResult {
   /** Logged points (loss and lr at log steps; val_acc at eval steps), by step. */
   curve: CurvePoint[];
   seconds: number;
+}
+
+/** A run stopped after a checkpoint (`checkpoint.stopAt`): nothing evaluated; a rerun resumes. */
+export interface FinetuneStopped {
+  status: "stopped";
+  /** The step of the checkpoint it stopped after. */
+  step: number;
+  /** The step the run resumed from (0: it started afresh). */
+  resumedFrom: number;
+}
+
+/** What `finetune` is told besides the model, data and config. */
+export interface FinetuneHooks {
+  layers?: LayerIds;
+  onLog?: (record: LoopRecord) => void | Promise<void>;
+  checkpoint?: FinetuneCheckpoint;
 }
 
 /** Top-1 of `model` on `set`, evaluated in eval mode in chunks of `batch` (one readback). */
@@ -193,16 +214,25 @@ function curvePoint(record: LoopRecord): CurvePoint {
  * of this run at its path is resumed and a new one is written every `checkpoint.every` steps and
  * after the last.
  */
+export function finetune<B extends LoopBatch>(
+  model: ClassifierModel,
+  data: { train: FinetuneData<B>; val: EvalSet },
+  config: FinetuneConfig,
+  hooks?: FinetuneHooks & { checkpoint?: FinetuneCheckpoint & { stopAt?: undefined } },
+): Promise<FinetuneResult>;
+/** With `checkpoint.stopAt`, the run may stop after a checkpoint instead: status "stopped". */
+export function finetune<B extends LoopBatch>(
+  model: ClassifierModel,
+  data: { train: FinetuneData<B>; val: EvalSet },
+  config: FinetuneConfig,
+  hooks: FinetuneHooks,
+): Promise<FinetuneResult | FinetuneStopped>;
 export async function finetune<B extends LoopBatch>(
   model: ClassifierModel,
   data: { train: FinetuneData<B>; val: EvalSet },
   config: FinetuneConfig,
-  { layers, onLog, checkpoint }: {
-    layers?: LayerIds;
-    onLog?: (record: LoopRecord) => void | Promise<void>;
-    checkpoint?: FinetuneCheckpoint;
-  } = {},
-): Promise<FinetuneResult> {
+  { layers, onLog, checkpoint }: FinetuneHooks = {},
+): Promise<FinetuneResult | FinetuneStopped> {
   checkConfig(config, layers);
   const { steps, logEvery = 10, evalEvery = 0, evalBatch = 64, labelSmoothing = 0 } = config;
   if (checkpoint && (!(checkpoint.every > 0) || checkpoint.every % logEvery !== 0)) {
@@ -231,6 +261,7 @@ export async function finetune<B extends LoopBatch>(
     config,
     logEvery,
     ckptEvery: checkpoint?.every ?? steps,
+    stopAt: checkpoint?.stopAt,
     state: { modules: { model }, optimizers: { optim: optimizer } },
     restored: (meta) => void (curve = (meta.carried?.curve ?? []) as CurvePoint[]),
     carry: () => ({ run: checkpoint?.run, curve }),
@@ -261,14 +292,18 @@ export async function finetune<B extends LoopBatch>(
   try {
     const resumeStep = checkpoint ? await resumableStep(checkpoint) : null;
     model.train();
-    await trainLoop(loop, {
+    const ran = await trainLoop(loop, {
       checkpoint: checkpoint?.path ?? null,
       fingerprint: checkpoint?.fingerprint ?? "",
       resumeFrom: resumeStep === null ? null : { step: resumeStep },
     }, sinks);
+    if (ran.status === "stopped") {
+      return { status: "stopped", step: ran.step, resumedFrom: resumeStep ?? 0 };
+    }
     // Resumed from its last checkpoint, a finished run evaluated nothing this time.
     const final = outcomes ?? await classifierOutcomes(model, data.val, evalBatch);
     return {
+      status: "done",
       accuracy: fractionOf(final),
       outcomes: final,
       resumedFrom: resumeStep ?? 0,
