@@ -161,11 +161,20 @@ Deno.test("texture matmul: operands whose rows are whole texels are copied, in e
         expectFill(whole.a.shape, whole.b.shape, ta, tb, "copy/copy");
         await checkForward(whole.a, whole.b, ta, tb, `${v.name} copy all, batch`);
       }
-      // K not a multiple of 4 packs both; shared operands; chunks of the batch (b's 300 packed
-      // 64-row matrices exceed 16384 texture rows; a is copied chunk by chunk from an offset);
-      // matrices that are not whole texture rows.
-      expectFill([13, 64], [13, 64], true, false, "pack/pack");
-      await checkForward(input(13, 64), input(13, 64), true, false, `${v.name} K=13`);
+      // K not a multiple of 4: a single matrix with K along its stored rows is copied and the
+      // rows up to K = 16 read as zeros (after a K = 16 product has left values in the pooled
+      // textures), batched ones and those with K contiguous are packed. Then shared operands;
+      // chunks of the batch (b's 300 packed 64-row matrices exceed 16384 texture rows; a is
+      // copied chunk by chunk from an offset); matrices that are not whole texture rows.
+      await checkForward(input(16, 44), input(16, 64), true, false, `${v.name} K=16`);
+      expectFill([13, 44], [13, 64], true, false, "copy/copy");
+      await checkForward(input(13, 44), input(13, 64), true, false, `${v.name} K=13`);
+      expectFill([2, 13, 44], [2, 13, 64], true, false, "pack/pack");
+      await checkForward(input(2, 13, 44), input(2, 13, 64), true, false, `${v.name} K=13 batch`);
+      expectFill([13, 44], [2, 13, 64], true, false, "copy/pack");
+      await checkForward(input(13, 44), input(2, 13, 64), true, false, `${v.name} K=13 shared`);
+      expectFill([44, 13], [64, 13], false, true, "pack/pack");
+      await checkForward(input(44, 13), input(64, 13), false, true, `${v.name} K=13 contiguous`);
       await checkForward(input(3, 37, 64), input(64, 64), false, false, `${v.name} shared b`);
       await checkForward(input(37, 64), input(3, 64, 64), false, false, `${v.name} shared a`);
       await checkForward(input(300, 60, 64), input(300, 64, 5), false, false, `${v.name} chunks`);

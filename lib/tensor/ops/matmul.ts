@@ -3,7 +3,7 @@
 // transpose. The kernel variant (register blocks of several sizes, or shared-memory tiles) comes
 // from the autotuner: a tuned winner when `tuneMatmul` ran for the shape class, else a default.
 //
-// Texture variants (`tex16x16`, `tex8x8`, for software adapters): storage-buffer loads are the
+// Texture variants (`tex24x24`, `tex16x16`, `tex8x8`, for software adapters): storage-buffer loads are the
 // bottleneck on lavapipe (~25-30 cycles per lane and float) while a textureLoad of an rgba32float
 // texel costs ~10 cycles for 4 floats. So the op first puts op(A) and op(B) into rgba32float
 // textures, then a kernel with a TM × TN block of C per invocation reads them without bounds checks
@@ -344,6 +344,8 @@ export const MATMUL_VARIANTS: readonly Variant<MatmulConfig>[] = [
   { name: "tiled64", config: { kind: "tiled" } },
   { name: "tex8x8", config: { kind: "tex", tm: 8, tn: 8 } },
   { name: "tex16x16", config: { kind: "tex", tm: 16, tn: 16 } },
+  // Fewer texel loads per FMA again; past ~24 × 24 the accumulators spill (see `texFmaCost`).
+  { name: "tex24x24", config: { kind: "tex", tm: 24, tn: 24 } },
 ];
 const byName = (name: string) => MATMUL_VARIANTS.find((v) => v.name === name)!;
 
@@ -436,6 +438,11 @@ interface OperandTexture {
   pitch: number;
   /** The stored matrix's [rows, cols] (cols contiguous). */
   stored: [number, number];
+  /**
+   * Flat only: texels after the copied matrix that must read as zeros (the stored rows K .. Kp - 1
+   * of a single matrix whose K is not a multiple of 4), written by `zeroFlatTail`.
+   */
+  tail: number;
 }
 
 /** Texture sizes and batch chunking of a tex variant, or null where the textures would not fit. */
@@ -452,26 +459,61 @@ interface TexLayout {
 /**
  * One operand's texture: copied flat where its contiguous dim (and K) is a multiple of 4, else
  * packed as `packed` [texels per row, rows per matrix]. `transposed`: A stored [K, M] or B [N, K].
+ * A single matrix (`single`: not batched, or shared by the batch) whose K is not a multiple of 4 is
+ * copied too where K runs along its stored rows (A stored [K, M], B [K, N]): the kernel then reads
+ * the stored rows up to K rounded up to 4, and the texels after the copy are zeroed
+ * (`zeroFlatTail`) — a weight gradient over B·T = 394 rows copies its operands instead of packing.
  */
 function operandTexture(
   stored: [number, number],
   K: number,
   transposed: boolean,
   packed: [number, number],
+  single: boolean,
 ): OperandTexture {
   const floats = stored[0] * stored[1];
-  if (stored[1] % 4 === 0 && K % 4 === 0) {
+  if (stored[1] % 4 === 0 && (K % 4 === 0 || single)) {
+    // K % 4 != 0 here means K is the stored rows (the contiguous dim is a multiple of 4).
+    const tail = ((roundUp(K, 4) - K) * stored[1]) / 4;
     return {
       fill: transposed ? "flatT" : "flat",
       width: FLAT_TEXELS,
-      height: (n) => flatRows(n * floats),
+      height: (n) => flatRows(n * floats + tail * 4),
       rows: floats / 4,
       pitch: stored[1] / 4,
       stored,
+      tail,
     };
   }
   const [width, rows] = packed;
-  return { fill: "pack", width, height: (n) => n * rows, rows, pitch: 0, stored };
+  return { fill: "pack", width, height: (n) => n * rows, rows, pitch: 0, stored, tail: 0 };
+}
+
+const zeroTailKernel = defineKernel({
+  name: "matmul_zero_tail",
+  source: /* wgsl */ `
+struct Params { first: u32, count: u32 }
+@group(0) @binding(0) var dst: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(1) var<uniform> p: Params;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u) {
+  if (gid.x >= p.count) { return; }
+  let t = p.first + gid.x;
+  textureStore(dst, vec2i(i32(t % ${FLAT_TEXELS}u), i32(t / ${FLAT_TEXELS}u)), vec4f(0.0));
+}
+`,
+  bindings: ["storage-texture"],
+});
+
+/** Zeroes an operand's flat tail (see `operandTexture`): the texels after its copied matrix. */
+function zeroFlatTail(t: OperandTexture, texture: GPUTextureView): void {
+  if (!t.tail) return;
+  gpu().recorder.dispatch(zeroTailKernel, {
+    buffers: [texture],
+    params: [t.rows, t.tail],
+    workgroups: [Math.ceil(t.tail / 64)],
+  });
 }
 
 function texLayout(p: Problem, tm: number, tn: number): TexLayout | null {
@@ -480,8 +522,21 @@ function texLayout(p: Problem, tm: number, tn: number): TexLayout | null {
   const [Mp, Np, Kp] = [roundUp(p.M, tm), roundUp(p.N, tn), roundUp(p.K, 4)];
   // A is stored [M, K] ([K, M] with transA), B [K, N] ([N, K] with transB); packed, their textures
   // hold op(A) [Mp, Kp] and op(B) [Kp, Np].
-  const a = operandTexture(p.transA ? [p.K, p.M] : [p.M, p.K], p.K, p.transA, [Kp / 4, Mp]);
-  const b = operandTexture(p.transB ? [p.N, p.K] : [p.K, p.N], p.K, p.transB, [Np / 4, Kp]);
+  const single = (stride: number) => stride === 0 || p.batch === 1;
+  const a = operandTexture(
+    p.transA ? [p.K, p.M] : [p.M, p.K],
+    p.K,
+    p.transA,
+    [Kp / 4, Mp],
+    single(p.strideA),
+  );
+  const b = operandTexture(
+    p.transB ? [p.N, p.K] : [p.K, p.N],
+    p.K,
+    p.transB,
+    [Np / 4, Kp],
+    single(p.strideB),
+  );
   if (a.width > max || b.width > max || a.height(1) > max || b.height(1) > max) return null;
   // Matrices per chunk: as many as the texture's rows hold.
   const fit = (t: OperandTexture, stride: number) => {
@@ -495,11 +550,21 @@ function texLayout(p: Problem, tm: number, tn: number): TexLayout | null {
 }
 
 /**
+ * Cost of one FMA of a tex kernel's lane, in storage-load units, by the area of its block of C:
+ * the accumulators stay cheap up to 24 × 24 and cost about twice as much beyond (fitted on lavapipe,
+ * Mesa 22.3, to the ViT-B projection shapes by CPU time: 8 × 8 ~18, 16 × 16 ~29, 24 × 16 ~33,
+ * 20 × 24 ~37, 24 × 24 ~39, 32 × 16 ~36, 32 × 32 ~35 GFLOP/s).
+ */
+const texFmaCost = (area: number) => area <= 576 ? 0.0033 : 0.0066;
+/** Cost of one texel load of a tex kernel's lane (with the fit of `texFmaCost`). */
+const TEX_TEXEL_COST = 0.355;
+
+/**
  * Cost of a tex variant on a software adapter, in the units of `rankedRegVariants` (one storage
- * load): the multiply (a texel load ~0.46, which covers its share of the FMAs; scalar stores 1
- * each), plus filling the textures (packing: 4 loads and a store per texel, spread over the cores;
- * a copy: ~0.5 per texel on one thread) and a fixed cost per extra dispatch or copy.
- * Calibrated on lavapipe against reg32x32 at 1024³ (~3.5× fewer units).
+ * load): the multiply (per lane and 4 k: tm + tn texel loads and 4·tm·tn FMAs, see `texFmaCost`;
+ * scalar stores 1 each), plus filling the textures (packing: 4 loads and a store per texel, spread
+ * over the cores; a copy: ~0.5 per texel on one thread) and a fixed cost per extra dispatch or copy.
+ * Calibrated on lavapipe against reg32x32 at 1024³ (~3.5× fewer units for tex16x16).
  */
 function texCost(p: Problem, tm: number, tn: number, cores: number): number | null {
   const L = texLayout(p, tm, tn);
@@ -511,7 +576,8 @@ function texCost(p: Problem, tm: number, tn: number, cores: number): number | nu
       ? roundUp(mBlocks, TEX_WG) * nBlocks
       : mBlocks * roundUp(nBlocks, TEX_WG));
   const groups = p.batch * Math.ceil(p.M / (tm * TEX_WG)) * Math.ceil(p.N / (tn * TEX_WG));
-  const perLane = (L.Kp / 4) * (tm + tn) * 0.46 + tm * tn;
+  const perK4 = (tm + tn) * TEX_TEXEL_COST + 4 * tm * tn * texFmaCost(tm * tn);
+  const perLane = (L.Kp / 4) * perK4 + tm * tn;
   const chunks = Math.ceil(p.batch / L.zc);
   let fill = 0;
   for (const [t, stride] of [[L.a, p.strideA], [L.b, p.strideB]] as const) {
@@ -716,11 +782,13 @@ function launchTex(
       if (p.strideA || z0 === 0) {
         if (L.a.fill !== "pack") {
           copyFlat(a, p.strideA * z0, L.a.rows * 4 * (p.strideA ? n : 1), texA);
+          zeroFlatTail(L.a, texA.view);
         } else pack(a, flatA, texA.view, p.M, p.K, p.transA, p.strideA, z0, n, L.Mp, L.Kp);
       }
       if (p.strideB || z0 === 0) {
         if (L.b.fill !== "pack") {
           copyFlat(b, p.strideB * z0, L.b.rows * 4 * (p.strideB ? n : 1), texB);
+          zeroFlatTail(L.b, texB.view);
         } else pack(b, flatB, texB.view, p.K, p.N, p.transB, p.strideB, z0, n, L.Kp, L.Np);
       }
       recorder.dispatch(kernel, {
