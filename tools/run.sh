@@ -44,4 +44,17 @@ fi
 
 # The Vulkan loader warns on every start without a runtime dir.
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
-exec deno task "$@"
+if [[ ${1:-} != test* ]]; then exec deno task "$@"; fi
+
+# A test run whose summary says "0 failed" but whose process then aborts (SIGABRT, exit 134: the
+# heap corruption at WebGPU/lavapipe teardown seen about once in fifteen suite runs, after every
+# test had passed; docs/architecture.md "Known gaps") is run once more, saying so: a failing test
+# still fails, and a second abort fails the run.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+for attempt in 1 2; do
+  rc=0
+  deno task "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+  if [[ $rc -ne 134 ]] || ! grep -q '| 0 failed' "$log" || [[ $attempt -eq 2 ]]; then exit "$rc"; fi
+  echo "peco: deno aborted at exit (134) after all tests passed: the known teardown crash; running again" >&2
+done
