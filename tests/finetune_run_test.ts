@@ -8,12 +8,12 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import "./util.ts";
-import { mnistShards } from "./stage_fixtures.ts";
+import { mnistShards, tinyVit } from "./stage_fixtures.ts";
 import { parseOptions } from "../lib/cli/args.ts";
 import { canonicalJson } from "../lib/cli/stage.ts";
 import { openShards } from "../lib/data/shards.ts";
 import { fromGpuAll, readSafetensors } from "../lib/io/safetensors.ts";
-import { Beit, BeitClassifier, resolveBeitConfig, saveBeit } from "../lib/models/beit.ts";
+import { Beit, BeitClassifier, saveBeit } from "../lib/models/beit.ts";
 import { type FinetuneBudget, finetuneRun, runLayerDecay } from "../lib/eval/finetune_run.ts";
 import { readSet } from "../lib/eval/heldout.ts";
 import { seedFor } from "../lib/eval/seeds.ts";
@@ -25,15 +25,7 @@ const root = await Deno.makeTempDir({ prefix: "peco-finetune-run-" });
 
 Deno.test("fine-tuning from scratch uses the scratch layer decay, from pretrained weights the other", async () => {
   const shards = await openShards(await mnistShards(root, "shard", 12));
-  const vit = resolveBeitConfig({
-    preset: "mnist",
-    imageSize: 28,
-    inChannels: 1,
-    vocabSize: 16,
-    dim: 16,
-    depth: 2,
-    heads: 2,
-  });
+  const vit = tinyVit();
   const spec = { size: 28, mean: [0.5], std: [0.5] };
   const weights = join(root, "pretrained.safetensors");
   const pretrained = new Beit(vit, 5, "mim");

@@ -5,9 +5,9 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import "./util.ts";
-import { mnistShards } from "./stage_fixtures.ts";
+import { mnistShards, tinyVit } from "./stage_fixtures.ts";
 import { parseOptions, UsageError } from "../lib/cli/args.ts";
-import { Beit, BEIT_MODEL_FILE, resolveBeitConfig, saveBeit } from "../lib/models/beit.ts";
+import { Beit, BEIT_MODEL_FILE, saveBeit } from "../lib/models/beit.ts";
 import { grid, runSweep, sweepCommand } from "../tools/finetune_sweep.ts";
 
 const options = (flags: string[]) => parseOptions(sweepCommand, flags)!;
@@ -56,15 +56,7 @@ Deno.test("finetune-sweep runs a scratch and a pretrained arm's layer decays fro
   const shards = await mnistShards(root, "shard", 12);
   const pretrain = join(root, "pretrain");
   await Deno.mkdir(pretrain);
-  const vit = resolveBeitConfig({
-    preset: "mnist",
-    imageSize: 28,
-    inChannels: 1,
-    vocabSize: 16,
-    dim: 16,
-    depth: 2,
-    heads: 2,
-  });
+  const vit = tinyVit();
   const model = new Beit(vit, 5, "mim");
   await saveBeit(model, join(pretrain, BEIT_MODEL_FILE), {
     channels: 1,

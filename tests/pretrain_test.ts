@@ -21,7 +21,8 @@ import { BeitClassifier, readBeitMeta } from "../lib/models/beit.ts";
 import { TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { CodeUsage } from "../lib/models/quantizer.ts";
 import { noGrad, tensor } from "../lib/tensor/mod.ts";
-import { maskedAccuracy, maskedPositions, maskSpec, mostFrequent } from "../lib/train/mim.ts";
+import { crossEntropyAccuracy } from "../lib/tensor/ops/loss.ts";
+import { maskedPositions, maskSpec, mostFrequent } from "../lib/train/mim.ts";
 import { pretrainCommand, runPretrain } from "../tasks/pretrain.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-pretrain-" });
@@ -130,7 +131,7 @@ Deno.test("MIM helpers: mask budget scaled to the grid, masked positions, accura
   const logits = [0, 1, 3, 5, 1, 0, 0, 2, -1, 0.1, 0.7, 0.2, -2, -1, 4];
   const targets = [2, 0, 0, 1, 1];
   const acc = await noGrad(() =>
-    maskedAccuracy(tensor(logits, [5, 3]), tensor(targets, [5], "i32"))
+    crossEntropyAccuracy(tensor(logits, [5, 3]), tensor(targets, [5], "i32")).accuracy
   ).item();
   assertClose([acc], [0.6], { what: "masked accuracy" });
 

@@ -10,7 +10,21 @@ import { writeJsonAtomic } from "../lib/io/atomic.ts";
 import { countCodes, histogramStats } from "../lib/report/codebook.ts";
 import { Tokenizer, TOKENIZER_FILE } from "../lib/models/tokenizer.ts";
 import { resolveVqVaeConfig, VqVae } from "../lib/models/vqvae.ts";
+import { type BeitConfig, resolveBeitConfig } from "../lib/models/beit.ts";
 import { runShard, shardCommand } from "../tasks/shard.ts";
+
+/** A ViT small enough for a fine-tuning test in seconds: MNIST 28², 2 blocks of width 16, 16 codes. */
+export function tinyVit(): BeitConfig {
+  return resolveBeitConfig({
+    preset: "mnist",
+    imageSize: 28,
+    inChannels: 1,
+    vocabSize: 16,
+    dim: 16,
+    depth: 2,
+    heads: 2,
+  });
+}
 
 /** Runs the shard stage on the first `limit` MNIST images per split into root/name (+ flags). */
 export async function mnistShards(

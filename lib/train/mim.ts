@@ -13,11 +13,8 @@ import type { AdamW } from "../optim/adam.ts";
 import { clipGradNorm } from "../optim/clip.ts";
 import { backward } from "../tensor/autograd.ts";
 import { tensor } from "../tensor/ops/creation.ts";
-import { abs, affine, clamp, sub } from "../tensor/ops/elementwise.ts";
 import { crossEntropyAccuracy } from "../tensor/ops/loss.ts";
-import { mean } from "../tensor/ops/reduce.ts";
-import { argmax } from "../tensor/ops/reduce_index.ts";
-import { cast, gather } from "../tensor/ops/shape.ts";
+import { gather } from "../tensor/ops/shape.ts";
 import { keep, noGrad, readAll, type Tensor, tidy } from "../tensor/tensor.ts";
 
 export type AugmentMode = "none" | "crop" | "beit";
@@ -163,16 +160,6 @@ export function maskedPositions(masks: Uint8Array): Int32Array {
 
 // ---- loss and metrics -----------------------------------------------------------------------
 
-/** Fraction of rows whose argmax is the target: logits [M, K], targets i32 [M] → scalar f32. */
-export function maskedAccuracy(logits: Tensor, targets: Tensor): Tensor {
-  return noGrad(() => {
-    const predicted = cast(argmax(logits, 1), "f32");
-    // 1 where the ids are equal, 0 where they differ by ≥ 1.
-    const hit = clamp(affine(abs(sub(predicted, cast(targets, "f32"))), -1, 1), 0, 1);
-    return mean(hit);
-  });
-}
-
 export interface MimOutput {
   /** Mean cross-entropy over the masked patches (scalar, with autograd). */
   loss: Tensor;
@@ -195,7 +182,7 @@ export function mimLoss(
 ): MimOutput {
   const targets = gather(codes.view([codes.size]), maskedIndex, 0);
   const logits = model.mimLogits(x, masks, maskedIndex);
-  // The accuracy comes from the loss's own pass over the rows (as maskedAccuracy computes it).
+  // The masked-token accuracy comes from the loss's own pass over the rows.
   const { loss, accuracy } = crossEntropyAccuracy(logits, targets);
   return { loss, accuracy, targets };
 }
