@@ -5,11 +5,11 @@
 // time, `torch_cpu_ms` and `vs_torch_cpu` (torch_cpu_ms / cpu_ms): process CPU time per step on
 // both sides, the ratio to trust on a busy machine (see README, "Dispatches and PyTorch").
 
-const PYTHON = "/usr/bin/python3";
-const SCRIPT_DIR = new URL("./torch/", import.meta.url).pathname;
+export const PYTHON = "/usr/bin/python3";
+export const SCRIPT_DIR = new URL("./torch/", import.meta.url).pathname;
 
 /** Why PyTorch cannot run here, or null when /usr/bin/python3 imports torch. */
-async function torchMissing(): Promise<string | null> {
+export async function torchMissing(): Promise<string | null> {
   try {
     const out = await new Deno.Command(PYTHON, {
       args: ["-c", "import torch; print(torch.__version__)"],

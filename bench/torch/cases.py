@@ -14,7 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from models import Beit, VqVae, mim_batch
+from models import (Beit, MocoEncoder, VqVae, freeze, mim_batch, perceptual_input,
+                    perceptual_loss)
 
 torch.set_num_threads(2)
 
@@ -55,15 +56,25 @@ def mim_step_case(preset, image_size, channels, vocab, batch, timing):
     return time_steps(step, **timing)
 
 
-def tokenizer_step_case(batch):
+def tokenizer_step_case(batch, perceptual_lambda=0.0):
+    """bench/tokenizer.ts's MNIST step: pixel (L2) + λ·perceptual + commitment, clipping, Adam.
+    With λ > 0 the perceptual network is the frozen MocoEncoder at its default width on the grey
+    images repeated to RGB and pooled 28² → 14², as the stage does for images ≤ 32². Not twinned:
+    the quantizer's k-means initialisation (peco's first, warmup, call) and its dead-code restart
+    after each EMA update (a few element-wise ops on the 512 × 32 codebook per step)."""
     model = VqVae()
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.5, 0.95))
+    net = freeze(MocoEncoder()) if perceptual_lambda > 0 else None
     x = torch.rand(batch, 1, 28, 28) * 2 - 1
 
     def step():
         xhat, commitment = model(x)
-        loss = F.mse_loss(xhat, x) + commitment
+        rec = F.mse_loss(xhat, x)
+        if net is not None:
+            percep = perceptual_loss(net, perceptual_input(x, 2), perceptual_input(xhat, 2))
+            rec = rec + perceptual_lambda * percep
+        loss = rec + commitment
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1)
         optimizer.step()
@@ -95,6 +106,7 @@ CASES = [
     ("pretrain vit-b/16 224² K=8192 batch 2 step", True,
      lambda: mim_step_case("base", 224, 3, 8192, 2, dict(warmup=1, min_iters=1, min_ms=0.0))),
     ("tokenizer-mnist train λ=0 b=8", False, lambda: tokenizer_step_case(8)),
+    ("tokenizer-mnist train λ=1 builtin b=8", False, lambda: tokenizer_step_case(8, 1.0)),
     ("attention fwd B=2 T=197 H=12 D=64", True, attention_fwd_case),
     ("matmul 256³", False, lambda: matmul_case(256)),
     ("matmul 512³", False, lambda: matmul_case(512)),

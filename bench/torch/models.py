@@ -3,8 +3,10 @@
 Beit: the masked-image-modelling ViT of lib/models/beit.ts (pre-norm blocks, qkv without bias plus
 q_bias and v_bias, layer scale, optional shared relative position bias, drop path, final norm and
 lm_head on the masked tokens). VqVae: the taming-style VQ-VAE of lib/models/vqvae.ts with an EMA
-vector quantizer (lib/models/quantizer.ts). Sizes come from the presets in the TypeScript files;
-the initial values do not matter for speed and are PyTorch's defaults.
+vector quantizer (lib/models/quantizer.ts). MocoEncoder and perceptual_loss: the built-in frozen
+perceptual network (lib/models/moco.ts) and the perceptual loss on its taps
+(lib/models/perceptual/loss.ts). Sizes come from the presets in the TypeScript files; the initial
+values do not matter for speed and are PyTorch's defaults.
 """
 
 import math
@@ -276,6 +278,82 @@ class VqVae(nn.Module):
     def forward(self, x):
         zq, commitment = self.quantize(self.quant_conv(self.encoder(x)))
         return self.decoder(self.post_quant_conv(zq)), commitment
+
+
+# ---- Built-in perceptual network and perceptual loss (lib/models/moco.ts, perceptual/) --------
+
+class ConvNormAct(nn.Module):
+    """3×3 conv (bias, padding 1) → GroupNorm (eps 1e-5, peco's default) → ReLU."""
+
+    def __init__(self, cin, cout, stride, groups):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1)
+        self.norm = nn.GroupNorm(groups, cout, eps=1e-5)
+
+    def forward(self, x):
+        return F.relu(self.norm(self.conv(x)))
+
+
+class Stage(nn.Module):
+    """One resolution: a stride-2 ConvNormAct then `depth` stride-1 ones."""
+
+    def __init__(self, cin, cout, depth, groups):
+        super().__init__()
+        self.layers = nn.ModuleList([ConvNormAct(cin, cout, 2, groups)] +
+                                    [ConvNormAct(cout, cout, 1, groups) for _ in range(depth)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class MocoEncoder(nn.Module):
+    """MOCO_ENCODER_DEFAULT by default, with peco's parameter names: a Stage per width;
+    features() taps every stage's output. Images enter as they are (no input scaling)."""
+
+    def __init__(self, widths=(16, 32, 64), depth=1, groups=8):
+        super().__init__()
+        cins = (3,) + tuple(widths[:-1])
+        self.stages = nn.ModuleList([Stage(cin, w, depth, groups) for cin, w in zip(cins, widths)])
+
+    def features(self, x):
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+def freeze(net):
+    """As peco's freeze(): eval mode and no weight gradients (gradients still reach the input)."""
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def perceptual_input(x, pool):
+    """Grey repeated to RGB, average-pooled by `pool` (lib/train/tokenizer_step.ts)."""
+    y = x if x.shape[1] == 3 else torch.cat([x, x, x], 1)
+    return F.avg_pool2d(y, pool) if pool > 1 else y
+
+
+def unit_normalize(f):
+    """f / (sqrt(Σ_c f² + 1e-20) + 1e-10) at every position, as peco's unitNormalize."""
+    return f / ((f.square().sum(1, keepdim=True) + 1e-20).sqrt() + 1e-10)
+
+
+def perceptual_loss(net, x, xhat):
+    """Σ over the taps of Σ_c (f̂ − ĝ)² averaged over batch and positions; the target's features
+    without a tape, as peco's perceptualLoss."""
+    with torch.no_grad():
+        target = net.features(x)
+    total = 0
+    for f, g in zip(net.features(xhat), target):
+        positions = f.numel() // f.shape[1]
+        total = total + (unit_normalize(f) - unit_normalize(g)).square().sum() / positions
+    return total
 
 
 def beit_masked_count(tokens):
