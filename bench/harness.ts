@@ -3,7 +3,8 @@
 
 import process from "node:process";
 import { gpu } from "../lib/gpu/device.ts";
-import { tidy } from "../lib/tensor/mod.ts";
+import { defineKernel } from "../lib/gpu/pipelines.ts";
+import { Tensor, tidy } from "../lib/tensor/mod.ts";
 
 export interface BenchResult {
   name: string;
@@ -21,7 +22,7 @@ export interface BenchCase {
   run(): Promise<BenchResult>;
 }
 
-/** What `measureSteps` found: milliseconds and GPU dispatches per call of the step. */
+/** What `measureSteps` found: milliseconds, GPU dispatches and model FLOPs per call of the step. */
 export interface StepMeasure {
   ms: number;
   /** Compute dispatches recorded per step (exact: the recorder's counter, not the profiler). */
@@ -31,22 +32,37 @@ export interface StepMeasure {
    * process, so on a shared, busy host this is steadier than `ms`.
    */
   cpu_ms: number;
+  /** Model GFLOP per step: the products' multiply-adds × 2 (lib/tensor/ops/flops.ts). */
+  gflop: number;
+  /** Achieved model GFLOP/s: gflop per second of step (wall) time. */
+  gflops: number;
+  /** gflops ÷ ceiling_gflops: the step's share of the adapter's FMA ceiling. */
+  efficiency: number;
+  /** The adapter's FMA ceiling (GFLOP/s), measured in this process (see fmaCeiling). */
+  ceiling_gflops: number;
+}
+
+/** Per call of a step: wall ms, dispatches, CPU ms and model FLOPs. */
+interface StepCounts {
+  ms: number;
+  dispatches: number;
+  cpu_ms: number;
+  flops: number;
 }
 
 /**
- * Milliseconds and dispatches per call of `step` (recorded in a scope and submitted): `warmup`
- * untimed calls, then calls in rounds until `minMs` has passed (at least `minIters`), one GPU sync
- * per round.
+ * Runs `step` (recorded in a scope and submitted) `warmup` untimed times, then in rounds until
+ * `minMs` has passed (at least `minIters`), one GPU sync per round; returns its figures per call.
  */
-export async function measureSteps(
+async function countSteps(
   step: () => void,
   { warmup = 2, minIters = 3, minMs = 500, perRound = 1 } = {},
-): Promise<StepMeasure> {
+): Promise<StepCounts> {
   const recorder = gpu().recorder;
   for (let i = 0; i < warmup; i++) tidy(step);
   await recorder.sync();
   let iters = 0;
-  const firstDispatch = recorder.dispatches;
+  const [firstDispatch, firstFlops] = [recorder.dispatches, recorder.flops];
   const cpuBefore = process.cpuUsage();
   const start = performance.now();
   while (iters < minIters || performance.now() - start < minMs) {
@@ -63,15 +79,38 @@ export async function measureSteps(
     ms,
     dispatches: (recorder.dispatches - firstDispatch) / iters,
     cpu_ms: (cpu.user + cpu.system) / 1000 / iters,
+    flops: (recorder.flops - firstFlops) / iters,
   };
 }
 
-/** Milliseconds per call of `step` (see measureSteps). */
+/**
+ * Milliseconds, dispatches and model FLOPs per call of `step` (see countSteps), and the step's
+ * efficiency against the adapter's FMA ceiling (measured once per process, after the step).
+ */
+export async function measureSteps(
+  step: () => void,
+  options: { warmup?: number; minIters?: number; minMs?: number; perRound?: number } = {},
+): Promise<StepMeasure> {
+  const { ms, dispatches, cpu_ms, flops } = await countSteps(step, options);
+  const ceiling = (await fmaCeiling()).gflops;
+  const rate = gflops(flops, ms);
+  return {
+    ms,
+    dispatches,
+    cpu_ms,
+    gflop: flops / 1e9,
+    gflops: rate,
+    efficiency: rate / ceiling,
+    ceiling_gflops: ceiling,
+  };
+}
+
+/** Milliseconds per call of `step` (see countSteps). */
 export async function timeSteps(
   step: () => void,
   options: { warmup?: number; minIters?: number; minMs?: number; perRound?: number } = {},
 ): Promise<number> {
-  return (await measureSteps(step, options)).ms;
+  return (await countSteps(step, options)).ms;
 }
 
 export function gflops(flops: number, ms: number): number {
@@ -93,4 +132,72 @@ export function cpuTimes(): { process: number; main: number | null } {
     process: (user + system) / 1000,
     main: thread ? (thread.user + thread.system) / 1000 : null,
   };
+}
+
+/**
+ * The FMA ceiling of the adapter for a matmul-shaped kernel: every invocation keeps an 8 × 8 block
+ * of accumulators (the block size that runs fastest on lavapipe) and updates it K times from values
+ * it computes itself, with no memory loads at all. No matmul kernel can beat this rate, since it
+ * also has to load operands; on lavapipe it shows how close the texture kernels are to what the
+ * driver's code generator allows.
+ */
+const CEILING_K = 1024;
+const CEILING_WORKGROUPS = 64;
+const ceilingKernel = defineKernel({
+  name: "bench_fma_ceiling",
+  params: false,
+  bindings: ["write"],
+  source: /* wgsl */ `
+@group(0) @binding(0) var<storage, read_write> out: array<vec4f>;
+@compute @workgroup_size(8, 8)
+fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(global_invocation_id) gid: vec3u) {
+  ${[0, 1, 2, 3, 4, 5, 6, 7].map((r) => `var a${r} = f32(lid.x + ${r}u);`).join(" ")}
+  var b0 = vec4f(f32(lid.y), 1.0, 2.0, 3.0);
+  var b1 = vec4f(f32(lid.y), 4.0, 5.0, 6.0);
+  ${
+    [0, 1, 2, 3, 4, 5, 6, 7].map((r) => `var c${r}0 = vec4f(0.0); var c${r}1 = vec4f(0.0);`).join(
+      "\n  ",
+    )
+  }
+  for (var k = 0u; k < ${CEILING_K}u; k++) {
+    ${
+    [0, 1, 2, 3, 4, 5, 6, 7].map((r) =>
+      `c${r}0 = fma(vec4f(a${r}), b0, c${r}0); c${r}1 = fma(vec4f(a${r}), b1, c${r}1); a${r} += 0.5;`
+    ).join("\n    ")
+  }
+    b0 += vec4f(0.25);
+    b1 += vec4f(0.25);
+  }
+  out[gid.x + gid.y * ${8 * CEILING_WORKGROUPS}u] = ${
+    [0, 1, 2, 3, 4, 5, 6, 7].map((r) => `c${r}0 + c${r}1`).join(" + ")
+  };
+}`,
+});
+
+let ceiling: Promise<{ ms: number; gflops: number }> | null = null;
+
+/**
+ * Milliseconds per dispatch of the FMA ceiling kernel and its GFLOP/s, measured on the first call
+ * in this process and cached: the "fma ceiling" case prints it, and every training step divides its
+ * achieved rate by it (`efficiency`).
+ */
+export function fmaCeiling(): Promise<{ ms: number; gflops: number }> {
+  return ceiling ??= (async () => {
+    const lanes = 64 * CEILING_WORKGROUPS;
+    const out = new Tensor([lanes * 4], "f32");
+    try {
+      const flops = 2 * lanes * CEILING_K * 64;
+      const step = () => {
+        gpu().recorder.dispatch(ceilingKernel, {
+          buffers: [out.buffer],
+          workgroups: [CEILING_WORKGROUPS, 1],
+        });
+      };
+      // Many dispatches per round: one sync costs ~10 ms of polling on lavapipe.
+      const ms = await timeSteps(step, { warmup: 2, minIters: 40, minMs: 500, perRound: 20 });
+      return { ms, gflops: gflops(flops, ms) };
+    } finally {
+      out.dispose();
+    }
+  })();
 }

@@ -6,7 +6,9 @@
 // print `torch_ms` and `vs_torch` (peco's speed as a fraction of PyTorch's), and the training steps
 // `torch_cpu_ms` and `vs_torch_cpu` (the same ratio by process CPU time per step, the one to trust
 // when the machine is busy); every training-step case prints `dispatches`, the GPU dispatches it
-// records per step.
+// records per step, `gflop` (its model GFLOP: the products, forward and backward), `gflops` (gflop
+// per second of step time) and `efficiency` (gflops ÷ `ceiling_gflops`, the adapter's FMA ceiling
+// measured once in the same process).
 
 import { parseOrExit } from "../lib/cli/args.ts";
 import { gpu, initGpuOrExit } from "../lib/gpu/device.ts";
@@ -113,13 +115,15 @@ async function printProfile(name: string, caseMs: number, json: boolean | undefi
 }
 
 function formatRow(r: BenchResult): string {
-  const rate = r.gflops !== undefined
-    ? `${r.gflops.toFixed(1)} GFLOP/s`
-    : r.items_per_s !== undefined
+  // A training step has both rates: items/s in the rate column, its model GFLOP/s with the extras.
+  const rateKey = r.items_per_s !== undefined ? "items_per_s" : "gflops";
+  const rate = r.items_per_s !== undefined
     ? `${r.items_per_s.toFixed(1)} items/s`
+    : r.gflops !== undefined
+    ? `${r.gflops.toFixed(1)} GFLOP/s`
     : "";
   const extra = Object.entries(r)
-    .filter(([k]) => !["name", "ms", "gflops", "items_per_s", "adapter", "peak_bytes"].includes(k))
+    .filter(([k]) => !["name", "ms", rateKey, "adapter", "peak_bytes"].includes(k))
     .map(([k, v]) => {
       const text = typeof v === "number"
         ? +v.toFixed(3)

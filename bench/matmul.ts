@@ -3,15 +3,13 @@
 // variants are compared within one run), then times the tuned winner.
 
 import process from "node:process";
-import { type BenchCase, type BenchResult, gflops, timeSteps } from "./harness.ts";
+import { type BenchCase, type BenchResult, fmaCeiling, gflops, timeSteps } from "./harness.ts";
 import { gpu } from "../lib/gpu/device.ts";
-import { defineKernel } from "../lib/gpu/pipelines.ts";
 import {
   defaultMatmulVariant,
   full,
   matmul,
   type MatmulOptions,
-  Tensor,
   tidy,
   tuneMatmul,
 } from "../lib/tensor/mod.ts";
@@ -105,64 +103,10 @@ export const cases: BenchCase[] = [
   ),
 ];
 
-/**
- * The FMA ceiling of the adapter for a matmul-shaped kernel: every invocation keeps an 8 × 8 block
- * of accumulators (the block size that runs fastest on lavapipe) and updates it K times from values
- * it computes itself, with no memory loads at all. No matmul kernel can beat this rate, since it
- * also has to load operands; on lavapipe it shows how close the texture kernels are to what the
- * driver's code generator allows.
- */
-const CEILING_K = 1024;
-const CEILING_WORKGROUPS = 64;
-const ceilingKernel = defineKernel({
-  name: "bench_fma_ceiling",
-  params: false,
-  bindings: ["write"],
-  source: /* wgsl */ `
-@group(0) @binding(0) var<storage, read_write> out: array<vec4f>;
-@compute @workgroup_size(8, 8)
-fn main(@builtin(local_invocation_id) lid: vec3u, @builtin(global_invocation_id) gid: vec3u) {
-  ${[0, 1, 2, 3, 4, 5, 6, 7].map((r) => `var a${r} = f32(lid.x + ${r}u);`).join(" ")}
-  var b0 = vec4f(f32(lid.y), 1.0, 2.0, 3.0);
-  var b1 = vec4f(f32(lid.y), 4.0, 5.0, 6.0);
-  ${
-    [0, 1, 2, 3, 4, 5, 6, 7].map((r) => `var c${r}0 = vec4f(0.0); var c${r}1 = vec4f(0.0);`).join(
-      "\n  ",
-    )
-  }
-  for (var k = 0u; k < ${CEILING_K}u; k++) {
-    ${
-    [0, 1, 2, 3, 4, 5, 6, 7].map((r) =>
-      `c${r}0 = fma(vec4f(a${r}), b0, c${r}0); c${r}1 = fma(vec4f(a${r}), b1, c${r}1); a${r} += 0.5;`
-    ).join("\n    ")
-  }
-    b0 += vec4f(0.25);
-    b1 += vec4f(0.25);
-  }
-  out[gid.x + gid.y * ${8 * CEILING_WORKGROUPS}u] = ${
-    [0, 1, 2, 3, 4, 5, 6, 7].map((r) => `c${r}0 + c${r}1`).join(" + ")
-  };
-}`,
-});
-
 cases.push({
   name: "fma ceiling: 8×8 block per invocation, no loads",
   async run(): Promise<BenchResult> {
-    const lanes = 64 * CEILING_WORKGROUPS;
-    const out = new Tensor([lanes * 4], "f32");
-    try {
-      const flops = 2 * lanes * CEILING_K * 64;
-      const step = () => {
-        gpu().recorder.dispatch(ceilingKernel, {
-          buffers: [out.buffer],
-          workgroups: [CEILING_WORKGROUPS, 1],
-        });
-      };
-      // Many dispatches per round: one sync costs ~10 ms of polling on lavapipe.
-      const ms = await timeSteps(step, { warmup: 2, minIters: 40, minMs: 500, perRound: 20 });
-      return { name: this.name, ms, gflops: gflops(flops, ms) };
-    } finally {
-      out.dispose();
-    }
+    const { ms, gflops } = await fmaCeiling();
+    return { name: this.name, ms, gflops };
   },
 });

@@ -26,7 +26,10 @@ interface Setup {
   batch: number;
 }
 
-/** One MIM step's ms, with the model's size; inputs fixed (kept), targets random codes. */
+/**
+ * One MIM step's figures (measureSteps), with the model's size; inputs fixed (kept), targets random
+ * codes.
+ */
 async function benchStep(s: Setup, timing: { warmup: number; minIters: number; minMs: number }) {
   const config = resolveBeitConfig({
     preset: s.preset,
@@ -57,14 +60,14 @@ async function benchStep(s: Setup, timing: { warmup: number; minIters: number; m
   const [x, maskTensor, maskedIndex, targets] = fixed;
   model.train();
   const step = { model, optimizer, clipNorm: train.clipNorm };
-  const { ms, dispatches, cpu_ms } = await measureSteps(() => {
+  const measured = await measureSteps(() => {
     mimStep(step, x, maskTensor, maskedIndex, targets);
   }, timing);
   const parameters = model.numParameters();
   fixed.forEach((f) => f.dispose());
   model.dispose();
   optimizer.dispose();
-  return { ms, dispatches, cpu_ms, parameters, initMs, masked: positions.length };
+  return { measured, parameters, initMs, masked: positions.length };
 }
 
 /** Whether the command line asks for the ViT-B case (`--filter vit-b`). */
@@ -89,10 +92,8 @@ export const cases: BenchCase[] = [
       );
       return {
         name: this.name,
-        ms: r.ms,
-        dispatches: r.dispatches,
-        cpu_ms: r.cpu_ms,
-        items_per_s: mnistBatch / (r.ms / 1e3),
+        ...r.measured,
+        items_per_s: mnistBatch / (r.measured.ms / 1e3),
         parameters: r.parameters,
         masked: r.masked,
       };
@@ -111,10 +112,8 @@ if (askedFor(VIT_B)) {
       );
       return {
         name: this.name,
-        ms: r.ms,
-        dispatches: r.dispatches,
-        cpu_ms: r.cpu_ms,
-        items_per_s: 2 / (r.ms / 1e3),
+        ...r.measured,
+        items_per_s: 2 / (r.measured.ms / 1e3),
         parameters: r.parameters,
         init_ms: r.initMs,
         masked: r.masked,

@@ -56,7 +56,7 @@ async function trainThroughput(name: string, s: Setup, slow = false) {
   // The first call runs the k-means initialisation: a warmup call. The slow case times that one
   // call only (two calls took over 20 minutes on a 2-core lavapipe): its figure is an upper bound
   // that includes the k-means initialisation and the shaders' compilation.
-  const { ms, dispatches, cpu_ms } = await measureSteps(
+  const measured = await measureSteps(
     () => tokenizerStep(ctx, x, step++),
     slow ? { warmup: 0, minIters: 1, minMs: 0 } : { warmup: 2, minIters: 3, minMs: 3000 },
   );
@@ -65,10 +65,8 @@ async function trainThroughput(name: string, s: Setup, slow = false) {
   for (const m of [x, model, optimizer, net, a?.disc, a?.optimizer]) m?.dispose();
   return {
     name,
-    ms,
-    dispatches,
-    cpu_ms,
-    items_per_s: s.batch / (ms / 1e3),
+    ...measured,
+    items_per_s: s.batch / (measured.ms / 1e3),
     batch: s.batch,
     params,
   };

@@ -70,6 +70,13 @@ export class Recorder {
   lastLabel = "(none)";
   dispatches = 0;
   submits = 0;
+  /**
+   * Model FLOPs of the work recorded so far: the ops that multiply matrices add 2 per multiply-add
+   * of their mathematical product (lib/tensor/ops/flops.ts), read like `dispatches`.
+   */
+  flops = 0;
+  /** Nesting depth of `withoutFlops`: while above 0, addFlops counts nothing. */
+  private flopsMuted = 0;
   private encoder: GPUCommandEncoder | null = null;
   private pass: GPUComputePassEncoder | null = null;
   private arena: GPUBuffer;
@@ -152,6 +159,24 @@ export class Recorder {
     if (profiler) this.endPass();
     this.lastLabel = kernel.name;
     this.dispatches++;
+  }
+
+  /** Adds n model FLOPs to `flops` (unless muted by `withoutFlops`). */
+  addFlops(n: number): void {
+    if (this.flopsMuted === 0) this.flops += n;
+  }
+
+  /**
+   * Runs fn with addFlops muted: for an op that counts its own model FLOPs and computes them
+   * through ops that would count theirs (a convolution's padded, dilated or strided products).
+   */
+  withoutFlops<T>(fn: () => T): T {
+    this.flopsMuted++;
+    try {
+      return fn();
+    } finally {
+      this.flopsMuted--;
+    }
   }
 
   /** Copies between buffers (ends the current compute pass). */

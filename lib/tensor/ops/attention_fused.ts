@@ -12,6 +12,7 @@ import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { record, Tensor } from "../tensor.ts";
 import { acquireFlat, fitsFlat, FLAT_WGSL } from "./flat.ts";
+import { countFlops, productFlops } from "./flops.ts";
 
 const WG = 64;
 /** Head widths the generated kernels take: multiples of 4 up to this (the registers per row). */
@@ -257,6 +258,10 @@ export function fusedAttention(
   const params = [rows, T, n4, f32bits(scale), H];
   const out = new Tensor(layout === "heads" ? [B, H, T, D] : [B, T, H, D], "f32");
   const lse = new Tensor([rows], "f32");
+  // Model FLOPs of the two products q·kᵀ and p·v (T × T × D each per head); the backward counts
+  // its four (dp = dO·vᵀ, dq, dk, dv), not the probabilities it recomputes.
+  const products = productFlops(B * H, T, T, D);
+  countFlops(2 * products);
   const texQkv = acquireFlat(qkv, "attention qkv");
   try {
     recorder.dispatch(kernel("forward", d4, layout), {
@@ -268,6 +273,7 @@ export function fusedAttention(
     pool.releaseTexture(texQkv);
   }
   return record("fusedAttention", out, [qkv], (g) => {
+    countFlops(4 * products);
     const grad = new Tensor(qkv.shape, "f32");
     const delta = new Tensor([rows], "f32");
     const [tq, tg] = [acquireFlat(qkv, "attention qkv"), acquireFlat(g, "attention dO")];

@@ -10,6 +10,7 @@ import { matmul, matmulRowBias } from "./matmul.ts";
 import { permute } from "./shape.ts";
 import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
 import { forcedVariant } from "../../gpu/autotune.ts";
+import { countFlops, productFlops, uncounted } from "./flops.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
 
 /** Workgroup size of the elementwise-style kernels (copy, weight re-layout, windows). */
@@ -772,7 +773,7 @@ function pointwiseConv(x: Tensor, weight: Tensor, bias: Tensor | null, g: Geomet
   const [x3, w2] = [x.view([n, c, h * w]), weight.view([o, c])];
   const out = noGrad(() => bias ? matmulRowBias(w2, x3, bias) : matmul(w2, x3));
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record("conv2d", out.view([n, o, h, w]), inputs, (grad) =>
+  return recordConv(out.view([n, o, h, w]), inputs, x, weight, g, (grad) =>
     noGrad(() => {
       const g3 = grad.view([n, o, h * w]);
       const withBias = bias?.requiresGrad ?? false;
@@ -799,6 +800,40 @@ export function conv2d(
   options: Conv2dOptions = {},
 ): Tensor {
   const g0 = geometry(x, weight, bias, options);
+  countFlops(convFlops(g0));
+  return uncounted(() => convolve(x, weight, bias, g0));
+}
+
+/**
+ * The model FLOPs of convolution g (of its forward, and of each of its two gradients):
+ * 2·N·O·C·kh·kw·Hout·Wout. Not those of the products that compute it, which may run over padding,
+ * the stride's dilation zeros or every stride-1 pixel.
+ */
+function convFlops(g: Geometry): number {
+  return productFlops(g.n, g.o, g.hout * g.wout, g.c * g.kh * g.kw);
+}
+
+/**
+ * Records a conv2d result with its backward rule, which counts the model FLOPs of the gradients it
+ * computes (dx and dw: each the forward's; the bias gradient is a sum) and runs its products
+ * uncounted.
+ */
+function recordConv(
+  out: Tensor,
+  inputs: Tensor[],
+  x: Tensor,
+  weight: Tensor,
+  g: Geometry,
+  rule: (grad: Tensor) => (Tensor | null)[],
+): Tensor {
+  return record("conv2d", out, inputs, (grad) => {
+    countFlops((Number(x.requiresGrad) + Number(weight.requiresGrad)) * convFlops(g));
+    return uncounted(() => rule(grad));
+  });
+}
+
+/** conv2d of geometry g0, its products uncounted (conv2d counts the convolution's). */
+function convolve(x: Tensor, weight: Tensor, bias: Tensor | null, g0: Geometry): Tensor {
   const outShape = [g0.n, g0.o, g0.hout, g0.wout];
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const biasGrad = (gs: Tensor) =>
@@ -808,7 +843,7 @@ export function conv2d(
     // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
     const keepCols = isGradEnabled() && weight.requiresGrad;
     const { out, cols } = forwardIm2col(x, weight, bias, g0, keepCols);
-    return record("conv2d", out, inputs, (grad) => {
+    return recordConv(out, inputs, x, weight, g0, (grad) => {
       const gs = grad.view(outShape);
       const w = weight.requiresGrad
         ? weightGradIm2col(gs, cols ?? im2col(x, g0), g0, bias?.requiresGrad)
@@ -837,7 +872,7 @@ export function conv2d(
   const full = implicitGemm(xPadded, forward, bias, w1);
   const out = copyPlanes(full, hout, wout, { step: stride }).view(outShape);
 
-  return record("conv2d", out, inputs, (grad) => {
+  return recordConv(out, inputs, x, weight, g0, (grad) => {
     const gs = grad.view([n, o, hout, wout]);
     let dw: Tensor | null = null;
     let db: Tensor | null = null;

@@ -36,6 +36,7 @@ import { reduceRaw } from "./reduce.ts";
 import { fillInPlace, zeros } from "./creation.ts";
 import { elementwiseKernels, GELU_WGSL, WG } from "./kernels.ts";
 import { grid1d } from "../../gpu/recorder.ts";
+import { countFlops, productFlops } from "./flops.ts";
 import source from "../../../kernels/matmul.wgsl" with { type: "text" };
 
 const BINDINGS: ("read" | "write")[] = ["read", "read", "read", "read", "read", "write"];
@@ -647,10 +648,29 @@ const biasConstants = (bias: Bias | null) => ({
 });
 
 /**
- * Records the kernel launch(es) of one problem into `out` (no autograd). An epilogue runs in the
- * texture kernels' store; the buffer kernels apply it with one elementwise dispatch after.
+ * Records one problem's product into `out` (no autograd) and counts its model FLOPs, 2·M·N·K per
+ * matrix of the batch (flops.ts): every matmul of the ops goes through here once.
  */
 function launch(
+  a: Tensor,
+  b: Tensor,
+  bias: Bias | null,
+  out: Tensor,
+  p: Problem,
+  variant = variantFor(p),
+  epilogue: Epilogue | null = null,
+  sums: Tensor | null = null,
+): void {
+  countFlops(productFlops(p.batch, p.M, p.N, p.K));
+  launchKernels(a, b, bias, out, p, variant, epilogue, sums);
+}
+
+/**
+ * Records the kernel launch(es) of one problem into `out` (no autograd, not counted). An epilogue
+ * runs in the texture kernels' store; the buffer kernels apply it with one elementwise dispatch
+ * after.
+ */
+function launchKernels(
   a: Tensor,
   b: Tensor,
   bias: Bias | null,
@@ -669,14 +689,14 @@ function launch(
   }
   if (sums) {
     // Buffer kernels do not sum: op(A)'s rows in a reduction of their own.
-    launch(a, b, bias, out, p, variant, epilogue);
+    launchKernels(a, b, bias, out, p, variant, epilogue);
     rowSumsInto(a, p, sums);
     return;
   }
   if (epilogue) {
     // The product into aux (gelu: the pre-activation it keeps) or a temporary, then the map.
     const product = epilogue.kind === "gelu" ? epilogue.aux : new Tensor(out.shape, "f32");
-    launch(a, b, bias, product, p, variant);
+    launchKernels(a, b, bias, product, p, variant);
     const gelu = { n: out.size, params: [out.size, 0, 0, 0], constants: { OP: 7 } };
     gpu().recorder.dispatch(
       epilogue.kind === "gelu" ? elementwiseKernels.unary : elementwiseKernels.unaryGrad,
@@ -1135,7 +1155,8 @@ export async function tuneMatmul(
     ? softwareCandidates(problem)
     : MATMUL_VARIANTS.filter((v) => v.config.kind !== "tex");
   try {
-    const run = (v: Variant<MatmulConfig>) => launch(a, b, null, out, problem, v);
+    // Tuning runs are no model's work: not counted.
+    const run = (v: Variant<MatmulConfig>) => launchKernels(a, b, null, out, problem, v);
     return await tune("matmul", shapeClass(problem), pool, run, { iters });
   } finally {
     // Released here, not by a scope: the caller need not run this inside tidy().

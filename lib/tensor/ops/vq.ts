@@ -9,6 +9,7 @@ import { grid1d } from "../../gpu/recorder.ts";
 import { record, Tensor } from "../tensor.ts";
 import { zeros } from "./creation.ts";
 import { mul, mulScalar, sub } from "./elementwise.ts";
+import { countFlops, productFlops } from "./flops.ts";
 import { matmul } from "./matmul.ts";
 import { MAX_LOOP, reduceRaw, sum } from "./reduce.ts";
 import source from "../../../kernels/vq.wgsl" with { type: "text" };
@@ -115,6 +116,8 @@ export function nearestCode(z: Tensor, codebook: Tensor): { indices: Tensor; dis
   const indices = new Tensor([n], "i32");
   const distances = new Tensor([n], "f32");
   if (n === 0) return { indices, distances };
+  // Model FLOPs: the scores' product z·cᵀ (the norms and the chosen code's distance are not).
+  countFlops(productFlops(1, n, k, z.shape[1]));
   // The codebook padded to whole blocks of codes, with its norms; z padded only when D % 4 ≠ 0.
   const kp = Math.ceil(k / NEAREST_BLOCK) * NEAREST_BLOCK;
   const codes = padRows(codebook, kp, true);
@@ -150,6 +153,9 @@ export function nearestCode(z: Tensor, codebook: Tensor): { indices: Tensor; dis
 export function codeDistances(z: Tensor, codebook: Tensor): Tensor {
   const [n, k] = checkPair("codeDistances", z, codebook);
   const out = new Tensor([n, k], "f32");
+  // Model FLOPs: as many as the product z·cᵀ the distances expand to (the backward's products
+  // count their own).
+  countFlops(productFlops(1, n, k, z.shape[1]));
   if (out.size > 0) {
     const rows = padRows(z, n, false);
     const codes = padRows(codebook, k, false);
