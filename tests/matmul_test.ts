@@ -185,6 +185,54 @@ Deno.test("texture matmul: operands whose rows are whole texels are copied, in e
   }
 });
 
+Deno.test("texture matmul: C stored as vec4s where N is a multiple of 4, forced on and off", async () => {
+  // N = 20: a multiple of 4 but of no block width, so the last column block is partly outside C;
+  // M = 13 and K = 9 odd; column bias (linear), row bias, batches and a shared operand.
+  const storeOf = (what: string, want: boolean) => {
+    const label = gpu().recorder.lastLabel;
+    if (label.endsWith("_v4") !== want) throw new Error(`${what}: ran ${label}`);
+  };
+  try {
+    for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {
+      forceVariant("matmul", v.name);
+      for (const store of ["vec4", "scalar"]) {
+        forceVariant("matmulStore", store === "scalar" ? "scalar" : null);
+        const what = `${v.name} ${store} stores`;
+        for (const [ta, tb] of TRANS) {
+          const { a, b } = operands(13, 9, 20, ta, tb, 3);
+          await checkForward(a, b, ta, tb, what);
+          storeOf(what, store === "vec4");
+        }
+        const shared = operands(13, 9, 20, false, true);
+        await checkForward(input(2, 13, 9), shared.b, false, true, `${what} shared b`);
+        const [x, w, bias] = [input(2, 7, 9), input(20, 9), input(20)];
+        const out = await runOp((x, w, b) => T.linear(x, w, b), [x, w, bias]);
+        const ref = matmulRef(x, w, false, true);
+        const want = ref.data.map((r, i) => r + bias.data[i % 20]);
+        assertClose(out.data, want, { atol: 1e-5, rtol: 1e-4, what: `${what} linear bias` });
+        storeOf(`${what} linear bias`, store === "vec4");
+        const [ra, rb, rowBias] = [input(13, 9), input(2, 20, 9), input(13)];
+        const rows = await runOp((a, b, c) => T.matmulRowBias(a, b, c, { transB: true }), [
+          ra,
+          rb,
+          rowBias,
+        ]);
+        const rowWant = matmulRef(ra, rb, false, true).data.map((r, i) =>
+          r + rowBias.data[Math.floor(i / 20) % 13]
+        );
+        assertClose(rows.data, rowWant, { atol: 1e-5, rtol: 1e-4, what: `${what} row bias` });
+        storeOf(`${what} row bias`, store === "vec4");
+      }
+      // N not a multiple of 4: scalar stores whatever is forced.
+      await checkForward(input(2, 13, 9), input(2, 9, 18), false, false, `${v.name} N = 18`);
+      storeOf(`${v.name} N = 18`, false);
+    }
+  } finally {
+    forceVariant("matmul", null);
+    forceVariant("matmulStore", null);
+  }
+});
+
 Deno.test("matmulRowBias adds bias[m] to every row, on buffer and texture variants", async () => {
   try {
     for (const name of ["reg4x4", "reg16x16", "tiled64", "tex8x8"]) {

@@ -150,6 +150,7 @@ function texSource(
   laneM: boolean,
   epi: EpilogueKind | null,
   sumA = false,
+  vecOut = false,
 ): string {
   const tn4 = tn / 4;
   const decl: string[] = [];
@@ -234,7 +235,7 @@ struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch
 @group(0) @binding(0) var ta: texture_2d<f32>;
 @group(0) @binding(1) var tb: texture_2d<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<${vecOut ? "vec4f" : "f32"}>;
 ${sumA ? "@group(0) @binding(4) var<storage, read_write> sums: array<f32>;" : ""}
 @group(0) @binding(${epi || sumA ? 5 : 4}) var<uniform> p: Params;
 
@@ -251,10 +252,12 @@ fn store4(z: u32, m: u32, n: u32, v: vec4f) {
     if (n + 3u < p.N) { o.w += bias[n + 3u]; }
   }
   let i = (z * p.M + m) * p.N + n;
-  c[i] = epilogue(o.x, i);
+  ${
+    vecOut ? "c[i / 4u] = o;" : `c[i] = epilogue(o.x, i);
   if (n + 1u < p.N) { c[i + 1u] = epilogue(o.y, i + 1u); }
   if (n + 2u < p.N) { c[i + 2u] = epilogue(o.z, i + 2u); }
-  if (n + 3u < p.N) { c[i + 3u] = epilogue(o.w, i + 3u); }
+  if (n + 3u < p.N) { c[i + 3u] = epilogue(o.w, i + 3u); }`
+  }
 }
 
 @compute @workgroup_size(${TEX_WG}, ${TEX_WG})
@@ -285,14 +288,16 @@ function texKernel(
   laneM: boolean,
   epi: EpilogueKind | null,
   sumA = false,
+  vecOut = false,
 ): Kernel {
   if (epi && sumA) throw new Error("peco: matmul: row sums of A take no epilogue");
+  if (epi && vecOut) throw new Error("peco: matmul: vec4 stores take no epilogue");
   const suffix = (x: string, fill: TexFill) => fill === "pack" ? "" : `_${x}${fill.toLowerCase()}`;
   const name = `matmul_tex${tm}x${tn}${suffix("a", a)}${suffix("b", b)}${laneM ? "_m" : ""}` +
-    (epi ? `_${epi}` : "") + (sumA ? "_sumA" : "");
+    (epi ? `_${epi}` : "") + (sumA ? "_sumA" : "") + (vecOut ? "_v4" : "");
   let kernel = texKernels.get(name);
   if (!kernel) {
-    const source = texSource(tm, tn, a, b, laneM, epi, sumA);
+    const source = texSource(tm, tn, a, b, laneM, epi, sumA, vecOut);
     const bindings = epi
       ? [...TEX_BINDINGS, EPILOGUE_BINDING[epi]]
       : sumA
@@ -794,7 +799,16 @@ function launchTex(
   const [flatA, flatB] = [packFrom(a, L.a), packFrom(b, L.b)];
   try {
     const laneM = lanesAlongM(p.M, p.N, tm, tn);
-    const kernel = texKernel(tm, tn, L.a.fill, L.b.fill, laneM, epilogue?.kind ?? null, !!sums);
+    const kernel = texKernel(
+      tm,
+      tn,
+      L.a.fill,
+      L.b.fill,
+      laneM,
+      epilogue?.kind ?? null,
+      !!sums,
+      vecStores(p, epilogue),
+    );
     const [gm, gn] = [Math.ceil(L.Mp / (tm * TEX_WG)), Math.ceil(L.Np / (tn * TEX_WG))];
     for (let z0 = 0; z0 < p.batch; z0 += L.zc) {
       const n = Math.min(L.zc, p.batch - z0);
@@ -837,6 +851,16 @@ function launchTex(
   } finally {
     for (const t of [texA, texB, flatA, flatB]) if (t) pool.releaseTexture(t);
   }
+}
+
+/**
+ * Whether a texture kernel stores C as vec4s (one storage store per 4 values: on lavapipe a store
+ * costs about the same whatever its width, and storing C took ~30% of a conv-sized product): where
+ * N is a multiple of 4, so that every block of 4 columns lies within a row, and there is no
+ * epilogue; not where `forceVariant("matmulStore", "scalar")` keeps the scalar stores (tests compare).
+ */
+function vecStores(p: Problem, epilogue: Epilogue | null): boolean {
+  return p.N % 4 === 0 && !epilogue && forcedVariant("matmulStore") !== "scalar";
 }
 
 /**
