@@ -8,6 +8,11 @@
 // are several). With ACT = 1 the op is groupNorm followed by SiLU: the forward writes silu(z) of the
 // normalised z, and the backward recomputes z to take SiLU's derivative first (no stored z, no
 // separate activation kernels). No shared memory, no barriers: both are slow on lavapipe.
+//
+// x, y, dy and dx are arrays of V: f32, or vec4f where S is a multiple of 4 (fused_norm.ts puts
+// one of the two headers before this source: alias V, LANES elements per V, hsum(v) the sum of
+// v's elements, first(v) its first). On lavapipe a storage load or store costs about the same per
+// lane whatever its width, so the vec4 kernels make a quarter of the memory accesses.
 
 override WG: u32 = 64;
 override HAS_W: bool = true;
@@ -22,7 +27,7 @@ fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
 // groups: N·G; cg: channels per group; s: elements per channel; g: groups per sample.
 struct Norm { groups: u32, cg: u32, s: u32, g: u32, eps: f32, inv_count: f32 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<V>;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
 
 fn weight_at(c: u32) -> f32 {
@@ -30,18 +35,18 @@ fn weight_at(c: u32) -> f32 {
   return 1.0;
 }
 
-fn activate(z: f32) -> f32 {
+fn activate(z: V) -> V {
   if (ACT == 1u) { return z / (1.0 + exp(-z)); }
   return z;
 }
 
 // d activate(z) / dz.
-fn activate_grad(z: f32) -> f32 {
+fn activate_grad(z: V) -> V {
   if (ACT == 1u) {
     let s = 1.0 / (1.0 + exp(-z));
     return s * (1.0 + z * (1.0 - s));
   }
-  return 1.0;
+  return V(1.0);
 }
 
 // The bias of channel c (0 without one), for the forward and for ACT's recomputed z.
@@ -54,7 +59,7 @@ fn bias_at(c: u32) -> f32 {
 
 // ---- forward ------------------------------------------------------------------------------------
 
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<V>;
 @group(0) @binding(4) var<storage, read_write> mean_out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> rstd_out: array<f32>;
 @group(0) @binding(6) var<uniform> fp: Norm;
@@ -63,19 +68,21 @@ fn bias_at(c: u32) -> f32 {
 fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let j = linear_index(gid, nwg);
   if (j >= fp.groups) { return; }
-  let count = fp.cg * fp.s;
+  // Vs per group and per channel.
+  let count = fp.cg * fp.s / LANES;
+  let sv = fp.s / LANES;
   let base = j * count;
   // Summed relative to the group's first value: a large common offset adds no rounding error.
-  let shift = x[base];
+  let shift = first(x[base]);
   var sum = 0.0;
   for (var i = 0u; i < count; i++) {
-    sum += x[base + i] - shift;
+    sum += hsum(x[base + i] - V(shift));
   }
   let mean = shift + sum * fp.inv_count;
   var m2 = 0.0;
   for (var i = 0u; i < count; i++) {
-    let dv = x[base + i] - mean;
-    m2 += dv * dv;
+    let dv = x[base + i] - V(mean);
+    m2 += hsum(dv * dv);
   }
   let rstd = inverseSqrt(m2 * fp.inv_count + fp.eps);
   mean_out[j] = mean;
@@ -85,8 +92,8 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
   for (var ci = 0u; ci < fp.cg; ci++) {
     let scale = rstd * weight_at(c0 + ci);
     let b = bias_at(c0 + ci);
-    for (var k = 0u; k < fp.s; k++) {
-      y[at] = activate((x[at] - mean) * scale + b);
+    for (var k = 0u; k < sv; k++) {
+      y[at] = activate((x[at] - V(mean)) * scale + V(b));
       at++;
     }
   }
@@ -96,17 +103,17 @@ fn forward(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) n
 
 @group(0) @binding(3) var<storage, read> stat_mean: array<f32>;
 @group(0) @binding(4) var<storage, read> stat_rstd: array<f32>;
-@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<V>;
 // With ACC, dx also adds the gradient x already had from its other consumers (autograd's prior).
 override ACC: bool = false;
-@group(0) @binding(6) var<storage, read> prior: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(6) var<storage, read> prior: array<V>;
+@group(0) @binding(7) var<storage, read_write> dx: array<V>;
 @group(0) @binding(8) var<uniform> bp: Norm;
 
 // dz: the gradient that reaches z = xhat · w + b (through the activation when there is one).
-fn dz_at(at: u32, xh: f32, w: f32, b: f32) -> f32 {
+fn dz_at(at: u32, xh: V, w: f32, b: f32) -> V {
   if (ACT == 0u) { return dy[at]; }
-  return dy[at] * activate_grad(xh * w + b);
+  return dy[at] * activate_grad(xh * w + V(b));
 }
 
 // dx = rstd · (u − mean(u) − xhat · mean(u · xhat)), u = dz · w, means over the group.
@@ -114,7 +121,8 @@ fn dz_at(at: u32, xh: f32, w: f32, b: f32) -> f32 {
 fn grad_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let j = linear_index(gid, nwg);
   if (j >= bp.groups) { return; }
-  let base = j * bp.cg * bp.s;
+  let sv = bp.s / LANES;
+  let base = j * bp.cg * sv;
   let c0 = (j % bp.g) * bp.cg;
   let mean = stat_mean[j];
   let rstd = stat_rstd[j];
@@ -124,11 +132,11 @@ fn grad_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups
   for (var ci = 0u; ci < bp.cg; ci++) {
     let w = weight_at(c0 + ci);
     let b = bias_at(c0 + ci);
-    for (var k = 0u; k < bp.s; k++) {
-      let xh = (x[at] - mean) * rstd;
+    for (var k = 0u; k < sv; k++) {
+      let xh = (x[at] - V(mean)) * rstd;
       let u = dz_at(at, xh, w, b) * w;
-      s0 += u;
-      s1 += u * xh;
+      s0 += hsum(u);
+      s1 += hsum(u * xh);
       at++;
     }
   }
@@ -138,9 +146,9 @@ fn grad_input(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups
   for (var ci = 0u; ci < bp.cg; ci++) {
     let w = weight_at(c0 + ci);
     let b = bias_at(c0 + ci);
-    for (var k = 0u; k < bp.s; k++) {
-      let xh = (x[at] - mean) * rstd;
-      var v = rstd * (dz_at(at, xh, w, b) * w - s0 - xh * s1);
+    for (var k = 0u; k < sv; k++) {
+      let xh = (x[at] - V(mean)) * rstd;
+      var v = rstd * (dz_at(at, xh, w, b) * w - V(s0) - xh * s1);
       if (ACC) { v += prior[at]; }
       dx[at] = v;
       at++;
@@ -160,7 +168,7 @@ struct Channels { n: u32, c: u32, cg: u32, s: u32, g: u32, piece: u32, pieces: u
 // Bindings 0–2 as above (x, weight, bias: ACT recomputes z), then the statistics and dy.
 @group(0) @binding(3) var<storage, read> c_mean: array<f32>;
 @group(0) @binding(4) var<storage, read> c_rstd: array<f32>;
-@group(0) @binding(5) var<storage, read> c_dy: array<f32>;
+@group(0) @binding(5) var<storage, read> c_dy: array<V>;
 @group(0) @binding(6) var<storage, read_write> gw_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> gb_out: array<f32>;
 @group(0) @binding(8) var<uniform> cp: Channels;
@@ -182,13 +190,14 @@ fn grad_params(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroup
     let stat = n * cp.g + group;
     let mean = c_mean[stat];
     let rstd = c_rstd[stat];
-    let base = (n * cp.c + c) * cp.s;
-    for (var e = 0u; e < cp.s; e++) {
-      let xh = (x[base + e] - mean) * rstd;
+    let sv = cp.s / LANES;
+    let base = (n * cp.c + c) * sv;
+    for (var e = 0u; e < sv; e++) {
+      let xh = (x[base + e] - V(mean)) * rstd;
       var g = c_dy[base + e];
-      if (ACT != 0u) { g *= activate_grad(xh * w + b); }
-      sw += g * xh;
-      sb += g;
+      if (ACT != 0u) { g *= activate_grad(xh * w + V(b)); }
+      sw += hsum(g * xh);
+      sb += hsum(g);
     }
   }
   if (PIECES) {

@@ -282,6 +282,11 @@ Deno.test("groupNorm [12,4,50,60] groups=2: weight and bias gradients merged fro
 });
 
 const silu64 = (z: number) => z / (1 + Math.exp(-z));
+/** dy · silu'(z). */
+const siluGrad64 = (z: number, dy: number) => {
+  const s = 1 / (1 + Math.exp(-z));
+  return dy * s * (1 + z * (1 - s));
+};
 
 Deno.test("groupNorm + silu [2,6,5,3] groups=3: forward matches float64, backward finite differences", async () => {
   const shape = [2, 6, 5, 3];
@@ -304,12 +309,8 @@ Deno.test("groupNorm + silu [2,6,5,3] groups=3: forward matches float64, backwar
 Deno.test("groupNorm + silu: gradients merged from pieces; past the fused limit it is silu(groupNorm)", async () => {
   // [40, 2, 30, 30], one group: S = 900, so the weight/bias gradients take 4 pieces of samples;
   // dz = dy · silu'(z).
-  const siluGrad = (z: number, dy: number) => {
-    const s = 1 / (1 + Math.exp(-z));
-    return dy * s * (1 + z * (1 - s));
-  };
   const op = (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.groupNorm(x, 1, w, b, 1e-5, "silu");
-  await checkAffineGrads([40, 2, 30, 30], [40, 2, 900], 1, 41, op, silu64, siluGrad);
+  await checkAffineGrads([40, 2, 30, 30], [40, 2, 900], 1, 41, op, silu64, siluGrad64);
   // A group of 2 · 5050 elements: the general kernels and a separate SiLU, the same values.
   const big = randArray(2 * 5050, 45, -2, 2);
   const out = await runOp((t) => T.groupNorm(t, 1, null, null, 1e-5, "silu"), [
@@ -317,6 +318,42 @@ Deno.test("groupNorm + silu: gradients merged from pieces; past the fused limit 
   ]);
   const bigRef = normRef(big, [1, 2, 5050], { groups: 1 }, null, null).map(silu64);
   assertClose(out.data, bigRef, { atol: 2e-5, rtol: 1e-4, what: "past the fused limit" });
+});
+
+Deno.test("fused groupNorm: channels of whole vec4s take the vec4 kernels, forced on and off", async () => {
+  // S = 12 (a multiple of 4) with SiLU, a residual use of x (its prior gradient added in dx) and
+  // three groups; then S = 400 over 40 samples (weight/bias gradients merged from pieces).
+  const shape = [2, 6, 4, 3];
+  const dims = [2, 6, 12];
+  const x = randArray(prod(shape), 81, -2, 2);
+  const w = randArray(6, 82, 0.5, 1.5);
+  const b = randArray(6, 83);
+  const ref = (xs: number[], ws: number[], bs: number[]) =>
+    normRef(xs, dims, { groups: 3 }, ws, bs).map((v, i) => silu64(v) + xs[i]);
+  const op = (t: T.Tensor, wt: T.Tensor, bt: T.Tensor) =>
+    T.add(T.groupNorm(t, 3, wt, bt, 1e-5, "silu"), t);
+  const inputs = [input(x, shape), input(w, [6]), input(b, [6])];
+  try {
+    for (const mode of ["vec4", "scalar"]) {
+      forceVariant("fusedNorm", mode === "scalar" ? "scalar" : null);
+      const kernel = T.tidy(() => {
+        T.groupNorm(T.tensor(x, shape), 3, null, null, 1e-5, "silu");
+        return gpu().recorder.lastLabel;
+      });
+      assert.equal(kernel, mode === "vec4" ? "fused_norm_forward_v4" : "fused_norm_forward");
+      const out = await runOp(op, inputs);
+      assertClose(out.data, ref(x, w, b), { atol: 2e-5, rtol: 1e-4, what: `${mode} forward` });
+      await checkGrad(op, ref, inputs);
+      const plain = (t: T.Tensor, wt: T.Tensor | null, bt: T.Tensor | null) =>
+        T.groupNorm(t, 2, wt, bt);
+      await checkNorm([3, 4, 2, 4], [3, 4, 8], { groups: 2 }, plain, 84);
+      const pieces = (t: T.Tensor, wt: T.Tensor, bt: T.Tensor) =>
+        T.groupNorm(t, 1, wt, bt, 1e-5, "silu");
+      await checkAffineGrads([40, 2, 20, 20], [40, 2, 400], 1, 85, pieces, silu64, siluGrad64);
+    }
+  } finally {
+    forceVariant("fusedNorm", null);
+  }
 });
 
 // ---- groupNorm -------------------------------------------------------------------------------

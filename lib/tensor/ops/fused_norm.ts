@@ -5,6 +5,7 @@
 // With `silu` the op is groupNorm followed by SiLU, in the same dispatches.
 
 import { gpu } from "../../gpu/device.ts";
+import { forcedVariant } from "../../gpu/autotune.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { record, Tensor } from "../tensor.ts";
@@ -22,33 +23,58 @@ const MAX_GROUP = 10_000;
 /** On GPUs, samples per piece of the weight/bias gradient aim for about this many invocations. */
 const TARGET_INVOCATIONS = 4096;
 
-const kernel = (entry: string, bindings: ("read" | "write")[]) =>
-  defineKernel({ name: `fused_norm_${entry}`, source, entry, bindings });
-
-const kernels = {
-  forward: kernel("forward", ["read", "read", "read", "write", "write", "write"]),
-  gradInput: kernel("grad_input", [
-    "read",
-    "read",
-    "read",
-    "read",
-    "read",
-    "read",
-    "read",
-    "write",
-  ]),
-  gradParams: kernel("grad_params", [
-    "read",
-    "read",
-    "read",
-    "read",
-    "read",
-    "read",
-    "write",
-    "write",
-  ]),
-  gradParamsMerge: kernel("grad_params_merge", ["read", "write", "write"]),
+/** The element type of x, y, dy and dx in kernels/fused_norm.wgsl: one float, or four. */
+const HEADERS = {
+  scalar: "alias V = f32;\nconst LANES = 1u;\nfn hsum(v: V) -> f32 { return v; }\n" +
+    "fn first(v: V) -> f32 { return v; }\n",
+  vec4: "alias V = vec4f;\nconst LANES = 4u;\n" +
+    "fn hsum(v: V) -> f32 { return (v.x + v.y) + (v.z + v.w); }\nfn first(v: V) -> f32 { return v.x; }\n",
 };
+type Lanes = keyof typeof HEADERS;
+
+const kernelSet = (lanes: Lanes) => {
+  const kernel = (entry: string, bindings: ("read" | "write")[]) =>
+    defineKernel({
+      name: `fused_norm_${entry}${lanes === "vec4" ? "_v4" : ""}`,
+      source: HEADERS[lanes] + source,
+      entry,
+      bindings,
+    });
+  return {
+    forward: kernel("forward", ["read", "read", "read", "write", "write", "write"]),
+    gradInput: kernel("grad_input", [
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "write",
+    ]),
+    gradParams: kernel("grad_params", [
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "read",
+      "write",
+      "write",
+    ]),
+    gradParamsMerge: kernel("grad_params_merge", ["read", "write", "write"]),
+  };
+};
+const kernelSets = { scalar: kernelSet("scalar"), vec4: kernelSet("vec4") };
+
+/**
+ * The vec4 kernels where each channel's S elements are whole vec4s (unless
+ * `forceVariant("fusedNorm", "scalar")`: tests compare the two), else the one-float ones.
+ */
+function kernelsFor(l: FusedNormLayout) {
+  const vec4 = l.s % 4 === 0 && forcedVariant("fusedNorm") !== "scalar";
+  return kernelSets[vec4 ? "vec4" : "scalar"];
+}
 
 /** x as [n, c, s] with `groups` groups of c / groups channels. */
 export interface FusedNormLayout {
@@ -96,6 +122,7 @@ export function fusedNorm(
   const mean = new Tensor([groups], "f32");
   const rstd = new Tensor([groups], "f32");
   const recorder = gpu().recorder;
+  const kernels = kernelsFor(l);
   const params = [groups, cg, l.s, l.groups, f32bits(eps), f32bits(1 / (cg * l.s))];
   const constants = { HAS_W: weight ? 1 : 0, HAS_B: bias ? 1 : 0, ACT: silu ? 1 : 0 };
   const affine = [(weight ?? x).binding, (bias ?? x).binding];
@@ -146,6 +173,7 @@ function paramGrads(
   constants: Record<string, number>,
 ): [Tensor, Tensor] {
   const recorder = gpu().recorder;
+  const kernels = kernelsFor(l);
   const piece = pieceSamples(l);
   const pieces = Math.ceil(l.n / piece);
   const gw = new Tensor([l.c], "f32");
