@@ -235,7 +235,7 @@ Deno.test("texture matmul: C stored as vec4s where N is a multiple of 4, forced 
 
 Deno.test("matmulRowBias adds bias[m] to every row, on buffer and texture variants", async () => {
   try {
-    for (const name of ["reg4x4", "reg16x16", "tiled64", "tex8x8"]) {
+    for (const name of ["reg4x4", "reg16x16", "tiled64", "tex8x8", "tex24x24"]) {
       forceVariant("matmul", name);
       for (
         const [a, b, tb] of [[input(37, 20), input(2, 9, 20), true], [

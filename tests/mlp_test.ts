@@ -53,7 +53,7 @@ for (const c of cases) {
   const op = (x: T.Tensor, w1: T.Tensor, w2: T.Tensor, b1?: T.Tensor, b2?: T.Tensor) =>
     T.mlpGelu(x, w1, b1 ?? null, w2, b2 ?? null);
   for (const variant of ["fused", "composed"]) {
-    for (const kernels of ["tex8x8", "tex24x24", "reg4x4"]) {
+    for (const kernels of ["tex8x8", "tex16x16", "tex24x24", "reg4x4"]) {
       Deno.test(
         `mlpGelu [${c.x}] → ${c.hidden} → ${c.out}${c.bias ? " with biases" : ""} (${variant}, ` +
           `matmul ${kernels}): forward and backward`,

@@ -119,15 +119,28 @@ const EPILOGUE_BINDING: Record<EpilogueKind, "read" | "write"> = {
   geluGrad: "read",
 };
 
-/** WGSL of `epilogue(o, i)` (and the aux binding) for a tex kernel's store. */
+/**
+ * WGSL of a tex kernel's epilogue pass (and the aux binding): `epilogue_block(z, m0, n0, rows,
+ * cols)` rewrites the block of C the invocation has just stored. A loop over the stored values
+ * rather than the epilogue inlined into each of the tm·tn unrolled stores: 256 inlined erf/exp
+ * chains (16 × 16) took LLVM ~20 s per kernel on lavapipe, the loop one load of C more per value.
+ */
 function epilogueSource(epi: EpilogueKind | null): string {
-  if (!epi) return "fn epilogue(o: f32, i: u32) -> f32 { return o; }";
+  if (!epi) return "";
   const access = epi === "gelu" ? "read_write" : "read";
-  const body = epi === "gelu" ? "aux[i] = o;\n  return gelu_f(o);" : "return o * gelu_df(aux[i]);";
+  const body = epi === "gelu"
+    ? "let o = c[i];\n      aux[i] = o;\n      c[i] = gelu_f(o);"
+    : "c[i] = c[i] * gelu_df(aux[i]);";
   return `${GELU_WGSL}
 @group(0) @binding(4) var<storage, ${access}> aux: array<f32>;
-fn epilogue(o: f32, i: u32) -> f32 {
-  ${body}
+fn epilogue_block(z: u32, m0: u32, n0: u32, rows: u32, cols: u32) {
+  for (var r = 0u; r < rows; r++) {
+    let row = (z * p.M + m0 + r) * p.N + n0;
+    for (var q = 0u; q < cols; q++) {
+      let i = row + q;
+      ${body}
+    }
+  }
 }`;
 }
 
@@ -213,10 +226,19 @@ function texSource(
     }
     body.push("}");
   }
+  // Each bias value loaded once per invocation, not once per store (576 gathers at 24 × 24 made
+  // LLVM's compile on lavapipe several times longer).
+  for (let c = 0; c < tn4; c++) store.push(`let bc${c} = bias_cols((n4 + ${c}u) * 4u);`);
+  for (let r = 0; r < tm; r++) store.push(`let br${r} = bias_row(m0 + ${r}u);`);
   for (let r = 0; r < tm; r++) {
     for (let c = 0; c < tn4; c++) {
-      store.push(`store4(z, m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c});`);
+      store.push(`store4(z, m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c}, bc${c}, br${r});`);
     }
+  }
+  if (epi) {
+    store.push(
+      `epilogue_block(z, m0, n4 * 4u, min(${tm}u, p.M - m0), min(${tn}u, p.N - n4 * 4u));`,
+    );
   }
   if (sumA) {
     store.push("if (n4 == 0u) {");
@@ -241,22 +263,28 @@ ${sumA ? "@group(0) @binding(4) var<storage, read_write> sums: array<f32>;" : ""
 
 ${FLAT_WGSL}
 ${epilogueSource(epi)}
-fn store4(z: u32, m: u32, n: u32, v: vec4f) {
+// bias[n .. n + 3] (per column of C) and bias[m] (per row), indices clamped: values past N or M
+// are never stored.
+fn bias_cols(n: u32) -> vec4f {
+  if (!BIAS) { return vec4f(0.0); }
+  let last = p.N - 1u;
+  return vec4f(bias[min(n, last)], bias[min(n + 1u, last)], bias[min(n + 2u, last)], bias[min(n + 3u, last)]);
+}
+fn bias_row(m: u32) -> f32 {
+  if (!BIAS_ROW) { return 0.0; }
+  return bias[min(m, p.M - 1u)];
+}
+fn store4(z: u32, m: u32, n: u32, v: vec4f, bc: vec4f, br: f32) {
   if (m >= p.M || n >= p.N) { return; }
   var o = v;
-  if (BIAS_ROW) { o += vec4f(bias[m]); }
-  if (BIAS) {
-    o.x += bias[n];
-    if (n + 1u < p.N) { o.y += bias[n + 1u]; }
-    if (n + 2u < p.N) { o.z += bias[n + 2u]; }
-    if (n + 3u < p.N) { o.w += bias[n + 3u]; }
-  }
+  if (BIAS_ROW) { o += vec4f(br); }
+  if (BIAS) { o += bc; }
   let i = (z * p.M + m) * p.N + n;
   ${
-    vecOut ? "c[i / 4u] = o;" : `c[i] = epilogue(o.x, i);
-  if (n + 1u < p.N) { c[i + 1u] = epilogue(o.y, i + 1u); }
-  if (n + 2u < p.N) { c[i + 2u] = epilogue(o.z, i + 2u); }
-  if (n + 3u < p.N) { c[i + 3u] = epilogue(o.w, i + 3u); }`
+    vecOut ? "c[i / 4u] = o;" : `c[i] = o.x;
+  if (n + 1u < p.N) { c[i + 1u] = o.y; }
+  if (n + 2u < p.N) { c[i + 2u] = o.z; }
+  if (n + 3u < p.N) { c[i + 3u] = o.w; }`
   }
 }
 
