@@ -8,11 +8,13 @@
 // when the machine is busy); every training-step case prints `dispatches`, the GPU dispatches it
 // records per step, `gflop` (its model GFLOP: the products, forward and backward), `gflops` (gflop
 // per second of step time) and `efficiency` (gflops ÷ `ceiling_gflops`, the adapter's FMA ceiling
-// measured once in the same process).
+// measured once in the same process). On Linux every case also prints `steal` (and with --torch
+// `torch_steal`): the share of the CPUs' time the hypervisor took while it ran (bench/steal.ts).
 
 import { parseOrExit } from "../lib/cli/args.ts";
 import { gpu, initGpuOrExit } from "../lib/gpu/device.ts";
 import type { BenchCase, BenchResult } from "./harness.ts";
+import { cpuCounters, stealShare } from "./steal.ts";
 import { torchTimes } from "./torch_twins.ts";
 
 const options = parseOrExit({
@@ -65,9 +67,12 @@ for (const c of cases) {
   gpu().pool.resetPeak();
   gpu().profiler?.reset();
   const started = performance.now();
+  const countersBefore = cpuCounters();
   const result = await c.run();
+  const steal = stealShare(countersBefore, cpuCounters());
   const caseMs = performance.now() - started;
   result.adapter = info.description;
+  if (steal !== null) result.steal = +steal.toFixed(3);
   const twin = torch?.get(result.name);
   if (twin !== undefined) {
     result.torch_ms = twin.ms;
@@ -77,6 +82,7 @@ for (const c of cases) {
       result.torch_cpu_ms = twin.cpuMs;
       result.vs_torch_cpu = twin.cpuMs / result.cpu_ms;
     }
+    if (twin.steal !== null) result.torch_steal = twin.steal;
   }
   // Peak GPU memory of this case: buffers and textures the pool held at once.
   result.peak_bytes = gpu().pool.stats.peakAllocated;

@@ -22,10 +22,12 @@ export async function torchMissing(): Promise<string | null> {
   }
 }
 
-/** PyTorch's wall and process CPU milliseconds per step of one case. */
+/** PyTorch's wall and process CPU milliseconds per step of one case, and the steal meanwhile. */
 export interface TorchTime {
   ms: number;
   cpuMs: number;
+  /** Share of the CPUs' time stolen by the hypervisor while the case ran (null: not Linux). */
+  steal: number | null;
 }
 
 /**
@@ -46,12 +48,13 @@ export async function torchTimes(
   const times = new Map<string, TorchTime>();
   for (const line of new TextDecoder().decode(out.stdout).split("\n")) {
     if (!line.trim()) continue;
-    const { name, torch_ms, torch_cpu_ms } = JSON.parse(line) as {
+    const { name, torch_ms, torch_cpu_ms, steal } = JSON.parse(line) as {
       name: string;
       torch_ms: number;
       torch_cpu_ms: number;
+      steal?: number | null;
     };
-    times.set(name, { ms: torch_ms, cpuMs: torch_cpu_ms });
+    times.set(name, { ms: torch_ms, cpuMs: torch_cpu_ms, steal: steal ?? null });
   }
   return times;
 }

@@ -1,10 +1,11 @@
 """`deno task bench --torch` runs this with /usr/bin/python3: the PyTorch time of the bench cases
-that have a twin here, one JSON line each ({"name", "torch_ms", "torch_cpu_ms"}), names equal to
+that have a twin here, one JSON line each ({"name", "torch_ms", "torch_cpu_ms", "steal"}), names equal to
 the TypeScript cases' names; torch_cpu_ms is the process CPU time per step of a second run on one
 thread (the work itself, without OpenMP's spinning), which a busy machine inflates far less than
 the wall time. Arguments: [--filter TEXT] [--quick] (as bench/main.ts; the ViT-B case only when
 the filter names it, as bench/pretrain.ts). Wall time on two threads, as the 2-core machine the
-figures compare on.
+figures compare on. "steal": the share of the CPUs' time the hypervisor gave to other guests while
+the case ran (/proc/stat, as bench/steal.ts; null where it is missing).
 """
 
 import json
@@ -18,6 +19,25 @@ from models import (Beit, MocoEncoder, VqVae, freeze, mim_batch, perceptual_inpu
                     perceptual_loss)
 
 torch.set_num_threads(2)
+
+
+def cpu_counters():
+    """(steal, total) clock ticks of all CPUs from /proc/stat's cpu line, or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(t) for t in fields[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before, after):
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 def time_steps(step, warmup=2, min_iters=3, min_ms=1000.0):
@@ -131,14 +151,16 @@ def main(argv):
             continue
         if quick and slow:
             continue
+        counters = cpu_counters()
         wall_ms, _ = run()
+        steal = steal_share(counters, cpu_counters())
         # CPU time from a second run on one thread: with two, OpenMP's waiting threads spin, and on
         # a busy machine that spinning (counted as CPU time) grew PyTorch's CPU time per step 5-25x.
         torch.set_num_threads(1)
         _, cpu_ms = run()
         torch.set_num_threads(2)
-        print(json.dumps({"name": name, "torch_ms": wall_ms, "torch_cpu_ms": cpu_ms},
-                         ensure_ascii=False), flush=True)
+        print(json.dumps({"name": name, "torch_ms": wall_ms, "torch_cpu_ms": cpu_ms,
+                          "steal": steal}, ensure_ascii=False), flush=True)
 
 
 if __name__ == "__main__":
