@@ -40,28 +40,11 @@ const kernelSet = (lanes: Lanes) => {
       entry,
       bindings,
     });
+  const reads = (n: number) => Array<"read">(n).fill("read");
   return {
-    forward: kernel("forward", ["read", "read", "read", "write", "write", "write"]),
-    gradInput: kernel("grad_input", [
-      "read",
-      "read",
-      "read",
-      "read",
-      "read",
-      "read",
-      "read",
-      "write",
-    ]),
-    gradParams: kernel("grad_params", [
-      "read",
-      "read",
-      "read",
-      "read",
-      "read",
-      "read",
-      "write",
-      "write",
-    ]),
+    forward: kernel("forward", [...reads(3), "write", "write", "write"]),
+    gradInput: kernel("grad_input", [...reads(7), "write"]),
+    gradParams: kernel("grad_params", [...reads(6), "write", "write"]),
     gradParamsMerge: kernel("grad_params_merge", ["read", "write", "write"]),
   };
 };
