@@ -518,3 +518,8 @@ Deno.test("report and figure helpers", () => {
     "## T\n\nC. Columns: a | b.\n\n![g](g.png)\n\n| x | img |\n| :--- | ---: |\n| 1 | ![p](p.png) |\n",
   );
 });
+
+Deno.test({
+  name: "evaluate: cleanup",
+  fn: async () => await Deno.remove(root, { recursive: true }),
+});

@@ -582,3 +582,8 @@ Deno.test("export-codebook: an interrupted run reruns cleanly, bad inputs are re
   );
   for (const d of [bad1, bad2]) assert.ok(!(await exists(d)), `nothing written in ${d}`);
 });
+
+Deno.test({
+  name: "export-codebook: cleanup",
+  fn: async () => await Deno.remove(root, { recursive: true }),
+});

@@ -131,3 +131,8 @@ Deno.test("--scratch-layer-decay enters the evaluate config only where it differ
   assert.equal(runLayerDecay(own.finetune, false), 1);
   assert.equal(runLayerDecay(own.finetune, true), 0.75);
 });
+
+Deno.test({
+  name: "finetune run: cleanup",
+  fn: async () => await Deno.remove(root, { recursive: true }),
+});

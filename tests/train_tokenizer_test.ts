@@ -547,3 +547,8 @@ Deno.test("train-tokenizer refuses bad inputs before training", async () => {
     /multiple of --log-every/,
   );
 });
+
+Deno.test({
+  name: "train-tokenizer: cleanup",
+  fn: async () => await Deno.remove(root, { recursive: true }),
+});

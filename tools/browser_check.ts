@@ -178,6 +178,8 @@ export async function checkPage(
         `--window-size=${width},900`,
         "about:blank",
       ],
+      // Chromium's own scratch files (its singleton socket) then live in the profile, removed below.
+      env: { TMPDIR: profile },
       stdin: "null",
       stdout: "null",
       stderr: "piped",
@@ -241,7 +243,23 @@ export async function checkPage(
       child.kill("SIGKILL");
     } catch { /* already gone */ }
     await child.status;
-    await Deno.remove(profile, { recursive: true }).catch(() => {});
+    await removeWhenQuiet(profile);
+  }
+}
+
+/**
+ * Removes a Chromium profile. Chromium's helper processes outlive the killed browser by a moment
+ * and can still be writing into it, so a removal that meets a new entry is retried.
+ */
+async function removeWhenQuiet(profile: string): Promise<void> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    try {
+      await Deno.remove(profile, { recursive: true });
+      return;
+    } catch (error) {
+      if (error instanceof Deno.errors.NotFound) return;
+      await new Promise((ok) => setTimeout(ok, 100));
+    }
   }
 }
 
