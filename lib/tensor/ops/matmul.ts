@@ -684,18 +684,10 @@ const biasConstants = (bias: Bias | null) => ({
  * Records one problem's product into `out` (no autograd) and counts its model FLOPs, 2·M·N·K per
  * matrix of the batch (flops.ts): every matmul of the ops goes through here once.
  */
-function launch(
-  a: Tensor,
-  b: Tensor,
-  bias: Bias | null,
-  out: Tensor,
-  p: Problem,
-  variant = variantFor(p),
-  epilogue: Epilogue | null = null,
-  sums: Tensor | null = null,
-): void {
+function launch(...args: Parameters<typeof launchKernels>): void {
+  const p = args[4];
   countFlops(productFlops(p.batch, p.M, p.N, p.K));
-  launchKernels(a, b, bias, out, p, variant, epilogue, sums);
+  launchKernels(...args);
 }
 
 /**
