@@ -79,8 +79,12 @@ export class KernelProfiler {
     }
   }
 
-  /** Forgets the totals (e.g. after warm-up steps). */
-  reset(): void {
+  /**
+   * Forgets the totals (e.g. after warm-up steps), batches submitted but not yet collected included:
+   * they are read first, or the next collect would bill them to what follows.
+   */
+  async reset(): Promise<void> {
+    await this.collect();
     this.totals.clear();
   }
 
