@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { mnistShards, tinyExport } from "./stage_fixtures.ts";
+import { mnistShards, removeAfterLastTest, tinyExport } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions, UsageError } from "../lib/cli/args.ts";
 import { beginStage, finishStage } from "../lib/cli/stage.ts";
@@ -519,7 +519,4 @@ Deno.test("report and figure helpers", () => {
   );
 });
 
-Deno.test({
-  name: "evaluate: cleanup",
-  fn: async () => await Deno.remove(root, { recursive: true }),
-});
+removeAfterLastTest("evaluate", root);

@@ -36,6 +36,7 @@ import { pixelsToFloat, uploadPixels } from "../lib/data/augment.ts";
 import { runShard, shardCommand } from "../tasks/shard.ts";
 import { runTrainTokenizer, trainTokenizerCommand } from "../tasks/train_tokenizer.ts";
 import { exportCodebookCommand, runExportCodebook } from "../tasks/export_codebook.ts";
+import { removeAfterLastTest } from "./stage_fixtures.ts";
 
 const root = await Deno.makeTempDir({ prefix: "peco-export-codebook-" });
 const quiet = { log: () => {} };
@@ -583,7 +584,4 @@ Deno.test("export-codebook: an interrupted run reruns cleanly, bad inputs are re
   for (const d of [bad1, bad2]) assert.ok(!(await exists(d)), `nothing written in ${d}`);
 });
 
-Deno.test({
-  name: "export-codebook: cleanup",
-  fn: async () => await Deno.remove(root, { recursive: true }),
-});
+removeAfterLastTest("export-codebook", root);

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import "./util.ts";
-import { mnistShards, tinyVit } from "./stage_fixtures.ts";
+import { mnistShards, removeAfterLastTest, tinyVit } from "./stage_fixtures.ts";
 import { parseOptions } from "../lib/cli/args.ts";
 import { canonicalJson } from "../lib/cli/stage.ts";
 import { openShards } from "../lib/data/shards.ts";
@@ -132,7 +132,4 @@ Deno.test("--scratch-layer-decay enters the evaluate config only where it differ
   assert.equal(runLayerDecay(own.finetune, true), 0.75);
 });
 
-Deno.test({
-  name: "finetune run: cleanup",
-  fn: async () => await Deno.remove(root, { recursive: true }),
-});
+removeAfterLastTest("finetune run", root);

@@ -16,6 +16,7 @@ import { Rng } from "../lib/tensor/init.ts";
 import { backward, mseLoss, tensor } from "../lib/tensor/mod.ts";
 import { CHECKPOINT_FILE, readCheckpointMeta } from "../lib/train/checkpoint.ts";
 import { type LoopRun, type TrainingLoop, trainLoop } from "../lib/train/loop.ts";
+import { removeAfterLastTest } from "./stage_fixtures.ts";
 
 const IN = 5;
 const OUT = 3;
@@ -217,6 +218,4 @@ Deno.test("loop: a NaN loss stops the run naming its step and the last good chec
   for (const [name, r] of good) assert.deepEqual(after.get(name)!.data, r.data, name);
 });
 
-Deno.test("loop: cleanup", async () => {
-  await Deno.remove(root, { recursive: true });
-});
+removeAfterLastTest("loop", root);

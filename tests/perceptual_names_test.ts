@@ -16,6 +16,7 @@ import {
 } from "../lib/models/perceptual/load.ts";
 import { VIT_B_DEFAULT } from "../lib/models/perceptual/vit.ts";
 import { randArray } from "./util.ts";
+import { removeAfterLastTest } from "./stage_fixtures.ts";
 
 const NAMES = "fixtures/perceptual/names";
 const root = await Deno.makeTempDir({ prefix: "peco-perceptual-names-" });
@@ -160,7 +161,4 @@ Deno.test("perceptual vit-b: a MoCo v3 checkpoint without its prefix is refused,
   }
 });
 
-Deno.test({
-  name: "perceptual names: cleanup",
-  fn: async () => await Deno.remove(root, { recursive: true }),
-});
+removeAfterLastTest("perceptual names", root);

@@ -129,3 +129,11 @@ export async function commandOutput(
   const d = new TextDecoder();
   return { code, text: d.decode(stdout) + d.decode(stderr) };
 }
+
+/**
+ * Registers a test that removes a test file's temporary folder: call it after the file's last
+ * test (tests run in the order they are registered).
+ */
+export function removeAfterLastTest(label: string, dir: string): void {
+  Deno.test(`${label}: cleanup`, async () => await Deno.remove(dir, { recursive: true }));
+}

@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { mnistShards } from "./stage_fixtures.ts";
+import { mnistShards, removeAfterLastTest } from "./stage_fixtures.ts";
 import "./util.ts";
 import { parseOptions } from "../lib/cli/args.ts";
 import { readMetrics } from "../lib/cli/metrics.ts";
@@ -548,7 +548,4 @@ Deno.test("train-tokenizer refuses bad inputs before training", async () => {
   );
 });
 
-Deno.test({
-  name: "train-tokenizer: cleanup",
-  fn: async () => await Deno.remove(root, { recursive: true }),
-});
+removeAfterLastTest("train-tokenizer", root);
