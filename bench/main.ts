@@ -67,6 +67,8 @@ const results: BenchResult[] = [];
 for (const c of cases) {
   if (options.filter && !c.name.includes(options.filter)) continue;
   if (options.quick && c.slow) continue;
+  // Each case's peak counts its own memory: buffers cached by the cases before it are freed first.
+  gpu().pool.trim();
   gpu().pool.resetPeak();
   await gpu().profiler?.reset();
   const started = performance.now();
