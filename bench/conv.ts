@@ -2,8 +2,9 @@
 // Forward alone, and forward + backward (input and weight gradients: three convolutions' worth).
 // The forward case also times the matmul of the same FLOPs (the convolution's GEMM shape,
 // [O, C·9] · [C·9, N·H·W]) in the same run, so `vs_matmul` compares like with like on a busy host.
-// Each case also times the implicit-GEMM path ("direct") in the same run: on software adapters the
-// default ("auto") lowers large convolutions to im2col + the texture-fed matmul.
+// Each case also times the implicit-GEMM path ("direct") and the im2col lowering in the same run:
+// on software adapters the default ("auto") runs large convolutions as window products (the input
+// packed into a texture the matmul reads its windows from) and the weight gradient through im2col.
 
 import { type BenchCase, gflops, timeSteps } from "./harness.ts";
 import {
@@ -56,13 +57,14 @@ export const cases: BenchCase[] = [
       const a = keep(normal([O, C * K * K], 5));
       const b = keep(normal([C * K * K, N * H * W], 6));
       // Alternate the two and keep each one's best round: the host is shared and noisy.
-      let ms = Infinity, matmulMs = Infinity, directMs = Infinity;
+      let ms = Infinity, matmulMs = Infinity, directMs = Infinity, im2colMs = Infinity;
       const conv = () => conv2d(t.x, t.w, t.b, { padding: 1 });
       for (let round = 0; round < 3; round++) {
         const options = { warmup: round === 0 ? 2 : 0, minIters: 2, minMs: 300 };
         ms = Math.min(ms, await timeSteps(conv, options));
         matmulMs = Math.min(matmulMs, await timeSteps(() => matmul(a, b), options));
         directMs = Math.min(directMs, await timeSteps(() => lowered("direct", conv), options));
+        im2colMs = Math.min(im2colMs, await timeSteps(() => lowered("im2col", conv), options));
       }
       release({ ...t, a, b });
       const rate = gflops(FORWARD_FLOPS, ms);
@@ -74,6 +76,7 @@ export const cases: BenchCase[] = [
         matmul_equal_flops_gflops: matmulRate,
         vs_matmul: rate / matmulRate,
         direct_gflops: gflops(FORWARD_FLOPS, directMs),
+        im2col_gflops: gflops(FORWARD_FLOPS, im2colMs),
       };
     },
   },
@@ -87,11 +90,12 @@ export const cases: BenchCase[] = [
         backward(sum(mul(conv2d(t.x, t.w, t.b, { padding: 1 }), t.seed)));
         zeroGrad([t.x, t.w, t.b]);
       };
-      let ms = Infinity, directMs = Infinity;
+      let ms = Infinity, directMs = Infinity, im2colMs = Infinity;
       for (let round = 0; round < 2; round++) {
         const options = { warmup: round === 0 ? 1 : 0 };
         ms = Math.min(ms, await timeSteps(step, options));
         directMs = Math.min(directMs, await timeSteps(() => lowered("direct", step), options));
+        im2colMs = Math.min(im2colMs, await timeSteps(() => lowered("im2col", step), options));
       }
       release(t);
       return {
@@ -99,6 +103,7 @@ export const cases: BenchCase[] = [
         ms,
         gflops: gflops(3 * FORWARD_FLOPS, ms),
         direct_gflops: gflops(3 * FORWARD_FLOPS, directMs),
+        im2col_gflops: gflops(3 * FORWARD_FLOPS, im2colMs),
       };
     },
   },

@@ -3,6 +3,7 @@ import { convRef, convVjpRef, type Pad } from "./reference.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
 import { forceVariant } from "../lib/gpu/autotune.ts";
+import { gpu } from "../lib/gpu/device.ts";
 
 interface ConvCase {
   name: string;
@@ -382,6 +383,85 @@ for (const tc of pointwiseCases) {
       () => withBiasGrad("separate", () => withPointwise(path, () => checkBackward(tc))),
     );
   }
+}
+
+// ---- window products (the input packed into a texture, read in place: conv_windows.ts) ----------
+
+/** The last kernel conv2d's forward runs on seeded inputs of tc (no bias, no autograd). */
+function forwardKernel(tc: ConvCase): string {
+  const x = T.tensor(randArray(prod(tc.xs), 21), tc.xs);
+  const w = T.tensor(randArray(prod(tc.ws), 22), tc.ws);
+  T.conv2d(x, w, null, { stride: tc.stride, padding: tc.padding }).dispose();
+  x.dispose();
+  w.dispose();
+  return gpu().recorder.lastLabel;
+}
+
+// C a multiple of 4 (whole texels); O too where the input gradient runs as window products as well
+// (its input is the output gradient). Odd N, H, W; pixels per image of no block size, and some a
+// multiple of 4 (vec4 stores).
+const windowCases: ConvCase[] = [
+  { name: "C=4 O=5 3x3 p1 5x7", xs: [2, 4, 5, 7], ws: [5, 4, 3, 3], stride: 1, padding: 1 },
+  {
+    name: "C=8 O=12 3x3 s2 pad {1,0,2,0}",
+    xs: [3, 8, 9, 7],
+    ws: [12, 8, 3, 3],
+    stride: 2,
+    padding: { top: 1, bottom: 0, left: 2, right: 0 },
+  },
+  { name: "C=4 O=8 2x4 p0", xs: [1, 4, 6, 10], ws: [8, 4, 2, 4], stride: 1, padding: 0 },
+  { name: "C=12 O=4 3x3 p1 4x8", xs: [2, 12, 4, 8], ws: [4, 12, 3, 3], stride: 1, padding: 1 },
+  { name: "C=4 O=8 5x5 p2 3x9", xs: [1, 4, 3, 9], ws: [8, 4, 5, 5], stride: 1, padding: 2 },
+  {
+    name: "C=4 O=4 2x3 s3 (uncovered rows)",
+    xs: [1, 4, 7, 8],
+    ws: [4, 4, 2, 3],
+    stride: 3,
+    padding: 0,
+  },
+];
+
+for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {
+  for (const tc of windowCases) {
+    Deno.test(`conv2d windows ${v.name} ${tc.name}: output and gradients match float64`, async () => {
+      forceVariant("matmul", v.name);
+      try {
+        await withLowering("windows", async () => {
+          const kernel = forwardKernel(tc);
+          if (!kernel.startsWith(`matmul_${v.name}`) || !kernel.includes("_bwindow")) {
+            throw new Error(`the forward ran ${kernel}, not a window product`);
+          }
+          await checkVjp(tc, "windows");
+        });
+      } finally {
+        forceVariant("matmul", null);
+      }
+    });
+  }
+}
+
+for (const tc of windowCases) {
+  Deno.test(`conv2d windows ${tc.name}, weight gradient through im2col: matches float64`, async () => {
+    forceVariant("matmul", "tex8x8");
+    forceVariant("conv2dWindowsWeightGrad", "im2col");
+    try {
+      await checkVjp(tc, "windows");
+    } finally {
+      forceVariant("matmul", null);
+      forceVariant("conv2dWindowsWeightGrad", null);
+    }
+  });
+}
+
+for (const tc of windowCases.filter((tc) => prod(tc.xs) + prod(tc.ws) <= 700)) {
+  Deno.test(`conv2d windows ${tc.name}: backward matches finite differences`, async () => {
+    forceVariant("matmul", "tex8x8");
+    try {
+      await withLowering("windows", () => checkBackward(tc));
+    } finally {
+      forceVariant("matmul", null);
+    }
+  });
 }
 
 // ---- the texture im2col's row variant (stride 1, rows of whole texels) ---------------------------

@@ -1,5 +1,6 @@
-// Spatial ops: conv2d (implicit GEMM, with input, weight and bias gradients), average pooling and
-// nearest upsampling. See kernels/conv.wgsl for the kernels and why they look the way they do.
+// Spatial ops: conv2d (implicit GEMM, with input, weight and bias gradients; on software adapters
+// window products or im2col + matmul where they are faster), average pooling and nearest
+// upsampling. See kernels/conv.wgsl for the kernels and why they look the way they do.
 
 import { gpu } from "../../gpu/device.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
@@ -11,6 +12,14 @@ import { permute } from "./shape.ts";
 import { fitsFlat, FLAT_WGSL, withFlatTexture } from "./flat.ts";
 import { forcedVariant } from "../../gpu/autotune.ts";
 import { countFlops, productFlops, uncounted } from "./flops.ts";
+import {
+  convByWindows,
+  weightGradByWindows,
+  weightGradWindowsFit,
+  type WeightView,
+  type WindowGeometry,
+  windowsFit,
+} from "./conv_windows.ts";
 import src from "../../../kernels/conv.wgsl" with { type: "text" };
 
 /** Workgroup size of the elementwise-style kernels (copy, weight re-layout, windows). */
@@ -198,20 +207,6 @@ function copyPlanes(
   return out;
 }
 
-/** How a weight is read: w(o, c, ky, kx) = w[base + o·so + c·sc + ky·sky + kx·skx]. */
-interface WeightView {
-  tensor: Tensor;
-  cout: number;
-  cin: number;
-  kh: number;
-  kw: number;
-  base: number;
-  so: number;
-  sc: number;
-  sky: number;
-  skx: number;
-}
-
 /**
  * Bytes of one uniform weight slot: WebGPU's guaranteed maxUniformBufferBindingSize, the size of
  * conv.wgsl's conv_wu (a bound range must cover it) and a multiple of the 256-byte offset alignment.
@@ -353,10 +348,11 @@ function isPointwise(g: Geometry): boolean {
 // ---- im2col lowering (software adapters) ---------------------------------------------------------
 
 /**
- * How conv2d runs: "auto" picks per problem (im2col + matmul on software adapters where it is
- * faster, else the implicit GEMM); "im2col" and "direct" force one path (tests, benchmarks).
+ * How conv2d runs: "auto" picks per problem (on software adapters window products or im2col +
+ * matmul where they are faster, else the implicit GEMM); "im2col" and "direct" force one path,
+ * "windows" the window products wherever they fit and im2col elsewhere (tests, benchmarks).
  */
-export type ConvLowering = "auto" | "im2col" | "direct";
+export type ConvLowering = "auto" | "im2col" | "direct" | "windows";
 let lowering: ConvLowering = "auto";
 
 /** Sets how conv2d runs (see ConvLowering); returns the previous setting. */
@@ -380,7 +376,9 @@ const IM2COL_MAX_K = 16384;
  * (8.8 vs 9.8, C=8, O=16, 28²) and loses from 144 (28.3 vs 18.1 at C=16, O=32, 28²; 40.5 vs 36.0
  * at N=16, 32², C=O=16; 4.3 vs 2.6 at 288, 7², C=O=32; 420 vs 186 at 576, N=16, 32², C=O=64), so
  * the matmul takes over from 144; it also takes every stride > 1 (the implicit GEMM computes the
- * stride-1 result). The weight gradient takes dYᵀ·cols wherever im2col is allowed: the
+ * stride-1 result). Where C is a multiple of 4 the matmul reads the windows in place (window
+ * products, forwardByWindows) rather than from cols. The weight gradient takes dYᵀ·cols (after a
+ * window forward: a window-rows product) wherever im2col is allowed: the
  * weight-gradient kernel is slower at every size measured, a single output channel included since
  * the bias gradient joined the products' batch sum (N=8, 16 → 1, 28²: conv forward + backward
  * 14–15 against 17.5–19 CPU ms).
@@ -405,7 +403,7 @@ function im2colFits(g: Geometry): boolean {
 /** Whether the im2col path may run at all: forced, or "auto" on a software adapter. */
 function im2colAllowed(g: Geometry): boolean {
   if (lowering === "direct") return false;
-  if (lowering === "im2col") return im2colFits(g);
+  if (lowering === "im2col" || lowering === "windows") return im2colFits(g);
   return gpu().info.software && im2colFits(g);
 }
 
@@ -415,9 +413,49 @@ const weightGradByIm2col = (g: Geometry) => im2colAllowed(g);
 /** Forward (and with it the input gradient) through im2col + matmul: the size rule. */
 function forwardByIm2col(g: Geometry): boolean {
   if (!im2colAllowed(g)) return false;
-  if (lowering === "im2col") return true;
+  if (lowering !== "auto") return true;
   if (g.o < IM2COL_MIN_O) return false;
   return g.stride > 1 || g.c * g.kh * g.kw >= IM2COL_MIN_K;
+}
+
+/** g as the window products see it (see conv_windows.ts). */
+const windowGeometry = (g: Geometry): WindowGeometry => ({
+  ...g,
+  top: g.pad.top,
+  left: g.pad.left,
+  dil: g.dil ?? 1,
+});
+
+/**
+ * The weight gradient (and with `withBias` the bias gradient, or null: the caller sums it) of a
+ * convolution whose forward ran as window products: as a window-rows product where it fits, unless
+ * `forceVariant("conv2dWindowsWeightGrad", "im2col")` keeps dYᵀ·cols (benchmarks compare the two).
+ */
+function weightGradAfterWindows(
+  x: Tensor,
+  grad: Tensor,
+  g: Geometry,
+  withBias = false,
+): { dw: Tensor; db: Tensor | null } {
+  const wg = windowGeometry(g);
+  if (forcedVariant("conv2dWindowsWeightGrad") !== "im2col" && weightGradWindowsFit(wg)) {
+    return weightGradByWindows(x, grad, wg, withBias);
+  }
+  const cols = im2col(x, g);
+  const result = weightGradIm2col(grad, cols, g, withBias);
+  cols.dispose();
+  return result;
+}
+
+/**
+ * Whether the forward of g (or an input gradient's transposed convolution) runs as window products:
+ * where im2col + matmul would ("auto"), or wherever they fit ("windows"), unless
+ * `forceVariant("conv2dWindows", "im2col")` keeps the cols (benchmarks compare the two).
+ */
+function forwardByWindows(g: Geometry): boolean {
+  if (lowering !== "auto" && lowering !== "windows") return false;
+  if (forcedVariant("conv2dWindows") === "im2col") return false;
+  return (lowering === "windows" || forwardByIm2col(g)) && windowsFit(windowGeometry(g));
 }
 
 /** The parameters, bindings and texel helpers both texture im2col kernels share. */
@@ -839,6 +877,19 @@ function convolve(x: Tensor, weight: Tensor, bias: Tensor | null, g0: Geometry):
   const biasGrad = (gs: Tensor) =>
     bias?.requiresGrad ? sumOuterInner(gs, g0.n, g0.o, g0.hout * g0.wout) : null;
   if (pointwiseByMatmul(g0)) return pointwiseConv(x, weight, bias, g0);
+  if (forwardByWindows(g0)) {
+    const out = noGrad(() => convByWindows(x, forwardWeight(weight, g0), bias, windowGeometry(g0)));
+    return recordConv(out, inputs, x, weight, g0, (grad) => {
+      const w = weight.requiresGrad
+        ? weightGradAfterWindows(x, grad, g0, bias?.requiresGrad)
+        : null;
+      return [
+        x.requiresGrad ? inputGrad(grad, weight, g0).view(x.shape) : null,
+        w?.dw ?? null,
+        w?.db ?? biasGrad(grad),
+      ];
+    });
+  }
   if (forwardByIm2col(g0)) {
     // The weight gradient dYᵀ·cols reuses the forward's im2col matrix (kept while the graph is).
     const keepCols = isGradEnabled() && weight.requiresGrad;
@@ -862,14 +913,12 @@ function convolve(x: Tensor, weight: Tensor, bias: Tensor | null, g0: Geometry):
     g = { ...g, h: 1, w: pixels, hout: 1, wout: pixels, h1: 1, w1: pixels };
     xs = x.view([g.n, g.c, 1, pixels]);
   }
-  const { n, c, o, kh, kw, stride, pad, hout, wout, h1, w1 } = g;
+  const { n, o, kh, kw, stride, pad, hout, wout, h1, w1 } = g;
   const xPadded = copyPlanes(xs, h1 + kh - 1, 4 * paddedRow4(w1, kw), {
     top: pad.top,
     left: pad.left,
   });
-  const view = { tensor: weight, cout: o, cin: c, kh, kw, base: 0 };
-  const forward = { ...view, so: c * kh * kw, sc: kh * kw, sky: kw, skx: 1 };
-  const full = implicitGemm(xPadded, forward, bias, w1);
+  const full = implicitGemm(xPadded, forwardWeight(weight, g), bias, w1);
   const out = copyPlanes(full, hout, wout, { step: stride }).view(outShape);
 
   return recordConv(out, inputs, x, weight, g0, (grad) => {
@@ -889,6 +938,43 @@ function convolve(x: Tensor, weight: Tensor, bias: Tensor | null, g0: Geometry):
       db ?? biasGrad(gs),
     ];
   });
+}
+
+/** The weight [O, C, kh, kw] of convolution g as the forward reads it. */
+function forwardWeight(weight: Tensor, g: Geometry): WeightView {
+  const { o, c, kh, kw } = g;
+  return {
+    tensor: weight,
+    cout: o,
+    cin: c,
+    kh,
+    kw,
+    base: 0,
+    so: c * kh * kw,
+    sc: kh * kw,
+    sky: kw,
+    skx: 1,
+  };
+}
+
+/**
+ * The weight of convolution g as its input gradient reads it: transposed (O ↔ C) and flipped
+ * along both kernel axes.
+ */
+function flippedWeight(weight: Tensor, g: Geometry): WeightView {
+  const { o, c, kh, kw } = g;
+  return {
+    tensor: weight,
+    cout: c,
+    cin: o,
+    kh,
+    kw,
+    base: kh * kw - 1,
+    so: kh * kw,
+    sc: c * kh * kw,
+    sky: -kw,
+    skx: -1,
+  };
 }
 
 /**
@@ -955,6 +1041,11 @@ function flipWeight(weight: Tensor, g: Geometry): Tensor {
  */
 function inputGrad(grad: Tensor, weight: Tensor, g: Geometry): Tensor {
   const gt = transposedGeometry(g);
+  const direct = forcedVariant("conv2dInputGrad") === "direct";
+  if (gt && !direct && forwardByWindows(gt)) {
+    // The dilation and padding are the packing's index math, as im2col's below.
+    return convByWindows(grad, flippedWeight(weight, g), null, windowGeometry(gt));
+  }
   if (gt && inputGradByIm2col(gt)) {
     // The padding is im2col's index math: no padded copy of the gradient is made.
     const flipped = flipWeight(weight, g);
@@ -962,25 +1053,13 @@ function inputGrad(grad: Tensor, weight: Tensor, g: Geometry): Tensor {
     flipped.dispose();
     return out;
   }
-  const { c, h, w, o, kh, kw, stride, pad } = g;
+  const { h, w, kh, kw, stride, pad } = g;
   const gPadded = copyPlanes(grad, h + kh - 1, 4 * paddedRow4(w, kw), {
     top: kh - 1 - pad.top,
     left: kw - 1 - pad.left,
     dil: stride,
   });
-  const flipped = {
-    tensor: weight,
-    cout: c,
-    cin: o,
-    kh,
-    kw,
-    base: kh * kw - 1,
-    so: kh * kw,
-    sc: c * kh * kw,
-    sky: -kw,
-    skx: -1,
-  };
-  return implicitGemm(gPadded, flipped, null, w);
+  return implicitGemm(gPadded, flippedWeight(weight, g), null, w);
 }
 
 /**

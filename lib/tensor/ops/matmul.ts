@@ -100,9 +100,11 @@ const TEX_WG = 8;
 /**
  * How an operand reaches the kernel: "pack" (a packed texture, 2-D coordinates), "flat" (copied
  * flat, texel index; A stored [M, K] or B stored [K, N]), "flatT" (copied flat from transposed
- * storage: A stored [K, M], B stored [N, K]).
+ * storage: A stored [K, M], B stored [N, K]), "window" (B only: the windows of a packed image
+ * batch, read in place: see `matmulWindowsInto`), "windowRows" (B only: the same windows as the
+ * rows of a reduction over the images' pixels: see `matmulWindowRowsInto`).
  */
-type TexFill = "pack" | "flat" | "flatT";
+type TexFill = "pack" | "flat" | "flatT" | "window" | "windowRows";
 
 /**
  * What a matmul's store may apply to each value o of C (+ bias) at flat index i, with an auxiliary
@@ -180,12 +182,40 @@ function texSource(
   if (b === "flatT") {
     for (let n = 0; n < tn; n++) pre.push(`let bn${n} = zb + (n4 * 4u + ${n}u) * p.bPitch;`);
     for (let n = 0; n < tn; n++) body.push(`let bt${n} = flat_texel(tb, bn${n} + k4);`);
-    for (let j = 0; j < 4; j++) {
-      for (let c = 0; c < tn4; c++) {
-        const parts = [0, 1, 2, 3].map((i) => `bt${4 * c + i}[${j}]`).join(", ");
-        body.push(`let b${j}_${c} = vec4f(${parts});`);
-      }
+    assembleColumns(body, tn4);
+  } else if (b === "window") {
+    // Column n is output pixel q of image z: its window's top-left texel, then per step tap
+    // (dx, dy) and channel group cg (see WINDOW_LOOP).
+    for (let n = 0; n < tn; n++) {
+      pre.push(
+        `let q${n} = min(n4 * 4u + ${n}u, p.N - 1u);`,
+        `let bx${n} = i32((q${n} % p.wout) * p.stride * p.c4);`,
+        `let by${n} = i32(zb + (q${n} / p.wout) * p.stride);`,
+      );
     }
+    for (let n = 0; n < tn; n++) {
+      body.push(`let bt${n} = textureLoad(tb, vec2i(bx${n} + dx, by${n} + dy), 0);`);
+    }
+    assembleColumns(body, tn4);
+  } else if (b === "windowRows") {
+    // Column group n4 + c is texel (dx, dy) of every window (see WINDOW_LOOP); row k is pixel k of
+    // the stacked images, walked as (x, y) from (qx, qy) with no division.
+    for (let c = 0; c < tn4; c++) {
+      pre.push(
+        `let g${c} = min(n4 + ${c}u, p.N / 4u - 1u);`,
+        `let dy${c} = i32(g${c} / (p.kw * p.c4));`,
+        `let dx${c} = i32(g${c} % (p.kw * p.c4));`,
+      );
+    }
+    body.push("var x = qx;", "var y = qy;");
+    for (let j = 0; j < 4; j++) {
+      body.push(`let bx${j} = i32(x * p.stride * p.c4);`, `let by${j} = i32(zbi + y * p.stride);`);
+      for (let c = 0; c < tn4; c++) {
+        body.push(`let b${j}_${c} = textureLoad(tb, vec2i(bx${j} + dx${c}, by${j} + dy${c}), 0);`);
+      }
+      body.push("x++;", "if (x == p.wout) { x = 0u; y++; }");
+    }
+    body.push("qx = x;", "qy = y;");
   } else if (b === "flat") {
     body.push("let bk = zb + n4 + k4 * 4u * p.bPitch;");
     for (let j = 0; j < 4; j++) {
@@ -216,7 +246,7 @@ function texSource(
       ? `vec4f(${[0, 1, 2, 3].map((j) => `at${j}_${r >> 2}[${r & 3}]`).join(", ")})`
       : a === "flat"
       ? `flat_texel(ta, ar${r} + k4)`
-      : at("k4", `za + m0 + ${r}u`);
+      : at("k4", `${b === "windowRows" ? "zai" : "za"} + m0 + ${r}u`);
     body.push(`{ let av = ${av};`);
     if (sumA) body.push(`sa${r} += (av.x + av.y) + (av.z + av.w);`);
     for (let j = 0; j < 4; j++) {
@@ -253,7 +283,13 @@ function texSource(
 // C[z0 + z] = op(A)·op(B) (+ bias) from textures, ${tm} × ${tn} of C per invocation.
 override BIAS: bool = false;
 override BIAS_ROW: bool = false;
-struct Params { M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch: u32, bPitch: u32 }
+struct Params {
+  M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch: u32, bPitch: u32,${
+    b === "window" || b === "windowRows"
+      ? "\n  c4: u32, kw: u32, kh: u32, wout: u32, stride: u32, images: u32,"
+      : ""
+  }
+}
 @group(0) @binding(0) var ta: texture_2d<f32>;
 @group(0) @binding(1) var tb: texture_2d<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
@@ -298,13 +334,54 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let za = gid.z * p.aRows;
   let zb = gid.z * p.bRows;
   ${[...pre, ...decl].join("\n  ")}
-  for (var k4 = 0u; k4 < p.K4; k4++) {
-    ${body.join("\n    ")}
+  ${
+    b === "window"
+      ? WINDOW_LOOP
+      : b === "windowRows"
+      ? WINDOW_ROWS_LOOP
+      : "for (var k4 = 0u; k4 < p.K4; k4++) {"
   }
+    ${body.join("\n    ")}
+  ${b === "window" ? "k4++;\n  }}" : b === "windowRows" ? "}}" : "}"}
   ${store.join("\n  ")}
 }
 `;
 }
+
+/**
+ * b${j}_${c} = vec4f of the j-th component of texels bt${4c} .. bt${4c + 3}: B's columns were read
+ * one texel per column, along k (flatT, window).
+ */
+function assembleColumns(body: string[], tn4: number): void {
+  for (let j = 0; j < 4; j++) {
+    for (let c = 0; c < tn4; c++) {
+      const parts = [0, 1, 2, 3].map((i) => `bt${4 * c + i}[${j}]`).join(", ");
+      body.push(`let b${j}_${c} = vec4f(${parts});`);
+    }
+  }
+}
+
+/**
+ * The reduction loop of a window kernel: k runs over the window's rows ky and, within a row, over
+ * its kw·c4 texels: tap kx's channel group cg lies at x offset kx·c4 + cg of the packed row, so a
+ * window row is one run of consecutive texels and the loop needs no division (k4 = ky·kw·c4 + dx,
+ * the order of the re-laid weight in conv_windows.ts).
+ */
+const WINDOW_LOOP = /* wgsl */ `let row4 = p.kw * p.c4;
+  var k4 = 0u;
+  for (var dy = 0; dy < i32(p.kh); dy++) {
+    for (var dx = 0; dx < i32(row4); dx++) {`;
+
+/**
+ * The reduction loop of a window-rows kernel: over the images, then over each image's pixels 4 at
+ * a time (k4 < K4 = ⌈P / 4⌉; A's packed rows are zero past P), (qx, qy) the first pixel's.
+ */
+const WINDOW_ROWS_LOOP = /* wgsl */ `for (var zi = 0u; zi < p.images; zi++) {
+    let zai = zi * p.aRows;
+    let zbi = zi * p.bRows;
+    var qx = 0u;
+    var qy = 0u;
+    for (var k4 = 0u; k4 < p.K4; k4++) {`;
 
 const TEX_BINDINGS: ("texture" | "read" | "write")[] = ["texture", "texture", "read", "write"];
 const texKernels = new Map<string, Kernel>();
@@ -870,6 +947,195 @@ function launchTex(
     }
   } finally {
     for (const t of [texA, texB, flatA, flatB]) if (t) pool.releaseTexture(t);
+  }
+}
+
+/**
+ * A batch of images packed for window products (conv.ts): texel (x·c4 + cg, z·rows + y) of `view`
+ * holds channels 4·cg .. 4·cg + 3 of pixel (y, x) of image z, zero-padded as the convolution needs,
+ * so that window (oy, ox) of image z covers pixels (oy·stride + ky, ox·stride + kx).
+ */
+export interface PackedWindows extends WindowShape {
+  view: GPUTextureView;
+}
+
+/** A packed image batch's shape (see PackedWindows). */
+export interface WindowShape {
+  batch: number;
+  /** Channel groups of 4 per pixel. */
+  c4: number;
+  /** Texture rows per image. */
+  rows: number;
+  kh: number;
+  kw: number;
+  stride: number;
+  hout: number;
+  wout: number;
+}
+
+/** The problem of a window product: per image W [M, K] · colsᵀ, cols [P, K] never stored. */
+function windowProblem(M: number, img: WindowShape): Problem {
+  const [P, K] = [img.hout * img.wout, img.kh * img.kw * 4 * img.c4];
+  return { M, N: P, K, batch: img.batch, transA: false, transB: true, strideA: 0, strideB: P * K };
+}
+
+/**
+ * The texture variant a window product of W [M, ·] over img runs: the one the same product with
+ * its cols stored would run (tuned, forced or default), or null where that is not a texture
+ * variant (the caller then stores the cols).
+ */
+export function windowVariant(M: number, img: WindowShape): string | null {
+  const v = variantFor(windowProblem(M, img));
+  return v.config.kind === "tex" ? v.name : null;
+}
+
+/**
+ * out [batch, M, P] = per image W [M, K] · colsᵀ (+ bias per row), where cols [P, K] holds the
+ * windows of img — row q the window of output pixel q, its K = kh·kw·4·c4 values ordered by tap
+ * (ky·kw + kx), then channel — read from the packed image itself: no cols matrix is stored. W must
+ * be laid out in that order (no autograd). Throws where windowVariant is null.
+ */
+export function matmulWindowsInto(
+  w: Tensor,
+  img: PackedWindows,
+  bias: Tensor | null,
+  out: Tensor,
+): void {
+  const M = w.shape[0];
+  const p = windowProblem(M, img);
+  if (w.size !== M * p.K || out.size !== p.batch * M * p.N) {
+    throw new Error(
+      `peco: matmul: window product of ${w.describe()} over ${p.batch} images of ` +
+        `${img.hout}×${img.wout} windows of ${p.K} values does not fit ${out.describe()}`,
+    );
+  }
+  const variant = variantFor(p);
+  if (variant.config.kind !== "tex") {
+    throw new Error(`peco: matmul: no window kernel for variant ${variant.name}`);
+  }
+  countFlops(productFlops(p.batch, M, p.N, p.K));
+  const { tm, tn } = variant.config;
+  const laneM = lanesAlongM(M, p.N, tm, tn);
+  const kernel = texKernel(tm, tn, "flat", "window", laneM, null, false, vecStores(p, null));
+  const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
+  const wTexture = acquireFlat(w, "matmul window weights");
+  try {
+    gpu().recorder.dispatch(kernel, {
+      buffers: [wTexture.view, img.view, (bias ?? w).binding, out.binding],
+      params: [
+        M,
+        p.N,
+        p.K / 4,
+        0,
+        img.rows,
+        0,
+        p.K / 4,
+        0,
+        img.c4,
+        img.kw,
+        img.kh,
+        img.wout,
+        img.stride,
+        img.batch,
+      ],
+      constants: biasConstants(bias && { tensor: bias, perRow: true }),
+      workgroups: laneM ? [gm, gn, p.batch] : [gn, gm, p.batch],
+    });
+  } finally {
+    gpu().pool.releaseTexture(wTexture);
+  }
+}
+
+/** The problem of a window-rows product: dY [batch, M, P] · cols [batch·P, K] summed over images. */
+function windowRowsProblem(M: number, img: WindowShape): Problem {
+  const [P, K] = [img.hout * img.wout, img.kh * img.kw * 4 * img.c4];
+  return {
+    M,
+    N: K,
+    K: img.batch * P,
+    batch: 1,
+    transA: false,
+    transB: false,
+    strideA: 0,
+    strideB: 0,
+  };
+}
+
+/**
+ * The texture variant a window-rows product of dY [·, M, ·] over img runs (see windowVariant), or
+ * null where that is not a texture variant or dY's packed texture would not fit.
+ */
+export function windowRowsVariant(M: number, img: WindowShape): string | null {
+  const v = variantFor(windowRowsProblem(M, img));
+  if (v.config.kind !== "tex") return null;
+  const max = gpu().limits.maxTextureDimension2D ?? 8192;
+  const P = img.hout * img.wout;
+  const fits = Math.ceil(P / 4) <= max && img.batch * roundUp(M, v.config.tm) <= max;
+  return fits ? v.name : null;
+}
+
+/**
+ * out [M, K] = Σ over images z of dY[z] [M, P] · cols_z [P, K], cols as in `matmulWindowsInto`
+ * (read from the packed image, never stored), and with `sums` its row sums Σ_z Σ_p dY[z, m, p] (a
+ * convolution's weight and bias gradients, the weight in window order). No autograd; throws where
+ * windowRowsVariant is null.
+ */
+export function matmulWindowRowsInto(
+  dy: Tensor,
+  img: PackedWindows,
+  out: Tensor,
+  sums: Tensor | null,
+): void {
+  const M = dy.shape[1];
+  const p = windowRowsProblem(M, img);
+  const P = img.hout * img.wout;
+  if (dy.size !== img.batch * M * P || out.size !== M * p.N || (sums && sums.size !== M)) {
+    throw new Error(
+      `peco: matmul: window-rows product of ${dy.describe()} over ${img.batch} images of ` +
+        `${img.hout}×${img.wout} windows of ${p.N} values does not fit ${out.describe()}`,
+    );
+  }
+  const name = windowRowsVariant(M, img);
+  const variant = MATMUL_VARIANTS.find((v) => v.name === name);
+  if (variant?.config.kind !== "tex") {
+    throw new Error(`peco: matmul: no window-rows kernel for this product (${variantFor(p).name})`);
+  }
+  countFlops(productFlops(1, M, p.N, p.K));
+  const { tm, tn } = variant.config;
+  const [Mp, Pp] = [roundUp(M, tm), roundUp(P, 4)];
+  const laneM = lanesAlongM(M, p.N, tm, tn);
+  const kernel = texKernel(tm, tn, "pack", "windowRows", laneM, null, !!sums, vecStores(p, null));
+  const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
+  const { pool, recorder } = gpu();
+  const dyTexture = pool.acquireTexture(Pp / 4, img.batch * Mp, "matmul window-rows dY");
+  const flat = gpu().info.software && fitsFlat(dy.size)
+    ? acquireFlat(dy, "matmul pack input")
+    : null;
+  try {
+    pack(dy, flat, dyTexture.view, M, P, false, M * P, 0, img.batch, Mp, Pp);
+    recorder.dispatch(kernel, {
+      buffers: [dyTexture.view, img.view, dy.binding, out.binding, ...(sums ? [sums.binding] : [])],
+      params: [
+        M,
+        p.N,
+        Pp / 4,
+        Mp,
+        img.rows,
+        0,
+        0,
+        0,
+        img.c4,
+        img.kw,
+        img.kh,
+        img.wout,
+        img.stride,
+        img.batch,
+      ],
+      constants: biasConstants(null),
+      workgroups: laneM ? [gm, gn, 1] : [gn, gm, 1],
+    });
+  } finally {
+    for (const t of [dyTexture, flat]) if (t) pool.releaseTexture(t);
   }
 }
 

@@ -1,0 +1,183 @@
+// Convolution as window products, for software adapters: the input is packed once into a texture
+// (4 channels a texel, zero-padded, dilated where the input gradient needs it) and the product
+// reads every window from it in place (matmulWindowsInto), where the im2col lowering would first
+// write the windows out as a cols matrix kh·kw times the input's size and then read it back. See
+// docs/architecture.md ("Convolution on lavapipe").
+
+import { gpu } from "../../gpu/device.ts";
+import { defineKernel } from "../../gpu/pipelines.ts";
+import { grid1d } from "../../gpu/recorder.ts";
+import { Tensor } from "../tensor.ts";
+import {
+  matmulWindowRowsInto,
+  matmulWindowsInto,
+  windowRowsVariant,
+  type WindowShape,
+  windowVariant,
+} from "./matmul.ts";
+import { permute } from "./shape.ts";
+import type { PooledTexture } from "../../gpu/pool.ts";
+import src from "../../../kernels/conv_windows.wgsl" with { type: "text" };
+
+const WG = 64;
+
+const kernels = {
+  pack: defineKernel({
+    name: "conv_pack_windows",
+    source: src,
+    entry: "conv_pack_windows",
+    bindings: ["read", "storage-texture"],
+  }),
+  weightTaps: defineKernel({
+    name: "conv_weight_taps",
+    source: src,
+    entry: "conv_weight_taps",
+    bindings: ["read", "write"],
+  }),
+};
+
+/** How a weight is read: w(o, c, ky, kx) = w[base + o·so + c·sc + ky·sky + kx·skx]. */
+export interface WeightView {
+  tensor: Tensor;
+  cout: number;
+  cin: number;
+  kh: number;
+  kw: number;
+  base: number;
+  so: number;
+  sc: number;
+  sky: number;
+  skx: number;
+}
+
+/**
+ * A stride-s convolution of src [N, C, H, W] as the windows see it: the input padded by top and
+ * left (and as far right and down as the windows reach), dilated by `dil` (a zero between
+ * neighbours: the input gradient of a strided convolution), and the output's extent.
+ */
+export interface WindowGeometry {
+  n: number;
+  c: number;
+  h: number;
+  w: number;
+  o: number;
+  kh: number;
+  kw: number;
+  stride: number;
+  top: number;
+  left: number;
+  dil: number;
+  hout: number;
+  wout: number;
+}
+
+/** The packed image's shape: rows per image and texels per row hold every window. */
+function windowShape(g: WindowGeometry): WindowShape & { texelsPerRow: number } {
+  const rows = (g.hout - 1) * g.stride + g.kh;
+  const c4 = g.c / 4;
+  return {
+    batch: g.n,
+    c4,
+    rows,
+    kh: g.kh,
+    kw: g.kw,
+    stride: g.stride,
+    hout: g.hout,
+    wout: g.wout,
+    texelsPerRow: ((g.wout - 1) * g.stride + g.kw) * c4,
+  };
+}
+
+/**
+ * Whether g can run as a window product on this adapter: whole 4-channel texels, a packed image
+ * within the texture limits, and a product shape that the matmul runs with a texture variant.
+ */
+export function windowsFit(g: WindowGeometry): boolean {
+  if (g.c % 4 !== 0) return false;
+  const s = windowShape(g);
+  const max = gpu().limits.maxTextureDimension2D ?? 8192;
+  return s.texelsPerRow <= max && s.batch * s.rows <= max && s.batch <= 65535 &&
+    windowVariant(g.o, s) !== null;
+}
+
+/** weight → [cout, kh·kw, cin]: the window order of matmulWindowsInto. */
+function weightTaps(v: WeightView): Tensor {
+  const taps = v.kh * v.kw;
+  const out = new Tensor([v.cout, taps * v.cin], "f32");
+  gpu().recorder.dispatch(kernels.weightTaps, {
+    buffers: [v.tensor.binding, out.binding],
+    params: [out.size, v.cin, taps, v.kw, v.base, v.so, v.sc, v.sky, v.skx],
+    constants: { WG },
+    workgroups: grid1d(out.size, WG),
+  });
+  return out;
+}
+
+/** src packed for the windows of g (see PackedWindows); release the texture to the pool. */
+function packWindows(src: Tensor, g: WindowGeometry): PooledTexture {
+  const shape = windowShape(g);
+  const texture = gpu().pool.acquireTexture(shape.texelsPerRow, g.n * shape.rows, "conv windows");
+  const total = shape.texelsPerRow * g.n * shape.rows;
+  const wp = shape.texelsPerRow / shape.c4;
+  gpu().recorder.dispatch(kernels.pack, {
+    buffers: [src.binding, texture.view],
+    params: [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil],
+    constants: { WG },
+    workgroups: grid1d(total, WG),
+  });
+  return texture;
+}
+
+/**
+ * The convolution g of src [N, C, H, W] with the weight seen through `weight` (+ bias per output
+ * channel) → [N, O, Hout, Wout], without storing its windows (no autograd; windowsFit(g) must hold).
+ */
+export function convByWindows(
+  src: Tensor,
+  weight: WeightView,
+  bias: Tensor | null,
+  g: WindowGeometry,
+): Tensor {
+  const texture = packWindows(src, g);
+  const w = weightTaps(weight);
+  try {
+    const out = new Tensor([g.n, g.o, g.hout, g.wout], "f32");
+    matmulWindowsInto(w, { ...windowShape(g), view: texture.view }, bias, out);
+    return out;
+  } finally {
+    gpu().pool.releaseTexture(texture);
+    w.dispose();
+  }
+}
+
+/** Whether the weight gradient of g can run as a window-rows product (see windowsFit). */
+export function weightGradWindowsFit(g: WindowGeometry): boolean {
+  return windowsFit(g) && windowRowsVariant(g.o, windowShape(g)) !== null;
+}
+
+/**
+ * The weight gradient of convolution g (stride-s, undilated) from its input x [N, C, H, W] and
+ * output gradient grad [N, O, Hout, Wout]: dw [O, C, kh, kw] = Σ over images and pixels of grad
+ * times the windows, read from x packed (no cols stored), and with `withBias` db [O] = Σ grad from
+ * the same pass. No autograd; weightGradWindowsFit(g) must hold.
+ */
+export function weightGradByWindows(
+  x: Tensor,
+  grad: Tensor,
+  g: WindowGeometry,
+  withBias: boolean,
+): { dw: Tensor; db: Tensor | null } {
+  const texture = packWindows(x, g);
+  const taps = g.kh * g.kw;
+  const inTapOrder = new Tensor([g.o, taps, g.c], "f32");
+  const db = withBias ? new Tensor([g.o], "f32") : null;
+  try {
+    const img = { ...windowShape(g), view: texture.view };
+    matmulWindowRowsInto(grad.view([g.n, g.o, g.hout * g.wout]), img, inTapOrder, db);
+  } finally {
+    gpu().pool.releaseTexture(texture);
+  }
+  const dw = permute(inTapOrder, [0, 2, 1]).view([g.o, g.c, g.kh, g.kw]);
+  inTapOrder.dispose();
+  return { dw, db };
+}
