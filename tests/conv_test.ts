@@ -441,6 +441,24 @@ for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {
 }
 
 for (const tc of windowCases) {
+  Deno.test(`conv2d windows ${tc.name}, no autograd: forward matches float64`, async () => {
+    forceVariant("matmul", "tex8x8");
+    try {
+      await withLowering("windows", () => checkForward(tc, true));
+    } finally {
+      forceVariant("matmul", null);
+    }
+  });
+  Deno.test(`conv2d windows ${tc.name}, input packed again for the weight gradient: matches float64`, async () => {
+    forceVariant("matmul", "tex8x8");
+    forceVariant("conv2dWindowsReuse", "off");
+    try {
+      await checkVjp(tc, "windows");
+    } finally {
+      forceVariant("matmul", null);
+      forceVariant("conv2dWindowsReuse", null);
+    }
+  });
   Deno.test(`conv2d windows ${tc.name}, weight gradient through im2col: matches float64`, async () => {
     forceVariant("matmul", "tex8x8");
     forceVariant("conv2dWindowsWeightGrad", "im2col");

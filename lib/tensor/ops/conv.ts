@@ -14,7 +14,8 @@ import { forcedVariant } from "../../gpu/autotune.ts";
 import { countFlops, productFlops, uncounted } from "./flops.ts";
 import {
   convByWindows,
-  weightGradByWindows,
+  packWindowRows,
+  weightGradByWindows as windowsWeightGrad,
   weightGradWindowsFit,
   type WeightView,
   type WindowGeometry,
@@ -427,20 +428,27 @@ const windowGeometry = (g: Geometry): WindowGeometry => ({
 });
 
 /**
+ * Whether the weight gradient of a convolution whose forward ran as window products runs as a
+ * window-rows product: where it fits, unless `forceVariant("conv2dWindowsWeightGrad", "im2col")`
+ * keeps dYᵀ·cols (tests and benchmarks compare the two).
+ */
+const weightGradByWindows = (wg: WindowGeometry) =>
+  forcedVariant("conv2dWindowsWeightGrad") !== "im2col" && weightGradWindowsFit(wg);
+
+/**
  * The weight gradient (and with `withBias` the bias gradient, or null: the caller sums it) of a
- * convolution whose forward ran as window products: as a window-rows product where it fits, unless
- * `forceVariant("conv2dWindowsWeightGrad", "im2col")` keeps dYᵀ·cols (benchmarks compare the two).
+ * convolution whose forward ran as window products: a window-rows product (from the forward's
+ * packed input where it was kept) where weightGradByWindows says so, else dYᵀ·cols.
  */
 function weightGradAfterWindows(
   x: Tensor,
   grad: Tensor,
   g: Geometry,
   withBias = false,
+  packed: Tensor | null = null,
 ): { dw: Tensor; db: Tensor | null } {
   const wg = windowGeometry(g);
-  if (forcedVariant("conv2dWindowsWeightGrad") !== "im2col" && weightGradWindowsFit(wg)) {
-    return weightGradByWindows(x, grad, wg, withBias);
-  }
+  if (weightGradByWindows(wg)) return windowsWeightGrad(x, grad, wg, withBias, packed);
   const cols = im2col(x, g);
   const result = weightGradIm2col(grad, cols, g, withBias);
   cols.dispose();
@@ -878,10 +886,17 @@ function convolve(x: Tensor, weight: Tensor, bias: Tensor | null, g0: Geometry):
     bias?.requiresGrad ? sumOuterInner(gs, g0.n, g0.o, g0.hout * g0.wout) : null;
   if (pointwiseByMatmul(g0)) return pointwiseConv(x, weight, bias, g0);
   if (forwardByWindows(g0)) {
-    const out = noGrad(() => convByWindows(x, forwardWeight(weight, g0), bias, windowGeometry(g0)));
+    // The packed input is kept (a tensor of the scope) for the weight gradient where that runs as
+    // window products too: one pack instead of two (MNIST tokenizer step: CPU −10%, 6 of 6 pairs),
+    // unless `forceVariant("conv2dWindowsReuse", "off")` packs it again (tests compare the two).
+    const wg = windowGeometry(g0);
+    const keepPacked = isGradEnabled() && weight.requiresGrad && weightGradByWindows(wg) &&
+      forcedVariant("conv2dWindowsReuse") !== "off";
+    const packed = keepPacked ? packWindowRows(x, wg) : null;
+    const out = noGrad(() => convByWindows(x, forwardWeight(weight, g0), bias, wg, packed));
     return recordConv(out, inputs, x, weight, g0, (grad) => {
       const w = weight.requiresGrad
-        ? weightGradAfterWindows(x, grad, g0, bias?.requiresGrad)
+        ? weightGradAfterWindows(x, grad, g0, bias?.requiresGrad, packed)
         : null;
       return [
         x.requiresGrad ? inputGrad(grad, weight, g0).view(x.shape) : null,

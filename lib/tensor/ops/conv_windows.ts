@@ -28,6 +28,12 @@ const kernels = {
     entry: "conv_pack_windows",
     bindings: ["read", "storage-texture"],
   }),
+  packRows: defineKernel({
+    name: "conv_pack_windows_rows",
+    source: src,
+    entry: "conv_pack_windows_rows",
+    bindings: ["read", "write"],
+  }),
   weightTaps: defineKernel({
     name: "conv_weight_taps",
     source: src,
@@ -121,24 +127,62 @@ function packWindows(src: Tensor, g: WindowGeometry): PooledTexture {
   const wp = shape.texelsPerRow / shape.c4;
   gpu().recorder.dispatch(kernels.pack, {
     buffers: [src.binding, texture.view],
-    params: [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil],
+    params: [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, 0],
     constants: { WG },
     workgroups: grid1d(total, WG),
   });
   return texture;
 }
 
+/** Texels between the rows of a packed image kept in a buffer: rows of 256 bytes' multiples. */
+const rowPitch = (g: WindowGeometry) => Math.ceil(windowShape(g).texelsPerRow / 16) * 16;
+
+/** src packed for the windows of g into a tensor (rows rowPitch texels apart; see textureOf). */
+export function packWindowRows(src: Tensor, g: WindowGeometry): Tensor {
+  const shape = windowShape(g);
+  const pitch = rowPitch(g);
+  const out = new Tensor([g.n * shape.rows * pitch * 4], "f32");
+  const total = shape.texelsPerRow * g.n * shape.rows;
+  const wp = shape.texelsPerRow / shape.c4;
+  gpu().recorder.dispatch(kernels.packRows, {
+    buffers: [src.binding, out.binding],
+    params: [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, pitch],
+    constants: { WG },
+    workgroups: grid1d(total, WG),
+  });
+  return out;
+}
+
+/** A packed image kept in a tensor (packWindowRows), copied into a pooled texture. */
+function textureOf(packed: Tensor, g: WindowGeometry): PooledTexture {
+  const shape = windowShape(g);
+  const rows = g.n * shape.rows;
+  const texture = gpu().pool.acquireTexture(shape.texelsPerRow, rows, "conv windows");
+  const bytesPerRow = rowPitch(g) * 16;
+  gpu().recorder.copyToTexture(
+    packed.gpuBuffer,
+    packed.byteOffset,
+    bytesPerRow,
+    texture.texture,
+    shape.texelsPerRow,
+    rows,
+  );
+  return texture;
+}
+
 /**
  * The convolution g of src [N, C, H, W] with the weight seen through `weight` (+ bias per output
  * channel) → [N, O, Hout, Wout], without storing its windows (no autograd; windowsFit(g) must hold).
+ * `packed`: src already packed by packWindowRows (kept for the weight gradient).
  */
 export function convByWindows(
   src: Tensor,
   weight: WeightView,
   bias: Tensor | null,
   g: WindowGeometry,
+  packed: Tensor | null = null,
 ): Tensor {
-  const texture = packWindows(src, g);
+  const texture = packed ? textureOf(packed, g) : packWindows(src, g);
   const w = weightTaps(weight);
   try {
     const out = new Tensor([g.n, g.o, g.hout, g.wout], "f32");
@@ -159,15 +203,17 @@ export function weightGradWindowsFit(g: WindowGeometry): boolean {
  * The weight gradient of convolution g (stride-s, undilated) from its input x [N, C, H, W] and
  * output gradient grad [N, O, Hout, Wout]: dw [O, C, kh, kw] = Σ over images and pixels of grad
  * times the windows, read from x packed (no cols stored), and with `withBias` db [O] = Σ grad from
- * the same pass. No autograd; weightGradWindowsFit(g) must hold.
+ * the same pass. No autograd; weightGradWindowsFit(g) must hold. `packed`: x already packed by
+ * packWindowRows (by the forward).
  */
 export function weightGradByWindows(
   x: Tensor,
   grad: Tensor,
   g: WindowGeometry,
   withBias: boolean,
+  packed: Tensor | null = null,
 ): { dw: Tensor; db: Tensor | null } {
-  const texture = packWindows(x, g);
+  const texture = packed ? textureOf(packed, g) : packWindows(x, g);
   const taps = g.kh * g.kw;
   const inTapOrder = new Tensor([g.o, taps, g.c], "f32");
   const db = withBias ? new Tensor([g.o], "f32") : null;
