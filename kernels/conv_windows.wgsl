@@ -9,16 +9,18 @@ override WG: u32 = 64;
 // Texel (x·c4 + cg, z·hp + y) = channels 4·cg .. 4·cg + 3 of src[z, ·, sy, sx] (src [N, c, h, w],
 // c = 4·c4), with sy = (y − top) / dil when that is a whole in-range index (sx alike), else zeros:
 // the input padded for the forward, or the output gradient dilated by the stride and padded for
-// the input gradient. One invocation per texel: one per pixel looping over its c4 texels (no
-// division where dil = 1), from a flat texture or into a buffer copied to the texture afterwards,
-// all ran slower on lavapipe (Mesa 22.3: 5.7–20 ms against 4.5 ms at [8, 16, 30, 30]).
+// the input gradient. The texels go to a buffer of rows `pitch` texels apart (a multiple of 16: 256
+// bytes, the row pitch of a buffer → texture copy), kept as a tensor where the weight gradient needs
+// it again, and copied into a texture where a product reads it. One invocation per texel: one per
+// pixel looping over its c4 texels ran slower on lavapipe (Mesa 22.3: 5.7–20 ms against 4.5 ms at
+// [8, 16, 30, 30]), and so did an 8 × 8 grid per image (see docs/architecture.md).
 struct Pack {
   total: u32, c4: u32, h: u32, w: u32, hp: u32, wp: u32, top: i32, left: i32, dil: i32,
   pitch: u32,
 }
 
 @group(0) @binding(0) var<storage, read> pack_src: array<f32>;
-@group(0) @binding(1) var pack_out: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(1) var<storage, read_write> pack_rows: array<vec4f>;
 @group(0) @binding(2) var<uniform> pk: Pack;
 
 // Source index along one axis, or -1 where the texel holds zeros.
@@ -29,17 +31,6 @@ fn pack_source(at: u32, before: i32, len: u32) -> i32 {
   return select(-1, s, s < i32(len));
 }
 
-// Texel (tx, ty) of the packed image.
-fn pack_texel(tx: u32, ty: u32) -> vec4f {
-  let z = ty / pk.hp;
-  let sy = pack_source(ty - z * pk.hp, pk.top, pk.h);
-  let sx = pack_source(tx / pk.c4, pk.left, pk.w);
-  if (sy < 0 || sx < 0) { return vec4f(0.0); }
-  let plane = pk.h * pk.w;
-  let at = ((z * pk.c4 + tx % pk.c4) * 4u * pk.h + u32(sy)) * pk.w + u32(sx);
-  return vec4f(pack_src[at], pack_src[at + plane], pack_src[at + 2u * plane], pack_src[at + 3u * plane]);
-}
-
 @compute @workgroup_size(WG)
 fn conv_pack_windows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
@@ -47,21 +38,16 @@ fn conv_pack_windows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_wor
   let row = pk.wp * pk.c4;
   let tx = i % row;
   let ty = i / row;
-  textureStore(pack_out, vec2i(i32(tx), i32(ty)), pack_texel(tx, ty));
-}
-
-// The same texels into a buffer of rows `pitch` texels apart (a multiple of 16: 256 bytes, the row
-// pitch of a buffer → texture copy), to be kept as a tensor and copied into a texture where needed.
-@group(0) @binding(1) var<storage, read_write> pack_rows: array<vec4f>;
-
-@compute @workgroup_size(WG)
-fn conv_pack_windows_rows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let i = gid.x + gid.y * nwg.x * WG;
-  if (i >= pk.total) { return; }
-  let row = pk.wp * pk.c4;
-  let tx = i % row;
-  let ty = i / row;
-  pack_rows[ty * pk.pitch + tx] = pack_texel(tx, ty);
+  let z = ty / pk.hp;
+  let sy = pack_source(ty - z * pk.hp, pk.top, pk.h);
+  let sx = pack_source(tx / pk.c4, pk.left, pk.w);
+  var v = vec4f(0.0);
+  if (sy >= 0 && sx >= 0) {
+    let plane = pk.h * pk.w;
+    let at = ((z * pk.c4 + tx % pk.c4) * 4u * pk.h + u32(sy)) * pk.w + u32(sx);
+    v = vec4f(pack_src[at], pack_src[at + plane], pack_src[at + 2u * plane], pack_src[at + 3u * plane]);
+  }
+  pack_rows[ty * pk.pitch + tx] = v;
 }
 
 // ---- weight in window order --------------------------------------------------------------------

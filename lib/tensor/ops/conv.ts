@@ -14,8 +14,8 @@ import { forcedVariant } from "../../gpu/autotune.ts";
 import { countFlops, productFlops, uncounted } from "./flops.ts";
 import {
   convByWindows,
-  packWindowRows,
-  weightGradByWindows as windowsWeightGrad,
+  packWindows,
+  weightGradFromWindows,
   weightGradWindowsFit,
   type WeightView,
   type WindowGeometry,
@@ -448,7 +448,7 @@ function weightGradAfterWindows(
   packed: Tensor | null = null,
 ): { dw: Tensor; db: Tensor | null } {
   const wg = windowGeometry(g);
-  if (weightGradByWindows(wg)) return windowsWeightGrad(x, grad, wg, withBias, packed);
+  if (weightGradByWindows(wg)) return weightGradFromWindows(x, grad, wg, withBias, packed);
   const cols = im2col(x, g);
   const result = weightGradIm2col(grad, cols, g, withBias);
   cols.dispose();
@@ -892,7 +892,7 @@ function convolve(x: Tensor, weight: Tensor, bias: Tensor | null, g0: Geometry):
     const wg = windowGeometry(g0);
     const keepPacked = isGradEnabled() && weight.requiresGrad && weightGradByWindows(wg) &&
       forcedVariant("conv2dWindowsReuse") !== "off";
-    const packed = keepPacked ? packWindowRows(x, wg) : null;
+    const packed = keepPacked ? packWindows(x, wg) : null;
     const out = noGrad(() => convByWindows(x, forwardWeight(weight, g0), bias, wg, packed));
     return recordConv(out, inputs, x, weight, g0, (grad) => {
       const w = weight.requiresGrad

@@ -26,12 +26,6 @@ const kernels = {
     name: "conv_pack_windows",
     source: src,
     entry: "conv_pack_windows",
-    bindings: ["read", "storage-texture"],
-  }),
-  packRows: defineKernel({
-    name: "conv_pack_windows_rows",
-    source: src,
-    entry: "conv_pack_windows_rows",
     bindings: ["read", "write"],
   }),
   weightTaps: defineKernel({
@@ -119,32 +113,20 @@ function weightTaps(v: WeightView): Tensor {
   return out;
 }
 
-/** src packed for the windows of g (see PackedWindows); release the texture to the pool. */
-function packWindows(src: Tensor, g: WindowGeometry): PooledTexture {
-  const shape = windowShape(g);
-  const texture = gpu().pool.acquireTexture(shape.texelsPerRow, g.n * shape.rows, "conv windows");
-  const total = shape.texelsPerRow * g.n * shape.rows;
-  const wp = shape.texelsPerRow / shape.c4;
-  gpu().recorder.dispatch(kernels.pack, {
-    buffers: [src.binding, texture.view],
-    params: [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, 0],
-    constants: { WG },
-    workgroups: grid1d(total, WG),
-  });
-  return texture;
-}
-
 /** Texels between the rows of a packed image kept in a buffer: rows of 256 bytes' multiples. */
 const rowPitch = (g: WindowGeometry) => Math.ceil(windowShape(g).texelsPerRow / 16) * 16;
 
-/** src packed for the windows of g into a tensor (rows rowPitch texels apart; see textureOf). */
-export function packWindowRows(src: Tensor, g: WindowGeometry): Tensor {
+/**
+ * src packed for the windows of g (see PackedWindows) into a tensor, rows rowPitch texels apart:
+ * textureOf copies it into the texture a product reads.
+ */
+export function packWindows(src: Tensor, g: WindowGeometry): Tensor {
   const shape = windowShape(g);
   const pitch = rowPitch(g);
   const out = new Tensor([g.n * shape.rows * pitch * 4], "f32");
   const total = shape.texelsPerRow * g.n * shape.rows;
   const wp = shape.texelsPerRow / shape.c4;
-  gpu().recorder.dispatch(kernels.packRows, {
+  gpu().recorder.dispatch(kernels.pack, {
     buffers: [src.binding, out.binding],
     params: [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, pitch],
     constants: { WG },
@@ -153,7 +135,7 @@ export function packWindowRows(src: Tensor, g: WindowGeometry): Tensor {
   return out;
 }
 
-/** A packed image kept in a tensor (packWindowRows), copied into a pooled texture. */
+/** A packed image (packWindows) copied into a pooled texture; release it to the pool. */
 function textureOf(packed: Tensor, g: WindowGeometry): PooledTexture {
   const shape = windowShape(g);
   const rows = g.n * shape.rows;
@@ -170,10 +152,26 @@ function textureOf(packed: Tensor, g: WindowGeometry): PooledTexture {
   return texture;
 }
 
+/** use(src packed for g): `packed` where given, else src packed for this call only. */
+function withPacked<R>(
+  src: Tensor,
+  g: WindowGeometry,
+  packed: Tensor | null,
+  use: (p: Tensor) => R,
+): R {
+  if (packed) return use(packed);
+  const own = packWindows(src, g);
+  try {
+    return use(own);
+  } finally {
+    own.dispose();
+  }
+}
+
 /**
  * The convolution g of src [N, C, H, W] with the weight seen through `weight` (+ bias per output
  * channel) → [N, O, Hout, Wout], without storing its windows (no autograd; windowsFit(g) must hold).
- * `packed`: src already packed by packWindowRows (kept for the weight gradient).
+ * `packed`: src already packed by packWindows (kept for the weight gradient).
  */
 export function convByWindows(
   src: Tensor,
@@ -182,7 +180,7 @@ export function convByWindows(
   g: WindowGeometry,
   packed: Tensor | null = null,
 ): Tensor {
-  const texture = packed ? textureOf(packed, g) : packWindows(src, g);
+  const texture = withPacked(src, g, packed, (p) => textureOf(p, g));
   const w = weightTaps(weight);
   try {
     const out = new Tensor([g.n, g.o, g.hout, g.wout], "f32");
@@ -204,16 +202,16 @@ export function weightGradWindowsFit(g: WindowGeometry): boolean {
  * output gradient grad [N, O, Hout, Wout]: dw [O, C, kh, kw] = Σ over images and pixels of grad
  * times the windows, read from x packed (no cols stored), and with `withBias` db [O] = Σ grad from
  * the same pass. No autograd; weightGradWindowsFit(g) must hold. `packed`: x already packed by
- * packWindowRows (by the forward).
+ * packWindows (by the forward).
  */
-export function weightGradByWindows(
+export function weightGradFromWindows(
   x: Tensor,
   grad: Tensor,
   g: WindowGeometry,
   withBias: boolean,
   packed: Tensor | null = null,
 ): { dw: Tensor; db: Tensor | null } {
-  const texture = packed ? textureOf(packed, g) : packWindows(x, g);
+  const texture = withPacked(x, g, packed, (p) => textureOf(p, g));
   const taps = g.kh * g.kw;
   const inTapOrder = new Tensor([g.o, taps, g.c], "f32");
   const db = withBias ? new Tensor([g.o], "f32") : null;

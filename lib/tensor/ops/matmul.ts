@@ -868,6 +868,14 @@ function launchKernels(
 }
 
 /**
+ * A flat copy of x for `pack` to read (once for all of a product's chunks) where one fits on a
+ * software adapter, else null (pack reads the buffer); release it to the pool.
+ */
+function flatForPack(x: Tensor): PooledTexture | null {
+  return gpu().info.software && fitsFlat(x.size) ? acquireFlat(x, "matmul pack input") : null;
+}
+
+/**
  * Texture variant: fills pooled textures with op(A) and op(B) (copies or packs), chunk by chunk of
  * the batch, and multiplies each chunk with one dispatch. The textures go back to the pool at the
  * end of the call: work recorded later that reuses them is ordered after this op's by the recorder.
@@ -888,11 +896,7 @@ function launchTex(
   const height = (t: OperandTexture, stride: number) => t.height(stride ? L.zc : 1);
   const texA = pool.acquireTexture(L.a.width, height(L.a, p.strideA), "matmul A texture");
   const texB = pool.acquireTexture(L.b.width, height(L.b, p.strideB), "matmul B texture");
-  // An operand that is packed is read from a flat copy of it where one fits (once for all chunks).
-  const packFrom = (x: Tensor, t: OperandTexture) =>
-    t.fill === "pack" && gpu().info.software && fitsFlat(x.size)
-      ? acquireFlat(x, "matmul pack input")
-      : null;
+  const packFrom = (x: Tensor, t: OperandTexture) => t.fill === "pack" ? flatForPack(x) : null;
   const [flatA, flatB] = [packFrom(a, L.a), packFrom(b, L.b)];
   try {
     const laneM = lanesAlongM(p.M, p.N, tm, tn);
@@ -973,9 +977,22 @@ export interface WindowShape {
   wout: number;
 }
 
+/** Pixels P per image and values K per window of a packed image batch. */
+const windowDims = (img: WindowShape) => [img.hout * img.wout, img.kh * img.kw * 4 * img.c4];
+
+/** The window kernels' params after the common eight (see texSource's Params). */
+const windowParams = (img: WindowShape) => [
+  img.c4,
+  img.kw,
+  img.kh,
+  img.wout,
+  img.stride,
+  img.batch,
+];
+
 /** The problem of a window product: per image W [M, K] · colsᵀ, cols [P, K] never stored. */
 function windowProblem(M: number, img: WindowShape): Problem {
-  const [P, K] = [img.hout * img.wout, img.kh * img.kw * 4 * img.c4];
+  const [P, K] = windowDims(img);
   return { M, N: P, K, batch: img.batch, transA: false, transB: true, strideA: 0, strideB: P * K };
 }
 
@@ -1031,12 +1048,7 @@ export function matmulWindowsInto(
         0,
         p.K / 4,
         0,
-        img.c4,
-        img.kw,
-        img.kh,
-        img.wout,
-        img.stride,
-        img.batch,
+        ...windowParams(img),
       ],
       constants: biasConstants(bias && { tensor: bias, perRow: true }),
       workgroups: laneM ? [gm, gn, p.batch] : [gn, gm, p.batch],
@@ -1048,7 +1060,7 @@ export function matmulWindowsInto(
 
 /** The problem of a window-rows product: dY [batch, M, P] · cols [batch·P, K] summed over images. */
 function windowRowsProblem(M: number, img: WindowShape): Problem {
-  const [P, K] = [img.hout * img.wout, img.kh * img.kw * 4 * img.c4];
+  const [P, K] = windowDims(img);
   return {
     M,
     N: K,
@@ -1066,12 +1078,16 @@ function windowRowsProblem(M: number, img: WindowShape): Problem {
  * null where that is not a texture variant or dY's packed texture would not fit.
  */
 export function windowRowsVariant(M: number, img: WindowShape): string | null {
+  return windowRowsTex(M, img)?.name ?? null;
+}
+
+function windowRowsTex(M: number, img: WindowShape): Variant<MatmulConfig> | null {
   const v = variantFor(windowRowsProblem(M, img));
   if (v.config.kind !== "tex") return null;
   const max = gpu().limits.maxTextureDimension2D ?? 8192;
-  const P = img.hout * img.wout;
+  const [P] = windowDims(img);
   const fits = Math.ceil(P / 4) <= max && img.batch * roundUp(M, v.config.tm) <= max;
-  return fits ? v.name : null;
+  return fits ? v : null;
 }
 
 /**
@@ -1088,15 +1104,14 @@ export function matmulWindowRowsInto(
 ): void {
   const M = dy.shape[1];
   const p = windowRowsProblem(M, img);
-  const P = img.hout * img.wout;
+  const [P] = windowDims(img);
   if (dy.size !== img.batch * M * P || out.size !== M * p.N || (sums && sums.size !== M)) {
     throw new Error(
       `peco: matmul: window-rows product of ${dy.describe()} over ${img.batch} images of ` +
         `${img.hout}×${img.wout} windows of ${p.N} values does not fit ${out.describe()}`,
     );
   }
-  const name = windowRowsVariant(M, img);
-  const variant = MATMUL_VARIANTS.find((v) => v.name === name);
+  const variant = windowRowsTex(M, img);
   if (variant?.config.kind !== "tex") {
     throw new Error(`peco: matmul: no window-rows kernel for this product (${variantFor(p).name})`);
   }
@@ -1108,9 +1123,7 @@ export function matmulWindowRowsInto(
   const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
   const { pool, recorder } = gpu();
   const dyTexture = pool.acquireTexture(Pp / 4, img.batch * Mp, "matmul window-rows dY");
-  const flat = gpu().info.software && fitsFlat(dy.size)
-    ? acquireFlat(dy, "matmul pack input")
-    : null;
+  const flat = flatForPack(dy);
   try {
     pack(dy, flat, dyTexture.view, M, P, false, M * P, 0, img.batch, Mp, Pp);
     recorder.dispatch(kernel, {
@@ -1124,12 +1137,7 @@ export function matmulWindowRowsInto(
         0,
         0,
         0,
-        img.c4,
-        img.kw,
-        img.kh,
-        img.wout,
-        img.stride,
-        img.batch,
+        ...windowParams(img),
       ],
       constants: biasConstants(null),
       workgroups: laneM ? [gm, gn, 1] : [gn, gm, 1],
