@@ -59,7 +59,10 @@ for (const file of files) {
 }
 
 const info = gpu().info;
-if (!options.json) console.log(`adapter: ${info.description} (${info.vendor})`);
+if (!options.json) {
+  const threads = info.threads === null ? "" : `, ${info.threads} worker threads`;
+  console.log(`adapter: ${info.description} (${info.vendor})${threads}`);
+}
 // Step cases divide by the FMA ceiling, measured once per process on first use; with --profile it
 // is measured here, so that its kernel is not billed to the first step case's profile.
 if (options.profile) await fmaCeiling();
@@ -77,6 +80,7 @@ for (const c of cases) {
   const steal = stealShare(countersBefore, cpuCounters());
   const caseMs = performance.now() - started;
   result.adapter = info.description;
+  if (info.threads !== null) result.threads = info.threads;
   if (steal !== null) result.steal = +steal.toFixed(3);
   const twin = torch?.get(result.name);
   if (twin !== undefined) {
@@ -134,7 +138,7 @@ function formatRow(r: BenchResult): string {
     ? `${r.gflops.toFixed(1)} GFLOP/s`
     : "";
   const extra = Object.entries(r)
-    .filter(([k]) => !["name", "ms", rateKey, "adapter", "peak_bytes"].includes(k))
+    .filter(([k]) => !["name", "ms", rateKey, "adapter", "threads", "peak_bytes"].includes(k))
     .map(([k, v]) => {
       const text = typeof v === "number"
         ? +v.toFixed(3)

@@ -41,7 +41,10 @@ Deno.test("the compile command fixes the permissions and includes the assets", (
   assert.ok(args.includes("--unstable-worker-options"), "the stage sandbox needs Worker options");
   assert.ok(args.includes("--unstable-raw-imports"), "the JPEG decoder imports its .wasm as bytes");
   for (const flag of args.filter((a) => a.startsWith("--allow-"))) {
-    assert.ok(["--allow-read", "--allow-write", "--allow-run"].includes(flag), flag);
+    // The one environment variable: the software adapter's worker threads, set by the binary for
+    // its sandboxed children (lib/gpu/device.ts, preferSoftwareThreads).
+    const allowed = ["--allow-read", "--allow-write", "--allow-run", "--allow-env=LP_NUM_THREADS"];
+    assert.ok(allowed.includes(flag), flag);
   }
   assert.deepEqual(args.slice(1, 1 + BINARY_FLAGS.length), BINARY_FLAGS);
 });

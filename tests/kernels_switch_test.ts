@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { commandOutput } from "./stage_fixtures.ts";
+import { simdLanesOf } from "../lib/gpu/device.ts";
 
 const REPO = new URL("..", import.meta.url).pathname;
 const PROBE = `
@@ -57,4 +58,61 @@ Deno.test("PECO_KERNELS=gpu makes kernel choices as on a GPU; software and unset
   assert.notEqual(bad.code, 0);
   assert.match(bad.text, /PECO_KERNELS=fast: expected "gpu" or "software"/);
   await Deno.remove(script);
+});
+
+Deno.test("simdLanesOf reads llvmpipe's vector width from its description (8 where none)", () => {
+  assert.equal(simdLanesOf("llvmpipe (LLVM 15.0.6, 256 bits)"), 8);
+  assert.equal(simdLanesOf("llvmpipe (LLVM 19.1.7, 512 bits)"), 16);
+  assert.equal(simdLanesOf("llvmpipe (LLVM 12.0.0, 128 bits)"), 4);
+  assert.equal(simdLanesOf("NVIDIA H200"), 8);
+  assert.equal(simdLanesOf("odd (100 bits)"), 8);
+});
+
+// LP_NUM_THREADS: set for a software adapter where the process may and the user has not (so a
+// launcher sets it for the sandboxed stage it starts, which inherits it); a user's value stays.
+const THREADS_PROBE = `
+import { sandboxedCommand } from "${REPO}lib/cli/permissions.ts";
+import { gpu, initGpu, softwareThreads } from "${REPO}lib/gpu/device.ts";
+const allowed = Deno.permissions.querySync({ name: "env", variable: "LP_NUM_THREADS" });
+if (Deno.args[0] === "launcher") {
+  sandboxedCommand(new URL("file:///stage.ts"), [], { read: [], write: [] });
+  const env = allowed.state === "granted" ? Deno.env.get("LP_NUM_THREADS") ?? null : "hidden";
+  console.log(JSON.stringify({ env, expected: String(softwareThreads()) }));
+} else {
+  await initGpu();
+  const info = gpu().info;
+  console.log(JSON.stringify({ threads: info.threads, expected: softwareThreads(), description: info.description }));
+}
+`;
+
+Deno.test("LP_NUM_THREADS: cores + 2 for lavapipe unless the user set it; launchers pass it on", async () => {
+  const file = await Deno.makeTempFile({ prefix: "peco-threads-", suffix: ".ts" });
+  await Deno.writeTextFile(file, THREADS_PROBE);
+  const run = async (flags: string[], value: string, mode: string) => {
+    const r = await commandOutput(
+      new Deno.Command("deno", {
+        args: ["run", "--no-prompt", ...flags, file, mode],
+        cwd: REPO,
+        env: { XDG_RUNTIME_DIR: "/tmp", LP_NUM_THREADS: value },
+      }),
+    );
+    assert.equal(r.code, 0, r.text);
+    return JSON.parse(r.text.trim().split("\n").at(-1)!);
+  };
+  try {
+    const env = ["--allow-env=LP_NUM_THREADS"];
+    const unset = await run(env, "", "launcher");
+    assert.equal(unset.env, unset.expected);
+    assert.equal((await run(env, "3", "launcher")).env, "3");
+    assert.equal((await run([], "", "launcher")).env, "hidden", "no env access: left alone");
+    const opened = await run(env, "", "gpu");
+    if (/llvmpipe/.test(opened.description)) {
+      assert.equal(opened.threads, opened.expected);
+      assert.equal((await run(env, "3", "gpu")).threads, 3);
+    } else {
+      assert.equal(opened.threads, null);
+    }
+  } finally {
+    await Deno.remove(file);
+  }
 });

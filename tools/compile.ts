@@ -10,8 +10,10 @@
 // it): every kernel and stage is in the graph and every asset the code opens is included.
 //
 // Permissions are fixed when compiling (a compiled binary takes no permission flags): read, write
-// and run, and worker options, which the binary needs to sandbox each stage in a Worker limited
-// to that stage's inputs and output (lib/cli/sandbox_worker.ts). No net, env, ffi or sys.
+// and run, one environment variable (LP_NUM_THREADS, lavapipe's worker threads, set for the
+// stages' child processes: lib/gpu/device.ts), and worker options, which the binary needs to
+// sandbox each stage in a Worker limited to that stage's inputs and output
+// (lib/cli/sandbox_worker.ts). No net, other env, ffi or sys.
 //
 // Offline builds: `deno compile` downloads the runtime it embeds (denort) from dl.deno.land the
 // first time. Where that is unreachable, download denort-<target>.zip for this Deno version

@@ -10,6 +10,7 @@
 // paths; it opens no input file. Running a stage directly with narrow flags also works.
 
 import { fileURLToPath } from "node:url";
+import { preferSoftwareThreads, SOFTWARE_THREADS_ENV } from "../tensor/engine.ts";
 
 export interface StageAccess {
   /** Files or folders the stage reads (absolute). */
@@ -59,7 +60,13 @@ export const SANDBOX_SUBCOMMAND = "__sandbox";
  * The permissions a compiled binary is built with (tools/compile.ts), and the flag its Worker
  * sandbox needs: a binary takes no permission flags at run time, so these are all it ever has.
  */
-export const BINARY_PERMISSIONS = ["--allow-read", "--allow-write", "--allow-run", "--no-prompt"];
+export const BINARY_PERMISSIONS = [
+  "--allow-read",
+  "--allow-write",
+  "--allow-run",
+  `--allow-env=${SOFTWARE_THREADS_ENV}`,
+  "--no-prompt",
+];
 export const BINARY_FLAGS = [...BINARY_PERMISSIONS, "--unstable-worker-options"];
 
 /** The binary's entry module while this process stands in for the binary (emulateBinary). */
@@ -97,6 +104,9 @@ export function sandboxedCommand(
   { stdout = "inherit", stderr = "inherit" }: SandboxStdio = {},
   config = new URL("../../deno.json", import.meta.url),
 ): Deno.Command {
+  // The child inherits this process's environment: the software adapter's threads are set here,
+  // where the launcher may (a sandboxed stage has no environment access).
+  preferSoftwareThreads();
   const href = new URL(script).href;
   const binary = binarySelf(config);
   const program = binary?.program ?? "deno";

@@ -15,6 +15,59 @@ export interface AdapterInfo {
   isFallbackAdapter: boolean;
   /** True for Mesa's software rasteriser (lavapipe): kernel variants are chosen for CPUs. */
   software: boolean;
+  /**
+   * f32 lanes of the vectors a software adapter runs invocations in (llvmpipe names its width,
+   * "256 bits": 8 lanes; 8 where it does not say); a workgroup runs on one CPU thread as batches
+   * of this many invocations. Unused on GPUs.
+   */
+  simdLanes: number;
+  /**
+   * A software adapter's worker threads (SOFTWARE_THREADS_ENV, where this process can read it);
+   * null on GPUs or where unknown (Mesa's default: one per core).
+   */
+  threads: number | null;
+}
+
+/**
+ * The environment variable that sets how many threads lavapipe (llvmpipe) runs a dispatch's
+ * workgroups on; Mesa's default is one per core.
+ */
+export const SOFTWARE_THREADS_ENV = "LP_NUM_THREADS";
+
+/**
+ * Threads for a software adapter where the user has not set SOFTWARE_THREADS_ENV: two more than the
+ * cores. A dispatch ends when its last workgroup does; with one worker per core, a worker that the
+ * OS preempts (for the JS thread, the driver's queue thread, or the hypervisor) holds the dispatch
+ * up while the others wait, and spare workers take its share instead (measured on 2 cores:
+ * docs/architecture.md, "Worker threads on lavapipe").
+ */
+export function softwareThreads(cores = navigator.hardwareConcurrency || 1): number {
+  return cores + 2;
+}
+
+/**
+ * Sets SOFTWARE_THREADS_ENV to softwareThreads() for this process and the processes it starts,
+ * unless the user has set it or this process may not (a sandboxed stage inherits its launcher's
+ * environment). Takes effect only before the adapter is opened: the driver reads it once.
+ */
+export function preferSoftwareThreads(): void {
+  const status = Deno.permissions.querySync({ name: "env", variable: SOFTWARE_THREADS_ENV });
+  if (status.state !== "granted" || Deno.env.get(SOFTWARE_THREADS_ENV)) return;
+  Deno.env.set(SOFTWARE_THREADS_ENV, String(softwareThreads()));
+}
+
+/** SOFTWARE_THREADS_ENV where this process may read it and it is a count, else null. */
+function threadsInForce(): number | null {
+  const status = Deno.permissions.querySync({ name: "env", variable: SOFTWARE_THREADS_ENV });
+  if (status.state !== "granted") return null;
+  const n = Number(Deno.env.get(SOFTWARE_THREADS_ENV));
+  return Number.isInteger(n) && n > 0 ? n : null;
+}
+
+/** f32 lanes from a description such as "llvmpipe (LLVM 15.0.6, 256 bits)"; 8 if it names none. */
+export function simdLanesOf(description: string): number {
+  const bits = Number(/\b(\d+) bits\b/.exec(description)?.[1]);
+  return bits >= 128 && bits % 32 === 0 ? bits / 32 : 8;
 }
 
 export { GpuError };
@@ -129,6 +182,7 @@ export function gpu(): Gpu {
 
 async function openGpu({ profile = false }: GpuOptions): Promise<Gpu> {
   if (!("gpu" in navigator) || !navigator.gpu) throw new GpuError(NO_ADAPTER_MESSAGE);
+  preferSoftwareThreads();
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new GpuError(NO_ADAPTER_MESSAGE);
   const limits: Record<string, number> = {};
@@ -154,6 +208,8 @@ async function openGpu({ profile = false }: GpuOptions): Promise<Gpu> {
     isFallbackAdapter: (raw as unknown as { isFallbackAdapter?: boolean }).isFallbackAdapter ??
       false,
     software: /llvmpipe|lavapipe|swiftshader/i.test(raw.description),
+    simdLanes: simdLanesOf(raw.description),
+    threads: /llvmpipe|lavapipe/i.test(raw.description) ? threadsInForce() : null,
   };
   const forced = kernelsOverride();
   if (forced !== null && forced !== info.software) {

@@ -4,7 +4,13 @@
 
 import { type AdapterInfo, gpu } from "../gpu/device.ts";
 
-export { type AdapterInfo, initGpu, initGpuOrExit } from "../gpu/device.ts";
+export {
+  type AdapterInfo,
+  initGpu,
+  initGpuOrExit,
+  preferSoftwareThreads,
+  SOFTWARE_THREADS_ENV,
+} from "../gpu/device.ts";
 export { fmtBytes } from "../gpu/pool.ts";
 
 /**

@@ -10,9 +10,9 @@ import { defineKernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { record, Tensor } from "../tensor.ts";
 import { add } from "./elementwise.ts";
+import { rowWorkgroup } from "./kernels.ts";
 import source from "../../../kernels/fused_norm.wgsl" with { type: "text" };
 
-const WG = 64;
 /**
  * lavapipe silently ends an invocation's loops after a budget of iterations shared by all its loops
  * (measured: three passes over 16000 elements stop after about 43600): the forward walks a
@@ -107,13 +107,14 @@ export function fusedNorm(
   const recorder = gpu().recorder;
   const kernels = kernelsFor(l);
   const params = [groups, cg, l.s, l.groups, f32bits(eps), f32bits(1 / (cg * l.s))];
-  const constants = { HAS_W: weight ? 1 : 0, HAS_B: bias ? 1 : 0, ACT: silu ? 1 : 0 };
+  const wg = rowWorkgroup();
+  const constants = { WG: wg, HAS_W: weight ? 1 : 0, HAS_B: bias ? 1 : 0, ACT: silu ? 1 : 0 };
   const affine = [(weight ?? x).binding, (bias ?? x).binding];
   recorder.dispatch(kernels.forward, {
     buffers: [x.binding, ...affine, out.binding, mean.binding, rstd.binding],
     params,
     constants,
-    workgroups: grid1d(groups, WG),
+    workgroups: grid1d(groups, wg),
   });
   const inputs = [x, weight, bias].filter((t): t is Tensor => t != null);
   // dx adds x's prior gradient as it is written (a residual stream's: one addition less).
@@ -134,7 +135,7 @@ export function fusedNorm(
         ],
         params,
         constants: { ...constants, ACC: acc ? 1 : 0 },
-        workgroups: grid1d(groups, WG),
+        workgroups: grid1d(groups, wg),
       });
     }
     const [gw, gb] = weight?.requiresGrad || bias?.requiresGrad
@@ -157,6 +158,7 @@ function paramGrads(
 ): [Tensor, Tensor] {
   const recorder = gpu().recorder;
   const kernels = kernelsFor(l);
+  const wg = rowWorkgroup();
   const piece = pieceSamples(l);
   const pieces = Math.ceil(l.n / piece);
   const gw = new Tensor([l.c], "f32");
@@ -176,13 +178,14 @@ function paramGrads(
     ],
     params: channels,
     constants: { ...constants, PIECES: partials ? 1 : 0 },
-    workgroups: grid1d(pieces * l.c, WG),
+    workgroups: grid1d(pieces * l.c, wg),
   });
   if (partials) {
     recorder.dispatch(kernels.gradParamsMerge, {
       buffers: [partials.binding, gw.binding, gb.binding],
       params: channels,
-      workgroups: grid1d(l.c, WG),
+      constants: { WG: wg },
+      workgroups: grid1d(l.c, wg),
     });
     partials.dispose();
   }

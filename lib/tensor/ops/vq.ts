@@ -10,6 +10,7 @@ import { record, Tensor } from "../tensor.ts";
 import { zeros } from "./creation.ts";
 import { mul, mulScalar, sub } from "./elementwise.ts";
 import { countFlops, productFlops } from "./flops.ts";
+import { rowWorkgroup } from "./kernels.ts";
 import { matmul } from "./matmul.ts";
 import { MAX_LOOP, reduceRaw, sum } from "./reduce.ts";
 import source from "../../../kernels/vq.wgsl" with { type: "text" };
@@ -126,6 +127,7 @@ export function nearestCode(z: Tensor, codebook: Tensor): { indices: Tensor; dis
   // An invocation loops (d4 + 1) times per block of codes, and 16·(d4 + 1) times to finish.
   const blocksPerPass = Math.floor(MAX_LOOP / (d4 + 1)) - NEAREST_BLOCK;
   const codesPerPass = blocksPerPass * NEAREST_BLOCK;
+  const wg = rowWorkgroup();
   for (let begin = 0; begin < kp; begin += codesPerPass) {
     const end = Math.min(kp, begin + codesPerPass);
     gpu().recorder.dispatch(kernels.nearest, {
@@ -137,7 +139,8 @@ export function nearestCode(z: Tensor, codebook: Tensor): { indices: Tensor; dis
         distances.binding,
       ],
       params: [n, d4, begin, end, begin === 0 ? 1 : 0, end === kp ? 1 : 0],
-      workgroups: grid1d(Math.ceil(n / NEAREST_BLOCK), WG),
+      constants: { WG: wg },
+      workgroups: grid1d(Math.ceil(n / NEAREST_BLOCK), wg),
     });
   }
   release(codebook, codes);
