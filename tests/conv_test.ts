@@ -419,7 +419,33 @@ const windowCases: ConvCase[] = [
     stride: 3,
     padding: 0,
   },
+  // Odd pixel counts over several images: the images' windows stacked into one run of columns
+  // (forward 5 × 5 and 5 × 5; input gradients 5 × 5 and, dilated, 9 × 9).
+  {
+    name: "C=8 O=8 3x3 p1 N=3 5x5 (stacked)",
+    xs: [3, 8, 5, 5],
+    ws: [8, 8, 3, 3],
+    stride: 1,
+    padding: 1,
+  },
+  {
+    name: "C=4 O=4 3x3 s2 p1 N=3 9x9 (stacked)",
+    xs: [3, 4, 9, 9],
+    ws: [4, 4, 3, 3],
+    stride: 2,
+    padding: 1,
+  },
 ];
+
+/** Whether conv2d's forward over tc stacks its images' windows (odd pixel counts, N > 1). */
+function stacksWindows(tc: ConvCase): boolean {
+  const pad = typeof tc.padding === "number"
+    ? { top: tc.padding, bottom: tc.padding, left: tc.padding, right: tc.padding }
+    : tc.padding;
+  const hout = Math.floor((tc.xs[2] + pad.top + pad.bottom - tc.ws[2]) / tc.stride) + 1;
+  const wout = Math.floor((tc.xs[3] + pad.left + pad.right - tc.ws[3]) / tc.stride) + 1;
+  return tc.xs[0] > 1 && (hout * wout) % 4 !== 0;
+}
 
 for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {
   for (const tc of windowCases) {
@@ -428,8 +454,9 @@ for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {
       try {
         await withLowering("windows", async () => {
           const kernel = forwardKernel(tc);
-          if (!kernel.startsWith(`matmul_${v.name}`) || !kernel.includes("_bwindow")) {
-            throw new Error(`the forward ran ${kernel}, not a window product`);
+          const fill = stacksWindows(tc) ? "_bwindowstacked" : "_bwindow_";
+          if (!kernel.startsWith(`matmul_${v.name}`) || !`${kernel}_`.includes(fill)) {
+            throw new Error(`the forward ran ${kernel}, not a window product (${fill})`);
           }
           await checkVjp(tc, "windows");
         });
@@ -467,6 +494,23 @@ for (const tc of windowCases) {
     } finally {
       forceVariant("matmul", null);
       forceVariant("conv2dWindowsWeightGrad", null);
+    }
+  });
+}
+
+for (const tc of windowCases.filter(stacksWindows)) {
+  Deno.test(`conv2d windows ${tc.name}, a grid per image (not stacked): matches float64`, async () => {
+    forceVariant("matmul", "tex16x16");
+    forceVariant("conv2dWindowsStacked", "off");
+    try {
+      await withLowering("windows", async () => {
+        const kernel = forwardKernel(tc);
+        if (!`${kernel}_`.includes("_bwindow_")) throw new Error(`the forward ran ${kernel}`);
+        await checkVjp(tc, "windows");
+      });
+    } finally {
+      forceVariant("matmul", null);
+      forceVariant("conv2dWindowsStacked", null);
     }
   });
 }

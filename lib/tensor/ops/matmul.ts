@@ -101,10 +101,11 @@ const TEX_WG = 8;
  * How an operand reaches the kernel: "pack" (a packed texture, 2-D coordinates), "flat" (copied
  * flat, texel index; A stored [M, K] or B stored [K, N]), "flatT" (copied flat from transposed
  * storage: A stored [K, M], B stored [N, K]), "window" (B only: the windows of a packed image
- * batch, read in place: see `matmulWindowsInto`), "windowRows" (B only: the same windows as the
+ * batch, read in place: see `matmulWindowsInto`), "windowStacked" (the same, the images' windows
+ * one run of columns: see `windowsStacked`), "windowRows" (B only: the same windows as the
  * rows of a reduction over the images' pixels: see `matmulWindowRowsInto`).
  */
-type TexFill = "pack" | "flat" | "flatT" | "window" | "windowRows";
+type TexFill = "pack" | "flat" | "flatT" | "window" | "windowStacked" | "windowRows";
 
 /**
  * What a matmul's store may apply to each value o of C (+ bias) at flat index i, with an auxiliary
@@ -183,14 +184,22 @@ function texSource(
     for (let n = 0; n < tn; n++) pre.push(`let bn${n} = zb + (n4 * 4u + ${n}u) * p.bPitch;`);
     for (let n = 0; n < tn; n++) body.push(`let bt${n} = flat_texel(tb, bn${n} + k4);`);
     assembleColumns(body, tn4);
-  } else if (b === "window") {
+  } else if (b === "window" || b === "windowStacked") {
     // Column n is output pixel q of image z: its window's top-left texel, then per step tap
-    // (dx, dy) and channel group cg (see WINDOW_LOOP).
+    // (dx, dy) and channel group cg (see WINDOW_LOOP). Stacked, column f is pixel q of image
+    // f / pixels (one division per column, before the loop).
     for (let n = 0; n < tn; n++) {
+      const col = `min(n4 * 4u + ${n}u, p.N - 1u)`;
+      const image = b === "window" ? [`let q${n} = ${col};`, `let zr${n} = zb;`] : [
+        `let f${n} = ${col};`,
+        `let zs${n} = f${n} / p.pixels;`,
+        `let q${n} = f${n} - zs${n} * p.pixels;`,
+        `let zr${n} = zs${n} * p.bRows;`,
+      ];
       pre.push(
-        `let q${n} = min(n4 * 4u + ${n}u, p.N - 1u);`,
+        ...image,
         `let bx${n} = i32((q${n} % p.wout) * p.stride * p.c4);`,
-        `let by${n} = i32(zb + (q${n} / p.wout) * p.stride);`,
+        `let by${n} = i32(zr${n} + (q${n} / p.wout) * p.stride);`,
       );
     }
     for (let n = 0; n < tn; n++) {
@@ -262,7 +271,14 @@ function texSource(
   for (let r = 0; r < tm; r++) store.push(`let br${r} = bias_row(m0 + ${r}u);`);
   for (let r = 0; r < tm; r++) {
     for (let c = 0; c < tn4; c++) {
-      store.push(`store4(z, m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c}, bc${c}, br${r});`);
+      const cols = [0, 1, 2, 3].map((j) => 4 * c + j);
+      store.push(
+        b === "windowStacked"
+          ? `store_stacked(m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c}, br${r}, ` +
+            `vec4u(${cols.map((n) => `zs${n}`).join(", ")}), ` +
+            `vec4u(${cols.map((n) => `q${n}`).join(", ")}));`
+          : `store4(z, m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c}, bc${c}, br${r});`,
+      );
     }
   }
   if (epi) {
@@ -285,8 +301,8 @@ override BIAS: bool = false;
 override BIAS_ROW: bool = false;
 struct Params {
   M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch: u32, bPitch: u32,${
-    b === "window" || b === "windowRows"
-      ? "\n  c4: u32, kw: u32, kh: u32, wout: u32, stride: u32, images: u32,"
+    b === "window" || b === "windowStacked" || b === "windowRows"
+      ? "\n  c4: u32, kw: u32, kh: u32, wout: u32, stride: u32, images: u32, pixels: u32,"
       : ""
   }
 }
@@ -323,6 +339,7 @@ fn store4(z: u32, m: u32, n: u32, v: vec4f, bc: vec4f, br: f32) {
   if (n + 3u < p.N) { c[i + 3u] = o.w; }`
   }
 }
+${b === "windowStacked" ? STACKED_STORE : ""}
 
 @compute @workgroup_size(${TEX_WG}, ${TEX_WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -335,18 +352,33 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let zb = gid.z * p.bRows;
   ${[...pre, ...decl].join("\n  ")}
   ${
-    b === "window"
+    b === "window" || b === "windowStacked"
       ? WINDOW_LOOP
       : b === "windowRows"
       ? WINDOW_ROWS_LOOP
       : "for (var k4 = 0u; k4 < p.K4; k4++) {"
   }
     ${body.join("\n    ")}
-  ${b === "window" ? "k4++;\n  }}" : b === "windowRows" ? "}}" : "}"}
+  ${b === "window" || b === "windowStacked" ? "k4++;\n  }}" : b === "windowRows" ? "}}" : "}"}
   ${store.join("\n  ")}
 }
 `;
 }
+
+/**
+ * The store of a stacked window kernel: values n .. n + 3 of row m (+ the row's bias) go to
+ * out [images, M, pixels] at image zs, pixel qs of each column (N = images · pixels).
+ */
+const STACKED_STORE = /* wgsl */ `
+fn store_stacked(m: u32, n: u32, v: vec4f, br: f32, zs: vec4u, qs: vec4u) {
+  if (m >= p.M || n >= p.N) { return; }
+  var o = v;
+  if (BIAS_ROW) { o += vec4f(br); }
+  c[(zs.x * p.M + m) * p.pixels + qs.x] = o.x;
+  if (n + 1u < p.N) { c[(zs.y * p.M + m) * p.pixels + qs.y] = o.y; }
+  if (n + 2u < p.N) { c[(zs.z * p.M + m) * p.pixels + qs.z] = o.z; }
+  if (n + 3u < p.N) { c[(zs.w * p.M + m) * p.pixels + qs.w] = o.w; }
+}`;
 
 /**
  * b${j}_${c} = vec4f of the j-th component of texels bt${4c} .. bt${4c + 3}: B's columns were read
@@ -988,12 +1020,30 @@ const windowParams = (img: WindowShape) => [
   img.wout,
   img.stride,
   img.batch,
+  img.hout * img.wout,
 ];
 
-/** The problem of a window product: per image W [M, K] · colsᵀ, cols [P, K] never stored. */
+/**
+ * Whether a window product runs its images' windows as one run of batch·P columns rather than a
+ * grid per image: where P is not a multiple of 4 (the per-image product then stores scalars anyway)
+ * and there are images to stack; a small image's column blocks would mostly be past its P (7 × 7:
+ * 49 columns in blocks of 8 or 16) and one workgroup per image leave lanes idle. Not where
+ * `forceVariant("conv2dWindowsStacked", "off")` (tests compare).
+ */
+function windowsStacked(img: WindowShape): boolean {
+  const [P] = windowDims(img);
+  return P % 4 !== 0 && img.batch > 1 && forcedVariant("conv2dWindowsStacked") !== "off";
+}
+
+/**
+ * The problem of a window product: per image W [M, K] · colsᵀ, cols [P, K] never stored; stacked
+ * (windowsStacked), one product W · [batch·P, K]ᵀ.
+ */
 function windowProblem(M: number, img: WindowShape): Problem {
   const [P, K] = windowDims(img);
-  return { M, N: P, K, batch: img.batch, transA: false, transB: true, strideA: 0, strideB: P * K };
+  return windowsStacked(img)
+    ? { M, N: img.batch * P, K, batch: 1, transA: false, transB: true, strideA: 0, strideB: 0 }
+    : { M, N: P, K, batch: img.batch, transA: false, transB: true, strideA: 0, strideB: P * K };
 }
 
 /**
@@ -1020,9 +1070,10 @@ export function matmulWindowsInto(
 ): void {
   const M = w.shape[0];
   const p = windowProblem(M, img);
+  const stacked = windowsStacked(img);
   if (w.size !== M * p.K || out.size !== p.batch * M * p.N) {
     throw new Error(
-      `peco: matmul: window product of ${w.describe()} over ${p.batch} images of ` +
+      `peco: matmul: window product of ${w.describe()} over ${img.batch} images of ` +
         `${img.hout}×${img.wout} windows of ${p.K} values does not fit ${out.describe()}`,
     );
   }
@@ -1033,7 +1084,9 @@ export function matmulWindowsInto(
   countFlops(productFlops(p.batch, M, p.N, p.K));
   const { tm, tn } = variant.config;
   const laneM = lanesAlongM(M, p.N, tm, tn);
-  const kernel = texKernel(tm, tn, "flat", "window", laneM, null, false, vecStores(p, null));
+  const kernel = stacked
+    ? texKernel(tm, tn, "flat", "windowStacked", laneM, null, false, false)
+    : texKernel(tm, tn, "flat", "window", laneM, null, false, vecStores(p, null));
   const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
   const wTexture = acquireFlat(w, "matmul window weights");
   try {
