@@ -39,7 +39,7 @@ export const SOFTWARE_THREADS_ENV = "LP_NUM_THREADS";
  * cores. A dispatch ends when its last workgroup does; with one worker per core, a worker that the
  * OS preempts (for the JS thread, the driver's queue thread, or the hypervisor) holds the dispatch
  * up while the others wait, and spare workers take its share instead (measured on 2 cores:
- * docs/architecture.md, "Worker threads on lavapipe").
+ * docs/architecture.md, "Threads and workgroups on lavapipe").
  */
 export function softwareThreads(cores = navigator.hardwareConcurrency || 1): number {
   return cores + 2;

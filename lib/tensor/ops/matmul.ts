@@ -169,6 +169,8 @@ function texSource(
   vecOut = false,
 ): string {
   const tn4 = tn / 4;
+  /** B read as windows in place, per image or stacked. */
+  const windows = b === "window" || b === "windowStacked";
   const decl: string[] = [];
   const pre: string[] = [];
   const body: string[] = [];
@@ -184,7 +186,7 @@ function texSource(
     for (let n = 0; n < tn; n++) pre.push(`let bn${n} = zb + (n4 * 4u + ${n}u) * p.bPitch;`);
     for (let n = 0; n < tn; n++) body.push(`let bt${n} = flat_texel(tb, bn${n} + k4);`);
     assembleColumns(body, tn4);
-  } else if (b === "window" || b === "windowStacked") {
+  } else if (windows) {
     // Column n is output pixel q of image z: its window's top-left texel, then per step tap
     // (dx, dy) and channel group cg (see WINDOW_LOOP). Stacked, column f is pixel q of image
     // f / pixels (one division per column, before the loop).
@@ -301,7 +303,7 @@ override BIAS: bool = false;
 override BIAS_ROW: bool = false;
 struct Params {
   M: u32, N: u32, K4: u32, aRows: u32, bRows: u32, z0: u32, aPitch: u32, bPitch: u32,${
-    b === "window" || b === "windowStacked" || b === "windowRows"
+    windows || b === "windowRows"
       ? "\n  c4: u32, kw: u32, kh: u32, wout: u32, stride: u32, images: u32, pixels: u32,"
       : ""
   }
@@ -352,14 +354,14 @@ fn main(@builtin(global_invocation_id) gid: vec3u) {
   let zb = gid.z * p.bRows;
   ${[...pre, ...decl].join("\n  ")}
   ${
-    b === "window" || b === "windowStacked"
+    windows
       ? WINDOW_LOOP
       : b === "windowRows"
       ? WINDOW_ROWS_LOOP
       : "for (var k4 = 0u; k4 < p.K4; k4++) {"
   }
     ${body.join("\n    ")}
-  ${b === "window" || b === "windowStacked" ? "k4++;\n  }}" : b === "windowRows" ? "}}" : "}"}
+  ${windows ? "k4++;\n  }}" : b === "windowRows" ? "}}" : "}"}
   ${store.join("\n  ")}
 }
 `;
