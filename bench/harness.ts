@@ -59,7 +59,10 @@ async function countSteps(
   { warmup = 2, minIters = 3, minMs = 500, perRound = 1 } = {},
 ): Promise<StepCounts> {
   const recorder = gpu().recorder;
-  for (let i = 0; i < warmup; i++) tidy(step);
+  // What a step returns (its losses) is released with its scope, as a training loop releases it
+  // once read: kept, it would hold buffers the next step could otherwise reuse as it is.
+  const once = () => tidy(() => void step());
+  for (let i = 0; i < warmup; i++) once();
   await recorder.sync();
   let iters = 0;
   const [firstDispatch, firstFlops] = [recorder.dispatches, recorder.flops];
@@ -67,7 +70,7 @@ async function countSteps(
   const start = performance.now();
   while (iters < minIters || performance.now() - start < minMs) {
     for (let i = 0; i < perRound; i++) {
-      tidy(step);
+      once();
       recorder.flush();
       iters++;
     }

@@ -70,6 +70,8 @@ export class Recorder {
   lastLabel = "(none)";
   dispatches = 0;
   submits = 0;
+  /** Bind groups created (a steady training step creates none: they are cached by resource). */
+  bindGroupsCreated = 0;
   /**
    * Model FLOPs of the work recorded so far: the ops that multiply matrices add 2 per multiply-add
    * of their mathematical product (lib/tensor/ops/flops.ts), read like `dispatches`.
@@ -139,6 +141,7 @@ export class Recorder {
         });
       }
       group = this.gpu.device.createBindGroup({ layout: compiled.layout, entries });
+      this.bindGroupsCreated++;
       if (this.bindGroups.size >= MAX_BIND_GROUPS) this.bindGroups.clear();
       this.bindGroups.set(key, group);
     }
