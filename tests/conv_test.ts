@@ -1,5 +1,5 @@
 import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
-import { convRef, convVjpRef, type Pad } from "./reference.ts";
+import { convOutSize, convRef, convVjpRef, type Pad } from "./reference.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
 import { forceVariant } from "../lib/gpu/autotune.ts";
@@ -439,11 +439,7 @@ const windowCases: ConvCase[] = [
 
 /** Whether conv2d's forward over tc stacks its images' windows (odd pixel counts, N > 1). */
 function stacksWindows(tc: ConvCase): boolean {
-  const pad = typeof tc.padding === "number"
-    ? { top: tc.padding, bottom: tc.padding, left: tc.padding, right: tc.padding }
-    : tc.padding;
-  const hout = Math.floor((tc.xs[2] + pad.top + pad.bottom - tc.ws[2]) / tc.stride) + 1;
-  const wout = Math.floor((tc.xs[3] + pad.left + pad.right - tc.ws[3]) / tc.stride) + 1;
+  const [hout, wout] = convOutSize(tc.xs, tc.ws, tc.stride, tc.padding);
   return tc.xs[0] > 1 && (hout * wout) % 4 !== 0;
 }
 

@@ -4,6 +4,20 @@ export type Pad = { top: number; bottom: number; left: number; right: number };
 export const sides = (p: number | Pad): Pad =>
   typeof p === "number" ? { top: p, bottom: p, left: p, right: p } : p;
 
+/** The output [Hout, Wout] of a convolution of x [N,C,H,W] with w [O,C,kh,kw]. */
+export function convOutSize(
+  xs: number[],
+  ws: number[],
+  stride: number,
+  padding: number | Pad,
+): [number, number] {
+  const p = sides(padding);
+  return [
+    Math.floor((xs[2] + p.top + p.bottom - ws[2]) / stride) + 1,
+    Math.floor((xs[3] + p.left + p.right - ws[3]) / stride) + 1,
+  ];
+}
+
 /**
  * Visits every (output element, input element, weight) triple of a direct convolution x [N,C,H,W]
  * ⊛ w [O,C,kh,kw]: `tap(oi, xi, wi)` with flat indices (padding taps skipped); `out(oi, oc)` once
@@ -20,8 +34,7 @@ function convWindows(
   const [n, c, h, wd] = xs;
   const [o, , kh, kw] = ws;
   const p = sides(padding);
-  const ho = Math.floor((h + p.top + p.bottom - kh) / stride) + 1;
-  const wo = Math.floor((wd + p.left + p.right - kw) / stride) + 1;
+  const [ho, wo] = convOutSize(xs, ws, stride, padding);
   for (let b = 0; b < n; b++) {
     for (let oc = 0; oc < o; oc++) {
       for (let oy = 0; oy < ho; oy++) {

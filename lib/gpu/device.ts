@@ -51,15 +51,21 @@ export function softwareThreads(cores = navigator.hardwareConcurrency || 1): num
  * environment). Takes effect only before the adapter is opened: the driver reads it once.
  */
 export function preferSoftwareThreads(): void {
-  const status = Deno.permissions.querySync({ name: "env", variable: SOFTWARE_THREADS_ENV });
-  if (status.state !== "granted" || Deno.env.get(SOFTWARE_THREADS_ENV)) return;
+  if (!envGranted(SOFTWARE_THREADS_ENV) || Deno.env.get(SOFTWARE_THREADS_ENV)) return;
   Deno.env.set(SOFTWARE_THREADS_ENV, String(softwareThreads()));
+}
+
+/**
+ * Whether this process may read (and set) environment variable `name`: a sandboxed stage may not,
+ * and must not prompt for it.
+ */
+function envGranted(name: string): boolean {
+  return Deno.permissions.querySync({ name: "env", variable: name }).state === "granted";
 }
 
 /** SOFTWARE_THREADS_ENV where this process may read it and it is a count, else null. */
 function threadsInForce(): number | null {
-  const status = Deno.permissions.querySync({ name: "env", variable: SOFTWARE_THREADS_ENV });
-  if (status.state !== "granted") return null;
+  if (!envGranted(SOFTWARE_THREADS_ENV)) return null;
   const n = Number(Deno.env.get(SOFTWARE_THREADS_ENV));
   return Number.isInteger(n) && n > 0 ? n : null;
 }
@@ -159,8 +165,7 @@ export interface GpuOptions {
 export const KERNELS_ENV = "PECO_KERNELS";
 
 function kernelsOverride(): boolean | null {
-  const status = Deno.permissions.querySync({ name: "env", variable: KERNELS_ENV });
-  if (status.state !== "granted") return null;
+  if (!envGranted(KERNELS_ENV)) return null;
   const value = Deno.env.get(KERNELS_ENV);
   if (value === undefined || value === "") return null;
   if (value === "gpu") return false;

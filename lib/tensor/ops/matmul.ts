@@ -1022,7 +1022,7 @@ const windowParams = (img: WindowShape) => [
   img.wout,
   img.stride,
   img.batch,
-  img.hout * img.wout,
+  windowDims(img)[0],
 ];
 
 /**
