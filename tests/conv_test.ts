@@ -419,7 +419,7 @@ const windowCases: ConvCase[] = [
     stride: 3,
     padding: 0,
   },
-  // Odd pixel counts over several images: the images' windows stacked into one run of columns
+  // Odd pixel counts over several images, stacked into one run of columns with scalar stores
   // (forward 5 × 5 and 5 × 5; input gradients 5 × 5 and, dilated, 9 × 9).
   {
     name: "C=8 O=8 3x3 p1 N=3 5x5 (stacked)",
@@ -437,10 +437,13 @@ const windowCases: ConvCase[] = [
   },
 ];
 
-/** Whether conv2d's forward over tc stacks its images' windows (odd pixel counts, N > 1). */
-function stacksWindows(tc: ConvCase): boolean {
+/** Whether conv2d's forward over tc stacks its images' windows (N > 1). */
+const stacksWindows = (tc: ConvCase) => tc.xs[0] > 1;
+
+/** Whether the images of tc's forward have a pixel count that is a multiple of 4. */
+function wholeTexels(tc: ConvCase): boolean {
   const [hout, wout] = convOutSize(tc.xs, tc.ws, tc.stride, tc.padding);
-  return tc.xs[0] > 1 && (hout * wout) % 4 !== 0;
+  return (hout * wout) % 4 === 0;
 }
 
 for (const v of T.MATMUL_VARIANTS.filter((v) => v.name.startsWith("tex"))) {
@@ -507,6 +510,46 @@ for (const tc of windowCases.filter(stacksWindows)) {
     } finally {
       forceVariant("matmul", null);
       forceVariant("conv2dWindowsStacked", null);
+    }
+  });
+}
+
+// Pixel counts that are multiples of 4, stacked: the stacked product stores vec4s, and scalars
+// where forced to.
+for (const tc of windowCases.filter((tc) => stacksWindows(tc) && wholeTexels(tc))) {
+  for (const store of ["vec4", "scalar"]) {
+    Deno.test(`conv2d windows ${tc.name}, stacked with ${store} stores: matches float64`, async () => {
+      forceVariant("matmul", "tex16x16");
+      forceVariant("matmulStore", store === "scalar" ? "scalar" : null);
+      try {
+        await withLowering("windows", async () => {
+          const kernel = forwardKernel(tc);
+          if (
+            !kernel.includes("_bwindowstacked") || kernel.endsWith("_v4") !== (store === "vec4")
+          ) {
+            throw new Error(`the forward ran ${kernel}`);
+          }
+          await checkVjp(tc, "windows");
+        });
+      } finally {
+        forceVariant("matmul", null);
+        forceVariant("matmulStore", null);
+      }
+    });
+  }
+}
+
+// The weight gradient's dY copied flat where its images' pixel counts are whole texels (default),
+// or packed as it is elsewhere.
+for (const tc of windowCases.filter(wholeTexels)) {
+  Deno.test(`conv2d windows ${tc.name}, weight gradient with dY packed: matches float64`, async () => {
+    forceVariant("matmul", "tex16x16");
+    forceVariant("windowRowsA", "pack");
+    try {
+      await withLowering("windows", () => checkVjp(tc, "windows"));
+    } finally {
+      forceVariant("matmul", null);
+      forceVariant("windowRowsA", null);
     }
   });
 }

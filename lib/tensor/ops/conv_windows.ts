@@ -15,7 +15,6 @@ import {
   type WindowShape,
   windowVariant,
 } from "./matmul.ts";
-import { permute } from "./shape.ts";
 import type { PooledTexture } from "../../gpu/pool.ts";
 import src from "../../../kernels/conv_windows.wgsl" with { type: "text" };
 
@@ -212,16 +211,13 @@ export function weightGradFromWindows(
   packed: Tensor | null = null,
 ): { dw: Tensor; db: Tensor | null } {
   const texture = withPacked(x, g, packed, (p) => textureOf(p, g));
-  const taps = g.kh * g.kw;
-  const inTapOrder = new Tensor([g.o, taps, g.c], "f32");
+  const dw = new Tensor([g.o, g.c, g.kh, g.kw], "f32");
   const db = withBias ? new Tensor([g.o], "f32") : null;
   try {
     const img = { ...windowShape(g), view: texture.view };
-    matmulWindowRowsInto(grad.view([g.n, g.o, g.hout * g.wout]), img, inTapOrder, db);
+    matmulWindowRowsInto(grad.view([g.n, g.o, g.hout * g.wout]), img, dw, db);
   } finally {
     gpu().pool.releaseTexture(texture);
   }
-  const dw = permute(inTapOrder, [0, 2, 1]).view([g.o, g.c, g.kh, g.kw]);
-  inTapOrder.dispose();
   return { dw, db };
 }

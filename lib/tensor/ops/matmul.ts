@@ -256,7 +256,7 @@ function texSource(
     const av = a === "flatT"
       ? `vec4f(${[0, 1, 2, 3].map((j) => `at${j}_${r >> 2}[${r & 3}]`).join(", ")})`
       : a === "flat"
-      ? `flat_texel(ta, ar${r} + k4)`
+      ? `flat_texel(ta, ${b === "windowRows" ? "zai + " : ""}ar${r} + k4)`
       : at("k4", `${b === "windowRows" ? "zai" : "za"} + m0 + ${r}u`);
     body.push(`{ let av = ${av};`);
     if (sumA) body.push(`sa${r} += (av.x + av.y) + (av.z + av.w);`);
@@ -275,10 +275,16 @@ function texSource(
     for (let c = 0; c < tn4; c++) {
       const cols = [0, 1, 2, 3].map((j) => 4 * c + j);
       store.push(
-        b === "windowStacked"
+        b === "windowStacked" && vecOut
+          // P % 4 = 0: the 4 columns are pixels q .. q + 3 of one image.
+          ? `store_stacked(m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c}, br${r}, ` +
+            `zs${cols[0]}, q${cols[0]});`
+          : b === "windowStacked"
           ? `store_stacked(m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c}, br${r}, ` +
             `vec4u(${cols.map((n) => `zs${n}`).join(", ")}), ` +
             `vec4u(${cols.map((n) => `q${n}`).join(", ")}));`
+          : b === "windowRows"
+          ? `store_weight(m0 + ${r}u, n4 + ${c}u, acc${r}_${c});`
           : `store4(z, m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c}, bc${c}, br${r});`,
       );
     }
@@ -341,7 +347,8 @@ fn store4(z: u32, m: u32, n: u32, v: vec4f, bc: vec4f, br: f32) {
   if (n + 3u < p.N) { c[i + 3u] = o.w; }`
   }
 }
-${b === "windowStacked" ? STACKED_STORE : ""}
+${b === "windowStacked" ? (vecOut ? STACKED_STORE_VEC4 : STACKED_STORE) : ""}
+${b === "windowRows" ? WEIGHT_STORE : ""}
 
 @compute @workgroup_size(${TEX_WG}, ${TEX_WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
@@ -380,6 +387,35 @@ fn store_stacked(m: u32, n: u32, v: vec4f, br: f32, zs: vec4u, qs: vec4u) {
   if (n + 1u < p.N) { c[(zs.y * p.M + m) * p.pixels + qs.y] = o.y; }
   if (n + 2u < p.N) { c[(zs.z * p.M + m) * p.pixels + qs.z] = o.z; }
   if (n + 3u < p.N) { c[(zs.w * p.M + m) * p.pixels + qs.w] = o.w; }
+}`;
+
+/**
+ * The store of a window-rows kernel: column group g (4 channels 4·cg .. 4·cg + 3 of tap t, g =
+ * t·c4 + cg) of row m goes to the weight's layout [M, C, kh·kw] (C = 4·c4), so that no permute
+ * follows the product.
+ */
+const WEIGHT_STORE = /* wgsl */ `
+fn store_weight(m: u32, g: u32, v: vec4f) {
+  if (m >= p.M || g * 4u >= p.N) { return; }
+  let taps = p.kh * p.kw;
+  let t = g / p.c4;
+  let i = (m * p.c4 * 4u + (g - t * p.c4) * 4u) * taps + t;
+  c[i] = v.x;
+  c[i + taps] = v.y;
+  c[i + 2u * taps] = v.z;
+  c[i + 3u * taps] = v.w;
+}`;
+
+/**
+ * The store of a stacked window kernel whose images' pixel count P is a multiple of 4 (vec4 stores):
+ * values n .. n + 3 of row m, pixels q .. q + 3 of image zs, as one vec4.
+ */
+const STACKED_STORE_VEC4 = /* wgsl */ `
+fn store_stacked(m: u32, n: u32, v: vec4f, br: f32, zs: u32, q: u32) {
+  if (m >= p.M || n >= p.N) { return; }
+  var o = v;
+  if (BIAS_ROW) { o += vec4f(br); }
+  c[((zs * p.M + m) * p.pixels + q) / 4u] = o;
 }`;
 
 /**
@@ -1027,14 +1063,15 @@ const windowParams = (img: WindowShape) => [
 
 /**
  * Whether a window product runs its images' windows as one run of batch·P columns rather than a
- * grid per image: where P is not a multiple of 4 (the per-image product then stores scalars anyway)
- * and there are images to stack; a small image's column blocks would mostly be past its P (7 × 7:
- * 49 columns in blocks of 8 or 16) and one workgroup per image leave lanes idle. Not where
- * `forceVariant("conv2dWindowsStacked", "off")` (tests compare).
+ * grid per image: wherever there are images to stack. A grid per image leaves lanes idle in its
+ * last column blocks (7 × 7: 49 columns in blocks of 16; 14 × 14: 196 in 13 blocks, rounded up to
+ * 16 lanes) and stores scalars where P is not a multiple of 4; stacked, every block but the last is
+ * full, and where P is a multiple of 4 the stores stay vec4s (stackedVecStores). MNIST tokenizer,
+ * per dispatch: 7 × 7 2331 → 1487 µs, 28 × 28 (M 16) 3887 → 3269, 14 × 14 (M 32) 2799 → 2446
+ * (docs/architecture.md). Not where `forceVariant("conv2dWindowsStacked", "off")` (tests compare).
  */
 function windowsStacked(img: WindowShape): boolean {
-  const [P] = windowDims(img);
-  return P % 4 !== 0 && img.batch > 1 && forcedVariant("conv2dWindowsStacked") !== "off";
+  return img.batch > 1 && forcedVariant("conv2dWindowsStacked") !== "off";
 }
 
 /**
@@ -1087,7 +1124,7 @@ export function matmulWindowsInto(
   const { tm, tn } = variant.config;
   const laneM = lanesAlongM(M, p.N, tm, tn);
   const kernel = stacked
-    ? texKernel(tm, tn, "flat", "windowStacked", laneM, null, false, false)
+    ? texKernel(tm, tn, "flat", "windowStacked", laneM, null, false, stackedVecStores(img))
     : texKernel(tm, tn, "flat", "window", laneM, null, false, vecStores(p, null));
   const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
   const wTexture = acquireFlat(w, "matmul window weights");
@@ -1112,6 +1149,10 @@ export function matmulWindowsInto(
     gpu().pool.releaseTexture(wTexture);
   }
 }
+
+/** Whether a stacked window product stores vec4s: each image's P a multiple of 4 (see vecStores). */
+const stackedVecStores = (img: WindowShape) =>
+  windowDims(img)[0] % 4 === 0 && forcedVariant("matmulStore") !== "scalar";
 
 /** The problem of a window-rows product: dY [batch, M, P] · cols [batch·P, K] summed over images. */
 function windowRowsProblem(M: number, img: WindowShape): Problem {
@@ -1146,10 +1187,11 @@ function windowRowsTex(M: number, img: WindowShape): Variant<MatmulConfig> | nul
 }
 
 /**
- * out [M, K] = Σ over images z of dY[z] [M, P] · cols_z [P, K], cols as in `matmulWindowsInto`
- * (read from the packed image, never stored), and with `sums` its row sums Σ_z Σ_p dY[z, m, p] (a
- * convolution's weight and bias gradients, the weight in window order). No autograd; throws where
- * windowRowsVariant is null.
+ * Σ over images z of dY[z] [M, P] · cols_z [P, K], cols as in `matmulWindowsInto` (read from the
+ * packed image, never stored), into out [M, C, kh·kw] (each row's K values, ordered by tap then
+ * channel in the product, stored by channel then tap: a convolution weight's layout), and with
+ * `sums` its row sums Σ_z Σ_p dY[z, m, p] (a convolution's weight and bias gradients). No autograd;
+ * throws where windowRowsVariant is null.
  */
 export function matmulWindowRowsInto(
   dy: Tensor,
@@ -1172,25 +1214,30 @@ export function matmulWindowRowsInto(
   }
   countFlops(productFlops(1, M, p.N, p.K));
   const { tm, tn } = variant.config;
-  const [Mp, Pp] = [roundUp(M, tm), roundUp(P, 4)];
   const laneM = lanesAlongM(M, p.N, tm, tn);
-  const kernel = texKernel(tm, tn, "pack", "windowRows", laneM, null, !!sums, vecStores(p, null));
   const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
   const { pool, recorder } = gpu();
-  const dyTexture = pool.acquireTexture(Pp / 4, img.batch * Mp, "matmul window-rows dY");
-  const flat = flatForPack(dy);
+  // dY as A: copied flat where each row of P pixels is whole texels (no pack dispatch), else packed
+  // [batch·Mp, Pp/4]; `forceVariant("windowRowsA", "pack")` packs it anyway (tests compare).
+  const flatA = P % 4 === 0 && fitsFlat(dy.size) && forcedVariant("windowRowsA") !== "pack";
+  const [Mp, Pp] = [roundUp(M, tm), roundUp(P, 4)];
+  const kernel = texKernel(tm, tn, flatA ? "flat" : "pack", "windowRows", laneM, null, !!sums);
+  const dyTexture = flatA
+    ? acquireFlat(dy, "matmul window-rows dY")
+    : pool.acquireTexture(Pp / 4, img.batch * Mp, "matmul window-rows dY");
+  const flat = flatA ? null : flatForPack(dy);
   try {
-    pack(dy, flat, dyTexture.view, M, P, false, M * P, 0, img.batch, Mp, Pp);
+    if (!flatA) pack(dy, flat, dyTexture.view, M, P, false, M * P, 0, img.batch, Mp, Pp);
     recorder.dispatch(kernel, {
       buffers: [dyTexture.view, img.view, dy.binding, out.binding, ...(sums ? [sums.binding] : [])],
       params: [
         M,
         p.N,
         Pp / 4,
-        Mp,
+        flatA ? (M * P) / 4 : Mp,
         img.rows,
         0,
-        0,
+        flatA ? P / 4 : 0,
         0,
         ...windowParams(img),
       ],
