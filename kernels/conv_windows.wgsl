@@ -3,6 +3,8 @@
 // order the product walks a window (tap, then channel).
 
 override WG: u32 = 64;
+// Texels per row of a flat texture (FLAT_TEXELS of lib/tensor/ops/flat.ts, passed by conv_windows.ts).
+override FLAT_TEXELS: u32 = 256;
 
 // ---- packed image ------------------------------------------------------------------------------
 
@@ -53,21 +55,26 @@ fn conv_pack_windows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_wor
 // ---- weight in window order --------------------------------------------------------------------
 
 // out[o, t, c] = w(o, c, ky, kx), t = ky·kw + kx, with w(o, c, ky, kx) = w[base + o·so + c·sc +
-// ky·sky + kx·skx] (the strides also express the transposed, flipped weight of the input gradient).
-struct Taps { total: u32, c: u32, taps: u32, kw: u32, base: i32, so: i32, sc: i32, sky: i32, skx: i32 }
+// ky·sky + kx·skx] (the strides also express the transposed, flipped weight of the input gradient),
+// written as a flat texture (texel i at (i mod 256, ⌊i / 256⌋): see lib/tensor/ops/flat.ts), which
+// the product reads: no buffer, no copy. One invocation per texel: channels 4·j .. 4·j + 3 of one
+// (o, t), c a multiple of 4.
+struct Taps { texels: u32, c4: u32, taps: u32, kw: u32, base: i32, so: i32, sc: i32, sky: i32, skx: i32 }
 
 @group(0) @binding(0) var<storage, read> taps_src: array<f32>;
-@group(0) @binding(1) var<storage, read_write> taps_out: array<f32>;
+@group(0) @binding(1) var taps_out: texture_storage_2d<rgba32float, write>;
 @group(0) @binding(2) var<uniform> tp: Taps;
 
 @compute @workgroup_size(WG)
 fn conv_weight_taps(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
-  if (i >= tp.total) { return; }
-  let c = i % tp.c;
-  let t = (i / tp.c) % tp.taps;
-  let o = i / (tp.c * tp.taps);
+  if (i >= tp.texels) { return; }
+  let j = i % tp.c4;
+  let t = (i / tp.c4) % tp.taps;
+  let o = i / (tp.c4 * tp.taps);
   let ky = t / tp.kw;
   let kx = t - ky * tp.kw;
-  taps_out[i] = taps_src[tp.base + i32(o) * tp.so + i32(c) * tp.sc + i32(ky) * tp.sky + i32(kx) * tp.skx];
+  let at = tp.base + i32(o) * tp.so + i32(4u * j) * tp.sc + i32(ky) * tp.sky + i32(kx) * tp.skx;
+  let v = vec4f(taps_src[at], taps_src[at + tp.sc], taps_src[at + 2 * tp.sc], taps_src[at + 3 * tp.sc]);
+  textureStore(taps_out, vec2i(i32(i % FLAT_TEXELS), i32(i / FLAT_TEXELS)), v);
 }

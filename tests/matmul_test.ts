@@ -136,6 +136,42 @@ Deno.test("matmul forward: texture variants, forced, on odd shapes, batches and 
   }
 });
 
+Deno.test("texture matmul: packed operands read from their buffer or a flat copy, forced", async () => {
+  // Odd M, K and N (4 matrices: whole texels in all): both operands packed in every layout; the
+  // pack reads each operand from its storage buffer (default at these sizes) or from a flat
+  // texture copy (large operands).
+  const recorder = gpu().recorder;
+  const dispatch = recorder.dispatch.bind(recorder);
+  const ran = new Set<string>();
+  recorder.dispatch = (kernel, options) => {
+    ran.add(kernel.name);
+    dispatch(kernel, options);
+  };
+  try {
+    for (const source of ["flat", "buffer"]) {
+      forceVariant("matmulPack", source);
+      const [want, not] = source === "flat"
+        ? ["matmul_pack_flat", "matmul_pack"]
+        : ["matmul_pack", "matmul_pack_flat"];
+      for (const name of ["tex8x8", "tex16x16"]) {
+        forceVariant("matmul", name);
+        for (const [ta, tb] of TRANS) {
+          ran.clear();
+          const { a, b } = operands(37, 29, 41, ta, tb, 4);
+          await checkForward(a, b, ta, tb, `${name} from ${source}`);
+          if (!ran.has(want) || ran.has(not)) {
+            throw new Error(`${name} ta=${ta} tb=${tb} from ${source}: ran ${[...ran]}`);
+          }
+        }
+      }
+    }
+  } finally {
+    recorder.dispatch = dispatch;
+    forceVariant("matmulPack", null);
+    forceVariant("matmul", null);
+  }
+});
+
 Deno.test("texture matmul: operands whose rows are whole texels are copied, in every layout", async () => {
   const expectFill = (a: number[], b: number[], ta: boolean, tb: boolean, want: string) => {
     const fill = T.textureFill(a, b, "tex8x8", { transA: ta, transB: tb });

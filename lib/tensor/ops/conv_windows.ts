@@ -8,7 +8,9 @@ import { gpu } from "../../gpu/device.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { grid1d } from "../../gpu/recorder.ts";
 import { Tensor } from "../tensor.ts";
+import { FLAT_TEXELS, flatRows } from "./flat.ts";
 import {
+  type FlatMatrix,
   matmulWindowRowsInto,
   matmulWindowsInto,
   windowRowsVariant,
@@ -31,7 +33,7 @@ const kernels = {
     name: "conv_weight_taps",
     source: src,
     entry: "conv_weight_taps",
-    bindings: ["read", "write"],
+    bindings: ["read", "storage-texture"],
   }),
 };
 
@@ -99,17 +101,21 @@ export function windowsFit(g: WindowGeometry): boolean {
     windowVariant(g.o, s) !== null;
 }
 
-/** weight → [cout, kh·kw, cin]: the window order of matmulWindowsInto. */
-function weightTaps(v: WeightView): Tensor {
-  const taps = v.kh * v.kw;
-  const out = new Tensor([v.cout, taps * v.cin], "f32");
+/**
+ * weight → [cout, kh·kw, cin] (the window order of matmulWindowsInto) in a pooled flat texture,
+ * written by the kernel itself (cin a multiple of 4, as windowsFit requires); release it to the pool.
+ */
+function weightTaps(v: WeightView): FlatMatrix & { texture: PooledTexture } {
+  const cols = v.kh * v.kw * v.cin;
+  const texels = (v.cout * cols) / 4;
+  const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(4 * texels), "conv weight taps");
   gpu().recorder.dispatch(kernels.weightTaps, {
-    buffers: [v.tensor.binding, out.binding],
-    params: [out.size, v.cin, taps, v.kw, v.base, v.so, v.sc, v.sky, v.skx],
-    constants: { WG },
-    workgroups: grid1d(out.size, WG),
+    buffers: [v.tensor.binding, texture.view],
+    params: [texels, v.cin / 4, v.kh * v.kw, v.kw, v.base, v.so, v.sc, v.sky, v.skx],
+    constants: { WG, FLAT_TEXELS },
+    workgroups: grid1d(texels, WG),
   });
-  return out;
+  return { texture, view: texture.view, rows: v.cout, cols, source: v.tensor };
 }
 
 /** Texels between the rows of a packed image kept in a buffer: rows of 256 bytes' multiples. */
@@ -187,7 +193,7 @@ export function convByWindows(
     return out;
   } finally {
     gpu().pool.releaseTexture(texture);
-    w.dispose();
+    gpu().pool.releaseTexture(w.texture);
   }
 }
 

@@ -36,26 +36,27 @@ fn flat_value(t: texture_2d<f32>, f: u32) -> f32 {
 
 /**
  * Copies `count` floats of x from float `first` (both multiples of 4) into a flat texture from its
- * first texel: full rows, then the last row partly.
+ * first texel. One copy of whole rows where x's buffer reaches that far (the pool's buffers are
+ * whole multiples of a row from 4 KiB on): the texels past x's values then hold whatever follows x
+ * in its buffer, as they would hold a texture's earlier contents, and no reader uses them (see
+ * `zeroFlatTail` in matmul.ts where one needs zeros). Else the full rows, then the last row partly:
+ * two copies, each of which costs ~75 µs on lavapipe whatever its size.
  */
 export function copyFlat(x: Tensor, first: number, count: number, texture: PooledTexture): void {
   const recorder = gpu().recorder;
   const rowFloats = 4 * FLAT_TEXELS;
+  const pitch = rowFloats * 4;
+  const start = x.byteOffset + first * 4;
+  const rows = Math.ceil(count / rowFloats);
+  if (rows > 1 && start + rows * pitch <= x.gpuBuffer.size && rows <= texture.height) {
+    recorder.copyToTexture(x.gpuBuffer, start, pitch, texture.texture, FLAT_TEXELS, rows);
+    return;
+  }
   const full = Math.floor(count / rowFloats);
   const rest = count - full * rowFloats;
-  const pitch = rowFloats * 4;
-  if (full) {
-    recorder.copyToTexture(
-      x.gpuBuffer,
-      x.byteOffset + first * 4,
-      pitch,
-      texture.texture,
-      FLAT_TEXELS,
-      full,
-    );
-  }
+  if (full) recorder.copyToTexture(x.gpuBuffer, start, pitch, texture.texture, FLAT_TEXELS, full);
   if (rest) {
-    const offset = x.byteOffset + (first + full * rowFloats) * 4;
+    const offset = start + full * rowFloats * 4;
     recorder.copyToTexture(x.gpuBuffer, offset, pitch, texture.texture, rest / 4, 1, full);
   }
 }

@@ -938,11 +938,25 @@ function launchKernels(
 }
 
 /**
+ * Floats from which `pack` reads its input from a flat texture copy rather than its buffer. Below
+ * it the copy (~75 µs on lavapipe whatever its size) costs more than the texel fetches save: on the
+ * MNIST tokenizer step (packs of up to 200 K floats) the packs from the buffer ran as fast or faster
+ * (e.g. 941–1115 against 1171–1233 µs at 200 K) and the step took 4% less wall time (6 alternated
+ * pairs). Large operands (ViT-B's) keep the copy.
+ */
+const PACK_FLAT_MIN_FLOATS = 1 << 18;
+
+/**
  * A flat copy of x for `pack` to read (once for all of a product's chunks) where one fits on a
- * software adapter, else null (pack reads the buffer); release it to the pool.
+ * software adapter and x is large (PACK_FLAT_MIN_FLOATS), else null (pack reads the buffer); release
+ * it to the pool. `forceVariant("matmulPack", "flat" | "buffer")` picks one (tests compare).
  */
 function flatForPack(x: Tensor): PooledTexture | null {
-  return gpu().info.software && fitsFlat(x.size) ? acquireFlat(x, "matmul pack input") : null;
+  const forced = forcedVariant("matmulPack");
+  const large = forced === "flat" || (forced !== "buffer" && x.size >= PACK_FLAT_MIN_FLOATS);
+  return large && gpu().info.software && fitsFlat(x.size)
+    ? acquireFlat(x, "matmul pack input")
+    : null;
 }
 
 /**
@@ -1096,23 +1110,35 @@ export function windowVariant(M: number, img: WindowShape): string | null {
 }
 
 /**
+ * A matrix [rows, cols] in a flat texture (flat.ts; cols a multiple of 4), and the tensor its values
+ * were made from (bound read-only in the bias's place where a product has no bias: bindings must
+ * not alias its output).
+ */
+export interface FlatMatrix {
+  view: GPUTextureView;
+  rows: number;
+  cols: number;
+  source: Tensor;
+}
+
+/**
  * out [batch, M, P] = per image W [M, K] · colsᵀ (+ bias per row), where cols [P, K] holds the
  * windows of img — row q the window of output pixel q, its K = kh·kw·4·c4 values ordered by tap
- * (ky·kw + kx), then channel — read from the packed image itself: no cols matrix is stored. W must
- * be laid out in that order (no autograd). Throws where windowVariant is null.
+ * (ky·kw + kx), then channel — read from the packed image itself: no cols matrix is stored. W, a
+ * flat matrix, must be laid out in that order (no autograd). Throws where windowVariant is null.
  */
 export function matmulWindowsInto(
-  w: Tensor,
+  w: FlatMatrix,
   img: PackedWindows,
   bias: Tensor | null,
   out: Tensor,
 ): void {
-  const M = w.shape[0];
+  const M = w.rows;
   const p = windowProblem(M, img);
   const stacked = windowsStacked(img);
-  if (w.size !== M * p.K || out.size !== p.batch * M * p.N) {
+  if (w.cols !== p.K || out.size !== p.batch * M * p.N) {
     throw new Error(
-      `peco: matmul: window product of ${w.describe()} over ${img.batch} images of ` +
+      `peco: matmul: window product of a [${M},${w.cols}] weight over ${img.batch} images of ` +
         `${img.hout}×${img.wout} windows of ${p.K} values does not fit ${out.describe()}`,
     );
   }
@@ -1127,27 +1153,12 @@ export function matmulWindowsInto(
     ? texKernel(tm, tn, "flat", "windowStacked", laneM, null, false, stackedVecStores(img))
     : texKernel(tm, tn, "flat", "window", laneM, null, false, vecStores(p, null));
   const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
-  const wTexture = acquireFlat(w, "matmul window weights");
-  try {
-    gpu().recorder.dispatch(kernel, {
-      buffers: [wTexture.view, img.view, (bias ?? w).binding, out.binding],
-      params: [
-        M,
-        p.N,
-        p.K / 4,
-        0,
-        img.rows,
-        0,
-        p.K / 4,
-        0,
-        ...windowParams(img),
-      ],
-      constants: biasConstants(bias && { tensor: bias, perRow: true }),
-      workgroups: laneM ? [gm, gn, p.batch] : [gn, gm, p.batch],
-    });
-  } finally {
-    gpu().pool.releaseTexture(wTexture);
-  }
+  gpu().recorder.dispatch(kernel, {
+    buffers: [w.view, img.view, (bias ?? w.source).binding, out.binding],
+    params: [M, p.N, p.K / 4, 0, img.rows, 0, p.K / 4, 0, ...windowParams(img)],
+    constants: biasConstants(bias && { tensor: bias, perRow: true }),
+    workgroups: laneM ? [gm, gn, p.batch] : [gn, gm, p.batch],
+  });
 }
 
 /** Whether a stacked window product stores vec4s: each image's P a multiple of 4 (see vecStores). */
