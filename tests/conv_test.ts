@@ -540,18 +540,32 @@ for (const tc of windowCases.filter((tc) => stacksWindows(tc) && wholeTexels(tc)
 }
 
 // The weight gradient's dY copied flat where its images' pixel counts are whole texels (default),
-// or packed as it is elsewhere.
+// or packed as it is elsewhere: the window-rows kernel that ran says which.
 for (const tc of windowCases.filter(wholeTexels)) {
-  Deno.test(`conv2d windows ${tc.name}, weight gradient with dY packed: matches float64`, async () => {
-    forceVariant("matmul", "tex16x16");
-    forceVariant("windowRowsA", "pack");
-    try {
-      await withLowering("windows", () => checkVjp(tc, "windows"));
-    } finally {
-      forceVariant("matmul", null);
-      forceVariant("windowRowsA", null);
-    }
-  });
+  for (const dy of ["flat", "pack"]) {
+    Deno.test(`conv2d windows ${tc.name}, weight gradient with dY ${dy}: matches float64`, async () => {
+      const recorder = gpu().recorder;
+      const dispatch = recorder.dispatch.bind(recorder);
+      const ran: string[] = [];
+      recorder.dispatch = (kernel, options) => {
+        if (kernel.name.includes("_bwindowrows")) ran.push(kernel.name);
+        dispatch(kernel, options);
+      };
+      forceVariant("matmul", "tex16x16");
+      forceVariant("windowRowsA", dy === "pack" ? "pack" : null);
+      try {
+        await withLowering("windows", () => checkVjp(tc, "windows"));
+        const flat = ran.map((name) => name.includes("_aflat_"));
+        if (ran.length === 0 || flat.some((f) => f !== (dy === "flat"))) {
+          throw new Error(`dY ${dy}: ran ${ran.join(", ") || "no window-rows kernel"}`);
+        }
+      } finally {
+        recorder.dispatch = dispatch;
+        forceVariant("matmul", null);
+        forceVariant("windowRowsA", null);
+      }
+    });
+  }
 }
 
 for (const tc of windowCases.filter((tc) => prod(tc.xs) + prod(tc.ws) <= 700)) {

@@ -105,7 +105,7 @@ export function windowsFit(g: WindowGeometry): boolean {
  * weight → [cout, kh·kw, cin] (the window order of matmulWindowsInto) in a pooled flat texture,
  * written by the kernel itself (cin a multiple of 4, as windowsFit requires); release it to the pool.
  */
-function weightTaps(v: WeightView): FlatMatrix & { texture: PooledTexture } {
+function weightTaps(v: WeightView): FlatMatrix {
   const cols = v.kh * v.kw * v.cin;
   const texels = (v.cout * cols) / 4;
   const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(4 * texels), "conv weight taps");
@@ -115,7 +115,7 @@ function weightTaps(v: WeightView): FlatMatrix & { texture: PooledTexture } {
     constants: { WG, FLAT_TEXELS },
     workgroups: grid1d(texels, WG),
   });
-  return { texture, view: texture.view, rows: v.cout, cols, source: v.tensor };
+  return { texture, rows: v.cout, cols, source: v.tensor };
 }
 
 /** Texels between the rows of a packed image kept in a buffer: rows of 256 bytes' multiples. */

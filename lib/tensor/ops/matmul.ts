@@ -1110,12 +1110,12 @@ export function windowVariant(M: number, img: WindowShape): string | null {
 }
 
 /**
- * A matrix [rows, cols] in a flat texture (flat.ts; cols a multiple of 4), and the tensor its values
- * were made from (bound read-only in the bias's place where a product has no bias: bindings must
- * not alias its output).
+ * A matrix [rows, cols] in a pooled flat texture (flat.ts; cols a multiple of 4), and the tensor its
+ * values were made from (bound read-only in the bias's place where a product has no bias: bindings
+ * must not alias its output).
  */
 export interface FlatMatrix {
-  view: GPUTextureView;
+  texture: PooledTexture;
   rows: number;
   cols: number;
   source: Tensor;
@@ -1154,7 +1154,7 @@ export function matmulWindowsInto(
     : texKernel(tm, tn, "flat", "window", laneM, null, false, vecStores(p, null));
   const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
   gpu().recorder.dispatch(kernel, {
-    buffers: [w.view, img.view, (bias ?? w.source).binding, out.binding],
+    buffers: [w.texture.view, img.view, (bias ?? w.source).binding, out.binding],
     params: [M, p.N, p.K / 4, 0, img.rows, 0, p.K / 4, 0, ...windowParams(img)],
     constants: biasConstants(bias && { tensor: bias, perRow: true }),
     workgroups: laneM ? [gm, gn, p.batch] : [gn, gm, p.batch],
