@@ -568,6 +568,81 @@ for (const tc of windowCases.filter(wholeTexels)) {
   }
 }
 
+/** Runs fn recording the names of the kernels it dispatches whose names include `part`. */
+async function kernelsRan(part: string, fn: () => Promise<void>): Promise<string[]> {
+  const recorder = gpu().recorder;
+  const dispatch = recorder.dispatch.bind(recorder);
+  const ran: string[] = [];
+  recorder.dispatch = (kernel, options) => {
+    if (kernel.name.includes(part)) ran.push(kernel.name);
+    dispatch(kernel, options);
+  };
+  try {
+    await fn();
+  } finally {
+    recorder.dispatch = dispatch;
+  }
+  return ran;
+}
+
+// The weight gradient's sum over the images split into slices (forced here: by default only where
+// a slice holds enough pixels), the partials added up in one pass with the bias gradient's (or
+// without one): 2 slices of N = 3 hold 2 and 1 images, 3 slices 1 each.
+for (const tc of windowCases.filter((tc) => tc.xs[0] > 1)) {
+  for (const slices of [2, 3]) {
+    Deno.test(`conv2d windows ${tc.name}, weight gradient in ${slices} slices: matches float64`, async () => {
+      forceVariant("matmul", "tex16x16");
+      forceVariant("windowRowsSlices", String(slices));
+      try {
+        const ran = await kernelsRan(
+          "sum_slices",
+          () => withLowering("windows", () => checkVjp(tc, "windows")),
+        );
+        if (!ran.includes("matmul_sum_slices_sums")) {
+          throw new Error(
+            `the weight gradient's slices were not summed (${ran.join(", ") || "none"})`,
+          );
+        }
+      } finally {
+        forceVariant("matmul", null);
+        forceVariant("windowRowsSlices", null);
+      }
+    });
+  }
+}
+
+Deno.test("conv2d windows: a weight gradient without bias in slices matches float64", async () => {
+  const tc = windowCases.find((tc) => tc.name.includes("(stacked)"))!;
+  const xd = randArray(prod(tc.xs), 21), wd = randArray(prod(tc.ws), 22);
+  const x = T.tensor(xd, tc.xs), w = T.tensor(wd, tc.ws);
+  w.requiresGrad = true;
+  const opts = { stride: tc.stride, padding: tc.padding };
+  const [hout, wout] = convOutSize(tc.xs, tc.ws, tc.stride, tc.padding);
+  const seed = randArray(tc.xs[0] * tc.ws[0] * hout * wout, 23);
+  forceVariant("matmul", "tex16x16");
+  forceVariant("windowRowsSlices", "2");
+  try {
+    const ran = await kernelsRan("sum_slices", () =>
+      withLowering("windows", () => {
+        T.tidy(() => {
+          const y = T.conv2d(x, w, null, opts);
+          T.backward(T.sum(T.mul(y, T.tensor(seed, y.shape))));
+        });
+        return Promise.resolve();
+      }));
+    if (ran.join() !== "matmul_sum_slices") throw new Error(`ran ${ran.join(", ") || "none"}`);
+    const dw = convVjpRef(xd, tc.xs, wd, tc.ws, seed, tc.stride, tc.padding)[1];
+    assertClose(await w.grad!.toArray(), dw, { atol: 1e-4, rtol: 1e-4, what: "dw" });
+  } finally {
+    forceVariant("matmul", null);
+    forceVariant("windowRowsSlices", null);
+    for (const t of [x, w]) {
+      t.grad?.dispose();
+      t.dispose();
+    }
+  }
+});
+
 for (const tc of windowCases.filter((tc) => prod(tc.xs) + prod(tc.ws) <= 700)) {
   Deno.test(`conv2d windows ${tc.name}: backward matches finite differences`, async () => {
     forceVariant("matmul", "tex8x8");

@@ -284,7 +284,7 @@ function texSource(
             `vec4u(${cols.map((n) => `zs${n}`).join(", ")}), ` +
             `vec4u(${cols.map((n) => `q${n}`).join(", ")}));`
           : b === "windowRows"
-          ? `store_weight(m0 + ${r}u, n4 + ${c}u, acc${r}_${c});`
+          ? `store_weight(z, m0 + ${r}u, n4 + ${c}u, acc${r}_${c});`
           : `store4(z, m0 + ${r}u, (n4 + ${c}u) * 4u, acc${r}_${c}, bc${c}, br${r});`,
       );
     }
@@ -312,7 +312,7 @@ struct Params {
     windows || b === "windowRows"
       ? "\n  c4: u32, kw: u32, kh: u32, wout: u32, stride: u32, images: u32, pixels: u32,"
       : ""
-  }
+  }${b === "windowRows" ? "\n  tilesN: u32, perSlice: u32, slices: u32," : ""}
 }
 @group(0) @binding(0) var ta: texture_2d<f32>;
 @group(0) @binding(1) var tb: texture_2d<f32>;
@@ -352,10 +352,17 @@ ${b === "windowRows" ? WEIGHT_STORE : ""}
 
 @compute @workgroup_size(${TEX_WG}, ${TEX_WG})
 fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let n4 = gid.${laneM ? "y" : "x"} * ${tn4}u;
+  ${
+    b === "windowRows"
+      // One run of invocations along the lanes: slice z's column blocks after slice z − 1's.
+      ? `let gn = gid.${laneM ? "y" : "x"};
+  let z = gn / p.tilesN;
+  let n4 = (gn - z * p.tilesN) * ${tn4}u;`
+      : `let n4 = gid.${laneM ? "y" : "x"} * ${tn4}u;`
+  }
   let m0 = gid.${laneM ? "x" : "y"} * ${tm}u;
-  if (m0 >= p.M || n4 * 4u >= p.N) { return; }
-  let z = p.z0 + gid.z;
+  if (m0 >= p.M || n4 * 4u >= p.N${b === "windowRows" ? " || z >= p.slices" : ""}) { return; }
+  ${b === "windowRows" ? "" : "let z = p.z0 + gid.z;"}
   // Where this matrix starts in A's and B's texture (a row, or a texel index when flat).
   let za = gid.z * p.aRows;
   let zb = gid.z * p.bRows;
@@ -395,11 +402,11 @@ fn store_stacked(m: u32, n: u32, v: vec4f, br: f32, zs: vec4u, qs: vec4u) {
  * follows the product.
  */
 const WEIGHT_STORE = /* wgsl */ `
-fn store_weight(m: u32, g: u32, v: vec4f) {
+fn store_weight(z: u32, m: u32, g: u32, v: vec4f) {
   if (m >= p.M || g * 4u >= p.N) { return; }
   let taps = p.kh * p.kw;
   let t = g / p.c4;
-  let i = (m * p.c4 * 4u + (g - t * p.c4) * 4u) * taps + t;
+  let i = z * p.M * p.N + (m * p.c4 * 4u + (g - t * p.c4) * 4u) * taps + t;
   c[i] = v.x;
   c[i + taps] = v.y;
   c[i + 2u * taps] = v.z;
@@ -446,7 +453,8 @@ const WINDOW_LOOP = /* wgsl */ `let row4 = p.kw * p.c4;
  * The reduction loop of a window-rows kernel: over the images, then over each image's pixels 4 at
  * a time (k4 < K4 = ⌈P / 4⌉; A's packed rows are zero past P), (qx, qy) the first pixel's.
  */
-const WINDOW_ROWS_LOOP = /* wgsl */ `for (var zi = 0u; zi < p.images; zi++) {
+const WINDOW_ROWS_LOOP = /* wgsl */ `let zend = min(p.images, (z + 1u) * p.perSlice);
+  for (var zi = z * p.perSlice; zi < zend; zi++) {
     let zai = zi * p.aRows;
     let zbi = zi * p.bRows;
     var qx = 0u;
@@ -1226,8 +1234,14 @@ export function matmulWindowRowsInto(
   countFlops(productFlops(1, M, p.N, p.K));
   const { tm, tn } = variant.config;
   const laneM = lanesAlongM(M, p.N, tm, tn);
-  const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil(p.N / (tn * TEX_WG))];
+  const tilesN = Math.ceil(p.N / tn);
+  const slices = windowRowsSlices(img.batch, P);
+  const perSlice = Math.ceil(img.batch / slices);
+  const [gm, gn] = [Math.ceil(M / (tm * TEX_WG)), Math.ceil((slices * tilesN) / TEX_WG)];
   const { pool, recorder } = gpu();
+  // Each slice's sums go to a partial [slices, ·] that one reduction adds up.
+  const partOut = slices > 1 ? new Tensor([slices * out.size], "f32") : out;
+  const partSums = sums && slices > 1 ? new Tensor([slices * M], "f32") : sums;
   // dY as A: copied flat where each row of P pixels is whole texels (no pack dispatch), else packed
   // [batch·Mp, Pp/4]; `forceVariant("windowRowsA", "pack")` packs it anyway (tests compare).
   const flatA = P % 4 === 0 && fitsFlat(dy.size) && forcedVariant("windowRowsA") !== "pack";
@@ -1240,7 +1254,13 @@ export function matmulWindowRowsInto(
   try {
     if (!flatA) pack(dy, flat, dyTexture.view, M, P, false, M * P, 0, img.batch, Mp, Pp);
     recorder.dispatch(kernel, {
-      buffers: [dyTexture.view, img.view, dy.binding, out.binding, ...(sums ? [sums.binding] : [])],
+      buffers: [
+        dyTexture.view,
+        img.view,
+        dy.binding,
+        partOut.binding,
+        ...(partSums ? [partSums.binding] : []),
+      ],
       params: [
         M,
         p.N,
@@ -1251,6 +1271,9 @@ export function matmulWindowRowsInto(
         flatA ? P / 4 : 0,
         0,
         ...windowParams(img),
+        tilesN,
+        perSlice,
+        slices,
       ],
       constants: biasConstants(null),
       workgroups: laneM ? [gm, gn, 1] : [gn, gm, 1],
@@ -1258,7 +1281,98 @@ export function matmulWindowRowsInto(
   } finally {
     for (const t of [dyTexture, flat]) if (t) pool.releaseTexture(t);
   }
+  if (slices === 1) return;
+  sumSlicesInto(slices, partOut, out, partSums, sums);
+  partOut.dispose();
+  partSums?.dispose();
 }
+
+/**
+ * Slices of the images a window-rows product splits its sum into: each slice runs every block of
+ * the output over its own images into a partial, and one reduction adds the partials up. The
+ * products are small ([O, C·9] of a 3 × 3 convolution: 9–36 blocks of 16 × 16) against a long sum
+ * (every pixel of every image), so in one slice a dispatch has 2–3 workgroups, the last one's lanes
+ * mostly idle (9 blocks: 8 lanes, then 1), each running the whole sum; sliced, blocks × slices fill
+ * the lanes and the workgroups share the cores. A slice sums at least WINDOW_ROWS_SLICE_PIXELS
+ * pixels: below that its stores and the reduction cost more than the lanes gain. Measured on
+ * lavapipe (MNIST tokenizer, batch 8, kernel µs): 28 × 28 M 16 4298 → 2638 (8 slices), M 32 12210
+ * → 8892 (8), 14 × 14 M 32 3506 → 2619 (4); 7 × 7 1323 → 1628 with 2, so it keeps one.
+ * `forceVariant("windowRowsSlices", "n")` sets the count (tests compare).
+ */
+function windowRowsSlices(images: number, pixels: number): number {
+  const forced = Number(forcedVariant("windowRowsSlices"));
+  if (forced >= 1) return Math.min(forced, images);
+  return Math.max(1, Math.min(images, Math.floor((images * pixels) / WINDOW_ROWS_SLICE_PIXELS)));
+}
+const WINDOW_ROWS_SLICE_PIXELS = 392;
+
+/**
+ * out = Σ over s of part[s] (part [slices, out.size]) and, where given, sums alike from partSums,
+ * in one dispatch (no autograd).
+ */
+function sumSlicesInto(
+  slices: number,
+  part: Tensor,
+  out: Tensor,
+  partSums: Tensor | null,
+  sums: Tensor | null,
+): void {
+  const total = out.size + (sums ? sums.size : 0);
+  gpu().recorder.dispatch(sums ? sumSlicesKernels.withSums : sumSlicesKernels.plain, {
+    buffers: sums && partSums
+      ? [part.binding, partSums.binding, out.binding, sums.binding]
+      : [part.binding, out.binding],
+    params: [slices, out.size, total],
+    workgroups: grid1d(total, WG),
+  });
+}
+
+/** The kernels of sumSlicesInto: values i < n from part into out, the rest from partSums into sums. */
+const sumSlicesSource = (withSums: boolean) => /* wgsl */ `
+struct Params { slices: u32, n: u32, total: u32 }
+@group(0) @binding(0) var<storage, read> part: array<f32>;
+${
+  withSums
+    ? `@group(0) @binding(1) var<storage, read> part_sums: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;`
+    : `@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: Params;`
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * ${WG}u;
+  if (i >= p.total) { return; }
+  var acc = 0.0;
+  if (i < p.n) {
+    for (var s = 0u; s < p.slices; s++) { acc += part[s * p.n + i]; }
+    out[i] = acc;
+    return;
+  }${
+  withSums
+    ? `
+  let m = i - p.n;
+  let rows = p.total - p.n;
+  for (var s = 0u; s < p.slices; s++) { acc += part_sums[s * rows + m]; }
+  sums[m] = acc;`
+    : ""
+}
+}
+`;
+const sumSlicesKernels = {
+  plain: defineKernel({
+    name: "matmul_sum_slices",
+    source: sumSlicesSource(false),
+    bindings: ["read", "write"],
+  }),
+  withSums: defineKernel({
+    name: "matmul_sum_slices_sums",
+    source: sumSlicesSource(true),
+    bindings: ["read", "read", "write", "write"],
+  }),
+};
 
 /**
  * Whether a texture kernel stores C as vec4s (one storage store per 4 values: on lavapipe a store
