@@ -554,6 +554,43 @@ fn window_spread(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgro
   win_out[i] = acc * wn.factor;
 }
 
+// ---- block sum / spread (windows that tile the plane: k = s, h = ho·s, w = wo·s) -----------------
+
+// The common case of the pair above (nearest upsampling, average pooling by its own size), without
+// the general kernels' per-element divisions and data-dependent loops: integer division is a scalar
+// loop per lane on lavapipe. One invocation per window, its BLOCK × BLOCK values unrolled; the
+// planes' window rows are one run (row r of windows covers rows r·BLOCK .. of the stacked planes).
+override BLOCK: u32 = 2;
+
+@compute @workgroup_size(WG)
+fn block_sum(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= wn.total) { return; }
+  let row = i / wn.wo;
+  let at = row * BLOCK * wn.w + (i - row * wn.wo) * BLOCK;
+  var acc = 0.0;
+  for (var ky = 0u; ky < BLOCK; ky++) {
+    for (var kx = 0u; kx < BLOCK; kx++) {
+      acc += win_src[at + ky * wn.w + kx];
+    }
+  }
+  win_out[i] = acc * wn.factor;
+}
+
+@compute @workgroup_size(WG)
+fn block_spread(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * WG;
+  if (i >= wn.total) { return; }
+  let row = i / wn.wo;
+  let at = row * BLOCK * wn.w + (i - row * wn.wo) * BLOCK;
+  let v = win_src[i] * wn.factor;
+  for (var ky = 0u; ky < BLOCK; ky++) {
+    for (var kx = 0u; kx < BLOCK; kx++) {
+      win_out[at + ky * wn.w + kx] = v;
+    }
+  }
+}
+
 // ---- im2col (software adapters: the convolution then runs as a texture-fed matmul) ---------------
 
 // cols[r, k] with r = (b·hout + oy)·wout + ox and k = (c·kh + ky)·kw + kx holds

@@ -866,35 +866,65 @@ const poolCases: [number[], number, number][] = [
   [[1, 2, 7, 5], 3, 2], // overlapping windows
   [[1, 1, 5, 7], 3, 1],
   [[2, 1, 1, 1], 1, 1],
+  [[2, 3, 6, 4], 2, 2], // windows that tile the plane: the block kernels
+  [[1, 2, 9, 6], 3, 3],
 ];
 
+/**
+ * The pooling and upsampling kernels: the block ones where the windows tile the planes (default) or
+ * the general ones (forced); `tiles`: whether the case's windows tile its planes.
+ */
+async function withWindowKernels(
+  kernels: "block" | "general",
+  tiles: boolean,
+  fn: () => Promise<void>,
+): Promise<void> {
+  forceVariant("windowOp", kernels === "general" ? "general" : null);
+  try {
+    const ran = await kernelsRan("conv_", fn);
+    const expected = kernels === "block" && tiles ? "conv_block_" : "conv_window_";
+    if (ran.length === 0 || ran.some((name) => !name.startsWith(expected))) {
+      throw new Error(`expected ${expected}* kernels, ran ${ran.join(", ") || "none"}`);
+    }
+  } finally {
+    forceVariant("windowOp", null);
+  }
+}
+
 for (const [xs, k, s] of poolCases) {
-  Deno.test(`avgPool2d [${xs}] k${k} s${s}: forward and backward`, async () => {
-    const x = randArray(prod(xs), 9);
-    const out = await runOp((t) => T.avgPool2d(t, k, s), [{ data: x, shape: xs }]);
-    const ho = Math.floor((xs[2] - k) / s) + 1, wo = Math.floor((xs[3] - k) / s) + 1;
-    assertClose(out.shape, [xs[0], xs[1], ho, wo], { what: "shape" });
-    assertClose(out.data, avgPoolRef(x, xs, k, s), { atol: 1e-6, what: "avgPool2d" });
-    await checkGrad((t) => T.avgPool2d(t, k, s), (d) => avgPoolRef(d, xs, k, s), [{
-      data: x,
-      shape: xs,
-    }]);
-  });
+  const tiles = k === s && xs[2] % s === 0 && xs[3] % s === 0;
+  for (const kernels of tiles ? ["block", "general"] as const : ["general"] as const) {
+    Deno.test(`avgPool2d [${xs}] k${k} s${s}, ${kernels} kernels: forward and backward`, () =>
+      withWindowKernels(kernels, tiles, async () => {
+        const x = randArray(prod(xs), 9);
+        const out = await runOp((t) => T.avgPool2d(t, k, s), [{ data: x, shape: xs }]);
+        const ho = Math.floor((xs[2] - k) / s) + 1, wo = Math.floor((xs[3] - k) / s) + 1;
+        assertClose(out.shape, [xs[0], xs[1], ho, wo], { what: "shape" });
+        assertClose(out.data, avgPoolRef(x, xs, k, s), { atol: 1e-6, what: "avgPool2d" });
+        await checkGrad((t) => T.avgPool2d(t, k, s), (d) => avgPoolRef(d, xs, k, s), [{
+          data: x,
+          shape: xs,
+        }]);
+      }));
+  }
 }
 
 for (
   const [xs, s] of [[[2, 3, 3, 5], 2], [[1, 2, 1, 3], 3], [[1, 1, 2, 2], 1]] as [number[], number][]
 ) {
-  Deno.test(`upsampleNearest2d [${xs}] x${s}: forward and backward`, async () => {
-    const x = randArray(prod(xs), 10);
-    const out = await runOp((t) => T.upsampleNearest2d(t, s), [{ data: x, shape: xs }]);
-    assertClose(out.shape, [xs[0], xs[1], xs[2] * s, xs[3] * s], { what: "shape" });
-    const x32 = Array.from(Float32Array.from(x));
-    assertClose(out.data, upsampleRef(x32, xs, s), { atol: 0, rtol: 0, what: "upsample" });
-    await checkGrad((t) => T.upsampleNearest2d(t, s), (d) => upsampleRef(d, xs, s), [
-      { data: x, shape: xs },
-    ]);
-  });
+  for (const kernels of ["block", "general"] as const) {
+    Deno.test(`upsampleNearest2d [${xs}] x${s}, ${kernels} kernels: forward and backward`, () =>
+      withWindowKernels(kernels, true, async () => {
+        const x = randArray(prod(xs), 10);
+        const out = await runOp((t) => T.upsampleNearest2d(t, s), [{ data: x, shape: xs }]);
+        assertClose(out.shape, [xs[0], xs[1], xs[2] * s, xs[3] * s], { what: "shape" });
+        const x32 = Array.from(Float32Array.from(x));
+        assertClose(out.data, upsampleRef(x32, xs, s), { atol: 0, rtol: 0, what: "upsample" });
+        await checkGrad((t) => T.upsampleNearest2d(t, s), (d) => upsampleRef(d, xs, s), [
+          { data: x, shape: xs },
+        ]);
+      }));
+  }
 }
 
 Deno.test("avgPool2d and upsampleNearest2d: bad inputs throw clear errors", () => {

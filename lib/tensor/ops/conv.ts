@@ -88,6 +88,18 @@ const kernels = {
     entry: "window_spread",
     bindings: ["read", "write"],
   }),
+  blockSum: defineKernel({
+    name: "conv_block_sum",
+    source: src,
+    entry: "block_sum",
+    bindings: ["read", "write"],
+  }),
+  blockSpread: defineKernel({
+    name: "conv_block_spread",
+    source: src,
+    entry: "block_spread",
+    bindings: ["read", "write"],
+  }),
 };
 
 export interface Padding {
@@ -1107,8 +1119,14 @@ function weightGrad(grad: Tensor, xPadded: Tensor, g: Geometry): Tensor {
 
 // ---- pooling and upsampling ---------------------------------------------------------------------
 
+/**
+ * The window sum (or its adjoint, the spread) of k×k windows at stride s over planes {h, w} → {ho,
+ * wo}: where the windows tile the planes (k = s, h = ho·s, w = wo·s) the block kernels, one
+ * invocation per window (`forceVariant("windowOp", "general")` keeps the general ones: tests
+ * compare), else one invocation per output.
+ */
 function windowOp(
-  kernel: typeof kernels.windowSum,
+  op: "sum" | "spread",
   src: Tensor,
   outShape: number[],
   plane: { h: number; w: number; ho: number; wo: number },
@@ -1117,11 +1135,18 @@ function windowOp(
   factor: number,
 ): Tensor {
   const out = new Tensor(outShape, "f32");
+  const tiles = k === s && plane.h === plane.ho * s && plane.w === plane.wo * s &&
+    forcedVariant("windowOp") !== "general";
+  const windows = op === "sum" ? out.size : src.size;
+  const kernel = tiles
+    ? (op === "sum" ? kernels.blockSum : kernels.blockSpread)
+    : (op === "sum" ? kernels.windowSum : kernels.windowSpread);
+  const total = tiles ? windows : out.size;
   gpu().recorder.dispatch(kernel, {
     buffers: [src.binding, out.binding],
-    params: [out.size, plane.h, plane.w, plane.ho, plane.wo, k, s, f32bits(factor)],
-    constants: { WG },
-    workgroups: grid1d(out.size, WG),
+    params: [total, plane.h, plane.w, plane.ho, plane.wo, k, s, f32bits(factor)],
+    constants: tiles ? { WG, BLOCK: k } : { WG },
+    workgroups: grid1d(total, WG),
   });
   return out;
 }
@@ -1151,9 +1176,9 @@ export function avgPool2d(x: Tensor, kernel: number, stride = kernel): Tensor {
   }
   const plane = { h, w, ho, wo };
   const factor = 1 / (kernel * kernel);
-  const out = windowOp(kernels.windowSum, x, [n, c, ho, wo], plane, kernel, stride, factor);
+  const out = windowOp("sum", x, [n, c, ho, wo], plane, kernel, stride, factor);
   return record("avgPool2d", out, [x], (g) => [
-    windowOp(kernels.windowSpread, g, [n, c, h, w], plane, kernel, stride, factor),
+    windowOp("spread", g, [n, c, h, w], plane, kernel, stride, factor),
   ]);
 }
 
@@ -1165,8 +1190,8 @@ export function upsampleNearest2d(x: Tensor, scale: number): Tensor {
   // The windows of the spread/sum pair are the scale×scale blocks of the upsampled image.
   const plane = { h: h * scale, w: w * scale, ho: h, wo: w };
   const outShape = [n, c, h * scale, w * scale];
-  const out = windowOp(kernels.windowSpread, x, outShape, plane, scale, scale, 1);
+  const out = windowOp("spread", x, outShape, plane, scale, scale, 1);
   return record("upsampleNearest2d", out, [x], (g) => [
-    windowOp(kernels.windowSum, g, [n, c, h, w], plane, scale, scale, 1),
+    windowOp("sum", g, [n, c, h, w], plane, scale, scale, 1),
   ]);
 }
