@@ -585,6 +585,27 @@ async function kernelsRan(part: string, fn: () => Promise<void>): Promise<string
   return ran;
 }
 
+// The packs on a grid of one row of workgroups per image (default) or one run of texels (the path
+// of batches beyond a grid's rows, forced here): the pack kernel that ran says which.
+for (const tc of windowCases.filter((tc) => tc.xs[0] > 1)) {
+  for (const grid of ["per image", "flat"] as const) {
+    Deno.test(`conv2d windows ${tc.name}, packs ${grid}: output and gradients match float64`, async () => {
+      forceVariant("matmul", "tex16x16");
+      forceVariant("convPack", grid === "flat" ? "flat" : null);
+      try {
+        const ran = await kernelsRan("conv_pack_windows", () => checkVjp(tc, "windows"));
+        const expected = grid === "flat" ? "conv_pack_windows" : "conv_pack_windows_c";
+        if (ran.length === 0 || ran.some((name) => name !== expected)) {
+          throw new Error(`expected ${expected}, ran ${ran.join(", ") || "none"}`);
+        }
+      } finally {
+        forceVariant("matmul", null);
+        forceVariant("convPack", null);
+      }
+    });
+  }
+}
+
 // The weight gradient's sum over the images split into slices (forced here: by default only where
 // a slice holds enough pixels), the partials added up in one pass with the bias gradient's (or
 // without one): 2 slices of N = 3 hold 2 and 1 images, 3 slices 1 each.

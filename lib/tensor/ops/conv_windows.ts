@@ -5,6 +5,7 @@
 // docs/architecture.md ("Convolution on lavapipe").
 
 import { gpu } from "../../gpu/device.ts";
+import { forcedVariant } from "../../gpu/autotune.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { grid1d } from "../../gpu/recorder.ts";
 import { Tensor } from "../tensor.ts";
@@ -21,12 +22,20 @@ import type { PooledTexture } from "../../gpu/pool.ts";
 import src from "../../../kernels/conv_windows.wgsl" with { type: "text" };
 
 const WG = 64;
+/** Workgroups along y of one dispatch (WebGPU's limit per grid dimension). */
+const MAX_GRID_ROWS = 65535;
 
 const kernels = {
   pack: defineKernel({
     name: "conv_pack_windows",
     source: src,
     entry: "conv_pack_windows",
+    bindings: ["read", "write"],
+  }),
+  packConst: defineKernel({
+    name: "conv_pack_windows_c",
+    source: src,
+    entry: "conv_pack_windows_c",
     bindings: ["read", "write"],
   }),
   weightTaps: defineKernel({
@@ -111,8 +120,8 @@ function weightTaps(v: WeightView): FlatMatrix {
   const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(4 * texels), "conv weight taps");
   gpu().recorder.dispatch(kernels.weightTaps, {
     buffers: [v.tensor.binding, texture.view],
-    params: [texels, v.cin / 4, v.kh * v.kw, v.kw, v.base, v.so, v.sc, v.sky, v.skx],
-    constants: { WG, FLAT_TEXELS },
+    params: [texels, v.base, v.so, v.sc, v.sky, v.skx],
+    constants: { WG, FLAT_TEXELS, C4: v.cin / 4, KH: v.kh, KW: v.kw },
     workgroups: grid1d(texels, WG),
   });
   return { texture, rows: v.cout, cols, source: v.tensor };
@@ -131,12 +140,24 @@ export function packWindows(src: Tensor, g: WindowGeometry): Tensor {
   const out = new Tensor([g.n * shape.rows * pitch * 4], "f32");
   const total = shape.texelsPerRow * g.n * shape.rows;
   const wp = shape.texelsPerRow / shape.c4;
-  gpu().recorder.dispatch(kernels.pack, {
-    buffers: [src.binding, out.binding],
-    params: [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, pitch],
-    constants: { WG },
-    workgroups: grid1d(total, WG),
-  });
+  const params = [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, pitch];
+  // One row of workgroups per image (conv_pack_windows_c), unless the images outnumber a grid's
+  // rows or `forceVariant("convPack", "flat")` keeps the one-run grid (tests compare the two).
+  if (forcedVariant("convPack") === "flat" || g.n > MAX_GRID_ROWS) {
+    gpu().recorder.dispatch(kernels.pack, {
+      buffers: [src.binding, out.binding],
+      params,
+      constants: { WG },
+      workgroups: grid1d(total, WG),
+    });
+  } else {
+    gpu().recorder.dispatch(kernels.packConst, {
+      buffers: [src.binding, out.binding],
+      params,
+      constants: { WG, C4: shape.c4, DIL: g.dil },
+      workgroups: [Math.ceil(total / g.n / WG), g.n],
+    });
+  }
   return out;
 }
 
