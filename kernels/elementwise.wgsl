@@ -150,6 +150,64 @@ fn binary(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nw
   bin_out[i] = binary_f(x[ia], bin_b[ib]);
 }
 
+// ---- four values an invocation (n a multiple of 4; same-shape binary ops) ------------------------
+// One vec4 load and store per operand and invocation: on lavapipe a storage access costs about the
+// same whatever its width, so these run ~1.7× faster (an add of 200 K floats: 1463 → 884 µs).
+
+@group(0) @binding(0) var<storage, read> x4: array<vec4f>;
+
+fn unary_f4(v: vec4f, a: f32, b: f32) -> vec4f {
+  return vec4f(unary_f(v.x, a, b), unary_f(v.y, a, b), unary_f(v.z, a, b), unary_f(v.w, a, b));
+}
+
+@group(0) @binding(1) var<storage, read_write> unary_out4: array<vec4f>;
+
+@compute @workgroup_size(WG)
+fn unary4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = index(gid, nwg);
+  if (i >= up.n) { return; }
+  unary_out4[i] = unary_f4(x4[i], up.a, up.b);
+}
+
+@group(0) @binding(1) var<storage, read> ug_y4: array<vec4f>;
+@group(0) @binding(2) var<storage, read> ug_g4: array<vec4f>;
+@group(0) @binding(3) var<storage, read_write> ug_out4: array<vec4f>;
+
+@compute @workgroup_size(WG)
+fn unary_grad4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = index(gid, nwg);
+  if (i >= ugp.n) { return; }
+  let v = x4[i];
+  let y = ug_y4[i];
+  let a = ugp.a;
+  let b = ugp.b;
+  let d = vec4f(unary_df(v.x, y.x, a, b), unary_df(v.y, y.y, a, b), unary_df(v.z, y.z, a, b),
+    unary_df(v.w, y.w, a, b));
+  ug_out4[i] = ug_g4[i] * d;
+}
+
+fn binary_f4(u: vec4f, v: vec4f) -> vec4f {
+  switch OP {
+    case 0u: { return u + v; }
+    case 1u: { return u - v; }
+    case 2u: { return u * v; }
+    case 3u: { return u / v; }
+    case 4u: { return max(u, v); }
+    case 5u: { return min(u, v); }
+    default: { return u; }
+  }
+}
+
+@group(0) @binding(1) var<storage, read> bin_b4: array<vec4f>;
+@group(0) @binding(2) var<storage, read_write> bin_out4: array<vec4f>;
+
+@compute @workgroup_size(WG)
+fn binary4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = index(gid, nwg);
+  if (i >= bp.n) { return; }
+  bin_out4[i] = binary_f4(x4[i], bin_b4[i]);
+}
+
 // y += a * x (gradient accumulation, EMA-style updates).
 struct Axpy { n: u32, a: f32 }
 @group(0) @binding(1) var<storage, read_write> axpy_y: array<f32>;

@@ -3,6 +3,10 @@
 // `sum_squares` writes one partial sum of g² per chunk of a gradient into a slot of a partials
 // buffer, `clip_scale` sums the slots into the norm and the clip scale, and `scale_grad` multiplies
 // each gradient in place by that scale, read from the GPU buffer.
+//
+// V, the element type of parameters, gradients and states, is f32 or vec4f (four values a lane where
+// a tensor's size is a multiple of 4: on lavapipe a storage access costs about the same whatever its
+// width), and sq(v) its sum of squares: lib/optim/kernels.ts prepends their definitions.
 
 override WG: u32 = 256;
 // Adam: decoupled weight decay (AdamW) instead of L2 decay added to the gradient.
@@ -15,12 +19,12 @@ fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
   return gid.x + gid.y * nwg.x * WG;
 }
 
-@group(0) @binding(0) var<storage, read_write> param: array<f32>;
-@group(0) @binding(1) var<storage, read> grad: array<f32>;
+@group(0) @binding(0) var<storage, read_write> param: array<V>;
+@group(0) @binding(1) var<storage, read> grad: array<V>;
 // Adam: exp_avg; SGD: momentum buffer.
-@group(0) @binding(2) var<storage, read_write> state0: array<f32>;
+@group(0) @binding(2) var<storage, read_write> state0: array<V>;
 // Adam: exp_avg_sq.
-@group(0) @binding(3) var<storage, read_write> state1: array<f32>;
+@group(0) @binding(3) var<storage, read_write> state1: array<V>;
 
 // The host folds the step count into the bias corrections (in float64): no readback, no pow here.
 struct Adam {
@@ -110,7 +114,7 @@ fn workgroup_sum(t: u32, v: f32) -> f32 {
 
 // Workgroup c sums g² over elements [c·chunk, (c+1)·chunk) into partials[slot + c].
 struct SumSquares { n: u32, chunk: u32, slot: u32 }
-@group(0) @binding(0) var<storage, read> sq_grad: array<f32>;
+@group(0) @binding(0) var<storage, read> sq_grad: array<V>;
 @group(0) @binding(1) var<storage, read_write> sq_partials: array<f32>;
 @group(0) @binding(2) var<uniform> qp: SumSquares;
 
@@ -125,8 +129,7 @@ fn sum_squares(
   let end = min(start + qp.chunk, qp.n);
   var acc = 0.0;
   for (var k = start + t; k < end; k += WG) {
-    let g = sq_grad[k];
-    acc += g * g;
+    acc += sq(sq_grad[k]);
   }
   // Every invocation reaches the barriers; groups past the end (2-D grid padding) write nothing.
   let total = workgroup_sum(t, acc);
@@ -158,7 +161,7 @@ fn clip_scale(@builtin(local_invocation_index) t: u32) {
 
 // g ← g · scale[0], in place.
 struct ScaleGrad { n: u32 }
-@group(0) @binding(0) var<storage, read_write> sg_grad: array<f32>;
+@group(0) @binding(0) var<storage, read_write> sg_grad: array<V>;
 @group(0) @binding(1) var<storage, read> sg_scale: array<f32>;
 @group(0) @binding(2) var<uniform> gp: ScaleGrad;
 

@@ -35,21 +35,53 @@ const unaryCases: [string, (x: T.Tensor) => T.Tensor, (x: number) => number, [nu
   ["clamp", (x) => T.clamp(x, -0.5, 0.7), (x) => Math.min(Math.max(x, -0.5), 0.7), [-2, 2]],
 ];
 
+/** The names of the kernels fn dispatches. */
+async function kernelsOf(fn: () => Promise<void>): Promise<string[]> {
+  const recorder = gpu().recorder;
+  const dispatch = recorder.dispatch.bind(recorder);
+  const ran: string[] = [];
+  recorder.dispatch = (kernel, options) => {
+    ran.push(kernel.name);
+    dispatch(kernel, options);
+  };
+  try {
+    await fn();
+  } finally {
+    recorder.dispatch = dispatch;
+  }
+  return ran;
+}
+
+// Four values a lane where the size is a multiple of 4 ([3, 4, 5]), one elsewhere ([3, 7, 5]).
 for (const [name, op, ref, [lo, hi]] of unaryCases) {
-  Deno.test(`unary ${name}: forward matches float64 and backward matches finite differences`, async () => {
-    const shape = [3, 7, 5];
-    let data = randArray(prod(shape), 11, lo, hi);
-    // Keep kinks (relu, abs, clamp) away from the finite-difference step.
-    data = data.map((
-      v,
-    ) => (Math.abs(v) < 0.01 || Math.abs(v + 0.5) < 0.01 || Math.abs(v - 0.7) < 0.01
-      ? v + 0.05
-      : v)
-    );
-    const out = await runOp(op, [{ data, shape }]);
-    assertClose(out.data, data.map(ref), { atol: 2e-6, rtol: 2e-5, what: name });
-    await checkGrad(op, (x) => x.map(ref), [{ data, shape }]);
-  });
+  for (const shape of [[3, 7, 5], [3, 4, 5]]) {
+    const v4 = prod(shape) % 4 === 0;
+    Deno.test(`unary ${name} [${shape}]${v4 ? " (vec4)" : ""}: forward matches float64 and backward matches finite differences`, async () => {
+      const ran = await kernelsOf(() => checkUnary(op, ref, shape, lo, hi, name));
+      const expected = v4 ? ["unary_v4", "unary_grad_v4"] : ["unary", "unary_grad"];
+      for (const kernel of expected) {
+        assert.ok(ran.includes(kernel), `${kernel} did not run (${[...new Set(ran)].join(", ")})`);
+      }
+    });
+  }
+}
+
+async function checkUnary(
+  op: (x: T.Tensor) => T.Tensor,
+  ref: (x: number) => number,
+  shape: number[],
+  lo: number,
+  hi: number,
+  name: string,
+): Promise<void> {
+  let data = randArray(prod(shape), 11, lo, hi);
+  // Keep kinks (relu, abs, clamp) away from the finite-difference step.
+  data = data.map((
+    v,
+  ) => (Math.abs(v) < 0.01 || Math.abs(v + 0.5) < 0.01 || Math.abs(v - 0.7) < 0.01 ? v + 0.05 : v));
+  const out = await runOp(op, [{ data, shape }]);
+  assertClose(out.data, data.map(ref), { atol: 2e-6, rtol: 2e-5, what: name });
+  await checkGrad(op, (x) => x.map(ref), [{ data, shape }]);
 }
 
 const binaryCases: [
@@ -97,6 +129,7 @@ function broadcastRef(
 
 const shapePairs: [number[], number[]][] = [
   [[5, 3], [5, 3]],
+  [[4, 6], [4, 6]], // same shape, a multiple of 4: four values a lane (binary_v4)
   [[4, 1, 3], [5, 1]],
   [[2, 3, 1, 5], [3, 7, 1]],
   [[7], []],
@@ -111,18 +144,30 @@ const shapePairs: [number[], number[]][] = [
 for (const [name, op, f] of binaryCases) {
   for (const [as, bs] of shapePairs) {
     Deno.test(`binary ${name} [${as}]·[${bs}]: forward and backward`, async () => {
-      const a = randArray(prod(as), 3, -2, 2);
-      const b = randArray(prod(bs), 4, 0.5, 2).map((v, i) => (i % 2 ? -v : v));
-      const out = await runOp(op, [{ data: a, shape: as }, { data: b, shape: bs }]);
-      const ref = broadcastRef(a, as, b, bs, f);
-      assertClose(out.data, ref.data, { atol: 1e-6, rtol: 1e-5, what: name });
-      assertClose(out.shape, ref.shape, { what: "shape" });
-      await checkGrad(op, (x, y) => broadcastRef(x, as, y, bs, f).data, [
-        { data: a, shape: as },
-        { data: b, shape: bs },
-      ]);
+      const v4 = as.join() === bs.join() && prod(as) % 4 === 0;
+      const ran = await kernelsOf(() => checkBinary(op, f, as, bs, name));
+      assert.ok(ran.includes(v4 ? "binary_v4" : "binary"), `ran ${[...new Set(ran)].join(", ")}`);
     });
   }
+}
+
+async function checkBinary(
+  op: (a: T.Tensor, b: T.Tensor) => T.Tensor,
+  f: (a: number, b: number) => number,
+  as: number[],
+  bs: number[],
+  name: string,
+): Promise<void> {
+  const a = randArray(prod(as), 3, -2, 2);
+  const b = randArray(prod(bs), 4, 0.5, 2).map((v, i) => (i % 2 ? -v : v));
+  const out = await runOp(op, [{ data: a, shape: as }, { data: b, shape: bs }]);
+  const ref = broadcastRef(a, as, b, bs, f);
+  assertClose(out.data, ref.data, { atol: 1e-6, rtol: 1e-5, what: name });
+  assertClose(out.shape, ref.shape, { what: "shape" });
+  await checkGrad(op, (x, y) => broadcastRef(x, as, y, bs, f).data, [
+    { data: a, shape: as },
+    { data: b, shape: bs },
+  ]);
 }
 
 Deno.test("broadcastWalk merges dims both operands run across alike", () => {

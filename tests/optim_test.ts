@@ -122,7 +122,8 @@ async function runSteps(
   return out;
 }
 
-const shapes = [[3, 5], [1], [2, 1, 7]];
+// [2, 6]: a size that is a multiple of 4 (four values a lane: the _v4 kernels); the others not.
+const shapes = [[3, 5], [1], [2, 1, 7], [2, 6]];
 const inits = shapes.map((shape, k) => ({ shape, data: randArray(prod(shape), 10 + k) }));
 const STEPS = 4;
 const gradsFor = (seed: number) =>
@@ -159,6 +160,34 @@ for (const decoupled of [true, false]) {
     assert.throws(() => assertClose(got[0], noDecay, { atol: 1e-4 }), /mismatch/);
   });
 }
+
+Deno.test("optimizer kernels run four values a lane where a size is a multiple of 4", async () => {
+  const ps = [param(randArray(12, 1), [3, 4], "four"), param(randArray(7, 2), [7], "seven")];
+  ps.forEach((p, k) => setGrad(p, randArray(p.size, 3 + k)));
+  const recorder = gpu().recorder;
+  const dispatch = recorder.dispatch.bind(recorder);
+  const ran: string[] = [];
+  recorder.dispatch = (kernel, options) => {
+    ran.push(kernel.name);
+    dispatch(kernel, options);
+  };
+  const opt = new AdamW(ps, { lr: 0.01 });
+  try {
+    clipGradNorm(ps, 0.1).dispose();
+    opt.step();
+  } finally {
+    recorder.dispatch = dispatch;
+  }
+  for (const kernel of ["optim_sum_squares", "optim_scale_grad", "optim_adam"]) {
+    assert.ok(
+      ran.includes(kernel) && ran.includes(`${kernel}_v4`),
+      `${kernel}: ran ${ran.join(", ")}`,
+    );
+  }
+  await values(ps);
+  opt.dispose();
+  release(...ps);
+});
 
 Deno.test("AdamW: PyTorch defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01)", async () => {
   const grads = gradsFor(7).slice(0, 2);
@@ -363,8 +392,9 @@ Deno.test("warmupCosine and constantWithWarmup: values at warmup, middle and end
 // ---- clipping -----------------------------------------------------------------------------------
 
 Deno.test("clipGradNorm: norm over all grads, grads scaled above maxNorm, unchanged below", async () => {
-  // 5003 elements span two partial-sum chunks; `frozen` has no gradient and is skipped.
-  const clipShapes = [[3, 5], [5003], [1]];
+  // 5003 and 4100 elements span two partial-sum chunks (4100 as vec4s, 12 too); `frozen` has no
+  // gradient and is skipped.
+  const clipShapes = [[3, 5], [5003], [1], [4100], [3, 4]];
   const ps = clipShapes.map((shape, k) => param(randArray(prod(shape), k), shape, `c${k}`));
   const frozen = param([1, 2, 3], [3], "frozen");
   const gs = clipShapes.map((shape, k) => randArray(prod(shape), 70 + k, -0.5, 1));
@@ -464,7 +494,7 @@ Deno.test("stateDict / loadStateDict resume an optimizer exactly", async () => {
       opt.step();
     }
     assert.deepEqual(await values(b), await values(a));
-    assert.deepEqual(optB.stateDict().steps, { 0: 3, 1: 3, 2: 3 });
+    assert.deepEqual(optB.stateDict().steps, Object.fromEntries(shapes.map((_, k) => [k, 3])));
     const bad = optA.stateDict();
     bad.tensors["1.bogus"] = bad.tensors[Object.keys(bad.tensors)[0]];
     assert.throws(

@@ -5,7 +5,7 @@
 import { gpu } from "../gpu/device.ts";
 import { f32bits, grid1d } from "../gpu/recorder.ts";
 import type { Tensor } from "../tensor/tensor.ts";
-import { optimKernels, WG } from "./kernels.ts";
+import { lanesFor, optimKernels, WG } from "./kernels.ts";
 import { checkNonNegative, Optimizer, type ParamGroupSpec, type ParamState } from "./optimizer.ts";
 
 export interface AdamOptions {
@@ -45,10 +45,11 @@ export class Adam extends Optimizer {
     const bc1 = 1 - beta1 ** state.step;
     const bc2 = 1 - beta2 ** state.step;
     const [expAvg, expAvgSq] = state.slots;
-    gpu().recorder.dispatch(optimKernels.adam, {
+    const { lanes, count } = lanesFor(p.size);
+    gpu().recorder.dispatch(optimKernels[lanes].adam, {
       buffers: [p.binding, grad.binding, expAvg.binding, expAvgSq.binding],
       params: [
-        p.size,
+        count,
         f32bits(wd),
         f32bits(1 - lr * wd),
         f32bits(beta1),
@@ -60,7 +61,7 @@ export class Adam extends Optimizer {
         f32bits(Math.sqrt(bc2)),
       ],
       constants: { DECOUPLED: this.decoupled ? 1 : 0 },
-      workgroups: grid1d(p.size, WG),
+      workgroups: grid1d(count, WG),
     });
   }
 }

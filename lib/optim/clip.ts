@@ -8,7 +8,7 @@ import { gpu } from "../gpu/device.ts";
 import { f32bits, grid1d } from "../gpu/recorder.ts";
 import { arenaOf, type ParamArena } from "../tensor/param_arena.ts";
 import { Tensor } from "../tensor/tensor.ts";
-import { CHUNK, optimKernels, WG } from "./kernels.ts";
+import { CHUNK, lanesFor, optimKernels, WG } from "./kernels.ts";
 
 /**
  * Clips the gradients of `params` (those without one are skipped) to a global L2 norm of at most
@@ -37,24 +37,27 @@ export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor 
   const norm = new Tensor([], "f32");
   let slot = 0;
   for (const g of grads) {
-    recorder.dispatch(optimKernels.sumSquares, {
+    // A chunk of CHUNK floats is CHUNK / 4 vec4s: the slots stay one per CHUNK floats.
+    const { lanes, count } = lanesFor(g.size);
+    recorder.dispatch(optimKernels[lanes].sumSquares, {
       buffers: [g.binding, partials.binding],
-      params: [g.size, CHUNK, slot],
+      params: [count, (CHUNK * count) / g.size, slot],
       workgroups: grid1d(g.size, CHUNK),
     });
     slot += Math.ceil(g.size / CHUNK);
   }
-  recorder.dispatch(optimKernels.clipScale, {
+  recorder.dispatch(optimKernels.scalar.clipScale, {
     buffers: [partials.binding, norm.binding, scale.binding],
     params: [slots, f32bits(maxNorm)],
     workgroups: [1],
   });
   if (Number.isFinite(maxNorm)) {
     for (const g of grads) {
-      recorder.dispatch(optimKernels.scaleGrad, {
+      const { lanes, count } = lanesFor(g.size);
+      recorder.dispatch(optimKernels[lanes].scaleGrad, {
         buffers: [g.binding, scale.binding],
-        params: [g.size],
-        workgroups: grid1d(g.size, WG),
+        params: [count],
+        workgroups: grid1d(count, WG),
       });
     }
   }

@@ -5,7 +5,7 @@ import { gpu } from "../gpu/device.ts";
 import { f32bits, grid1d } from "../gpu/recorder.ts";
 import { empty } from "../tensor/ops/creation.ts";
 import { keep, type Tensor } from "../tensor/tensor.ts";
-import { optimKernels, WG } from "./kernels.ts";
+import { lanesFor, optimKernels, WG } from "./kernels.ts";
 import { checkNonNegative, Optimizer, type ParamGroupSpec, type ParamState } from "./optimizer.ts";
 
 export interface SgdOptions {
@@ -42,11 +42,13 @@ export class SGD extends Optimizer {
 
   protected update(p: Tensor, grad: Tensor, state: ParamState, lr: number, wd: number): void {
     const hasMomentum = this.momentum > 0;
-    const buffer = hasMomentum ? state.slots[0] : (this.unused ??= keep(empty([1])));
-    gpu().recorder.dispatch(optimKernels.sgd, {
+    // The unused buffer holds one vec4: the smallest binding either kernel set takes.
+    const buffer = hasMomentum ? state.slots[0] : (this.unused ??= keep(empty([4])));
+    const { lanes, count } = lanesFor(p.size);
+    gpu().recorder.dispatch(optimKernels[lanes].sgd, {
       buffers: [p.binding, grad.binding, buffer.binding],
       params: [
-        p.size,
+        count,
         f32bits(lr),
         f32bits(wd),
         f32bits(this.momentum),
@@ -54,7 +56,7 @@ export class SGD extends Optimizer {
         state.step === 1 ? 1 : 0,
       ],
       constants: { MOMENTUM: hasMomentum ? 1 : 0, NESTEROV: this.nesterov ? 1 : 0 },
-      workgroups: grid1d(p.size, WG),
+      workgroups: grid1d(count, WG),
     });
   }
 

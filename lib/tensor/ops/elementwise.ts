@@ -1,6 +1,7 @@
 // Elementwise ops: unary maps, scalar maps and broadcasting binary ops, each with its backward rule.
 
 import { gpu } from "../../gpu/device.ts";
+import { forcedVariant } from "../../gpu/autotune.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { record, type Shape, Tensor } from "../tensor.ts";
 import { elementwiseKernels, WG } from "./kernels.ts";
@@ -34,24 +35,34 @@ function requireF32(op: string, ...ts: Tensor[]): void {
   }
 }
 
+/**
+ * Whether an elementwise op over n values runs four a lane (the _v4 kernels: one vec4 load and store
+ * per operand): n a multiple of 4, unless `forceVariant("elementwise", "scalar")` (tests compare).
+ */
+function fourALane(n: number): boolean {
+  return n % 4 === 0 && forcedVariant("elementwise") !== "scalar";
+}
+
 function unary(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
   requireF32(name, x);
   const out = new Tensor(x.shape, "f32");
   const constants = { OP: UNARY[name] };
-  const params = [x.size, f32bits(a), f32bits(b), 0];
-  gpu().recorder.dispatch(elementwiseKernels.unary, {
+  const v4 = fourALane(x.size);
+  const n = v4 ? x.size / 4 : x.size;
+  const params = [n, f32bits(a), f32bits(b), 0];
+  gpu().recorder.dispatch(v4 ? elementwiseKernels.unary4 : elementwiseKernels.unary, {
     buffers: [x.binding, out.binding],
     params,
     constants,
-    workgroups: grid1d(x.size, WG),
+    workgroups: grid1d(n, WG),
   });
   return record(name, out, [x], (g) => {
     const gx = new Tensor(x.shape, "f32");
-    gpu().recorder.dispatch(elementwiseKernels.unaryGrad, {
+    gpu().recorder.dispatch(v4 ? elementwiseKernels.unaryGrad4 : elementwiseKernels.unaryGrad, {
       buffers: [x.binding, out.binding, g.binding, gx.binding],
       params,
       constants,
-      workgroups: grid1d(x.size, WG),
+      workgroups: grid1d(n, WG),
     });
     return [gx];
   });
@@ -161,6 +172,15 @@ function binaryDispatch(op: keyof typeof BINARY, a: Tensor, b: Tensor, shape: nu
       ...xs,
     ];
     params = [out.size, rank, ...front(dims, 1), ...front(sa, 0), ...front(sb, 0)];
+  }
+  if (same && fourALane(out.size)) {
+    gpu().recorder.dispatch(elementwiseKernels.binary4, {
+      buffers: [a.binding, b.binding, out.binding],
+      params: [out.size / 4, 0],
+      constants: { OP: BINARY[op] },
+      workgroups: grid1d(out.size / 4, WG),
+    });
+    return out;
   }
   gpu().recorder.dispatch(elementwiseKernels.binary, {
     buffers: [a.binding, b.binding, out.binding],

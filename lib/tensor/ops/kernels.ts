@@ -42,6 +42,24 @@ export const elementwiseKernels = {
     entry: "binary",
     bindings: ["read", "read", "write"],
   }),
+  unary4: defineKernel({
+    name: "unary_v4",
+    source: elementwise,
+    entry: "unary4",
+    bindings: ["read", "write"],
+  }),
+  unaryGrad4: defineKernel({
+    name: "unary_grad_v4",
+    source: elementwise,
+    entry: "unary_grad4",
+    bindings: ["read", "read", "read", "write"],
+  }),
+  binary4: defineKernel({
+    name: "binary_v4",
+    source: elementwise,
+    entry: "binary4",
+    bindings: ["read", "read", "write"],
+  }),
   axpy: defineKernel({
     name: "axpy",
     source: elementwise,
