@@ -9,7 +9,7 @@ override FLAT_TEXELS: u32 = 256;
 // ---- packed image ------------------------------------------------------------------------------
 
 // Texel (x·c4 + cg, z·hp + y) = channels 4·cg .. 4·cg + 3 of src[z, ·, sy, sx] (src [N, c, h, w],
-// c = 4·c4), with sy = (y − top) / dil when that is a whole in-range index (sx alike), else zeros:
+// c4 = ⌈c / 4⌉, channels past c zeros), with sy = (y − top) / dil when that is a whole in-range index (sx alike), else zeros:
 // the input padded for the forward, or the output gradient dilated by the stride and padded for
 // the input gradient. The texels go to a buffer of rows `pitch` texels apart (a multiple of 16: 256
 // bytes, the row pitch of a buffer → texture copy), kept as a tensor where the weight gradient needs
@@ -18,7 +18,21 @@ override FLAT_TEXELS: u32 = 256;
 // [8, 16, 30, 30]), and so did an 8 × 8 grid per image (see docs/architecture.md).
 struct Pack {
   total: u32, c4: u32, h: u32, w: u32, hp: u32, wp: u32, top: i32, left: i32, dil: i32,
-  pitch: u32,
+  pitch: u32, c: u32,
+}
+
+// Channels ch .. ch + 3 of src[z] at plane offset `at` (src [N, c, h, w]; those past c are zeros:
+// the last texel of a channel count that is not a multiple of 4). The weight taps are zeros there
+// too: either alone keeps finite values out of the sums, both keep out 0 · ∞ (another image's
+// channel, or whatever lies past the weight).
+fn pack_texel(z: u32, ch: u32, at: u32) -> vec4f {
+  let plane = pk.h * pk.w;
+  let first = (z * pk.c + ch) * plane + at;
+  var v = vec4f(0.0);
+  for (var k = 0u; k < 4u; k++) {
+    if (ch + k < pk.c) { v[k] = pack_src[first + k * plane]; }
+  }
+  return v;
 }
 
 @group(0) @binding(0) var<storage, read> pack_src: array<f32>;
@@ -45,9 +59,7 @@ fn conv_pack_windows(@builtin(global_invocation_id) gid: vec3u, @builtin(num_wor
   let sx = pack_source(tx / pk.c4, pk.left, pk.w);
   var v = vec4f(0.0);
   if (sy >= 0 && sx >= 0) {
-    let plane = pk.h * pk.w;
-    let at = ((z * pk.c4 + tx % pk.c4) * 4u * pk.h + u32(sy)) * pk.w + u32(sx);
-    v = vec4f(pack_src[at], pack_src[at + plane], pack_src[at + 2u * plane], pack_src[at + 3u * plane]);
+    v = pack_texel(z, (tx % pk.c4) * 4u, u32(sy) * pk.w + u32(sx));
   }
   pack_rows[ty * pk.pitch + tx] = v;
 }
@@ -79,9 +91,7 @@ fn conv_pack_windows_c(@builtin(global_invocation_id) gid: vec3u) {
   let sx = pack_source_c(tx / C4, pk.left, pk.w);
   var v = vec4f(0.0);
   if (sy >= 0 && sx >= 0) {
-    let plane = pk.h * pk.w;
-    let at = ((z * C4 + tx % C4) * 4u * pk.h + u32(sy)) * pk.w + u32(sx);
-    v = vec4f(pack_src[at], pack_src[at + plane], pack_src[at + 2u * plane], pack_src[at + 3u * plane]);
+    v = pack_texel(z, (tx % C4) * 4u, u32(sy) * pk.w + u32(sx));
   }
   pack_rows[(z * pk.hp + y) * pk.pitch + tx] = v;
 }
@@ -92,8 +102,8 @@ fn conv_pack_windows_c(@builtin(global_invocation_id) gid: vec3u) {
 // ky·sky + kx·skx] (the strides also express the transposed, flipped weight of the input gradient),
 // written as a flat texture (texel i at (i mod 256, ⌊i / 256⌋): see lib/tensor/ops/flat.ts), which
 // the product reads: no buffer, no copy. One invocation per texel: channels 4·j .. 4·j + 3 of one
-// (o, t), c a multiple of 4.
-struct Taps { texels: u32, base: i32, so: i32, sc: i32, sky: i32, skx: i32 }
+// (o, t), zeros past cin.
+struct Taps { texels: u32, base: i32, so: i32, sc: i32, sky: i32, skx: i32, cin: u32 }
 
 @group(0) @binding(0) var<storage, read> taps_src: array<f32>;
 @group(0) @binding(1) var taps_out: texture_storage_2d<rgba32float, write>;
@@ -114,6 +124,9 @@ fn conv_weight_taps(@builtin(global_invocation_id) gid: vec3u, @builtin(num_work
   let ky = t / KW;
   let kx = t - ky * KW;
   let at = tp.base + i32(o) * tp.so + i32(4u * j) * tp.sc + i32(ky) * tp.sky + i32(kx) * tp.skx;
-  let v = vec4f(taps_src[at], taps_src[at + tp.sc], taps_src[at + 2 * tp.sc], taps_src[at + 3 * tp.sc]);
+  var v = vec4f(0.0);
+  for (var k = 0u; k < 4u; k++) {
+    if (4u * j + k < tp.cin) { v[k] = taps_src[at + i32(k) * tp.sc]; }
+  }
   textureStore(taps_out, vec2i(i32(i % FLAT_TEXELS), i32(i / FLAT_TEXELS)), v);
 }

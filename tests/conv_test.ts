@@ -4,6 +4,7 @@ import * as T from "../lib/tensor/mod.ts";
 import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
 import { forceVariant } from "../lib/gpu/autotune.ts";
 import { gpu } from "../lib/gpu/device.ts";
+import assert from "node:assert/strict";
 
 interface ConvCase {
   name: string;
@@ -397,10 +398,13 @@ function forwardKernel(tc: ConvCase): string {
   return gpu().recorder.lastLabel;
 }
 
-// C a multiple of 4 (whole texels); O too where the input gradient runs as window products as well
-// (its input is the output gradient). Odd N, H, W; pixels per image of no block size, and some a
-// multiple of 4 (vec4 stores).
+// Channels in texels of 4: C a multiple of 4 (whole texels) or not (the last texel zero-filled:
+// C = 1, 3, 6; likewise O, the input gradient's channels). Odd N, H, W; pixels per image of no
+// block size, and some a multiple of 4 (vec4 stores).
 const windowCases: ConvCase[] = [
+  { name: "C=1 O=8 3x3 p1 N=2 6x5", xs: [2, 1, 6, 5], ws: [8, 1, 3, 3], stride: 1, padding: 1 },
+  { name: "C=3 O=5 3x3 p1 N=3 5x7", xs: [3, 3, 5, 7], ws: [5, 3, 3, 3], stride: 1, padding: 1 },
+  { name: "C=6 O=4 3x3 s2 p1 7x7", xs: [2, 6, 7, 7], ws: [4, 6, 3, 3], stride: 2, padding: 1 },
   { name: "C=4 O=5 3x3 p1 5x7", xs: [2, 4, 5, 7], ws: [5, 4, 3, 3], stride: 1, padding: 1 },
   {
     name: "C=8 O=12 3x3 s2 pad {1,0,2,0}",
@@ -605,6 +609,36 @@ for (const tc of windowCases.filter((tc) => tc.xs[0] > 1)) {
     });
   }
 }
+
+// "auto" on a software adapter: a convolution of one input channel (the MNIST tokenizer's conv_in)
+// runs as window products where its weight gets a gradient (training), as the implicit GEMM where
+// it does not or where `forceVariant("conv2dWindowsSmall", "off")`.
+Deno.test("conv2d auto: C = 1 as window products in training, else the implicit GEMM", async () => {
+  if (!gpu().info.software) return;
+  const tc: ConvCase = {
+    name: "C=1 O=16 28x28 N=8",
+    xs: [8, 1, 28, 28],
+    ws: [16, 1, 3, 3],
+    stride: 1,
+    padding: 1,
+  };
+  const windows = (ran: string[]) => ran.some((name) => name.includes("_bwindowstacked"));
+  const trained = await kernelsRan("", () => checkVjp(tc, "auto"));
+  assert.ok(windows(trained), `training ran ${[...new Set(trained)].join(", ")}`);
+  const inference = await kernelsRan("", () =>
+    withLowering("auto", () => {
+      forwardKernel(tc);
+      return Promise.resolve();
+    }));
+  assert.ok(!windows(inference) && inference.includes("conv_fwd"), inference.join(", "));
+  forceVariant("conv2dWindowsSmall", "off");
+  try {
+    const off = await kernelsRan("", () => checkVjp(tc, "auto"));
+    assert.ok(!windows(off) && off.includes("conv_fwd"), [...new Set(off)].join(", "));
+  } finally {
+    forceVariant("conv2dWindowsSmall", null);
+  }
+});
 
 // The weight gradient's sum over the images split into slices (forced here: by default only where
 // a slice holds enough pixels), the partials added up in one pass with the bias gradient's (or

@@ -469,13 +469,20 @@ function weightGradAfterWindows(
 
 /**
  * Whether the forward of g (or an input gradient's transposed convolution) runs as window products:
- * where im2col + matmul would ("auto"), or wherever they fit ("windows"), unless
- * `forceVariant("conv2dWindows", "im2col")` keeps the cols (benchmarks compare the two).
+ * where im2col + matmul would ("auto"), and where the weight gets a gradient (`weightGrad`) also
+ * for the small reductions and channel counts the implicit GEMM would take, or wherever they fit
+ * ("windows"); unless `forceVariant("conv2dWindows", "im2col")` keeps the cols (benchmarks compare
+ * the two). The implicit GEMM's forward wins alone at C = 1 (MNIST tokenizer's conv_in, batch 8,
+ * kernel µs: 2619 against 4079), but its weight gradient and padded copies cost more than the
+ * windows' zero-filled texels gain: forward and backward 11419 against 8746; 16 → 1 channels
+ * (conv_out) 18516 against 13259. `forceVariant("conv2dWindowsSmall", "off")` keeps the implicit
+ * GEMM for those (tests and benchmarks compare).
  */
-function forwardByWindows(g: Geometry): boolean {
+function forwardByWindows(g: Geometry, weightGrad = false): boolean {
   if (lowering !== "auto" && lowering !== "windows") return false;
   if (forcedVariant("conv2dWindows") === "im2col") return false;
-  return (lowering === "windows" || forwardByIm2col(g)) && windowsFit(windowGeometry(g));
+  const small = weightGrad && forcedVariant("conv2dWindowsSmall") !== "off";
+  return (lowering === "windows" || forwardByIm2col(g) || small) && windowsFit(windowGeometry(g));
 }
 
 /** The parameters, bindings and texel helpers both texture im2col kernels share. */
@@ -897,7 +904,7 @@ function convolve(x: Tensor, weight: Tensor, bias: Tensor | null, g0: Geometry):
   const biasGrad = (gs: Tensor) =>
     bias?.requiresGrad ? sumOuterInner(gs, g0.n, g0.o, g0.hout * g0.wout) : null;
   if (pointwiseByMatmul(g0)) return pointwiseConv(x, weight, bias, g0);
-  if (forwardByWindows(g0)) {
+  if (forwardByWindows(g0, isGradEnabled() && weight.requiresGrad)) {
     // The packed input is kept (a tensor of the scope) for the weight gradient where that runs as
     // window products too: one pack instead of two (MNIST tokenizer step: CPU −10%, 6 of 6 pairs),
     // unless `forceVariant("conv2dWindowsReuse", "off")` packs it again (tests compare the two).

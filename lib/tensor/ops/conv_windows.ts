@@ -84,10 +84,11 @@ export interface WindowGeometry {
 /** The packed image's shape: rows per image and texels per row hold every window. */
 function windowShape(g: WindowGeometry): WindowShape & { texelsPerRow: number } {
   const rows = (g.hout - 1) * g.stride + g.kh;
-  const c4 = g.c / 4;
+  const c4 = Math.ceil(g.c / 4);
   return {
     batch: g.n,
     c4,
+    channels: g.c,
     rows,
     kh: g.kh,
     kw: g.kw,
@@ -99,11 +100,11 @@ function windowShape(g: WindowGeometry): WindowShape & { texelsPerRow: number } 
 }
 
 /**
- * Whether g can run as a window product on this adapter: whole 4-channel texels, a packed image
- * within the texture limits, and a product shape that the matmul runs with a texture variant.
+ * Whether g can run as a window product on this adapter: a packed image within the texture limits
+ * and a product shape that the matmul runs with a texture variant (channels in texels of 4, the
+ * last one zero-filled past C).
  */
 export function windowsFit(g: WindowGeometry): boolean {
-  if (g.c % 4 !== 0) return false;
   const s = windowShape(g);
   const max = gpu().limits.maxTextureDimension2D ?? 8192;
   return s.texelsPerRow <= max && s.batch * s.rows <= max && s.batch <= 65535 &&
@@ -111,17 +112,17 @@ export function windowsFit(g: WindowGeometry): boolean {
 }
 
 /**
- * weight → [cout, kh·kw, cin] (the window order of matmulWindowsInto) in a pooled flat texture,
- * written by the kernel itself (cin a multiple of 4, as windowsFit requires); release it to the pool.
+ * weight → [cout, kh·kw, cin rounded up to 4] (the window order of matmulWindowsInto; zeros past
+ * cin) in a pooled flat texture, written by the kernel itself; release it to the pool.
  */
 function weightTaps(v: WeightView): FlatMatrix {
-  const cols = v.kh * v.kw * v.cin;
+  const cols = v.kh * v.kw * 4 * Math.ceil(v.cin / 4);
   const texels = (v.cout * cols) / 4;
   const texture = gpu().pool.acquireTexture(FLAT_TEXELS, flatRows(4 * texels), "conv weight taps");
   gpu().recorder.dispatch(kernels.weightTaps, {
     buffers: [v.tensor.binding, texture.view],
-    params: [texels, v.base, v.so, v.sc, v.sky, v.skx],
-    constants: { WG, FLAT_TEXELS, C4: v.cin / 4, KH: v.kh, KW: v.kw },
+    params: [texels, v.base, v.so, v.sc, v.sky, v.skx, v.cin],
+    constants: { WG, FLAT_TEXELS, C4: Math.ceil(v.cin / 4), KH: v.kh, KW: v.kw },
     workgroups: grid1d(texels, WG),
   });
   return { texture, rows: v.cout, cols, source: v.tensor };
@@ -140,7 +141,7 @@ export function packWindows(src: Tensor, g: WindowGeometry): Tensor {
   const out = new Tensor([g.n * shape.rows * pitch * 4], "f32");
   const total = shape.texelsPerRow * g.n * shape.rows;
   const wp = shape.texelsPerRow / shape.c4;
-  const params = [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, pitch];
+  const params = [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, pitch, g.c];
   // One row of workgroups per image (conv_pack_windows_c), unless the images outnumber a grid's
   // rows or `forceVariant("convPack", "flat")` keeps the one-run grid (tests compare the two).
   if (forcedVariant("convPack") === "flat" || g.n > MAX_GRID_ROWS) {

@@ -312,7 +312,7 @@ struct Params {
     windows || b === "windowRows"
       ? "\n  c4: u32, kw: u32, kh: u32, wout: u32, stride: u32, images: u32, pixels: u32,"
       : ""
-  }${b === "windowRows" ? "\n  tilesN: u32, perSlice: u32, slices: u32," : ""}
+  }${b === "windowRows" ? "\n  tilesN: u32, perSlice: u32, slices: u32, channels: u32," : ""}
 }
 @group(0) @binding(0) var ta: texture_2d<f32>;
 @group(0) @binding(1) var tb: texture_2d<f32>;
@@ -398,19 +398,20 @@ fn store_stacked(m: u32, n: u32, v: vec4f, br: f32, zs: vec4u, qs: vec4u) {
 
 /**
  * The store of a window-rows kernel: column group g (4 channels 4·cg .. 4·cg + 3 of tap t, g =
- * t·c4 + cg) of row m goes to the weight's layout [M, C, kh·kw] (C = 4·c4), so that no permute
- * follows the product.
+ * t·c4 + cg) of row m goes to the weight's layout [M, C, kh·kw] (the channels past C, zeros of the
+ * last texel, are not stored), so that no permute follows the product.
  */
 const WEIGHT_STORE = /* wgsl */ `
 fn store_weight(z: u32, m: u32, g: u32, v: vec4f) {
   if (m >= p.M || g * 4u >= p.N) { return; }
   let taps = p.kh * p.kw;
   let t = g / p.c4;
-  let i = z * p.M * p.N + (m * p.c4 * 4u + (g - t * p.c4) * 4u) * taps + t;
+  let c0 = (g - t * p.c4) * 4u;
+  let i = (z * p.M + m) * p.channels * taps + c0 * taps + t;
   c[i] = v.x;
-  c[i + taps] = v.y;
-  c[i + 2u * taps] = v.z;
-  c[i + 3u * taps] = v.w;
+  if (c0 + 1u < p.channels) { c[i + taps] = v.y; }
+  if (c0 + 2u < p.channels) { c[i + 2u * taps] = v.z; }
+  if (c0 + 3u < p.channels) { c[i + 3u * taps] = v.w; }
 }`;
 
 /**
@@ -780,8 +781,25 @@ function texCost(p: Problem, tm: number, tn: number, cores: number): number | nu
 /** Fixed cost of one extra dispatch on lavapipe, in storage loads (~50 µs). */
 const TEX_DISPATCH_COST = 4000;
 
+/**
+ * rankedVariants by problem: a training step asks for the same few dozen problems every step, and
+ * ranking one (the cost model over every variant) cost ~3 ms of host time per MNIST tokenizer step.
+ */
+const rankedByProblem = new Map<string, Variant<MatmulConfig>[]>();
+
 /** Register variants, then texture variants where they fit, ranked by the software cost model. */
 function rankedVariants(p: Problem): Variant<MatmulConfig>[] {
+  const key = `${p.M},${p.N},${p.K},${p.batch},${+p.transA},${+p.transB},${p.strideA},${p.strideB}`;
+  let ranked = rankedByProblem.get(key);
+  if (!ranked) {
+    ranked = rankProblem(p);
+    if (rankedByProblem.size >= 4096) rankedByProblem.clear(); // shapes that vary without end
+    rankedByProblem.set(key, ranked);
+  }
+  return ranked;
+}
+
+function rankProblem(p: Problem): Variant<MatmulConfig>[] {
   const cores = Math.max(1, navigator.hardwareConcurrency || 1);
   const regs = rankedRegVariants(p);
   const scored = regs.map((v, i) => ({ v, cost: regCost(p, v, cores), i }));
@@ -1058,8 +1076,10 @@ export interface PackedWindows extends WindowShape {
 /** A packed image batch's shape (see PackedWindows). */
 export interface WindowShape {
   batch: number;
-  /** Channel groups of 4 per pixel. */
+  /** Channel groups of 4 per pixel (the last one zero-filled past `channels`). */
   c4: number;
+  /** The image's channels C (c4 = ⌈C / 4⌉). */
+  channels: number;
   /** Texture rows per image. */
   rows: number;
   kh: number;
@@ -1221,7 +1241,8 @@ export function matmulWindowRowsInto(
   const M = dy.shape[1];
   const p = windowRowsProblem(M, img);
   const [P] = windowDims(img);
-  if (dy.size !== img.batch * M * P || out.size !== M * p.N || (sums && sums.size !== M)) {
+  const weights = M * img.kh * img.kw * img.channels;
+  if (dy.size !== img.batch * M * P || out.size !== weights || (sums && sums.size !== M)) {
     throw new Error(
       `peco: matmul: window-rows product of ${dy.describe()} over ${img.batch} images of ` +
         `${img.hout}×${img.wout} windows of ${p.N} values does not fit ${out.describe()}`,
@@ -1274,6 +1295,7 @@ export function matmulWindowRowsInto(
         tilesN,
         perSlice,
         slices,
+        img.channels,
       ],
       constants: biasConstants(null),
       workgroups: laneM ? [gm, gn, 1] : [gn, gm, 1],
