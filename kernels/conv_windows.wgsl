@@ -9,9 +9,9 @@ override FLAT_TEXELS: u32 = 256;
 // ---- packed image ------------------------------------------------------------------------------
 
 // Texel (x·c4 + cg, z·hp + y) = channels 4·cg .. 4·cg + 3 of src[z, ·, sy, sx] (src [N, c, h, w],
-// c4 = ⌈c / 4⌉, channels past c zeros), with sy = (y − top) / dil when that is a whole in-range index (sx alike), else zeros:
-// the input padded for the forward, or the output gradient dilated by the stride and padded for
-// the input gradient. The texels go to a buffer of rows `pitch` texels apart (a multiple of 16: 256
+// c4 = ⌈c / 4⌉, channels past c zeros), with sy = (y − top) / dil when that is a whole in-range
+// index (sx alike), else zeros: the input padded for the forward, or the output gradient dilated
+// by the stride and padded for the input gradient. The texels go to a buffer of rows `pitch` texels apart (a multiple of 16: 256
 // bytes, the row pitch of a buffer → texture copy), kept as a tensor where the weight gradient needs
 // it again, and copied into a texture where a product reads it. One invocation per texel: one per
 // pixel looping over its c4 texels ran slower on lavapipe (Mesa 22.3: 5.7–20 ms against 4.5 ms at
