@@ -562,12 +562,17 @@ fn window_spread(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgro
 // planes' window rows are one run (row r of windows covers rows r·BLOCK .. of the stacked planes).
 override BLOCK: u32 = 2;
 
+// The first value of window i: its row of windows r covers rows r·BLOCK .. of the stacked planes.
+fn block_start(i: u32) -> u32 {
+  let row = i / wn.wo;
+  return row * BLOCK * wn.w + (i - row * wn.wo) * BLOCK;
+}
+
 @compute @workgroup_size(WG)
 fn block_sum(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
   if (i >= wn.total) { return; }
-  let row = i / wn.wo;
-  let at = row * BLOCK * wn.w + (i - row * wn.wo) * BLOCK;
+  let at = block_start(i);
   var acc = 0.0;
   for (var ky = 0u; ky < BLOCK; ky++) {
     for (var kx = 0u; kx < BLOCK; kx++) {
@@ -581,8 +586,7 @@ fn block_sum(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
 fn block_spread(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
   let i = gid.x + gid.y * nwg.x * WG;
   if (i >= wn.total) { return; }
-  let row = i / wn.wo;
-  let at = row * BLOCK * wn.w + (i - row * wn.wo) * BLOCK;
+  let at = block_start(i);
   let v = win_src[i] * wn.factor;
   for (var ky = 0u; ky < BLOCK; ky++) {
     for (var kx = 0u; kx < BLOCK; kx++) {

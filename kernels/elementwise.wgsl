@@ -187,15 +187,7 @@ fn unary_grad4(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroup
 }
 
 fn binary_f4(u: vec4f, v: vec4f) -> vec4f {
-  switch OP {
-    case 0u: { return u + v; }
-    case 1u: { return u - v; }
-    case 2u: { return u * v; }
-    case 3u: { return u / v; }
-    case 4u: { return max(u, v); }
-    case 5u: { return min(u, v); }
-    default: { return u; }
-  }
+  return vec4f(binary_f(u.x, v.x), binary_f(u.y, v.y), binary_f(u.z, v.z), binary_f(u.w, v.w));
 }
 
 @group(0) @binding(1) var<storage, read> bin_b4: array<vec4f>;

@@ -1,4 +1,4 @@
-import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import { assertClose, checkGrad, kernelsRan, prod, randArray, runOp } from "./util.ts";
 import { convOutSize, convRef, convVjpRef, type Pad } from "./reference.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { type ConvLowering, setConvLowering } from "../lib/tensor/ops/conv.ts";
@@ -548,63 +548,20 @@ for (const tc of windowCases.filter((tc) => stacksWindows(tc) && wholeTexels(tc)
 for (const tc of windowCases.filter(wholeTexels)) {
   for (const dy of ["flat", "pack"]) {
     Deno.test(`conv2d windows ${tc.name}, weight gradient with dY ${dy}: matches float64`, async () => {
-      const recorder = gpu().recorder;
-      const dispatch = recorder.dispatch.bind(recorder);
-      const ran: string[] = [];
-      recorder.dispatch = (kernel, options) => {
-        if (kernel.name.includes("_bwindowrows")) ran.push(kernel.name);
-        dispatch(kernel, options);
-      };
       forceVariant("matmul", "tex16x16");
       forceVariant("windowRowsA", dy === "pack" ? "pack" : null);
       try {
-        await withLowering("windows", () => checkVjp(tc, "windows"));
+        const ran = await kernelsRan(
+          () => withLowering("windows", () => checkVjp(tc, "windows")),
+          "_bwindowrows",
+        );
         const flat = ran.map((name) => name.includes("_aflat_"));
         if (ran.length === 0 || flat.some((f) => f !== (dy === "flat"))) {
           throw new Error(`dY ${dy}: ran ${ran.join(", ") || "no window-rows kernel"}`);
         }
       } finally {
-        recorder.dispatch = dispatch;
         forceVariant("matmul", null);
         forceVariant("windowRowsA", null);
-      }
-    });
-  }
-}
-
-/** Runs fn recording the names of the kernels it dispatches whose names include `part`. */
-async function kernelsRan(part: string, fn: () => Promise<void>): Promise<string[]> {
-  const recorder = gpu().recorder;
-  const dispatch = recorder.dispatch.bind(recorder);
-  const ran: string[] = [];
-  recorder.dispatch = (kernel, options) => {
-    if (kernel.name.includes(part)) ran.push(kernel.name);
-    dispatch(kernel, options);
-  };
-  try {
-    await fn();
-  } finally {
-    recorder.dispatch = dispatch;
-  }
-  return ran;
-}
-
-// The packs on a grid of one row of workgroups per image (default) or one run of texels (the path
-// of batches beyond a grid's rows, forced here): the pack kernel that ran says which.
-for (const tc of windowCases.filter((tc) => tc.xs[0] > 1)) {
-  for (const grid of ["per image", "flat"] as const) {
-    Deno.test(`conv2d windows ${tc.name}, packs ${grid}: output and gradients match float64`, async () => {
-      forceVariant("matmul", "tex16x16");
-      forceVariant("convPack", grid === "flat" ? "flat" : null);
-      try {
-        const ran = await kernelsRan("conv_pack_windows", () => checkVjp(tc, "windows"));
-        const expected = grid === "flat" ? "conv_pack_windows" : "conv_pack_windows_c";
-        if (ran.length === 0 || ran.some((name) => name !== expected)) {
-          throw new Error(`expected ${expected}, ran ${ran.join(", ") || "none"}`);
-        }
-      } finally {
-        forceVariant("matmul", null);
-        forceVariant("convPack", null);
       }
     });
   }
@@ -623,17 +580,18 @@ Deno.test("conv2d auto: C = 1 as window products in training, else the implicit 
     padding: 1,
   };
   const windows = (ran: string[]) => ran.some((name) => name.includes("_bwindowstacked"));
-  const trained = await kernelsRan("", () => checkVjp(tc, "auto"));
+  const trained = await kernelsRan(() => checkVjp(tc, "auto"));
   assert.ok(windows(trained), `training ran ${[...new Set(trained)].join(", ")}`);
-  const inference = await kernelsRan("", () =>
+  const inference = await kernelsRan(() =>
     withLowering("auto", () => {
       forwardKernel(tc);
       return Promise.resolve();
-    }));
+    })
+  );
   assert.ok(!windows(inference) && inference.includes("conv_fwd"), inference.join(", "));
   forceVariant("conv2dWindowsSmall", "off");
   try {
-    const off = await kernelsRan("", () => checkVjp(tc, "auto"));
+    const off = await kernelsRan(() => checkVjp(tc, "auto"));
     assert.ok(!windows(off) && off.includes("conv_fwd"), [...new Set(off)].join(", "));
   } finally {
     forceVariant("conv2dWindowsSmall", null);
@@ -650,8 +608,8 @@ for (const tc of windowCases.filter((tc) => tc.xs[0] > 1)) {
       forceVariant("windowRowsSlices", String(slices));
       try {
         const ran = await kernelsRan(
-          "sum_slices",
           () => withLowering("windows", () => checkVjp(tc, "windows")),
+          "sum_slices",
         );
         if (!ran.includes("matmul_sum_slices_sums")) {
           throw new Error(
@@ -677,14 +635,17 @@ Deno.test("conv2d windows: a weight gradient without bias in slices matches floa
   forceVariant("matmul", "tex16x16");
   forceVariant("windowRowsSlices", "2");
   try {
-    const ran = await kernelsRan("sum_slices", () =>
-      withLowering("windows", () => {
-        T.tidy(() => {
-          const y = T.conv2d(x, w, null, opts);
-          T.backward(T.sum(T.mul(y, T.tensor(seed, y.shape))));
-        });
-        return Promise.resolve();
-      }));
+    const ran = await kernelsRan(
+      () =>
+        withLowering("windows", () => {
+          T.tidy(() => {
+            const y = T.conv2d(x, w, null, opts);
+            T.backward(T.sum(T.mul(y, T.tensor(seed, y.shape))));
+          });
+          return Promise.resolve();
+        }),
+      "sum_slices",
+    );
     if (ran.join() !== "matmul_sum_slices") throw new Error(`ran ${ran.join(", ") || "none"}`);
     const dw = convVjpRef(xd, tc.xs, wd, tc.ws, seed, tc.stride, tc.padding)[1];
     assertClose(await w.grad!.toArray(), dw, { atol: 1e-4, rtol: 1e-4, what: "dw" });
@@ -936,7 +897,7 @@ async function withWindowKernels(
 ): Promise<void> {
   forceVariant("windowOp", kernels === "general" ? "general" : null);
   try {
-    const ran = await kernelsRan("conv_", fn);
+    const ran = await kernelsRan(fn, "conv_");
     const expected = kernels === "block" && tiles ? "conv_block_" : "conv_window_";
     if (ran.length === 0 || ran.some((name) => !name.startsWith(expected))) {
       throw new Error(`expected ${expected}* kernels, ran ${ran.join(", ") || "none"}`);

@@ -1,4 +1,4 @@
-import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import { assertClose, checkGrad, kernelsRan, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import assert from "node:assert/strict";
 import { gpu } from "../lib/gpu/device.ts";
@@ -35,29 +35,12 @@ const unaryCases: [string, (x: T.Tensor) => T.Tensor, (x: number) => number, [nu
   ["clamp", (x) => T.clamp(x, -0.5, 0.7), (x) => Math.min(Math.max(x, -0.5), 0.7), [-2, 2]],
 ];
 
-/** The names of the kernels fn dispatches. */
-async function kernelsOf(fn: () => Promise<void>): Promise<string[]> {
-  const recorder = gpu().recorder;
-  const dispatch = recorder.dispatch.bind(recorder);
-  const ran: string[] = [];
-  recorder.dispatch = (kernel, options) => {
-    ran.push(kernel.name);
-    dispatch(kernel, options);
-  };
-  try {
-    await fn();
-  } finally {
-    recorder.dispatch = dispatch;
-  }
-  return ran;
-}
-
 // Four values a lane where the size is a multiple of 4 ([3, 4, 5]), one elsewhere ([3, 7, 5]).
 for (const [name, op, ref, [lo, hi]] of unaryCases) {
   for (const shape of [[3, 7, 5], [3, 4, 5]]) {
     const v4 = prod(shape) % 4 === 0;
     Deno.test(`unary ${name} [${shape}]${v4 ? " (vec4)" : ""}: forward matches float64 and backward matches finite differences`, async () => {
-      const ran = await kernelsOf(() => checkUnary(op, ref, shape, lo, hi, name));
+      const ran = await kernelsRan(() => checkUnary(op, ref, shape, lo, hi, name));
       const expected = v4 ? ["unary_v4", "unary_grad_v4"] : ["unary", "unary_grad"];
       for (const kernel of expected) {
         assert.ok(ran.includes(kernel), `${kernel} did not run (${[...new Set(ran)].join(", ")})`);
@@ -145,7 +128,7 @@ for (const [name, op, f] of binaryCases) {
   for (const [as, bs] of shapePairs) {
     Deno.test(`binary ${name} [${as}]·[${bs}]: forward and backward`, async () => {
       const v4 = as.join() === bs.join() && prod(as) % 4 === 0;
-      const ran = await kernelsOf(() => checkBinary(op, f, as, bs, name));
+      const ran = await kernelsRan(() => checkBinary(op, f, as, bs, name));
       assert.ok(ran.includes(v4 ? "binary_v4" : "binary"), `ran ${[...new Set(ran)].join(", ")}`);
     });
   }

@@ -1,4 +1,4 @@
-import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import { assertClose, checkGrad, kernelsRan, prod, randArray, runOp } from "./util.ts";
 import * as T from "../lib/tensor/mod.ts";
 import { clearTuned, forceVariant } from "../lib/gpu/autotune.ts";
 import { throws } from "node:assert/strict";
@@ -141,13 +141,6 @@ Deno.test("texture matmul: packed operands read from their buffer or a flat copy
   // pack reads each operand from its storage buffer (default at these sizes) or from a flat
   // texture copy (large operands; software adapters only: with PECO_KERNELS=gpu, the buffer).
   const sources = gpu().info.software ? ["flat", "buffer"] : ["buffer"];
-  const recorder = gpu().recorder;
-  const dispatch = recorder.dispatch.bind(recorder);
-  const ran = new Set<string>();
-  recorder.dispatch = (kernel, options) => {
-    ran.add(kernel.name);
-    dispatch(kernel, options);
-  };
   try {
     for (const source of sources) {
       forceVariant("matmulPack", source);
@@ -157,9 +150,10 @@ Deno.test("texture matmul: packed operands read from their buffer or a flat copy
       for (const name of ["tex8x8", "tex16x16"]) {
         forceVariant("matmul", name);
         for (const [ta, tb] of TRANS) {
-          ran.clear();
           const { a, b } = operands(37, 29, 41, ta, tb, 4);
-          await checkForward(a, b, ta, tb, `${name} from ${source}`);
+          const ran = new Set(
+            await kernelsRan(() => checkForward(a, b, ta, tb, `${name} from ${source}`)),
+          );
           if (!ran.has(want) || ran.has(not)) {
             throw new Error(`${name} ta=${ta} tb=${tb} from ${source}: ran ${[...ran]}`);
           }
@@ -167,7 +161,6 @@ Deno.test("texture matmul: packed operands read from their buffer or a flat copy
       }
     }
   } finally {
-    recorder.dispatch = dispatch;
     forceVariant("matmulPack", null);
     forceVariant("matmul", null);
   }

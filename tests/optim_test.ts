@@ -1,7 +1,7 @@
 // Optimizers, parameter groups, schedules and clipping against float64 references.
 
 import assert from "node:assert/strict";
-import { assertClose, prod, randArray } from "./util.ts";
+import { assertClose, kernelsRan, prod, randArray } from "./util.ts";
 import { vitLayerId } from "../lib/models/beit.ts";
 import { gpu } from "../lib/gpu/device.ts";
 import * as T from "../lib/tensor/mod.ts";
@@ -164,20 +164,11 @@ for (const decoupled of [true, false]) {
 Deno.test("optimizer kernels run four values a lane where a size is a multiple of 4", async () => {
   const ps = [param(randArray(12, 1), [3, 4], "four"), param(randArray(7, 2), [7], "seven")];
   ps.forEach((p, k) => setGrad(p, randArray(p.size, 3 + k)));
-  const recorder = gpu().recorder;
-  const dispatch = recorder.dispatch.bind(recorder);
-  const ran: string[] = [];
-  recorder.dispatch = (kernel, options) => {
-    ran.push(kernel.name);
-    dispatch(kernel, options);
-  };
   const opt = new AdamW(ps, { lr: 0.01 });
-  try {
+  const ran = await kernelsRan(() => {
     clipGradNorm(ps, 0.1).dispose();
     opt.step();
-  } finally {
-    recorder.dispatch = dispatch;
-  }
+  });
   for (const kernel of ["optim_sum_squares", "optim_scale_grad", "optim_adam"]) {
     assert.ok(
       ran.includes(kernel) && ran.includes(`${kernel}_v4`),

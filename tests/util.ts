@@ -1,6 +1,6 @@
 // Test helpers: float64 references, finite differences, and GPU set-up for tests.
 
-import { initGpu } from "../lib/gpu/device.ts";
+import { gpu, initGpu } from "../lib/gpu/device.ts";
 import { backward, type Tensor, tensor, tidy } from "../lib/tensor/mod.ts";
 import { mul, sum } from "../lib/tensor/mod.ts";
 
@@ -154,4 +154,24 @@ export async function assertRejects(
     return matchError(error, patterns);
   }
   throw new Error(`expected an error matching ${patterns.map(String).join(" and ")}, got none`);
+}
+
+/**
+ * The names of the kernels `fn` dispatches (whose names include `part`), in order: tests assert
+ * which variant ran, so that a switch that is ignored fails them.
+ */
+export async function kernelsRan(fn: () => unknown, part = ""): Promise<string[]> {
+  const recorder = gpu().recorder;
+  const dispatch = recorder.dispatch.bind(recorder);
+  const ran: string[] = [];
+  recorder.dispatch = (kernel, options) => {
+    if (kernel.name.includes(part)) ran.push(kernel.name);
+    dispatch(kernel, options);
+  };
+  try {
+    await fn();
+  } finally {
+    recorder.dispatch = dispatch;
+  }
+  return ran;
 }

@@ -41,7 +41,7 @@ export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor 
     const { lanes, count } = lanesFor(g.size);
     recorder.dispatch(optimKernels[lanes].sumSquares, {
       buffers: [g.binding, partials.binding],
-      params: [count, (CHUNK * count) / g.size, slot],
+      params: [count, lanes === "vec4" ? CHUNK / 4 : CHUNK, slot],
       workgroups: grid1d(g.size, CHUNK),
     });
     slot += Math.ceil(g.size / CHUNK);

@@ -5,7 +5,6 @@
 // docs/architecture.md ("Convolution on lavapipe").
 
 import { gpu } from "../../gpu/device.ts";
-import { forcedVariant } from "../../gpu/autotune.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { grid1d } from "../../gpu/recorder.ts";
 import { Tensor } from "../tensor.ts";
@@ -22,20 +21,14 @@ import type { PooledTexture } from "../../gpu/pool.ts";
 import src from "../../../kernels/conv_windows.wgsl" with { type: "text" };
 
 const WG = 64;
-/** Workgroups along y of one dispatch (WebGPU's limit per grid dimension). */
-const MAX_GRID_ROWS = 65535;
+/** Workgroups along one dimension of a dispatch (WebGPU's limit). */
+const MAX_WORKGROUPS = 65535;
 
 const kernels = {
   pack: defineKernel({
     name: "conv_pack_windows",
     source: src,
     entry: "conv_pack_windows",
-    bindings: ["read", "write"],
-  }),
-  packConst: defineKernel({
-    name: "conv_pack_windows_c",
-    source: src,
-    entry: "conv_pack_windows_c",
     bindings: ["read", "write"],
   }),
   weightTaps: defineKernel({
@@ -107,7 +100,10 @@ function windowShape(g: WindowGeometry): WindowShape & { texelsPerRow: number } 
 export function windowsFit(g: WindowGeometry): boolean {
   const s = windowShape(g);
   const max = gpu().limits.maxTextureDimension2D ?? 8192;
+  // The pack runs an image's texels along x of one grid row: at most MAX_WORKGROUPS of them.
+  const packGroups = Math.ceil((s.texelsPerRow * s.rows) / WG);
   return s.texelsPerRow <= max && s.batch * s.rows <= max && s.batch <= 65535 &&
+    packGroups <= MAX_WORKGROUPS &&
     windowVariant(g.o, s) !== null;
 }
 
@@ -139,26 +135,15 @@ export function packWindows(src: Tensor, g: WindowGeometry): Tensor {
   const shape = windowShape(g);
   const pitch = rowPitch(g);
   const out = new Tensor([g.n * shape.rows * pitch * 4], "f32");
-  const total = shape.texelsPerRow * g.n * shape.rows;
   const wp = shape.texelsPerRow / shape.c4;
-  const params = [total, shape.c4, g.h, g.w, shape.rows, wp, g.top, g.left, g.dil, pitch, g.c];
-  // One row of workgroups per image (conv_pack_windows_c), unless the images outnumber a grid's
-  // rows or `forceVariant("convPack", "flat")` keeps the one-run grid (tests compare the two).
-  if (forcedVariant("convPack") === "flat" || g.n > MAX_GRID_ROWS) {
-    gpu().recorder.dispatch(kernels.pack, {
-      buffers: [src.binding, out.binding],
-      params,
-      constants: { WG },
-      workgroups: grid1d(total, WG),
-    });
-  } else {
-    gpu().recorder.dispatch(kernels.packConst, {
-      buffers: [src.binding, out.binding],
-      params,
-      constants: { WG, C4: shape.c4, DIL: g.dil },
-      workgroups: [Math.ceil(total / g.n / WG), g.n],
-    });
-  }
+  const perImage = shape.texelsPerRow * shape.rows;
+  const rows = Math.min(g.n, MAX_WORKGROUPS);
+  gpu().recorder.dispatch(kernels.pack, {
+    buffers: [src.binding, out.binding],
+    params: [g.n, g.h, g.w, shape.rows, wp, g.top, g.left, pitch, g.c],
+    constants: { WG, C4: shape.c4, DIL: g.dil },
+    workgroups: [Math.ceil(perImage / WG), rows, Math.ceil(g.n / rows)],
+  });
   return out;
 }
 
