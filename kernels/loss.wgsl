@@ -174,3 +174,83 @@ fn pair_grad(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups)
   if (i >= pg.n) { return; }
   pair_da[i] = pair_g[0] * pg.scale * pair_slope(pa[i] - pb[i]);
 }
+
+// ---- unit-normalised feature distance: one tap of the perceptual loss --------------------------
+
+// f (pa) and g (pb) [N, C, S] as N·S positions of C channels each (channel stride S); a feature
+// vector's norm is sqrt(Σ_c x² + root_eps) + eps, as LPIPS's (root_eps keeps an all-zero
+// position's gradient finite).
+struct Unit { positions: u32, c: u32, s: u32, scale: f32, eps: f32, root_eps: f32 }
+
+fn unit_first(p: u32, u: Unit) -> u32 {
+  return (p / u.s) * u.c * u.s + p % u.s;
+}
+
+fn unit_root(sum_squares: f32, u: Unit) -> f32 {
+  return sqrt(sum_squares + u.root_eps);
+}
+
+@group(0) @binding(2) var<storage, read_write> unit_rows: array<f32>;
+@group(0) @binding(3) var<uniform> ud: Unit;
+
+// One invocation per position: Σ_c (f_c / ‖f‖ − g_c / ‖g‖)², its two norms first.
+@compute @workgroup_size(WG)
+fn unit_distance(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let p = linear_index(gid, nwg);
+  if (p >= ud.positions) { return; }
+  let first = unit_first(p, ud);
+  var ff = 0.0;
+  var gg = 0.0;
+  for (var c = 0u; c < ud.c; c++) {
+    let i = first + c * ud.s;
+    ff += pa[i] * pa[i];
+    gg += pb[i] * pb[i];
+  }
+  let rf = 1.0 / (unit_root(ff, ud) + ud.eps);
+  let rg = 1.0 / (unit_root(gg, ud) + ud.eps);
+  var acc = 0.0;
+  for (var c = 0u; c < ud.c; c++) {
+    let i = first + c * ud.s;
+    let e = pa[i] * rf - pb[i] * rg;
+    acc += e * e;
+  }
+  unit_rows[p] = acc;
+}
+
+@group(0) @binding(2) var<storage, read> unit_g: array<f32>;
+@group(0) @binding(3) var<storage, read_write> unit_df: array<f32>;
+@group(0) @binding(4) var<uniform> ug: Unit;
+
+// d/df of scale · Σ_c (u_c − v_c)², u = f / (r + eps), r = sqrt(Σ f² + root_eps), v = g's:
+//   df_k = (t_k − f_k · Σ_c t_c f_c / (r (r + eps))) / (r + eps),  t = 2 · scale · (u − v).
+// The distance is symmetric: dg is this kernel with f and g swapped.
+@compute @workgroup_size(WG)
+fn unit_distance_grad(
+  @builtin(global_invocation_id) gid: vec3u,
+  @builtin(num_workgroups) nwg: vec3u,
+) {
+  let p = linear_index(gid, nwg);
+  if (p >= ug.positions) { return; }
+  let first = unit_first(p, ug);
+  var ff = 0.0;
+  var gg = 0.0;
+  for (var c = 0u; c < ug.c; c++) {
+    let i = first + c * ug.s;
+    ff += pa[i] * pa[i];
+    gg += pb[i] * pb[i];
+  }
+  let r = unit_root(ff, ug);
+  let rf = 1.0 / (r + ug.eps);
+  let rg = 1.0 / (unit_root(gg, ug) + ug.eps);
+  var dot = 0.0;
+  for (var c = 0u; c < ug.c; c++) {
+    let i = first + c * ug.s;
+    dot += (pa[i] * rf - pb[i] * rg) * pa[i];
+  }
+  let k = 2.0 * ug.scale * unit_g[0];
+  let along = dot * rf / r;
+  for (var c = 0u; c < ug.c; c++) {
+    let i = first + c * ug.s;
+    unit_df[i] = k * (pa[i] * rf - pb[i] * rg - pa[i] * along) * rf;
+  }
+}

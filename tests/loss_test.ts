@@ -1,4 +1,5 @@
-import { assertClose, checkGrad, prod, randArray, runOp } from "./util.ts";
+import { assertClose, checkGrad, kernelsRan, prod, randArray, runOp } from "./util.ts";
+import { forceVariant } from "../lib/gpu/autotune.ts";
 import * as T from "../lib/tensor/mod.ts";
 import assert from "node:assert/strict";
 
@@ -219,6 +220,62 @@ for (const [name, op, f] of pairCases) {
     }
   });
 }
+
+// ---- unit-normalised feature distance (the perceptual loss's taps) ------------------------------
+
+/** float64: Σ over positions of Σ_c (f/‖f‖ − g/‖g‖)², ‖x‖ = sqrt(Σ x² + 1e-20) + 1e-10, ÷ positions. */
+function unitDistanceRef(f: number[], g: number[], [n, c, ...rest]: number[]): number[] {
+  const s = prod(rest);
+  const norm = (v: number[], first: number) => {
+    let sq = 0;
+    for (let k = 0; k < c; k++) sq += v[first + k * s] ** 2;
+    return Math.sqrt(sq + 1e-20) + 1e-10;
+  };
+  let total = 0;
+  for (let p = 0; p < n * s; p++) {
+    const first = Math.floor(p / s) * c * s + (p % s);
+    const [nf, ng] = [norm(f, first), norm(g, first)];
+    for (let k = 0; k < c; k++) total += (f[first + k * s] / nf - g[first + k * s] / ng) ** 2;
+  }
+  return [total / (n * s)];
+}
+
+for (const variant of ["fused", "composite"]) {
+  Deno.test(`unitDistance (${variant}): float64 value and finite-difference gradients on odd shapes`, async () => {
+    forceVariant("unitDistance", variant === "composite" ? "composite" : null);
+    try {
+      for (const shape of [[3, 5, 7], [2, 6, 3, 5], [4, 9], [2, 3, 300]]) {
+        const f = randArray(prod(shape), 31);
+        const g = randArray(prod(shape), 32);
+        // An all-zero position in both (as after a ReLU): it adds 0 and gets a 0 gradient, not NaN.
+        const s = prod(shape.slice(2));
+        for (let k = 0; k < shape[1]; k++) f[k * s] = g[k * s] = 0;
+        const inputs = [{ data: f, shape }, { data: g, shape }];
+        const what = `[${shape}] ${variant}`;
+        const out = await runOp(T.unitDistance, inputs);
+        assert.deepEqual(out.shape, [], what);
+        assertClose(out.data, unitDistanceRef(f, g, shape), { rtol: 1e-5, atol: 1e-6, what });
+        if (prod(shape) > 400) continue; // the finite differences of the small shapes suffice
+        const ref = (a: number[], b: number[]) => unitDistanceRef(a, b, shape);
+        await checkGrad(T.unitDistance, ref, inputs);
+        await checkGrad(T.unitDistance, ref, inputs, { which: [0] });
+        await checkGrad(T.unitDistance, ref, inputs, { which: [1] });
+      }
+    } finally {
+      forceVariant("unitDistance", null);
+    }
+  });
+}
+
+Deno.test("unitDistance: one kernel forward (and a sum), one per input with a gradient backward", async () => {
+  const shape = [2, 5, 3, 3];
+  const [f, g] = [T.tensor(randArray(90, 33), shape), T.tensor(randArray(90, 34), shape)];
+  f.requiresGrad = true;
+  const ran = await kernelsRan(() => T.tidy(() => T.backward(T.unitDistance(f, g))), "unit");
+  assert.deepEqual(ran, ["loss_unit_distance", "loss_unit_distance_grad"]);
+  assert.ok(g.grad === null);
+  [f, g, f.grad!].forEach((t) => t.dispose());
+});
 
 // ---- bad input -------------------------------------------------------------------------------
 

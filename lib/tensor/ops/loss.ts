@@ -1,11 +1,14 @@
-// Losses to a scalar: fused cross-entropy (label smoothing, row mask) and the mean squared and
-// absolute errors, each with its backward rule. See kernels/loss.wgsl.
+// Losses to a scalar: fused cross-entropy (label smoothing, row mask), the mean squared and
+// absolute errors, and the unit-normalised feature distance of the perceptual loss, each with its
+// backward rule. See kernels/loss.wgsl.
 
 import { gpu } from "../../gpu/device.ts";
+import { forcedVariant } from "../../gpu/autotune.ts";
 import { defineKernel } from "../../gpu/pipelines.ts";
 import { f32bits, grid1d } from "../../gpu/recorder.ts";
 import { record, Tensor } from "../tensor.ts";
-import { MAX_LOOP, reduceRaw } from "./reduce.ts";
+import { addScalar, div, mulScalar, sqrt, square, sub } from "./elementwise.ts";
+import { MAX_LOOP, reduceRaw, sum } from "./reduce.ts";
 import source from "../../../kernels/loss.wgsl" with { type: "text" };
 
 const WG = 256;
@@ -25,6 +28,8 @@ const kernels = {
   ceGrad: kernel("ce_grad", ["read", "read", "read", "read", "read", "read", "write"]),
   pairPartial: kernel("pair_partial", ["read", "read", "write"]),
   pairGrad: kernel("pair_grad", ["read", "read", "read", "write"]),
+  unitDistance: kernel("unit_distance", ["read", "read", "write"]),
+  unitDistanceGrad: kernel("unit_distance_grad", ["read", "read", "read", "write"]),
 };
 
 const shapeOf = (t: Tensor) => `[${t.shape.join(",")}]`;
@@ -181,5 +186,80 @@ function pairLoss(op: string, code: number, a: Tensor, b: Tensor): Tensor {
       return dx;
     };
     return [grad(a, 1 / n), grad(b, -1 / n)];
+  });
+}
+
+// ---- unit-normalised feature distance ----------------------------------------------------------
+
+/** A feature vector's norm is sqrt(Σ x² + UNIT_ROOT_EPS) + UNIT_NORM_EPS: LPIPS adds 1e-10. */
+export const UNIT_NORM_EPS = 1e-10;
+/**
+ * Added under the square root: an all-zero position (common after a ReLU in a narrow network)
+ * would otherwise get 0·∞ = NaN from the root's gradient. It changes no norm above ~1e-10.
+ */
+export const UNIT_ROOT_EPS = 1e-20;
+/**
+ * The fused kernels loop three times over a position's channels, within lavapipe's budget of loop
+ * iterations per invocation (see MAX_GROUP in fused_norm.ts); wider features take the composite.
+ */
+export const UNIT_MAX_CHANNELS = 10_000;
+
+/** x / (sqrt(Σ_c x² + UNIT_ROOT_EPS) + UNIT_NORM_EPS) at every position of x [N, C, ...]. */
+export function unitNormalize(x: Tensor): Tensor {
+  const norm = sqrt(addScalar(sum(square(x), 1, true), UNIT_ROOT_EPS));
+  return div(x, addScalar(norm, UNIT_NORM_EPS));
+}
+
+/**
+ * One tap of the perceptual loss (docs/paper-to-code.md): f and g [N, C, ...] are N × (positions)
+ * feature vectors of C channels; each is divided by its norm (unitNormalize) and the squared
+ * distance Σ_c (f̂ − ĝ)² is averaged over the batch and the positions. One dispatch and a sum
+ * forward, one per input that needs a gradient backward; the same as a chain of ~16 elementwise
+ * and reduction ops (`forceVariant("unitDistance", "composite")` runs that chain: tests compare).
+ */
+export function unitDistance(f: Tensor, g: Tensor): Tensor {
+  if (f.dtype !== "f32" || g.dtype !== "f32" || f.rank < 2 || f.size === 0) {
+    throw new Error(
+      `peco: unitDistance: needs non-empty f32 [N, C, ...] inputs, got ${f.describe()} and ${g.describe()}`,
+    );
+  }
+  if (f.rank !== g.rank || f.shape.some((d, i) => d !== g.shape[i])) {
+    throw new Error(`peco: unitDistance: shapes ${shapeOf(f)} and ${shapeOf(g)} differ`);
+  }
+  const c = f.shape[1];
+  const positions = f.size / c;
+  if (forcedVariant("unitDistance") === "composite" || c > UNIT_MAX_CHANNELS) {
+    return mulScalar(sum(square(sub(unitNormalize(f), unitNormalize(g)))), 1 / positions);
+  }
+  const s = f.size / (f.shape[0] * c);
+  const params = [
+    positions,
+    c,
+    s,
+    f32bits(1 / positions),
+    f32bits(UNIT_NORM_EPS),
+    f32bits(UNIT_ROOT_EPS),
+  ];
+  const rows = new Tensor([positions], "f32");
+  gpu().recorder.dispatch(kernels.unitDistance, {
+    buffers: [f.binding, g.binding, rows.binding],
+    params,
+    workgroups: grid1d(positions, WG),
+  });
+  const out = reduceRaw(rows, 0, "sum", 1 / positions);
+  rows.dispose();
+  return record("unitDistance", out, [f, g], (dy) => {
+    // The distance is symmetric in f and g: g's gradient is f's with the two swapped.
+    const grad = (a: Tensor, b: Tensor) => {
+      if (!a.requiresGrad) return null;
+      const da = new Tensor(a.shape, "f32");
+      gpu().recorder.dispatch(kernels.unitDistanceGrad, {
+        buffers: [a.binding, b.binding, dy.binding, da.binding],
+        params,
+        workgroups: grid1d(positions, WG),
+      });
+      return da;
+    };
+    return [grad(f, g), grad(g, f)];
   });
 }
