@@ -5,9 +5,9 @@
 // against the spread) and writes y, the mean and 1/sqrt(var + eps) in the same dispatch; the
 // backward computes dx per group in one dispatch, and the weight and bias gradients per channel (one
 // invocation per channel and piece of samples, the pieces merged by a second dispatch when there
-// are several). With ACT = 1 the op is groupNorm followed by SiLU: the forward writes silu(z) of the
-// normalised z, and the backward recomputes z to take SiLU's derivative first (no stored z, no
-// separate activation kernels). No shared memory, no barriers: both are slow on lavapipe.
+// are several). With ACT = 1 (2) the op is groupNorm followed by SiLU (ReLU): the forward writes
+// act(z) of the normalised z, and the backward recomputes z to take the activation's derivative
+// first (no stored z, no separate activation kernels). No shared memory, no barriers: both are slow on lavapipe.
 //
 // x, y, dy and dx are arrays of V: f32, or vec4f where S is a multiple of 4 (fused_norm.ts puts
 // one of the two headers before this source: alias V, LANES elements per V, hsum(v) the sum of
@@ -17,7 +17,7 @@
 override WG: u32 = 64;
 override HAS_W: bool = true;
 override HAS_B: bool = true;
-// 0: y = z; 1: y = silu(z).
+// 0: y = z; 1: y = silu(z); 2: y = relu(z).
 override ACT: u32 = 0;
 
 fn linear_index(gid: vec3u, nwg: vec3u) -> u32 {
@@ -37,6 +37,7 @@ fn weight_at(c: u32) -> f32 {
 
 fn activate(z: V) -> V {
   if (ACT == 1u) { return z / (1.0 + exp(-z)); }
+  if (ACT == 2u) { return max(z, V(0.0)); }
   return z;
 }
 
@@ -46,6 +47,7 @@ fn activate_grad(z: V) -> V {
     let s = 1.0 / (1.0 + exp(-z));
     return s * (1.0 + z * (1.0 - s));
   }
+  if (ACT == 2u) { return select(V(0.0), V(1.0), z > V(0.0)); }
   return V(1.0);
 }
 

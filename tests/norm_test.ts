@@ -287,38 +287,46 @@ const siluGrad64 = (z: number, dy: number) => {
   const s = 1 / (1 + Math.exp(-z));
   return dy * s * (1 + z * (1 - s));
 };
+const relu64 = (z: number) => Math.max(z, 0);
+const reluGrad64 = (z: number, dy: number) => z > 0 ? dy : 0;
+const activations = [
+  { name: "silu", act: silu64, grad: siluGrad64 },
+  { name: "relu", act: relu64, grad: reluGrad64 },
+] as const;
 
-Deno.test("groupNorm + silu [2,6,5,3] groups=3: forward matches float64, backward finite differences", async () => {
-  const shape = [2, 6, 5, 3];
-  const dims = [2, 6, 15];
-  const x = randArray(prod(shape), 31, -2, 2);
-  const w = randArray(6, 32, 0.5, 1.5);
-  const b = randArray(6, 33);
-  const ref = (xs: number[], ws: number[], bs: number[]) =>
-    normRef(xs, dims, { groups: 3 }, ws, bs).map(silu64);
-  const op = (t: T.Tensor, wt: T.Tensor, bt: T.Tensor) => T.groupNorm(t, 3, wt, bt, 1e-5, "silu");
-  const inputs = [input(x, shape), input(w, [6]), input(b, [6])];
-  const before = gpu().recorder.dispatches;
-  const out = await runOp(op, inputs);
-  // One dispatch forward (runOp's uploads are copies, not dispatches).
-  assert.equal(gpu().recorder.dispatches - before, 1);
-  assertClose(out.data, ref(x, w, b), { atol: 2e-5, rtol: 1e-4, what: "forward" });
-  await checkGrad(op, ref, inputs);
-});
+for (const { name, act, grad } of activations) {
+  Deno.test(`groupNorm + ${name} [2,6,5,3] groups=3: forward matches float64, backward finite differences`, async () => {
+    const shape = [2, 6, 5, 3];
+    const dims = [2, 6, 15];
+    const x = randArray(prod(shape), 31, -2, 2);
+    const w = randArray(6, 32, 0.5, 1.5);
+    const b = randArray(6, 33);
+    const ref = (xs: number[], ws: number[], bs: number[]) =>
+      normRef(xs, dims, { groups: 3 }, ws, bs).map(act);
+    const op = (t: T.Tensor, wt: T.Tensor, bt: T.Tensor) => T.groupNorm(t, 3, wt, bt, 1e-5, name);
+    const inputs = [input(x, shape), input(w, [6]), input(b, [6])];
+    const before = gpu().recorder.dispatches;
+    const out = await runOp(op, inputs);
+    // One dispatch forward (runOp's uploads are copies, not dispatches).
+    assert.equal(gpu().recorder.dispatches - before, 1);
+    assertClose(out.data, ref(x, w, b), { atol: 2e-5, rtol: 1e-4, what: "forward" });
+    await checkGrad(op, ref, inputs);
+  });
 
-Deno.test("groupNorm + silu: gradients merged from pieces; past the fused limit it is silu(groupNorm)", async () => {
-  // [40, 2, 30, 30], one group: S = 900, so the weight/bias gradients take 4 pieces of samples;
-  // dz = dy · silu'(z).
-  const op = (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.groupNorm(x, 1, w, b, 1e-5, "silu");
-  await checkAffineGrads([40, 2, 30, 30], [40, 2, 900], 1, 41, op, silu64, siluGrad64);
-  // A group of 2 · 5050 elements: the general kernels and a separate SiLU, the same values.
-  const big = randArray(2 * 5050, 45, -2, 2);
-  const out = await runOp((t) => T.groupNorm(t, 1, null, null, 1e-5, "silu"), [
-    input(big, [1, 2, 5050]),
-  ]);
-  const bigRef = normRef(big, [1, 2, 5050], { groups: 1 }, null, null).map(silu64);
-  assertClose(out.data, bigRef, { atol: 2e-5, rtol: 1e-4, what: "past the fused limit" });
-});
+  Deno.test(`groupNorm + ${name}: gradients merged from pieces; past the fused limit it is ${name}(groupNorm)`, async () => {
+    // [40, 2, 30, 30], one group: S = 900, so the weight/bias gradients take 4 pieces of samples;
+    // dz = dy · act'(z).
+    const op = (x: T.Tensor, w: T.Tensor, b: T.Tensor) => T.groupNorm(x, 1, w, b, 1e-5, name);
+    await checkAffineGrads([40, 2, 30, 30], [40, 2, 900], 1, 41, op, act, grad);
+    // A group of 2 · 5050 elements: the general kernels and a separate activation, the same values.
+    const big = randArray(2 * 5050, 45, -2, 2);
+    const out = await runOp((t) => T.groupNorm(t, 1, null, null, 1e-5, name), [
+      input(big, [1, 2, 5050]),
+    ]);
+    const bigRef = normRef(big, [1, 2, 5050], { groups: 1 }, null, null).map(act);
+    assertClose(out.data, bigRef, { atol: 2e-5, rtol: 1e-4, what: "past the fused limit" });
+  });
+}
 
 Deno.test("fused groupNorm: channels of whole vec4s take the vec4 kernels, forced on and off", async () => {
   // S = 12 (a multiple of 4) with SiLU, a residual use of x (its prior gradient added in dx) and

@@ -88,7 +88,7 @@ class ConvNormAct extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return relu(this.norm.forward(this.conv.forward(x)));
+    return this.norm.forwardRelu(this.conv.forward(x));
   }
 }
 

@@ -99,6 +99,11 @@ export class GroupNorm extends Module {
   forwardSilu(x: Tensor): Tensor {
     return groupNorm(x, this.groups, this.weight, this.bias, this.eps, "silu");
   }
+
+  /** relu(forward(x)) as one fused op (the same values). */
+  forwardRelu(x: Tensor): Tensor {
+    return groupNorm(x, this.groups, this.weight, this.bias, this.eps, "relu");
+  }
 }
 
 export class BatchNorm2d extends Module {

@@ -2,7 +2,7 @@
 // and output together), one for dx and one (or two, when the samples are split into pieces) for the
 // weight and bias gradients; the general kernels of norm.ts take five to eight dispatches for the
 // same work. x is seen as [N, C, S] with G groups of C / G channels (layerNorm: [rows, D, 1], G = 1).
-// With `silu` the op is groupNorm followed by SiLU, in the same dispatches.
+// With an activation the op is groupNorm followed by SiLU or ReLU, in the same dispatches.
 
 import { gpu } from "../../gpu/device.ts";
 import { forcedVariant } from "../../gpu/autotune.ts";
@@ -59,6 +59,11 @@ function kernelsFor(l: FusedNormLayout) {
   return kernelSets[vec4 ? "vec4" : "scalar"];
 }
 
+/** The activation a fused norm applies to its output, in the same dispatches. */
+export type NormActivation = "silu" | "relu";
+/** ACT in kernels/fused_norm.wgsl. */
+const ACT_CODES = { none: 0, silu: 1, relu: 2 };
+
 /** x as [n, c, s] with `groups` groups of c / groups channels. */
 export interface FusedNormLayout {
   op: string;
@@ -88,7 +93,7 @@ function pieceSamples(l: FusedNormLayout): number {
 
 /**
  * y = (x − mean) · rstd · weight + bias per statistics group, weight and bias per channel (then
- * silu(y) with `silu`), with its backward rule. The caller has checked shapes and dtypes and that
+ * `activation`(y) with one), with its backward rule. The caller has checked shapes and dtypes and that
  * the layout fits.
  */
 export function fusedNorm(
@@ -97,7 +102,7 @@ export function fusedNorm(
   weight: Tensor | null,
   bias: Tensor | null,
   eps: number,
-  silu = false,
+  activation?: NormActivation,
 ): Tensor {
   const groups = l.n * l.groups;
   const cg = l.c / l.groups;
@@ -108,7 +113,12 @@ export function fusedNorm(
   const kernels = kernelsFor(l);
   const params = [groups, cg, l.s, l.groups, f32bits(eps), f32bits(1 / (cg * l.s))];
   const wg = rowWorkgroup();
-  const constants = { WG: wg, HAS_W: weight ? 1 : 0, HAS_B: bias ? 1 : 0, ACT: silu ? 1 : 0 };
+  const constants = {
+    WG: wg,
+    HAS_W: weight ? 1 : 0,
+    HAS_B: bias ? 1 : 0,
+    ACT: ACT_CODES[activation ?? "none"],
+  };
   const affine = [(weight ?? x).binding, (bias ?? x).binding];
   recorder.dispatch(kernels.forward, {
     buffers: [x.binding, ...affine, out.binding, mean.binding, rstd.binding],
@@ -118,7 +128,7 @@ export function fusedNorm(
   });
   const inputs = [x, weight, bias].filter((t): t is Tensor => t != null);
   // dx adds x's prior gradient as it is written (a residual stream's: one addition less).
-  return record(silu ? `${l.op}+silu` : l.op, out, inputs, (dy, prior) => {
+  return record(activation ? `${l.op}+${activation}` : l.op, out, inputs, (dy, prior) => {
     let gx: Tensor | null = null;
     if (x.requiresGrad) {
       gx = new Tensor(x.shape, "f32");

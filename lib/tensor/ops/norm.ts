@@ -8,9 +8,9 @@ import { gpu } from "../../gpu/device.ts";
 import { defineKernel, type Kernel } from "../../gpu/pipelines.ts";
 import { type BufferSlice, f32bits, grid1d } from "../../gpu/recorder.ts";
 import { noGrad, record, Tensor } from "../tensor.ts";
-import { addScalar, copy, rsqrt, silu } from "./elementwise.ts";
+import { addScalar, copy, relu, rsqrt, silu } from "./elementwise.ts";
 import { MAX_LOOP } from "./reduce.ts";
-import { fusedNorm, fusedNormFits } from "./fused_norm.ts";
+import { fusedNorm, fusedNormFits, type NormActivation } from "./fused_norm.ts";
 import source from "../../../kernels/norm.wgsl" with { type: "text" };
 
 const WG = 256;
@@ -378,8 +378,8 @@ function groupLayout(x: Tensor, groups: number, weight: Tensor | null, bias: Ten
 
 /**
  * Group normalisation: x [N, C, ...spatial], C divisible by `groups`; weight and bias [C]. With
- * `activation` "silu" the result is silu(groupNorm(x)), in the same dispatches when a statistics
- * group fits the fused kernels.
+ * `activation` ("silu" or "relu") the result is activation(groupNorm(x)), in the same dispatches
+ * when a statistics group fits the fused kernels.
  */
 export function groupNorm(
   x: Tensor,
@@ -387,12 +387,13 @@ export function groupNorm(
   weight: Tensor | null,
   bias: Tensor | null,
   eps = 1e-5,
-  activation?: "silu",
+  activation?: NormActivation,
 ): Tensor {
   const l = groupLayout(x, groups, weight, bias);
-  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps, activation === "silu");
+  if (fusedNormFits(l)) return fusedNorm(l, x, weight, bias, eps, activation);
   const y = normalize(x, l, computeStats(x, l, eps), weight, bias, false);
-  return activation === "silu" ? silu(y) : y;
+  if (activation === undefined) return y;
+  return activation === "silu" ? silu(y) : relu(y);
 }
 
 export interface BatchNormOptions {
