@@ -1,10 +1,21 @@
-import { assertClose, prod, randArray, rng } from "./util.ts";
+import { assertClose, kernelsRan, prod, randArray, rng } from "./util.ts";
 import {
   deepStrictEqual as assertEquals,
   ok as assert,
   throws as assertThrows,
 } from "node:assert/strict";
-import { add, backward, mul, readAll, sum, type Tensor, tensor, tidy } from "../lib/tensor/mod.ts";
+import {
+  add,
+  backward,
+  mul,
+  readAll,
+  sum,
+  type Tensor,
+  tensor,
+  tidy,
+  zeros,
+} from "../lib/tensor/mod.ts";
+import { type EmaCodebook, emaCodebookStep, restartDeadCodes } from "../lib/tensor/ops/ema.ts";
 import {
   codeHistogram,
   CodeUsage,
@@ -211,6 +222,38 @@ Deno.test("quantizer ema: one training step quantizes with the old codebook, the
   q.dispose();
 });
 
+Deno.test("quantizer ema: the update and the restart run as three in-place kernels", async () => {
+  const q = quantizer({ decay: 0.9, eps: 1e-5, deadCodeThreshold: 1 }, {
+    weight: codeData,
+    clusterSize: [0.5, 3, 0.2, 2, 1.05, 0, 4],
+    embedAvg: emaState.embedAvg,
+  });
+  const z = tensor(zData, ZSHAPE);
+  const ran = await kernelsRan(() => tidy(() => void q.forward(z)), "ema_");
+  assertEquals(ran, ["ema_stats", "ema_codes", "ema_restart"]);
+  const state = q.embedding as unknown as EmaCodebook;
+  assertThrows(
+    () => tidy(() => emaCodebookStep(state, zeros([K + 1]), zeros([K, D]), 0.9, 1e-5)),
+    /peco: emaCodebookStep: counts tensor<f32>\[8\] and sums .* do not fit K = 7/,
+  );
+  assertThrows(
+    () =>
+      tidy(() =>
+        restartDeadCodes(state, {
+          rows: zeros([5, D + 1]),
+          draws: zeros([K]),
+          noise: zeros([K, D]),
+          sumSquares: zeros([1]),
+          jitter: 1e-3,
+          floor: 1e-6,
+        }, 1)
+      ),
+    /peco: restartDeadCodes: rows tensor<f32>\[5,\d+\], draws .* do not fit K = 7/,
+  );
+  z.dispose();
+  q.dispose();
+});
+
 /**
  * True when `code` is a row of `rows` moved by the seeding / restart jitter: within 1e-2 of it
  * (the jitter is 1e-3 of the rows' RMS per element), but not equal to it.
@@ -310,9 +353,10 @@ Deno.test("quantizer: the first training forward runs k-means, restore() reads t
 });
 
 Deno.test("quantizer: dead-code restart replaces exactly the codes with N_k below threshold", async () => {
+  // Threshold 2: N_k = 2 stays live, and m_k = 2·e_k tells m from e.
   const clusterSize = [0.5, 3, 0.2, 2, 1.0, 0, 4];
-  const dead = clusterSize.map((v) => v < 1);
-  const q = quantizer({ deadCodeThreshold: 1 }, {
+  const dead = clusterSize.map((v) => v < 2);
+  const q = quantizer({ deadCodeThreshold: 2 }, {
     weight: codeData,
     clusterSize,
     embedAvg: emaState.embedAvg,
@@ -331,8 +375,8 @@ Deno.test("quantizer: dead-code restart replaces exactly the codes with N_k belo
     const code = weight.slice(k * D, k * D + D);
     if (dead[k]) {
       assert(nearARow(rows, code), `code ${k}: not a row of z plus the jitter`);
-      assertEquals(n[k], 1);
-      assertEquals(m.slice(k * D, k * D + D), code);
+      assertEquals(n[k], 2);
+      assertEquals(m.slice(k * D, k * D + D), code.map((v) => 2 * v));
     } else {
       assertEquals(code, before[0].slice(k * D, k * D + D), `live code ${k} changed`);
       assertEquals(n[k], f32(clusterSize[k]));

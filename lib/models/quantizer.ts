@@ -32,8 +32,9 @@ import {
 import { mseLoss } from "../tensor/ops/loss.ts";
 import { mean, sum } from "../tensor/ops/reduce.ts";
 import { normal as gpuNormal, uniform } from "../tensor/ops/random.ts";
-import { cast, embedding, gather, permute, reshape, scatterAddRows } from "../tensor/ops/shape.ts";
+import { embedding, gather, permute, reshape, scatterAddRows } from "../tensor/ops/shape.ts";
 import { codeStats, MAX_CODES, nearestCode } from "../tensor/ops/vq.ts";
+import { emaCodebookStep, restartDeadCodes as restartCodes } from "../tensor/ops/ema.ts";
 import { copyValues, keep, noGrad, type Tensor, tidy } from "../tensor/tensor.ts";
 
 export type QuantizerKind = "ema" | "plain";
@@ -305,14 +306,7 @@ export class VectorQuantizer extends Module {
     noGrad(() =>
       tidy(() => {
         const { counts, sums } = codeStats(indices, rows, k);
-        const n = add(mulScalar(state.clusterSize, decay), mulScalar(counts, 1 - decay));
-        const m = add(mulScalar(state.embedAvg, decay), mulScalar(sums, 1 - decay));
-        const total = sum(n);
-        const smoothed = div(mul(addScalar(n, eps), total), addScalar(total, k * eps));
-        const e = div(m, smoothed.view([k, 1]));
-        assign(state.clusterSize, n);
-        assign(state.embedAvg, m);
-        assign(state.weight, e);
+        emaCodebookStep(state, counts, sums, decay, eps);
       })
     );
   }
@@ -324,7 +318,7 @@ export class VectorQuantizer extends Module {
    * Live codes keep their values bit for bit.
    */
   restartDeadCodes(rows: Tensor): void {
-    const { codebookSize: k, deadCodeThreshold: threshold } = this.config;
+    const { codebookSize: k, codeDim: d, deadCodeThreshold: threshold } = this.config;
     const state = this.emaState("restartDeadCodes");
     const n = rows.shape[0];
     if (n === 0) return;
@@ -334,15 +328,11 @@ export class VectorQuantizer extends Module {
     const noiseSeed = draw.next();
     noGrad(() =>
       tidy(() => {
-        const pick = cast(clamp(uniform([k], seed, 0, n), 0, n - 1), "i32");
-        const samples = jitter(gather(rows, pick), rows, noiseSeed);
-        // dead = 1 where N_k < threshold: (threshold − N_k) > 0.
-        const dead = positive(affine(state.clusterSize, -1, threshold));
-        const deadRows = dead.view([k, 1]);
-        const reset = full([k], threshold);
-        assign(state.weight, blend(deadRows, samples, state.weight));
-        assign(state.embedAvg, blend(deadRows, mulScalar(samples, threshold), state.embedAvg));
-        assign(state.clusterSize, blend(dead, reset, state.clusterSize));
+        const draws = uniform([k], seed, 0, n);
+        const noise = gpuNormal([k, d], noiseSeed);
+        const sumSquares = sum(square(rows));
+        const r = { rows, draws, noise, sumSquares, jitter: JITTER, floor: JITTER_FLOOR };
+        restartCodes(state, r, threshold);
       })
     );
   }
