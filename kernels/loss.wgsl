@@ -186,6 +186,16 @@ fn unit_first(p: u32, u: Unit) -> u32 {
   return (p / u.s) * u.c * u.s + p % u.s;
 }
 
+// Σ_c f² and Σ_c g² at the position starting at `first`.
+fn unit_sum_squares(first: u32, u: Unit) -> vec2f {
+  var sums = vec2f(0.0);
+  for (var c = 0u; c < u.c; c++) {
+    let i = first + c * u.s;
+    sums += vec2f(pa[i] * pa[i], pb[i] * pb[i]);
+  }
+  return sums;
+}
+
 fn unit_root(sum_squares: f32, u: Unit) -> f32 {
   return sqrt(sum_squares + u.root_eps);
 }
@@ -199,13 +209,9 @@ fn unit_distance(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgro
   let p = linear_index(gid, nwg);
   if (p >= ud.positions) { return; }
   let first = unit_first(p, ud);
-  var ff = 0.0;
-  var gg = 0.0;
-  for (var c = 0u; c < ud.c; c++) {
-    let i = first + c * ud.s;
-    ff += pa[i] * pa[i];
-    gg += pb[i] * pb[i];
-  }
+  let sums = unit_sum_squares(first, ud);
+  let ff = sums.x;
+  let gg = sums.y;
   let rf = 1.0 / (unit_root(ff, ud) + ud.eps);
   let rg = 1.0 / (unit_root(gg, ud) + ud.eps);
   var acc = 0.0;
@@ -232,13 +238,9 @@ fn unit_distance_grad(
   let p = linear_index(gid, nwg);
   if (p >= ug.positions) { return; }
   let first = unit_first(p, ug);
-  var ff = 0.0;
-  var gg = 0.0;
-  for (var c = 0u; c < ug.c; c++) {
-    let i = first + c * ug.s;
-    ff += pa[i] * pa[i];
-    gg += pb[i] * pb[i];
-  }
+  let sums = unit_sum_squares(first, ug);
+  let ff = sums.x;
+  let gg = sums.y;
   let r = unit_root(ff, ug);
   let rf = 1.0 / (r + ug.eps);
   let rg = 1.0 / (unit_root(gg, ug) + ug.eps);
