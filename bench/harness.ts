@@ -151,6 +151,8 @@ export function cpuTimes(): { process: number; main: number | null } {
 const CEILING_K = 1024;
 const CEILING_UNROLL = 8;
 const CEILING_WORKGROUPS = 64;
+/** Rounds of 20 dispatches the ceiling is the fastest of. */
+const CEILING_ROUNDS = 6;
 /** One update of the ceiling kernel's block: 16 vec4 FMAs (64 FMAs per lane). */
 const ceilingUpdate =
   [0, 1, 2, 3, 4, 5, 6, 7].map((r) =>
@@ -200,8 +202,20 @@ export function fmaCeiling(): Promise<{ ms: number; gflops: number }> {
           workgroups: [CEILING_WORKGROUPS, 1],
         });
       };
-      // Many dispatches per round: one sync costs ~10 ms of polling on lavapipe.
-      const ms = await timeSteps(step, { warmup: 2, minIters: 40, minMs: 500, perRound: 20 });
+      // Many dispatches per round: one sync costs ~10 ms of polling on lavapipe. The fastest of
+      // several rounds, not their mean: a ceiling is the best case, and measured right after a
+      // training step one mean read 43 GFLOP/s where the same process's rounds alone read ~90
+      // (whatever else was running then halved the step's `efficiency`).
+      let ms = Infinity;
+      for (let round = 0; round < CEILING_ROUNDS; round++) {
+        const roundMs = await timeSteps(step, {
+          warmup: round === 0 ? 2 : 0,
+          minIters: 20,
+          minMs: 0,
+          perRound: 20,
+        });
+        ms = Math.min(ms, roundMs);
+      }
       return { ms, gflops: gflops(flops, ms) };
     } finally {
       out.dispose();
